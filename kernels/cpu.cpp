@@ -1,0 +1,85 @@
+#include "robuq/cpu.h"
+
+#include <atomic>
+#include <cstdlib>
+#include <stdexcept>
+
+namespace robuq {
+
+const CpuFeatures& cpu_features() {
+  static const CpuFeatures f = [] {
+    CpuFeatures r;
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_cpu_init();
+    r.avx2 = __builtin_cpu_supports("avx2");
+    r.fma = __builtin_cpu_supports("fma");
+    r.f16c = __builtin_cpu_supports("f16c");
+#endif
+    return r;
+  }();
+  return f;
+}
+
+bool tier_available(Tier t) {
+  switch (t) {
+    case Tier::Reference:
+    case Tier::Generic:
+      return true;
+    case Tier::Avx2:
+#ifdef ROBUQ_HAVE_AVX2
+      return cpu_features().avx2 && cpu_features().fma && cpu_features().f16c;
+#else
+      return false;
+#endif
+  }
+  return false;
+}
+
+Tier parse_tier(const std::string& name) {
+  if (name == "reference" || name == "ref") return Tier::Reference;
+  if (name == "generic") return Tier::Generic;
+  if (name == "avx2") return Tier::Avx2;
+  throw std::invalid_argument("unknown kernel tier '" + name + "' (expected reference, generic or avx2)");
+}
+
+const char* tier_name(Tier t) {
+  switch (t) {
+    case Tier::Reference: return "reference";
+    case Tier::Generic: return "generic";
+    case Tier::Avx2: return "avx2";
+  }
+  return "?";
+}
+
+namespace {
+std::atomic<int> g_forced{-1};
+
+Tier best_tier() {
+  if (tier_available(Tier::Avx2)) return Tier::Avx2;
+  return Tier::Generic;
+}
+
+Tier initial_tier() {
+  const char* env = std::getenv("ROBUQ_KERNEL_TIER");
+  if (env == nullptr || *env == '\0') return best_tier();
+  Tier t = parse_tier(env);
+  if (!tier_available(t))
+    throw std::runtime_error(std::string("ROBUQ_KERNEL_TIER=") + env + " is not available on this CPU/build");
+  return t;
+}
+}  // namespace
+
+Tier active_tier() {
+  int f = g_forced.load();
+  if (f >= 0) return static_cast<Tier>(f);
+  static const Tier t = initial_tier();
+  return t;
+}
+
+void set_tier(Tier t) {
+  if (!tier_available(t))
+    throw std::runtime_error(std::string("kernel tier ") + tier_name(t) + " is not available on this CPU/build");
+  g_forced.store(static_cast<int>(t));
+}
+
+}  // namespace robuq

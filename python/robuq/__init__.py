@@ -1,0 +1,9 @@
+"""RobuQ: ternary-weight, low-bit-activation Diffusion Transformers.
+
+Subpackages:
+    robuq.models  the PyTorch reference DiT (official state-dict names)
+    robuq.quant   the one module of quantization primitives (QAT, exporter and tests import it)
+    robuq._C      the torch-free C++ kernels and engine (pybind11)
+"""
+
+__version__ = "0.1.0"
