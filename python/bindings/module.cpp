@@ -1,0 +1,28 @@
+// robuq._C: the pybind11 face of the torch-free kernels and engine.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "robuq/cpu.h"
+
+namespace py = pybind11;
+
+void bind_kernels(py::module_& m);  // kernels_bind.cpp
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "RobuQ C++ kernels and engine (torch-free)";
+  m.def("cpu_features", [] {
+    const auto& f = robuq::cpu_features();
+    py::dict d;
+    d["avx2"] = f.avx2;
+    d["fma"] = f.fma;
+    d["f16c"] = f.f16c;
+    return d;
+  }, "CPU features the run-time dispatch sees: dict of bool (avx2, fma, f16c).");
+  m.def("active_tier", [] { return std::string(robuq::tier_name(robuq::active_tier())); },
+        "Name of the kernel tier in use: 'reference', 'generic' or 'avx2'.");
+  m.def("set_tier", [](const std::string& name) { robuq::set_tier(robuq::parse_tier(name)); },
+        py::arg("name"), "Force a kernel tier for this process ('reference', 'generic', 'avx2').");
+  m.def("tier_available", [](const std::string& name) { return robuq::tier_available(robuq::parse_tier(name)); },
+        py::arg("name"), "Whether this CPU and build can run the named tier.");
+  bind_kernels(m);
+}
