@@ -252,3 +252,51 @@ def test_config_json_round_trip_and_validation(tmp_path):
         quant.QuantConfig.from_dict({"layers": {}})
     with pytest.raises(ValueError, match="weight format"):
         quant.LayerQuant(weight="int16")
+
+
+# ------------------------------------------------------------------------------------ whole-model QAT
+
+
+def _tiny_dit(seed=0):
+    from robuq import models
+
+    torch.manual_seed(seed)
+    m = models.create("DiT-S/2", depth=2, hidden_size=192, num_heads=3, input_size=8, num_classes=10)
+    models.reinit_zero_layers(m, generator=torch.Generator().manual_seed(seed))
+    return m.eval()
+
+
+def _inputs(n=2):
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(n, 4, 8, 8, generator=g), torch.tensor([10, 500][:n]), torch.tensor([3, 7][:n])
+
+
+def test_quantize_model_at_8_bits_stays_close_to_full_precision():
+    fp = _tiny_dit()
+    x, t, y = _inputs()
+    with torch.no_grad():
+        ref = fp(x, t, y)
+        cfg = quant.preset(2, act_bits=8)
+        cfg = quant.QuantConfig({n: lq.replace(weight="int8") for n, lq in cfg.layers.items()}, 8)
+        out = quant.quantize_model(fp, cfg)(x, t, y)
+    rel = ((out - ref).norm() / ref.norm()).item()
+    assert rel < 0.02, rel  # 8-bit weights and activations everywhere: ~0.5% expected
+
+
+def test_quantize_model_structure_and_ternary_degrades_gracefully():
+    m = _tiny_dit()
+    x, t, y = _inputs()
+    with torch.no_grad():
+        ref = m(x, t, y)
+        q = quant.quantize_model(m, quant.preset(2, act_bits=4, rank=8))
+        out = q(x, t, y)
+    assert isinstance(q.blocks[0].attn.qkv, quant.QLinear) and q.blocks[1].attn.act_bits == 8
+    assert isinstance(q.blocks[0].adaLN_modulation[1], quant.QLinear)
+    assert type(q.final_layer.linear) is torch.nn.Linear  # full precision by the preset
+    keys = set(q.state_dict())
+    assert "blocks.0.attn.qkv.lowrank_down.weight" in keys and "blocks.0.mlp.fc2.lowrank_up.weight" in keys
+    assert "blocks.0.adaLN_modulation.1.lowrank_down.weight" not in keys
+    rel = ((out - ref).norm() / ref.norm()).item()
+    assert 0.01 < rel < 1.0, rel
+    with pytest.raises(ValueError, match="does not have"):
+        quant.quantize_model(_tiny_dit(), quant.QuantConfig({"blocks.9.attn.qkv": quant.LayerQuant()}))
