@@ -1,0 +1,1 @@
+"""robuq.exporter: QAT checkpoint -> .rq file (sources in the repository's top-level exporter/)."""

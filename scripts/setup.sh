@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Create .venv and install robuq (editable, C++ extension built with -Wall -Wextra -Werror) with the
+# test tools. torch is installed first, pinned to the CPU build that lies on our machines' disk, so no
+# later requirement can pull a CUDA build (see DEVELOPERS.md for other machines).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m venv .venv
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+python -m pip install -q "torch==2.13.0"
+ROBUQ_WERROR=ON python -m pip install -q -e ".[test]"

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The project's test command: set up (scripts/setup.sh), lint and format-check the Python code, then
+# run the test suite (the C++ was built warning-clean by the setup step). Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+. .venv/bin/activate
+ruff check .
+ruff format --check .
+python -m pytest -q "$@"
