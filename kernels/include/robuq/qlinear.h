@@ -1,0 +1,69 @@
+// The quantized linear layer as the engine runs it: fused Hadamard + per-token quantize, then the
+// low-bit GEMM with its epilogue (scales, zero-point correction, low-rank branch, bias).
+//
+//   xr = x @ H                                     (the layer's Hadamard plan)
+//   q, scale, zero = quantize(xr, act_bits, clip_k)  per token       (docs/quantization.md)
+//   y[t, r] = scale[t] * s[r] * (sum_k q[t,k] code[r,k] - zero[t] * wsum[r])
+//             + ((xr[t] @ down.T) @ up.T)[r] + bias[r]
+// With act_bits == 0 (float activations) the first term is s[r] * (xr[t] . code[r]).
+//
+// The descriptor points at weights in the file's packed layout (docs/rq-format.md); a QLinear may
+// repack them once, at construction, into whatever layout its kernels want. forward() dispatches on
+// robuq::active_tier() at call time (reference, generic or avx2), so tests can run every tier on the
+// same object. Every tier computes the same integer dot products; results differ between tiers only by
+// float summation order in the epilogue and the low-rank branch.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "robuq/hadamard.h"
+
+namespace robuq {
+
+enum class WeightFormat { Ternary = 0, Int4 = 1, Int8 = 2 };
+
+struct QLinearDesc {
+  int64_t in = 0, out = 0;
+  WeightFormat format = WeightFormat::Ternary;
+  const uint8_t* packed = nullptr;  // [out, packed_cols(format, in)] file layout
+  const float* scale = nullptr;     // [out]
+  const int32_t* wsum = nullptr;    // [out] sum of codes per row
+  const float* bias = nullptr;      // [out] or null
+  int64_t rank = 0;
+  const float* down = nullptr;      // [rank, in] float32 (converted from the file's F16 by the loader)
+  const float* up = nullptr;        // [out, rank] float32
+  int act_bits = 0;                 // 1..8, or 0 for float activations
+  float clip_k = 0.0f;              // <= 0: minmax
+  HadamardPlan plan;                // width in
+};
+
+// Bytes per packed row of `in` weights in the file layout.
+int64_t packed_cols(WeightFormat format, int64_t in);
+
+class QLinear {
+ public:
+  // Validates the descriptor (shapes, bits, plan width) and prepares kernel-specific layouts.
+  // The descriptor's pointers must stay valid for the QLinear's lifetime.
+  explicit QLinear(const QLinearDesc& desc);
+  ~QLinear();
+  QLinear(const QLinear&) = delete;
+  QLinear& operator=(const QLinear&) = delete;
+
+  // x: [T, in] float32, y: [T, out] float32 (overwritten). threads >= 1.
+  void forward(const float* x, int64_t T, float* y, int threads) const;
+
+  const QLinearDesc& desc() const { return desc_; }
+
+ private:
+  QLinearDesc desc_;
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Dense float32 linear: y[T, out] = x[T, in] @ W[out, in]^T (+ b[out] when b is non-null).
+// Dispatches on the active tier like QLinear.
+void linear_f32(const float* x, int64_t T, int64_t in, const float* W, const float* b, int64_t out, float* y,
+                int threads);
+
+}  // namespace robuq
