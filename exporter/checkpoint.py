@@ -1,0 +1,283 @@
+"""Reading checkpoints safely and checking them against the model they claim to be.
+
+Accepted layouts:
+  * robuq (python/robuq/train.py): {"model", "ema", "opt", "step", "args": dict, "model_config":
+    DiTConfig.to_dict(), "quant_config": QuantConfig.to_dict() or None, "rng"}; the model is quantized
+    iff quant_config is set, and its state dict is that of quantize_model(create(...), config);
+  * official DiT train.py: {"model", "ema", "opt", "args": argparse.Namespace};
+  * a plain official state dict (the released DiT-XL-2-*.pt files).
+For the official layouts the model config is inferred from the tensor shapes.
+
+Files are read with torch.load(weights_only=True): only tensors, containers, numbers, strings,
+argparse.Namespace and numpy arrays (rng states) can be built; anything else is refused as untrusted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import pickle
+import re
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from robuq.models import CONFIGS, DiT, DiTConfig
+from robuq.quant import QuantConfig, quantize_model
+
+from .errors import ExportError
+from .packing import FORMATS
+
+#: heads of the official configurations, by hidden size (--num-heads overrides)
+OFFICIAL_HEADS = {384: 6, 768: 12, 1024: 16, 1152: 16}
+#: keys the official layouts' config is inferred from
+INFER_KEYS = (
+    "x_embedder.proj.weight",
+    "pos_embed",
+    "y_embedder.embedding_table.weight",
+    "final_layer.linear.weight",
+    "blocks.0.mlp.fc1.weight",
+)
+
+
+def _safe_globals() -> list:
+    """argparse.Namespace (official train.py args) and what numpy arrays need (rng states): data only."""
+    reconstruct = np.array(0).__reduce__()[0]  # numpy's _reconstruct, wherever this numpy keeps it
+    dtypes = {type(np.dtype(c)) for c in "?bBhHiIlLqQefdgFDG"}
+    return [argparse.Namespace, reconstruct, np.ndarray, np.dtype, *dtypes]
+
+
+@dataclass
+class Checkpoint:
+    """A checked checkpoint: the state dict to export (float tensors, keys and shapes as the model's)."""
+
+    state: dict[str, torch.Tensor]
+    config: DiTConfig
+    quant: QuantConfig | None
+    layout: str  # "robuq", "official-train" or "official"
+    source: str  # for the .rq metadata
+
+
+def _names(keys, limit: int = 12) -> str:
+    keys = sorted(keys)
+    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def read_file(path: str | os.PathLike) -> object:
+    """torch.load with weights_only=True, after checking the file looks like a PyTorch checkpoint."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ExportError(f"checkpoint {path} not found")
+    if not os.path.isfile(path):
+        raise ExportError(f"checkpoint {path} is not a file")
+    with open(path, "rb") as f:
+        magic = f.read(8)
+    is_zip = magic[:4] == b"PK\x03\x04"
+    if not is_zip and magic[:1] != b"\x80":
+        hint = ": it looks like a safetensors / .rq file" if _is_safetensors(path) else ""
+        raise ExportError(f"{path} is not a PyTorch checkpoint (neither a zip archive nor a pickle){hint}")
+    try:
+        with torch.serialization.safe_globals(_safe_globals()), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "Detected pickle protocol 4 ..."
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
+    except pickle.UnpicklingError as e:
+        msg = str(e)
+        detail = msg.split("WeightsUnpickler error:", 1)[-1].strip().splitlines()[0] if msg else ""
+        m = re.search(r"Unsupported global: GLOBAL (\S+)", msg) or re.search(r"got <class '([^']+)'>", msg)
+        if m:
+            raise ExportError(
+                f"{path}: unsafe/untrusted checkpoint: it contains a pickled object ({m.group(1)}) that "
+                "weights_only loading refuses; the exporter never runs code from a checkpoint"
+            ) from None
+        if "Unsupported operand" in msg:
+            raise ExportError(
+                f"{path} is not a torch.save checkpoint: a pickle the weights-only loader refuses "
+                f"({detail}); it was not unpickled"
+            ) from None
+        if "Weights only load failed" in msg:
+            raise ExportError(
+                f"{path}: unsafe/untrusted checkpoint refused by weights_only loading ({detail})"
+            ) from None
+        raise ExportError(f"{path} is not a readable checkpoint: {msg.splitlines()[0]}") from None
+    except Exception as e:  # corrupt archives, truncated files, foreign pickles
+        first = (str(e).splitlines() or [""])[0]
+        raise ExportError(f"{path} is not a readable checkpoint ({type(e).__name__}: {first})") from None
+
+
+def _is_safetensors(path: str) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(9)
+    n = int.from_bytes(head[:8], "little")
+    return len(head) == 9 and head[8:9] == b"{" and n < os.path.getsize(path)
+
+
+def _is_state_dict(obj: dict) -> bool:
+    return any(isinstance(k, str) and (k.startswith("blocks.") or k in INFER_KEYS) for k in obj)
+
+
+def _check_state_dict(sd: object, what: str) -> dict[str, torch.Tensor]:
+    if not isinstance(sd, dict):
+        raise ExportError(f"{what} is a {type(sd).__name__}, not a state dict")
+    for k, v in sd.items():
+        if not isinstance(k, str) or not isinstance(v, torch.Tensor):
+            raise ExportError(f"{what}: entry {k!r} is a {type(v).__name__}, not a tensor")
+        if not v.is_floating_point():
+            raise ExportError(f"{what}: tensor {k} has dtype {v.dtype}, expected floating point")
+    return sd
+
+
+def infer_config(sd: dict[str, torch.Tensor], num_heads: int | None = None, model_name: str | None = None):
+    """The DiTConfig of an official state dict, from its shapes (see the module docstring)."""
+    missing = [k for k in INFER_KEYS if k not in sd]
+    if missing:
+        raise ExportError(f"missing keys: {', '.join(missing)} (needed to infer the model config)")
+
+    def shape_error(key, expected):
+        return ExportError(f"tensor {key}: expected shape {expected}, got {list(sd[key].shape)}")
+
+    w = sd["x_embedder.proj.weight"]
+    if w.ndim != 4 or w.shape[2] != w.shape[3]:
+        raise shape_error("x_embedder.proj.weight", "[D, C, p, p]")
+    hidden, in_ch, patch = int(w.shape[0]), int(w.shape[1]), int(w.shape[2])
+    depth = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k)))
+    pos = sd["pos_embed"]
+    tokens = int(pos.shape[1]) if pos.ndim == 3 else -1
+    grid = math.isqrt(max(tokens, 0))
+    if pos.ndim != 3 or pos.shape[0] != 1 or pos.shape[2] != hidden or grid * grid != tokens or grid == 0:
+        raise shape_error("pos_embed", f"[1, T, {hidden}] with T a square")
+    table = sd["y_embedder.embedding_table.weight"]
+    if table.ndim != 2 or table.shape[1] != hidden or table.shape[0] < 2:
+        raise shape_error("y_embedder.embedding_table.weight", f"[num_classes + 1, {hidden}]")
+    out = sd["final_layer.linear.weight"]
+    if out.ndim != 2 or out.shape[0] not in (patch * patch * in_ch, patch * patch * 2 * in_ch):
+        raise shape_error(
+            "final_layer.linear.weight", f"[{patch * patch * 2 * in_ch} or {patch * patch * in_ch}, D]"
+        )
+    fc1 = sd["blocks.0.mlp.fc1.weight"]
+    if fc1.ndim != 2 or fc1.shape[1] != hidden:
+        raise shape_error("blocks.0.mlp.fc1.weight", f"[mlp_ratio * {hidden}, {hidden}]")
+    if num_heads is None and model_name in CONFIGS and CONFIGS[model_name]["hidden_size"] == hidden:
+        num_heads = CONFIGS[model_name]["num_heads"]
+    if num_heads is None:
+        num_heads = OFFICIAL_HEADS.get(hidden)
+        if num_heads is None:
+            raise ExportError(
+                f"cannot infer num_heads for hidden size {hidden} (official sizes: "
+                f"{', '.join(f'{d}->{h}' for d, h in OFFICIAL_HEADS.items())}); pass --num-heads"
+            )
+    try:
+        return DiTConfig(
+            depth=depth,
+            hidden_size=hidden,
+            patch_size=patch,
+            num_heads=num_heads,
+            mlp_ratio=fc1.shape[0] / hidden,
+            input_size=grid * patch,
+            in_channels=in_ch,
+            num_classes=int(table.shape[0]) - 1,
+            learn_sigma=out.shape[0] == patch * patch * 2 * in_ch,
+            class_dropout_prob=0.1,
+        )
+    except ValueError as e:
+        raise ExportError(f"inferred model config is invalid: {e}") from None
+
+
+def expected_shapes(config: DiTConfig, quant: QuantConfig | None) -> dict[str, tuple[int, ...]]:
+    """State-dict key -> shape of the (quantized) model, in state-dict order. Builds on the meta device."""
+    try:
+        with torch.device("meta"):
+            model = DiT(config)
+            if quant is not None:
+                quantize_model(model, quant, init_lowrank=False)
+    except ValueError as e:
+        raise ExportError(f"quant_config does not fit the model: {e}") from None
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def check_quant_config(quant: QuantConfig) -> None:
+    for name, lq in quant.layers.items():
+        if lq.weight not in FORMATS:
+            raise ExportError(
+                f"layer {name}: unsupported weight format {lq.weight!r} "
+                f"(the .rq format stores {', '.join(FORMATS)})"
+            )
+
+
+def validate(sd: dict[str, torch.Tensor], config: DiTConfig, quant: QuantConfig | None) -> None:
+    """Keys, shapes and finiteness of `sd` against the model `config` (+ `quant`) describes."""
+    if quant is not None:
+        check_quant_config(quant)
+    expected = expected_shapes(config, quant)
+    missing, extra = set(expected) - set(sd), set(sd) - set(expected)
+    if missing or extra:
+        parts = [f"missing keys: {_names(missing)}"] if missing else []
+        parts += [f"unexpected keys: {_names(extra)}"] if extra else []
+        raise ExportError("state dict does not match the model config: " + "; ".join(parts))
+    bad = [
+        f"tensor {k}: expected shape {list(shape)}, got {list(sd[k].shape)}"
+        for k, shape in expected.items()
+        if tuple(sd[k].shape) != shape
+    ]
+    if bad:
+        raise ExportError(
+            "shape mismatch: " + "; ".join(bad[:8]) + (f" (and {len(bad) - 8} more)" if len(bad) > 8 else "")
+        )
+    for k in expected:
+        t = sd[k]
+        if not torch.isfinite(t).all():
+            nan, inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+            raise ExportError(f"tensor {k} has non-finite values ({nan} NaN, {inf} inf)")
+
+
+def load_checkpoint(path: str | os.PathLike, *, ema: bool = True, num_heads: int | None = None) -> Checkpoint:
+    """Read, interpret and validate a checkpoint (robuq, official train.py or plain official state dict)."""
+    obj = read_file(path)
+    name = os.path.basename(os.fspath(path))
+    if not isinstance(obj, dict):
+        raise ExportError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict or a state dict")
+    if "model" in obj or "ema" in obj:
+        key = "ema" if ema and obj.get("ema") is not None else "model"
+        if obj.get(key) is None:
+            raise ExportError(f"{path} has no {key!r} weights (keys: {_names(map(str, obj))})")
+        sd = _check_state_dict(obj[key], f"{path}[{key!r}]")
+        which = (
+            "EMA weights" if key == "ema" else ("raw weights" if not ema else "raw weights (no EMA saved)")
+        )
+        step = obj.get("step")
+        step_text = f" step {step}" if isinstance(step, int) else ""
+        if "model_config" in obj:
+            layout = "robuq"
+            try:
+                config = DiTConfig.from_dict(dict(obj["model_config"]))
+                qd = obj.get("quant_config")
+                quant = None if qd is None else QuantConfig.from_dict(qd)
+            except (TypeError, ValueError) as e:
+                raise ExportError(f"{path}: invalid model_config / quant_config: {e}") from None
+            if num_heads is not None and num_heads != config.num_heads:
+                raise ExportError(
+                    f"--num-heads {num_heads} contradicts the checkpoint's model_config ({config.num_heads})"
+                )
+            source = f"robuq checkpoint {name}{step_text}, {which}"
+        else:
+            layout = "official-train"
+            args = obj.get("args")
+            model_name = getattr(args, "model", None) if isinstance(args, argparse.Namespace) else None
+            config, quant = infer_config(sd, num_heads, model_name), None
+            source = f"official DiT training checkpoint {name}{step_text}, {which}"
+    elif _is_state_dict(obj):
+        layout = "official"
+        sd = _check_state_dict(obj, str(path))
+        config, quant = infer_config(sd, num_heads), None
+        source = f"official DiT state dict {name}"
+    else:
+        keys = _names(map(str, obj), 8)
+        raise ExportError(
+            f"{path} is not a DiT checkpoint: a dict with keys [{keys}] "
+            "and no 'model' / 'ema' entry or DiT weights"
+        )
+    validate(sd, config, quant)
+    return Checkpoint(state=sd, config=config, quant=quant, layout=layout, source=source)
