@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "array_util.h"
 #include "robuq/hadamard.h"
 #include "robuq/pack.h"
 #include "robuq/quant.h"
@@ -16,32 +17,9 @@ namespace py = pybind11;
 
 namespace {
 
-template <class T>
-using CArray = py::array_t<T, py::array::c_style | py::array::forcecast>;
-
-// Accepts anything numpy can view as an array (numpy arrays, CPU torch tensors), requires exactly the
-// dtype T and `ndim` dimensions (std::invalid_argument -> ValueError otherwise) and returns a
-// C-contiguous array (a copy only when the input is not contiguous).
-template <class T>
-CArray<T> input_array(const py::object& obj, const char* name, const char* dtype_name, int ndim,
-                      const char* shape_doc) {
-  py::array a = py::array::ensure(obj);
-  if (!a)
-    throw std::invalid_argument(std::string(name) + " must be a numpy array of dtype " + dtype_name + ", got " +
-                                std::string(py::str(py::type::of(obj))));
-  if (!py::isinstance<py::array_t<T>>(a))
-    throw std::invalid_argument(std::string(name) + " must have dtype " + dtype_name + ", got " +
-                                std::string(py::str(a.dtype())));
-  if (a.ndim() != ndim)
-    throw std::invalid_argument(std::string(name) + " must be " + std::to_string(ndim) + "-D " + shape_doc +
-                                ", got " + std::to_string(a.ndim()) + "-D");
-  return CArray<T>::ensure(a);
-}
-
-template <class T>
-py::array_t<T> new_array(std::vector<py::ssize_t> shape) {
-  return py::array_t<T>(shape);
-}
+using robuq_bind::CArray;
+using robuq_bind::input_array;
+using robuq_bind::new_array;
 
 py::array_t<int8_t> py_hadamard_base(int64_t K) {
   const std::vector<int8_t> H = robuq::hadamard_base(K);

@@ -7,6 +7,8 @@
 namespace py = pybind11;
 
 void bind_kernels(py::module_& m);  // kernels_bind.cpp
+void bind_engine(py::module_& m);   // engine_bind.cpp
+void bind_sampler(py::module_& m);  // sampler_bind.cpp
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "RobuQ C++ kernels and engine (torch-free)";
@@ -25,4 +27,6 @@ PYBIND11_MODULE(_C, m) {
   m.def("tier_available", [](const std::string& name) { return robuq::tier_available(robuq::parse_tier(name)); },
         py::arg("name"), "Whether this CPU and build can run the named tier.");
   bind_kernels(m);
+  bind_engine(m);
+  bind_sampler(m);
 }

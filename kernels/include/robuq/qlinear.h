@@ -15,6 +15,7 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "robuq/hadamard.h"
@@ -41,16 +42,32 @@ struct QLinearDesc {
 // Bytes per packed row of `in` weights in the file layout.
 int64_t packed_cols(WeightFormat format, int64_t in);
 
+// "ternary" | "int4" | "int8"; anything else throws std::invalid_argument.
+WeightFormat parse_weight_format(const std::string& name);
+const char* weight_format_name(WeightFormat format);
+// Largest |code| of a format (1, 7, 127): codes are in [-max, max]; ternary code 3, int4 -8 and int8
+// -128 are invalid.
+int weight_code_max(WeightFormat format);
+
+// Checks every code of a packed [out, in] matrix (file layout). Throws std::invalid_argument naming the
+// row, column and code of the first invalid one. Padding positions are not inspected.
+void check_weight_codes(WeightFormat format, const uint8_t* packed, int64_t out, int64_t in);
+// sums[r] = sum_k code[r, k] (the file's weight_sum). Codes must be valid.
+void weight_code_sums(WeightFormat format, const uint8_t* packed, int64_t out, int64_t in, int32_t* sums);
+
 class QLinear {
  public:
-  // Validates the descriptor (shapes, bits, plan width) and prepares kernel-specific layouts.
+  // Validates the descriptor (shapes, bits, plan width, weight codes, wsum == the codes' row sums,
+  // int32 accumulator range) and prepares kernel-specific layouts; throws std::invalid_argument.
   // The descriptor's pointers must stay valid for the QLinear's lifetime.
   explicit QLinear(const QLinearDesc& desc);
   ~QLinear();
   QLinear(const QLinear&) = delete;
   QLinear& operator=(const QLinear&) = delete;
 
-  // x: [T, in] float32, y: [T, out] float32 (overwritten). threads >= 1.
+  // x: [T, in] float32, y: [T, out] float32 (overwritten; must not alias x). threads >= 1. The result
+  // does not depend on `threads` (each output is computed by one thread in a fixed order). Safe to call
+  // from several threads at once.
   void forward(const float* x, int64_t T, float* y, int threads) const;
 
   const QLinearDesc& desc() const { return desc_; }
@@ -62,7 +79,8 @@ class QLinear {
 };
 
 // Dense float32 linear: y[T, out] = x[T, in] @ W[out, in]^T (+ b[out] when b is non-null).
-// Dispatches on the active tier like QLinear.
+// Dispatches on the active tier like QLinear; results do not depend on `threads` (>= 1) or on T (each
+// dot product is summed in one fixed order). y must not alias x or W.
 void linear_f32(const float* x, int64_t T, int64_t in, const float* W, const float* b, int64_t out, float* y,
                 int threads);
 

@@ -1,0 +1,181 @@
+#include "diffusion.h"
+
+#include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <set>
+#include <stdexcept>
+
+#include "rng.h"
+
+namespace robuq {
+
+namespace {
+
+// numpy.linspace(start, stop, n) for n >= 2: i * step + start, the last value exactly stop.
+std::vector<double> linspace(double start, double stop, int64_t n) {
+  std::vector<double> y(static_cast<size_t>(n));
+  const double step = (stop - start) / static_cast<double>(n - 1);
+  for (int64_t i = 0; i < n; ++i) y[i] = static_cast<double>(i) * step + start;
+  if (n > 1) y[n - 1] = stop;
+  return y;
+}
+
+std::vector<double> linear_betas(int64_t num_timesteps) {
+  const double scale = 1000.0 / static_cast<double>(num_timesteps);
+  return linspace(scale * 0.0001, scale * 0.02, num_timesteps);
+}
+
+std::vector<int64_t> parse_counts(const std::string& spec) {
+  std::vector<int64_t> counts;
+  size_t pos = 0;
+  while (pos <= spec.size()) {
+    size_t comma = spec.find(',', pos);
+    if (comma == std::string::npos) comma = spec.size();
+    const std::string tok = spec.substr(pos, comma - pos);
+    if (tok.empty() || tok.size() > 9 || !std::all_of(tok.begin(), tok.end(), [](unsigned char ch) { return std::isdigit(ch) != 0; }))
+      throw std::invalid_argument("bad respacing '" + spec + "': use 'N', 'N1,N2,...' or 'ddimN'");
+    counts.push_back(std::stoll(tok));
+    pos = comma + 1;
+  }
+  return counts;
+}
+
+}  // namespace
+
+std::vector<int64_t> space_timesteps(int64_t num_timesteps, const std::string& spec) {
+  if (num_timesteps < 2) throw std::invalid_argument("num_timesteps must be >= 2");
+  if (spec.rfind("ddim", 0) == 0) {
+    const auto counts = parse_counts(spec.substr(4));
+    if (counts.size() != 1) throw std::invalid_argument("bad respacing '" + spec + "'");
+    for (int64_t stride = 1; stride < num_timesteps; ++stride) {
+      if ((num_timesteps + stride - 1) / stride == counts[0]) {
+        std::vector<int64_t> out;
+        for (int64_t t = 0; t < num_timesteps; t += stride) out.push_back(t);
+        return out;
+      }
+    }
+    throw std::invalid_argument("cannot create exactly " + std::to_string(counts[0]) +
+                                " steps with an integer stride from " + std::to_string(num_timesteps));
+  }
+  const auto counts = parse_counts(spec);
+  const int64_t sections = static_cast<int64_t>(counts.size());
+  const int64_t size_per = num_timesteps / sections, extra = num_timesteps % sections;
+  std::set<int64_t> steps;
+  int64_t start = 0;
+  for (int64_t i = 0; i < sections; ++i) {
+    const int64_t size = size_per + (i < extra ? 1 : 0);
+    const int64_t count = counts[i];
+    if (size < count)
+      throw std::invalid_argument("cannot divide a section of " + std::to_string(size) + " steps into " +
+                                  std::to_string(count));
+    const double stride = count <= 1 ? 1.0 : static_cast<double>(size - 1) / static_cast<double>(count - 1);
+    double cur = 0.0;
+    for (int64_t j = 0; j < count; ++j) {
+      steps.insert(start + static_cast<int64_t>(std::nearbyint(cur)));  // Python round(): half to even
+      cur += stride;
+    }
+    start += size;
+  }
+  if (steps.empty()) throw std::invalid_argument("respacing '" + spec + "' keeps no steps");
+  return {steps.begin(), steps.end()};
+}
+
+SpacedSchedule make_schedule(int64_t num_timesteps, const std::string& spec) {
+  const std::vector<double> base = linear_betas(num_timesteps);
+  SpacedSchedule s;
+  s.timestep_map = space_timesteps(num_timesteps, spec);
+  std::vector<double> abar(base.size());
+  double acc = 1.0;
+  for (size_t i = 0; i < base.size(); ++i) abar[i] = acc = acc * (1.0 - base[i]);
+  double last = 1.0;
+  for (int64_t t : s.timestep_map) {
+    s.betas.push_back(1.0 - abar[t] / last);
+    last = abar[t];
+  }
+  const size_t K = s.betas.size();
+  s.alphas_cumprod.resize(K);
+  acc = 1.0;
+  for (size_t i = 0; i < K; ++i) s.alphas_cumprod[i] = acc = acc * (1.0 - s.betas[i]);
+  s.alphas_cumprod_prev.resize(K);
+  for (size_t i = 0; i < K; ++i) s.alphas_cumprod_prev[i] = i == 0 ? 1.0 : s.alphas_cumprod[i - 1];
+  std::vector<double> post_var(K);
+  for (size_t i = 0; i < K; ++i) {
+    const double a = s.alphas_cumprod[i], ap = s.alphas_cumprod_prev[i], b = s.betas[i];
+    s.sqrt_recip_alphas_cumprod.push_back(std::sqrt(1.0 / a));
+    s.sqrt_recipm1_alphas_cumprod.push_back(std::sqrt(1.0 / a - 1));
+    post_var[i] = b * (1.0 - ap) / (1.0 - a);
+    s.posterior_mean_coef1.push_back(b * std::sqrt(ap) / (1.0 - a));
+    s.posterior_mean_coef2.push_back((1.0 - ap) * std::sqrt(1.0 - b) / (1.0 - a));
+    s.log_betas.push_back(std::log(b));
+  }
+  for (size_t i = 0; i < K; ++i) {
+    const double v = K > 1 ? post_var[i == 0 ? 1 : i] : post_var[i];
+    s.posterior_log_variance_clipped.push_back(std::log(v));
+    // fixed "large" variance (learn_sigma False): [posterior_variance[1], betas[1:]]
+    const double large = K > 1 ? (i == 0 ? post_var[1] : s.betas[i]) : s.betas[i];
+    s.fixed_large_log_variance.push_back(std::log(large));
+  }
+  return s;
+}
+
+void sample_loop(const SpacedSchedule& sched, const ModelFn& model, int64_t N, int64_t C, int64_t HW,
+                 const SampleOptions& opt, float* out, const ProgressFn& progress) {
+  const int64_t K = sched.size();
+  const int64_t per = C * HW, total = N * per;
+  const int64_t cout = opt.learn_sigma ? 2 * C : C;
+  std::vector<float> x(static_cast<size_t>(total)), noise(static_cast<size_t>(total));
+  std::vector<float> mo(static_cast<size_t>(N * cout * HW));
+  std::vector<int64_t> tvec(static_cast<size_t>(N));
+  gaussian_noise(opt.seed, 0, x.data(), total);
+  for (int64_t i = 0; i < K; ++i) {
+    const int64_t t = K - 1 - i;
+    std::fill(tvec.begin(), tvec.end(), sched.timestep_map[t]);
+    model(x.data(), tvec.data(), mo.data());
+    const bool ddpm = opt.sampler == Sampler::DDPM;
+    const bool need_noise = t > 0 && (ddpm || opt.eta != 0.0);
+    if (need_noise) gaussian_noise(opt.seed, static_cast<uint64_t>(1 + i), noise.data(), total);
+    // per-step scalars: float64 schedule values rounded to float32, as _extract does
+    const float srac = static_cast<float>(sched.sqrt_recip_alphas_cumprod[t]);
+    const float srm1 = static_cast<float>(sched.sqrt_recipm1_alphas_cumprod[t]);
+    const float c1 = static_cast<float>(sched.posterior_mean_coef1[t]);
+    const float c2 = static_cast<float>(sched.posterior_mean_coef2[t]);
+    const float min_log = static_cast<float>(sched.posterior_log_variance_clipped[t]);
+    const float max_log = static_cast<float>(sched.log_betas[t]);
+    const float fixed_log = static_cast<float>(sched.fixed_large_log_variance[t]);
+    const float a = static_cast<float>(sched.alphas_cumprod[t]);
+    const float ap = static_cast<float>(sched.alphas_cumprod_prev[t]);
+    const float sigma = static_cast<float>(opt.eta) * std::sqrt((1.0f - ap) / (1.0f - a)) * std::sqrt(1.0f - a / ap);
+    const float sqrt_ap = std::sqrt(ap);
+    const float dir = std::sqrt(1.0f - ap - sigma * sigma);
+    for (int64_t n = 0; n < N; ++n) {
+      for (int64_t j = 0; j < per; ++j) {
+        const int64_t idx = n * per + j;
+        const float xv = x[idx];
+        const float eps = mo[n * cout * HW + j];
+        float x0 = srac * xv - srm1 * eps;
+        if (opt.clip_denoised) x0 = std::min(1.0f, std::max(-1.0f, x0));
+        float next;
+        if (ddpm) {
+          float log_var = fixed_log;
+          if (opt.learn_sigma) {
+            const float v = mo[n * cout * HW + per + j];
+            const float frac = (v + 1.0f) / 2.0f;
+            log_var = frac * max_log + (1.0f - frac) * min_log;
+          }
+          const float mean = c1 * x0 + c2 * xv;
+          next = t == 0 ? mean : mean + std::exp(0.5f * log_var) * noise[idx];
+        } else {
+          const float e2 = (srac * xv - x0) / srm1;
+          const float mean = x0 * sqrt_ap + dir * e2;
+          next = need_noise ? mean + sigma * noise[idx] : mean;
+        }
+        x[idx] = next;
+      }
+    }
+    if (progress && !progress(i + 1, K)) throw std::runtime_error("sampling interrupted");
+  }
+  std::copy(x.begin(), x.end(), out);
+}
+
+}  // namespace robuq

@@ -1,0 +1,53 @@
+// Gaussian diffusion for sampling, as in ADM / improved DDPM / DiT (docs/training.md has the Python
+// reference, python/robuq/diffusion.py, whose formula order this follows):
+//   1000 training steps, linear betas 1e-4 .. 0.02 (float64, numpy.linspace's arithmetic),
+//   respacing to K steps by ADM's space_timesteps rule, betas recomputed from alphas_cumprod at the
+//   kept steps, the model called with the ORIGINAL timestep values;
+//   DDPM with learned-range variance, DDIM (eta) ignoring it; schedule values are float64 arrays cast
+//   to float32 per use, the per-element arithmetic is float32, as torch does it.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace robuq {
+
+// The timesteps kept by ADM's space_timesteps(num_timesteps, spec), ascending.
+// spec: "250" (one section), "10,10,5" (sections), or "ddimN" (an even stride giving N steps).
+// Throws std::invalid_argument on a spec that cannot be satisfied.
+std::vector<int64_t> space_timesteps(int64_t num_timesteps, const std::string& spec);
+
+struct SpacedSchedule {
+  std::vector<int64_t> timestep_map;  // spaced index -> original timestep
+  std::vector<double> betas, alphas_cumprod, alphas_cumprod_prev;
+  std::vector<double> sqrt_recip_alphas_cumprod, sqrt_recipm1_alphas_cumprod;
+  std::vector<double> posterior_log_variance_clipped, posterior_mean_coef1, posterior_mean_coef2;
+  std::vector<double> log_betas, fixed_large_log_variance;
+  int64_t size() const { return static_cast<int64_t>(betas.size()); }
+};
+
+// Linear-beta schedule of `num_timesteps` steps respaced by `spec`.
+SpacedSchedule make_schedule(int64_t num_timesteps, const std::string& spec);
+
+enum class Sampler { DDPM, DDIM };
+
+struct SampleOptions {
+  Sampler sampler = Sampler::DDPM;
+  double eta = 0.0;             // DDIM only
+  bool clip_denoised = false;   // clamp the predicted x0 to [-1, 1]
+  bool learn_sigma = true;      // model output has 2C channels (eps, variance) instead of C
+  uint64_t seed = 0;
+};
+
+// model(x [N, C, H, W], t [N] original timesteps, out [N, C_out, H, W]) -> the guided model output.
+using ModelFn = std::function<void(const float* x, const int64_t* t, float* out)>;
+// Called after each step with (steps done, total steps); return false to stop (raises).
+using ProgressFn = std::function<bool(int64_t, int64_t)>;
+
+// Runs the reverse process from noise gaussian_noise(seed, 0) of shape [N, C, H, W] (size per_sample
+// * N), adding gaussian_noise(seed, 1 + i) at step i (i = 0 at the largest t). Writes x0 to out.
+void sample_loop(const SpacedSchedule& sched, const ModelFn& model, int64_t N, int64_t C, int64_t HW,
+                 const SampleOptions& opt, float* out, const ProgressFn& progress = nullptr);
+
+}  // namespace robuq

@@ -1,0 +1,64 @@
+// robuq::Engine: a standalone DiT runtime over a .rq file (docs/rq-format.md). No torch at run time.
+//
+//   robuq::Engine eng("model.rq");            // map, validate, bind weights (FormatError / IoError)
+//   eng.forward(x, N, t, y, out);             // x [N, C, S, S] float32 -> out [N, out_channels, S, S]
+//   eng.linear("blocks.0.attn.qkv", x, T, y); // one linear by its state-dict module name
+//
+// Parameter and layer names are the PyTorch state-dict names. forward() is serialised internally (the
+// activation workspace is shared and allocated once per batch size); linear() may run concurrently.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "errors.h"
+#include "rq_spec.h"
+
+namespace robuq {
+
+struct EngineInfo {
+  std::string path;
+  std::string format_version;
+  std::string source;
+  uint64_t file_size = 0;
+  bool mapped = false;  // false: the file was read into memory (mmap failed)
+  int threads = 1;
+  ModelConfig model;
+  int attention_bits = 0;              // 0: float attention
+  std::vector<LinearShape> linears;    // every linear, in forward order
+  // The quantized layers, as in the file except hadamard_block: for "block" the resolved block size.
+  std::vector<LayerQuantSpec> layers;
+  bool has_sampling = false;
+  bool clip_denoised = false;
+  std::string cfg_mode;
+};
+
+class Engine {
+ public:
+  // threads: worker threads for every call (0: all available cores, i.e. omp_get_max_threads()).
+  // Throws IoError (cannot open / read), FormatError (invalid file), std::invalid_argument (threads < 0).
+  explicit Engine(const std::string& path, int threads = 0);
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  const EngineInfo& info() const;
+  int threads() const;
+
+  // x [N, in_channels, input_size, input_size] float32, t [N] timesteps, y [N] class ids in
+  // [0, label_rows) (num_classes is the null class when the model has one) -> out [N, out_channels,
+  // input_size, input_size]. Throws std::invalid_argument on a bad label.
+  void forward(const float* x, int64_t N, const int64_t* t, const int64_t* y, float* out);
+
+  // One linear layer by module name: x [T, in] -> out [T, out]. Throws std::invalid_argument for an
+  // unknown name.
+  void linear(const std::string& name, const float* x, int64_t T, float* out) const;
+  LinearShape linear_shape(const std::string& name) const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace robuq

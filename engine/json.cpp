@@ -1,0 +1,379 @@
+// Strict recursive-descent JSON parser; see json.h for what is accepted.
+#include "json.h"
+
+#include <charconv>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <system_error>
+
+namespace robuq {
+namespace json {
+
+const char* type_name(Type t) {
+  switch (t) {
+    case Type::Null: return "null";
+    case Type::Bool: return "boolean";
+    case Type::Number: return "number";
+    case Type::String: return "string";
+    case Type::Array: return "array";
+    case Type::Object: return "object";
+  }
+  return "?";
+}
+
+const Value* Value::find(const std::string& key) const {
+  if (type != Type::Object) return nullptr;
+  for (const auto& kv : object)
+    if (kv.first == key) return &kv.second;
+  return nullptr;
+}
+
+namespace {
+
+class Parser {
+ public:
+  Parser(const char* s, size_t n, const Limits& lim) : s_(s), n_(n), lim_(lim) {}
+
+  Value document() {
+    if (n_ > lim_.max_size)
+      fail("input is " + std::to_string(n_) + " bytes, more than the limit of " + std::to_string(lim_.max_size), 0);
+    skip_ws();
+    Value v = value(0);
+    skip_ws();
+    if (p_ != n_) fail("unexpected data after the JSON value");
+    return v;
+  }
+
+ private:
+  const char* s_;
+  size_t n_;
+  Limits lim_;
+  size_t p_ = 0;
+
+  [[noreturn]] void fail(const std::string& what) const { fail(what, p_); }
+  [[noreturn]] void fail(const std::string& what, size_t at) const {
+    size_t line = 1, col = 1;
+    for (size_t i = 0; i < at && i < n_; ++i) {
+      if (s_[i] == '\n') {
+        ++line;
+        col = 1;
+      } else {
+        ++col;
+      }
+    }
+    throw ParseError("invalid JSON at byte " + std::to_string(at) + " (line " + std::to_string(line) + ", column " +
+                         std::to_string(col) + "): " + what,
+                     at);
+  }
+
+  bool at_end() const { return p_ >= n_; }
+  char peek() const { return s_[p_]; }
+
+  void skip_ws() {
+    while (p_ < n_ && (s_[p_] == ' ' || s_[p_] == '\t' || s_[p_] == '\n' || s_[p_] == '\r')) ++p_;
+  }
+
+  static std::string describe(char c) {
+    const unsigned char u = static_cast<unsigned char>(c);
+    if (u >= 0x20 && u < 0x7f) return std::string("'") + c + "'";
+    char buf[8];
+    std::snprintf(buf, sizeof buf, "0x%02x", u);
+    return std::string("byte ") + buf;
+  }
+
+  void expect(char c) {
+    if (at_end()) fail(std::string("unexpected end of input, expected '") + c + "'");
+    if (peek() != c) fail(std::string("expected '") + c + "', got " + describe(peek()));
+    ++p_;
+  }
+
+  void literal(const char* word) {
+    const size_t len = std::strlen(word);
+    if (n_ - p_ < len || std::memcmp(s_ + p_, word, len) != 0)
+      fail("invalid literal (expected '" + std::string(word) + "')");
+    p_ += len;
+  }
+
+  Value value(int depth) {
+    if (at_end()) fail("unexpected end of input, expected a value");
+    Value v;
+    switch (peek()) {
+      case '{':
+        return object(depth + 1);
+      case '[':
+        return array(depth + 1);
+      case '"':
+        v.type = Type::String;
+        v.string = string();
+        return v;
+      case 't':
+        literal("true");
+        v.type = Type::Bool;
+        v.boolean = true;
+        return v;
+      case 'f':
+        literal("false");
+        v.type = Type::Bool;
+        return v;
+      case 'n':
+        literal("null");
+        return v;
+      default:
+        if (peek() == '-' || (peek() >= '0' && peek() <= '9')) return number();
+        fail("unexpected " + describe(peek()) + ", expected a value");
+    }
+  }
+
+  void check_depth(int depth) {
+    if (depth > lim_.max_depth) fail("nesting deeper than the limit of " + std::to_string(lim_.max_depth));
+  }
+
+  Value object(int depth) {
+    check_depth(depth);
+    Value v;
+    v.type = Type::Object;
+    ++p_;  // '{'
+    skip_ws();
+    if (!at_end() && peek() == '}') {
+      ++p_;
+      return v;
+    }
+    while (true) {
+      skip_ws();
+      if (at_end()) fail("unexpected end of input in an object");
+      if (peek() != '"') fail("expected a string key, got " + describe(peek()));
+      const size_t key_at = p_;
+      std::string key = string();
+      for (const auto& kv : v.object)
+        if (kv.first == key) fail("duplicate key \"" + key + "\"", key_at);
+      skip_ws();
+      expect(':');
+      skip_ws();
+      Value member = value(depth);
+      v.object.emplace_back(std::move(key), std::move(member));
+      skip_ws();
+      if (at_end()) fail("unexpected end of input in an object");
+      if (peek() == ',') {
+        ++p_;
+        continue;
+      }
+      if (peek() == '}') {
+        ++p_;
+        return v;
+      }
+      fail("expected ',' or '}' in an object, got " + describe(peek()));
+    }
+  }
+
+  Value array(int depth) {
+    check_depth(depth);
+    Value v;
+    v.type = Type::Array;
+    ++p_;  // '['
+    skip_ws();
+    if (!at_end() && peek() == ']') {
+      ++p_;
+      return v;
+    }
+    while (true) {
+      skip_ws();
+      v.array.push_back(value(depth));
+      skip_ws();
+      if (at_end()) fail("unexpected end of input in an array");
+      if (peek() == ',') {
+        ++p_;
+        continue;
+      }
+      if (peek() == ']') {
+        ++p_;
+        return v;
+      }
+      fail("expected ',' or ']' in an array, got " + describe(peek()));
+    }
+  }
+
+  static bool is_digit(char c) { return c >= '0' && c <= '9'; }
+
+  Value number() {
+    const size_t start = p_;
+    bool integral = true;
+    if (peek() == '-') ++p_;
+    if (at_end() || !is_digit(peek())) fail("invalid number: expected a digit");
+    if (peek() == '0') {
+      ++p_;
+      if (!at_end() && is_digit(peek())) fail("invalid number: leading zero");
+    } else {
+      while (!at_end() && is_digit(peek())) ++p_;
+    }
+    if (!at_end() && peek() == '.') {
+      integral = false;
+      ++p_;
+      if (at_end() || !is_digit(peek())) fail("invalid number: expected a digit after '.'");
+      while (!at_end() && is_digit(peek())) ++p_;
+    }
+    if (!at_end() && (peek() == 'e' || peek() == 'E')) {
+      integral = false;
+      ++p_;
+      if (!at_end() && (peek() == '+' || peek() == '-')) ++p_;
+      if (at_end() || !is_digit(peek())) fail("invalid number: expected a digit in the exponent");
+      while (!at_end() && is_digit(peek())) ++p_;
+    }
+    Value v;
+    v.type = Type::Number;
+    const char* b = s_ + start;
+    const char* e = s_ + p_;
+    // from_chars: correctly rounded and locale independent. It does not accept a leading '+', which
+    // JSON does not allow either.
+    const auto rd = std::from_chars(b, e, v.number);
+    if (rd.ec == std::errc::result_out_of_range) {
+      // Overflow is an error. A negative exponent means underflow, which is a legitimate value; it is
+      // read as (signed) zero, the nearest double up to the subnormal range.
+      const char* ex = b;
+      while (ex < e && *ex != 'e' && *ex != 'E') ++ex;
+      if (!(ex + 1 < e && ex[1] == '-')) fail("number out of range", start);
+      v.number = *b == '-' ? -0.0 : 0.0;
+    } else if (rd.ec != std::errc() || rd.ptr != e) {
+      fail("invalid number", start);
+    }
+    if (integral) {
+      int64_t iv = 0;
+      const auto ri = std::from_chars(b, e, iv);
+      if (ri.ec == std::errc() && ri.ptr == e) {
+        v.is_int = true;
+        v.integer = iv;
+      }
+    }
+    return v;
+  }
+
+  unsigned hex4() {
+    if (n_ - p_ < 4) fail("truncated \\u escape");
+    unsigned cp = 0;
+    for (int i = 0; i < 4; ++i) {
+      const char c = s_[p_ + static_cast<size_t>(i)];
+      unsigned d;
+      if (c >= '0' && c <= '9')
+        d = static_cast<unsigned>(c - '0');
+      else if (c >= 'a' && c <= 'f')
+        d = static_cast<unsigned>(c - 'a' + 10);
+      else if (c >= 'A' && c <= 'F')
+        d = static_cast<unsigned>(c - 'A' + 10);
+      else
+        fail("invalid hex digit in \\u escape", p_ + static_cast<size_t>(i));
+      cp = cp * 16 + d;
+    }
+    p_ += 4;
+    return cp;
+  }
+
+  static void append_utf8(std::string& out, unsigned cp) {
+    if (cp < 0x80) {
+      out += static_cast<char>(cp);
+    } else if (cp < 0x800) {
+      out += static_cast<char>(0xC0 | (cp >> 6));
+      out += static_cast<char>(0x80 | (cp & 0x3F));
+    } else if (cp < 0x10000) {
+      out += static_cast<char>(0xE0 | (cp >> 12));
+      out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+      out += static_cast<char>(0x80 | (cp & 0x3F));
+    } else {
+      out += static_cast<char>(0xF0 | (cp >> 18));
+      out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
+      out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+      out += static_cast<char>(0x80 | (cp & 0x3F));
+    }
+  }
+
+  // One UTF-8 encoded code point starting at p_ (first byte >= 0x80); validated and copied.
+  void utf8_sequence(std::string& out) {
+    const size_t at = p_;
+    const unsigned char b0 = static_cast<unsigned char>(s_[p_]);
+    int len;
+    unsigned cp, min;
+    if (b0 >= 0xC2 && b0 <= 0xDF) {
+      len = 2, cp = b0 & 0x1F, min = 0x80;
+    } else if (b0 >= 0xE0 && b0 <= 0xEF) {
+      len = 3, cp = b0 & 0x0F, min = 0x800;
+    } else if (b0 >= 0xF0 && b0 <= 0xF4) {
+      len = 4, cp = b0 & 0x07, min = 0x10000;
+    } else {
+      fail("invalid UTF-8 in a string", at);
+    }
+    if (n_ - p_ < static_cast<size_t>(len)) fail("truncated UTF-8 sequence in a string", at);
+    for (int i = 1; i < len; ++i) {
+      const unsigned char b = static_cast<unsigned char>(s_[p_ + static_cast<size_t>(i)]);
+      if ((b & 0xC0) != 0x80) fail("invalid UTF-8 in a string", at);
+      cp = (cp << 6) | (b & 0x3F);
+    }
+    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) fail("invalid UTF-8 in a string", at);
+    out.append(s_ + p_, static_cast<size_t>(len));
+    p_ += static_cast<size_t>(len);
+  }
+
+  std::string string() {
+    ++p_;  // opening quote
+    std::string out;
+    while (true) {
+      if (at_end()) fail("unterminated string");
+      const char c = peek();
+      const unsigned char u = static_cast<unsigned char>(c);
+      if (c == '"') {
+        ++p_;
+        return out;
+      }
+      if (u < 0x20) fail("raw control character " + describe(c) + " in a string (must be escaped)");
+      if (u >= 0x80) {
+        utf8_sequence(out);
+        continue;
+      }
+      if (c != '\\') {
+        out += c;
+        ++p_;
+        continue;
+      }
+      ++p_;
+      if (at_end()) fail("unterminated escape in a string");
+      const char e = peek();
+      ++p_;
+      switch (e) {
+        case '"': out += '"'; break;
+        case '\\': out += '\\'; break;
+        case '/': out += '/'; break;
+        case 'b': out += '\b'; break;
+        case 'f': out += '\f'; break;
+        case 'n': out += '\n'; break;
+        case 'r': out += '\r'; break;
+        case 't': out += '\t'; break;
+        case 'u': {
+          const size_t at = p_ - 2;
+          unsigned cp = hex4();
+          if (cp >= 0xDC00 && cp <= 0xDFFF) fail("lone low surrogate in a \\u escape", at);
+          if (cp >= 0xD800 && cp <= 0xDBFF) {
+            if (n_ - p_ < 6 || s_[p_] != '\\' || s_[p_ + 1] != 'u')
+              fail("high surrogate not followed by a low surrogate escape", at);
+            p_ += 2;
+            const unsigned lo = hex4();
+            if (lo < 0xDC00 || lo > 0xDFFF) fail("high surrogate not followed by a low surrogate", at);
+            cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+          }
+          append_utf8(out, cp);
+          break;
+        }
+        default:
+          fail("invalid escape \\" + std::string(1, e) + " in a string", p_ - 2);
+      }
+    }
+  }
+};
+
+}  // namespace
+
+Value parse(const char* text, size_t size, const Limits& limits) { return Parser(text, size, limits).document(); }
+
+Value parse(const std::string& text, const Limits& limits) { return parse(text.data(), text.size(), limits); }
+
+}  // namespace json
+}  // namespace robuq

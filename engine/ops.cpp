@@ -1,0 +1,218 @@
+// DiT operations besides the linears (see ops.h).
+#include "ops.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "robuq/qlinear.h"
+#include "robuq/quant.h"
+
+namespace robuq {
+namespace ops {
+
+namespace {
+constexpr int64_t kQueryBlock = 64;  // attention: query rows scored at once
+
+constexpr int64_t kMinWorkPerThread = int64_t(1) << 15;  // floats (or MACs) per thread worth a team
+
+// Threads worth waking for `work` units (small passes stay on the calling thread).
+int team(int threads, int64_t work) {
+  const int64_t by_work = work / kMinWorkPerThread;
+  if (by_work < 2) return 1;
+  return by_work < threads ? static_cast<int>(by_work) : threads;
+}
+
+int thread_index() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+}  // namespace
+
+void timestep_embedding(const int64_t* t, int64_t N, float* out) {
+  const int64_t half = kFreqDim / 2;
+  // torch: (-math.log(10000) * arange(half, float32)) / half, exp, all float32 (the scalar is rounded to
+  // float32 first).
+  const float neg_log = static_cast<float>(-std::log(10000.0));
+  float freqs[kFreqDim / 2];
+  for (int64_t i = 0; i < half; ++i) freqs[i] = std::exp((neg_log * static_cast<float>(i)) / static_cast<float>(half));
+  for (int64_t n = 0; n < N; ++n) {
+    const float tn = static_cast<float>(t[n]);
+    float* o = out + n * kFreqDim;
+    for (int64_t i = 0; i < half; ++i) {
+      const float a = tn * freqs[i];
+      o[i] = std::cos(a);
+      o[half + i] = std::sin(a);
+    }
+  }
+}
+
+void silu(const float* x, int64_t n, float* y) {
+  for (int64_t i = 0; i < n; ++i) y[i] = x[i] / (1.0f + std::exp(-x[i]));
+}
+
+void gelu_tanh(float* x, int64_t n, int threads) {
+  const float beta = static_cast<float>(0.7978845608028654);  // sqrt(2 / pi)
+  const float kappa = 0.044715f;
+  const int nt = team(threads, n);
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = x[i];
+    const float inner = beta * (v + kappa * (v * v * v));
+    x[i] = 0.5f * v * (1.0f + std::tanh(inner));
+  }
+}
+
+void patchify(const float* x, int64_t N, int64_t C, int64_t S, int64_t p, float* out) {
+  const int64_t g = S / p, F = C * p * p;
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t i = 0; i < g; ++i)
+      for (int64_t j = 0; j < g; ++j) {
+        float* o = out + ((n * g + i) * g + j) * F;
+        for (int64_t c = 0; c < C; ++c)
+          for (int64_t pr = 0; pr < p; ++pr) {
+            const float* src = x + ((n * C + c) * S + i * p + pr) * S + j * p;
+            std::memcpy(o + (c * p + pr) * p, src, sizeof(float) * static_cast<size_t>(p));
+          }
+      }
+}
+
+void unpatchify(const float* feats, int64_t N, int64_t grid, int64_t p, int64_t C, float* out) {
+  const int64_t S = grid * p, F = p * p * C;
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t i = 0; i < grid; ++i)
+      for (int64_t j = 0; j < grid; ++j) {
+        const float* f = feats + ((n * grid + i) * grid + j) * F;
+        for (int64_t pr = 0; pr < p; ++pr)
+          for (int64_t pc = 0; pc < p; ++pc)
+            for (int64_t c = 0; c < C; ++c)
+              out[((n * C + c) * S + i * p + pr) * S + j * p + pc] = f[(pr * p + pc) * C + c];
+      }
+}
+
+void layernorm_modulate(const float* x, int64_t N, int64_t T, int64_t D, const float* shift, const float* scale,
+                        int64_t stride, float* y, int threads) {
+  const int64_t rows = N * T;
+  const int nt = team(threads, rows * D);
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t n = r / T;
+    const float* xr = x + r * D;
+    float* yr = y + r * D;
+    const float* sh = shift + n * stride;
+    const float* sc = scale + n * stride;
+    double sum = 0.0;
+    for (int64_t k = 0; k < D; ++k) sum += xr[k];
+    const double mean = sum / static_cast<double>(D);
+    double ss = 0.0;
+    for (int64_t k = 0; k < D; ++k) {
+      const double d = xr[k] - mean;
+      ss += d * d;
+    }
+    const double var = ss / static_cast<double>(D);
+    const float rstd = static_cast<float>(1.0 / std::sqrt(var + static_cast<double>(kLayerNormEps)));
+    const float m = static_cast<float>(mean);
+    for (int64_t k = 0; k < D; ++k) yr[k] = ((xr[k] - m) * rstd) * (1.0f + sc[k]) + sh[k];
+  }
+}
+
+void gated_residual(float* x, const float* b, const float* gate, int64_t stride, int64_t N, int64_t T, int64_t D,
+                    int threads) {
+  const int64_t rows = N * T;
+  const int nt = team(threads, rows * D);
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* g = gate + (r / T) * stride;
+    float* xr = x + r * D;
+    const float* br = b + r * D;
+    for (int64_t k = 0; k < D; ++k) xr[k] = xr[k] + g[k] * br[k];
+  }
+}
+
+size_t attention_scratch_floats(int64_t T, int64_t hd) {
+  // Q, K: [T, hd]; V^T: [hd, T]; scores: [kQueryBlock, T]; head output: [kQueryBlock, hd]; codes row.
+  const int64_t qb = std::min(T, kQueryBlock);
+  return static_cast<size_t>(3 * T * hd + qb * T + qb * hd + hd);
+}
+
+namespace {
+
+// dst[hd] = fake-quantized src (per row minmax, ref arithmetic), or a copy when bits == 0.
+void load_head_row(const float* src, int64_t hd, int bits, uint8_t* codes, float* dst) {
+  if (bits == 0) {
+    std::memcpy(dst, src, sizeof(float) * static_cast<size_t>(hd));
+    return;
+  }
+  float s, z;
+  ref::quantize_row(src, hd, bits, 0.0f, codes, &s, &z);
+  for (int64_t d = 0; d < hd; ++d) dst[d] = (static_cast<float>(codes[d]) - z) * s;
+}
+
+void attention_head(const float* qkv, int64_t n, int64_t h, int64_t T, int64_t H, int64_t hd, int bits, float* out,
+                    float* scratch) {
+  const int64_t D = H * hd;
+  const int64_t qb = std::min(T, kQueryBlock);
+  float* Q = scratch;
+  float* K = Q + T * hd;
+  float* Vt = K + T * hd;
+  float* S = Vt + T * hd;
+  float* O = S + qb * T;
+  uint8_t* codes = reinterpret_cast<uint8_t*>(O + qb * hd);  // hd bytes fit in hd floats
+  for (int64_t i = 0; i < T; ++i) {
+    const float* row = qkv + (n * T + i) * 3 * D + h * hd;
+    load_head_row(row, hd, bits, codes, Q + i * hd);
+    load_head_row(row + D, hd, bits, codes, K + i * hd);
+    float* v = O;  // temporary row, transposed into Vt
+    load_head_row(row + 2 * D, hd, bits, codes, v);
+    for (int64_t d = 0; d < hd; ++d) Vt[d * T + i] = v[d];
+  }
+  const float scale = static_cast<float>(std::pow(static_cast<double>(hd), -0.5));
+  const float levels = bits > 0 ? static_cast<float>((1 << bits) - 1) : 0.0f;
+  for (int64_t i0 = 0; i0 < T; i0 += qb) {
+    const int64_t nb = std::min(qb, T - i0);
+    linear_f32(Q + i0 * hd, nb, hd, K, nullptr, T, S, 1);  // S[i, j] = q_i . k_j
+    for (int64_t i = 0; i < nb; ++i) {
+      float* s = S + i * T;
+      float mx = -INFINITY;
+      for (int64_t j = 0; j < T; ++j) {
+        s[j] = s[j] * scale;
+        mx = std::max(mx, s[j]);
+      }
+      float sum = 0.0f;
+      for (int64_t j = 0; j < T; ++j) {
+        s[j] = std::exp(s[j] - mx);
+        sum += s[j];
+      }
+      const float inv = 1.0f / sum;
+      for (int64_t j = 0; j < T; ++j) s[j] = s[j] * inv;
+      if (bits > 0)
+        for (int64_t j = 0; j < T; ++j) s[j] = std::min(std::max(std::nearbyint(s[j] * levels), 0.0f), levels) / levels;
+    }
+    linear_f32(S, nb, T, Vt, nullptr, hd, O, 1);  // O[i, d] = sum_j p_ij v_jd
+    for (int64_t i = 0; i < nb; ++i)
+      std::memcpy(out + (n * T + i0 + i) * D + h * hd, O + i * hd, sizeof(float) * static_cast<size_t>(hd));
+  }
+}
+
+}  // namespace
+
+void attention(const float* qkv, int64_t N, int64_t T, int64_t H, int64_t hd, int bits, float* out, float* scratch,
+               int threads) {
+  const size_t per = attention_scratch_floats(T, hd);
+  const int64_t tasks = N * H;
+  const int nt = std::min<int64_t>(team(threads, tasks * T * T * hd), tasks);
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+  for (int64_t task = 0; task < tasks; ++task)
+    attention_head(qkv, task / H, task % H, T, H, hd, bits, out, scratch + static_cast<size_t>(thread_index()) * per);
+}
+
+}  // namespace ops
+}  // namespace robuq

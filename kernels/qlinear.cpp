@@ -1,0 +1,225 @@
+// QLinear: descriptor validation, weight-code checks and the run-time dispatch over kernel tiers.
+#include "robuq/qlinear.h"
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <stdexcept>
+#include <string>
+
+#include "qlinear_tiers.h"
+#include "robuq/cpu.h"
+#include "robuq/quant.h"
+
+namespace robuq {
+
+int64_t packed_cols(WeightFormat format, int64_t in) {
+  switch (format) {
+    case WeightFormat::Ternary: return (in + 3) / 4;
+    case WeightFormat::Int4: return (in + 1) / 2;
+    case WeightFormat::Int8: return in;
+  }
+  throw std::invalid_argument("invalid weight format");
+}
+
+WeightFormat parse_weight_format(const std::string& name) {
+  if (name == "ternary") return WeightFormat::Ternary;
+  if (name == "int4") return WeightFormat::Int4;
+  if (name == "int8") return WeightFormat::Int8;
+  throw std::invalid_argument("unknown weight format '" + name + "' (expected ternary, int4 or int8)");
+}
+
+const char* weight_format_name(WeightFormat format) {
+  switch (format) {
+    case WeightFormat::Ternary: return "ternary";
+    case WeightFormat::Int4: return "int4";
+    case WeightFormat::Int8: return "int8";
+  }
+  return "?";
+}
+
+int weight_code_max(WeightFormat format) {
+  switch (format) {
+    case WeightFormat::Ternary: return 1;
+    case WeightFormat::Int4: return 7;
+    case WeightFormat::Int8: return 127;
+  }
+  throw std::invalid_argument("invalid weight format");
+}
+
+namespace {
+
+// Per packed byte of a ternary (4 codes) or int4 (2 codes) row: the sum of its codes and whether all of
+// them are valid. Lets the checks below run at memory speed.
+struct ByteTable {
+  int8_t sum[256];
+  bool ok[256];
+};
+
+ByteTable make_table(WeightFormat format) {
+  ByteTable t{};
+  const int per = format == WeightFormat::Ternary ? 4 : 2;
+  const int cmax = weight_code_max(format);
+  for (int b = 0; b < 256; ++b) {
+    const uint8_t byte = static_cast<uint8_t>(b);
+    int s = 0;
+    bool ok = true;
+    for (int i = 0; i < per; ++i) {
+      const int c = detail::weight_code(format, &byte, i);
+      s += c;
+      ok = ok && c >= -cmax && c <= cmax;
+    }
+    t.sum[b] = static_cast<int8_t>(s);
+    t.ok[b] = ok;
+  }
+  return t;
+}
+
+// Sum of one row's codes; *bad = first invalid column, or -1.
+int64_t scan_row(WeightFormat format, const uint8_t* row, int64_t in, int64_t* bad) {
+  *bad = -1;
+  const int cmax = weight_code_max(format);
+  int64_t s = 0, k0 = 0;
+  if (format != WeightFormat::Int8) {
+    static const ByteTable tern = make_table(WeightFormat::Ternary);
+    static const ByteTable int4 = make_table(WeightFormat::Int4);
+    const ByteTable& t = format == WeightFormat::Ternary ? tern : int4;
+    const int64_t per = format == WeightFormat::Ternary ? 4 : 2;
+    const int64_t full = in / per;
+    bool ok = true;
+    for (int64_t j = 0; j < full; ++j) {
+      s += t.sum[row[j]];
+      ok &= t.ok[row[j]];
+    }
+    k0 = full * per;
+    if (!ok) k0 = 0, s = 0;  // find the column below
+  }
+  for (int64_t k = k0; k < in; ++k) {
+    const int c = detail::weight_code(format, row, k);
+    if (c < -cmax || c > cmax) {
+      *bad = k;
+      return s;
+    }
+    s += c;
+  }
+  return s;
+}
+
+}  // namespace
+
+void check_weight_codes(WeightFormat format, const uint8_t* packed, int64_t out, int64_t in) {
+  const int64_t pc = packed_cols(format, in);
+  for (int64_t r = 0; r < out; ++r) {
+    int64_t bad;
+    scan_row(format, packed + r * pc, in, &bad);
+    if (bad >= 0) {
+      const int c = detail::weight_code(format, packed + r * pc, bad);
+      const int cmax = weight_code_max(format);
+      std::string what;
+      if (format == WeightFormat::Ternary)
+        what = "invalid ternary code 3";
+      else
+        what = std::string("invalid ") + weight_format_name(format) + " code " + std::to_string(c);
+      throw std::invalid_argument(what + " at row " + std::to_string(r) + ", column " + std::to_string(bad) +
+                                  " (codes must be in [-" + std::to_string(cmax) + ", " + std::to_string(cmax) +
+                                  "])");
+    }
+  }
+}
+
+void weight_code_sums(WeightFormat format, const uint8_t* packed, int64_t out, int64_t in, int32_t* sums) {
+  const int64_t pc = packed_cols(format, in);
+  for (int64_t r = 0; r < out; ++r) {
+    int64_t bad;
+    sums[r] = static_cast<int32_t>(scan_row(format, packed + r * pc, in, &bad));
+  }
+}
+
+namespace detail {
+void decode_row(WeightFormat format, const uint8_t* row, int64_t in, int8_t* dst) {
+  for (int64_t k = 0; k < in; ++k) dst[k] = static_cast<int8_t>(weight_code(format, row, k));
+}
+}  // namespace detail
+
+namespace {
+
+void validate(const QLinearDesc& d) {
+  auto fail = [](const std::string& m) { throw std::invalid_argument("QLinear: " + m); };
+  if (d.in < 1 || d.out < 1)
+    fail("in and out must be >= 1, got in = " + std::to_string(d.in) + ", out = " + std::to_string(d.out));
+  const int cmax = weight_code_max(d.format);  // also rejects an invalid enum value
+  if (d.packed == nullptr || d.scale == nullptr || d.wsum == nullptr) fail("packed, scale and wsum are required");
+  if (d.act_bits != 0) check_act_bits(d.act_bits);
+  check_clip_k(d.clip_k);
+  if (d.plan.n != d.in)
+    fail("Hadamard plan width " + std::to_string(d.plan.n) + " != in_features " + std::to_string(d.in));
+  if (d.plan.K > 1 && static_cast<int64_t>(d.plan.base.size()) != d.plan.K * d.plan.K)
+    fail("Hadamard plan has no K x K base matrix");
+  if (d.plan.K * d.plan.M != d.in && d.plan.form == HadamardForm::Full) fail("Hadamard plan K * M != in");
+  if (d.plan.form == HadamardForm::Block && (d.plan.block < 1 || d.in % d.plan.block != 0))
+    fail("Hadamard plan block size does not divide in");
+  if (d.rank < 0 || d.rank > std::min(d.in, d.out))
+    fail("rank " + std::to_string(d.rank) + " is not in 0..min(in, out) = " + std::to_string(std::min(d.in, d.out)));
+  if (d.rank > 0 && (d.down == nullptr || d.up == nullptr)) fail("rank > 0 needs the down and up factors");
+  // The integer dot product sum_k q * code must fit int32: q <= 255, |code| <= cmax.
+  if (d.in > std::numeric_limits<int32_t>::max() / (255 * static_cast<int64_t>(cmax)))
+    fail("in_features " + std::to_string(d.in) + " is too large for int32 accumulation of " +
+         weight_format_name(d.format) + " weights");
+  check_weight_codes(d.format, d.packed, d.out, d.in);
+  std::vector<int32_t> sums(static_cast<size_t>(d.out));
+  weight_code_sums(d.format, d.packed, d.out, d.in, sums.data());
+  for (int64_t r = 0; r < d.out; ++r)
+    if (sums[static_cast<size_t>(r)] != d.wsum[r])
+      fail("wsum[" + std::to_string(r) + "] = " + std::to_string(d.wsum[r]) + " but the row's codes sum to " +
+           std::to_string(sums[static_cast<size_t>(r)]));
+}
+
+}  // namespace
+
+struct QLinear::Impl {
+  std::unique_ptr<generic::Prepared> generic;
+};
+
+QLinear::QLinear(const QLinearDesc& desc) : desc_(desc) {
+  validate(desc_);
+  impl_ = std::make_unique<Impl>();
+  impl_->generic = generic::prepare(desc_);
+}
+
+QLinear::~QLinear() = default;
+
+void QLinear::forward(const float* x, int64_t T, float* y, int threads) const {
+  if (T < 0) throw std::invalid_argument("QLinear::forward: T must be >= 0, got " + std::to_string(T));
+  if (threads < 1) throw std::invalid_argument("QLinear::forward: threads must be >= 1");
+  if (T == 0) return;
+  switch (active_tier()) {
+    case Tier::Reference:
+      ref::qlinear_forward(desc_, x, T, y);
+      return;
+    case Tier::Generic:
+    case Tier::Avx2:  // The AVX2 kernels are prototyped separately; until they are integrated the avx2
+                      // tier runs the generic kernels.
+      generic::qlinear_forward(desc_, *impl_->generic, x, T, y, threads);
+      return;
+  }
+}
+
+void linear_f32(const float* x, int64_t T, int64_t in, const float* W, const float* b, int64_t out, float* y,
+                int threads) {
+  if (T < 0 || in < 1 || out < 1)
+    throw std::invalid_argument("linear_f32: need T >= 0, in >= 1, out >= 1, got T = " + std::to_string(T) +
+                                ", in = " + std::to_string(in) + ", out = " + std::to_string(out));
+  if (threads < 1) throw std::invalid_argument("linear_f32: threads must be >= 1");
+  if (T == 0) return;
+  switch (active_tier()) {
+    case Tier::Reference:
+      ref::linear_f32(x, T, in, W, b, out, y);
+      return;
+    case Tier::Generic:
+    case Tier::Avx2:  // generic kernels until the AVX2 tier is integrated (see QLinear::forward)
+      generic::linear_f32(x, T, in, W, b, out, y, threads);
+      return;
+  }
+}
+
+}  // namespace robuq

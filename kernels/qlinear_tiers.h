@@ -1,0 +1,77 @@
+// Internal to the kernels: the per-tier entry points behind robuq/qlinear.h and the pieces every tier
+// shares (code decoding, the epilogue), so that all tiers compute the same integer dot products and the
+// same epilogue arithmetic.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "robuq/qlinear.h"
+
+namespace robuq {
+namespace detail {
+
+// Code k of one packed row (file layout; see docs/rq-format.md). Invalid codes are returned as they are
+// (ternary 2 for code 3, int4 -8, int8 -128); QLinear rejects them at construction.
+inline int weight_code(WeightFormat format, const uint8_t* row, int64_t k) {
+  switch (format) {
+    case WeightFormat::Ternary:
+      return static_cast<int>((row[k >> 2] >> (2 * (k & 3))) & 3u) - 1;
+    case WeightFormat::Int4: {
+      const unsigned nib = (row[k >> 1] >> (4 * (k & 1))) & 15u;
+      return static_cast<int>(nib) - (nib >= 8 ? 16 : 0);
+    }
+    case WeightFormat::Int8:
+      return static_cast<int>(static_cast<int8_t>(row[k]));
+  }
+  return 0;
+}
+
+// Decodes row r's `in` codes into dst (int8). Codes must be valid.
+void decode_row(WeightFormat format, const uint8_t* row, int64_t in, int8_t* dst);
+
+// y = scale_x * s_w * (acc - zero_x * wsum), evaluated in float64 and rounded once to float32. Shared by
+// every tier, so tiers agree bit for bit on the quantized term.
+inline float qlinear_epilogue(int64_t acc, float scale_x, float zero_x, float s_w, int32_t wsum) {
+  const double d = static_cast<double>(acc) - static_cast<double>(zero_x) * static_cast<double>(wsum);
+  return static_cast<float>(static_cast<double>(scale_x) * static_cast<double>(s_w) * d);
+}
+
+// Threads worth waking for `work` units when each thread should get at least `min_per_thread`: small
+// problems run on the calling thread (a parallel region costs microseconds, much more when the machine
+// is oversubscribed). Results never depend on this choice.
+inline int useful_threads(int threads, int64_t work, int64_t min_per_thread) {
+  const int64_t by_work = work / (min_per_thread > 0 ? min_per_thread : 1);
+  if (by_work < 2) return 1;
+  return by_work < threads ? static_cast<int>(by_work) : threads;
+}
+
+// A vector that only grows, one per thread: per-call scratch without an allocation per call.
+template <class T>
+T* thread_scratch(std::vector<T>& v, size_t n) {
+  if (v.size() < n) v.resize(n);
+  return v.data();
+}
+
+}  // namespace detail
+
+namespace ref {
+// Scalar, single-threaded statement of the header formula, reading the packed codes directly.
+void qlinear_forward(const QLinearDesc& d, const float* x, int64_t T, float* y);
+void linear_f32(const float* x, int64_t T, int64_t in, const float* W, const float* b, int64_t out, float* y);
+}  // namespace ref
+
+namespace generic {
+// Weights re-laid out once for the portable kernels.
+struct Prepared {
+  int64_t ld = 0;             // row stride of w8 (in rounded up to a multiple of 32, zero padded)
+  std::vector<int8_t> w8;     // [out, ld] codes, for act_bits > 0
+  std::vector<float> wf;      // [out, in] codes as float, for act_bits == 0
+};
+std::unique_ptr<Prepared> prepare(const QLinearDesc& d);
+void qlinear_forward(const QLinearDesc& d, const Prepared& p, const float* x, int64_t T, float* y, int threads);
+void linear_f32(const float* x, int64_t T, int64_t in, const float* W, const float* b, int64_t out, float* y,
+                int threads);
+}  // namespace generic
+
+}  // namespace robuq

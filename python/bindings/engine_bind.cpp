@@ -1,0 +1,356 @@
+// robuq._C bindings of the engine (robuq::Engine), its exception types, and the kernel entry points the
+// op-level tests use (QLinear on any tier, linear_f32, the F16 conversion, the JSON parser).
+// numpy in, numpy out; the GIL is released during compute.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cerrno>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <stdexcept>
+#include <string>
+
+#include "array_util.h"
+#include "engine.h"
+#include "half.h"
+#include "json.h"
+#include "robuq/qlinear.h"
+
+namespace py = pybind11;
+
+namespace {
+
+using robuq_bind::CArray;
+using robuq_bind::input_array;
+using robuq_bind::new_array;
+
+// ------------------------------------------------------------------------------------- QLinear (tests)
+// A QLinear over numpy arrays in the file layout; keeps the arrays alive for the kernel's lifetime.
+class PyQLinear {
+ public:
+  PyQLinear(const std::string& weight, int64_t in_features, const py::object& packed, const py::object& scale,
+            const py::object& wsum, const py::object& bias, const py::object& down, const py::object& up,
+            int act_bits, float clip_k, const std::string& hadamard, int64_t hadamard_block) {
+    robuq::QLinearDesc d;
+    d.format = robuq::parse_weight_format(weight);
+    d.in = in_features;
+    packed_ = input_array<uint8_t>(packed, "packed", "uint8", 2, "[out, packed_cols]");
+    d.out = packed_.shape(0);
+    if (packed_.shape(1) != robuq::packed_cols(d.format, d.in))
+      throw std::invalid_argument("packed has " + std::to_string(packed_.shape(1)) + " bytes per row; " + weight +
+                                  " with in_features " + std::to_string(d.in) + " needs " +
+                                  std::to_string(robuq::packed_cols(d.format, d.in)));
+    scale_ = input_array<float>(scale, "scale", "float32", 1, "[out]");
+    wsum_ = input_array<int32_t>(wsum, "wsum", "int32", 1, "[out]");
+    if (scale_.shape(0) != d.out || wsum_.shape(0) != d.out)
+      throw std::invalid_argument("scale and wsum must have out = " + std::to_string(d.out) + " entries");
+    d.packed = packed_.data();
+    d.scale = scale_.data();
+    d.wsum = wsum_.data();
+    if (!bias.is_none()) {
+      bias_ = input_array<float>(bias, "bias", "float32", 1, "[out]");
+      if (bias_.shape(0) != d.out) throw std::invalid_argument("bias must have out entries");
+      d.bias = bias_.data();
+    }
+    if (down.is_none() != up.is_none()) throw std::invalid_argument("give both down and up, or neither");
+    if (!down.is_none()) {
+      down_ = input_array<float>(down, "down", "float32", 2, "[rank, in]");
+      up_ = input_array<float>(up, "up", "float32", 2, "[out, rank]");
+      d.rank = down_.shape(0);
+      if (down_.shape(1) != d.in || up_.shape(0) != d.out || up_.shape(1) != d.rank)
+        throw std::invalid_argument("down must be [rank, in] and up [out, rank]");
+      d.down = down_.data();
+      d.up = up_.data();
+    }
+    d.act_bits = act_bits;
+    d.clip_k = clip_k;
+    d.plan = robuq::make_hadamard_plan(d.in, robuq::parse_hadamard_form(hadamard), hadamard_block);
+    q_ = std::make_unique<robuq::QLinear>(d);
+  }
+
+  py::array_t<float> forward(const py::object& x_obj, int threads) const {
+    CArray<float> x = input_array<float>(x_obj, "x", "float32", 2, "[T, in]");
+    const auto& d = q_->desc();
+    if (x.shape(1) != d.in)
+      throw std::invalid_argument("x has " + std::to_string(x.shape(1)) + " columns, the layer takes " +
+                                  std::to_string(d.in));
+    if (threads < 1) throw std::invalid_argument("threads must be >= 1");
+    const int64_t T = x.shape(0);
+    auto y = new_array<float>({static_cast<py::ssize_t>(T), static_cast<py::ssize_t>(d.out)});
+    const float* src = x.data();
+    float* dst = y.mutable_data();
+    {
+      py::gil_scoped_release release;
+      q_->forward(src, T, dst, threads);
+    }
+    return y;
+  }
+
+  int64_t in() const { return q_->desc().in; }
+  int64_t out() const { return q_->desc().out; }
+
+ private:
+  CArray<uint8_t> packed_;
+  CArray<float> scale_, bias_, down_, up_;
+  CArray<int32_t> wsum_;
+  std::unique_ptr<robuq::QLinear> q_;
+};
+
+py::array_t<float> py_linear_f32(const py::object& x_obj, const py::object& w_obj, const py::object& b_obj,
+                                 int threads) {
+  CArray<float> x = input_array<float>(x_obj, "x", "float32", 2, "[T, in]");
+  CArray<float> w = input_array<float>(w_obj, "w", "float32", 2, "[out, in]");
+  CArray<float> b;
+  const int64_t T = x.shape(0), in = x.shape(1), out = w.shape(0);
+  if (w.shape(1) != in) throw std::invalid_argument("w must be [out, in] with in = x.shape[1]");
+  if (!b_obj.is_none()) {
+    b = input_array<float>(b_obj, "b", "float32", 1, "[out]");
+    if (b.shape(0) != out) throw std::invalid_argument("b must have out entries");
+  }
+  if (threads < 1) throw std::invalid_argument("threads must be >= 1");
+  auto y = new_array<float>({static_cast<py::ssize_t>(T), static_cast<py::ssize_t>(out)});
+  const float* xs = x.data();
+  const float* ws = w.data();
+  const float* bs = b_obj.is_none() ? nullptr : b.data();
+  float* ys = y.mutable_data();
+  {
+    py::gil_scoped_release release;
+    robuq::linear_f32(xs, T, in, ws, bs, out, ys, threads);
+  }
+  return y;
+}
+
+py::array_t<float> py_f16_to_f32(const py::object& h_obj) {
+  CArray<uint16_t> h = input_array<uint16_t>(h_obj, "h", "uint16 (raw float16 bits)", 1, "[n]");
+  const int64_t n = h.shape(0);
+  auto out = new_array<float>({static_cast<py::ssize_t>(n)});
+  float* o = out.mutable_data();
+  for (int64_t i = 0; i < n; ++i) o[i] = robuq::half_to_float(h.data()[i]);
+  return out;
+}
+
+py::object json_to_py(const robuq::json::Value& v) {
+  using robuq::json::Type;
+  switch (v.type) {
+    case Type::Null: return py::none();
+    case Type::Bool: return py::bool_(v.boolean);
+    case Type::Number:
+      if (v.is_int) return py::int_(v.integer);
+      return py::float_(v.number);
+    case Type::String: return py::str(v.string);
+    case Type::Array: {
+      py::list l;
+      for (const auto& e : v.array) l.append(json_to_py(e));
+      return std::move(l);
+    }
+    case Type::Object: {
+      py::dict d;
+      for (const auto& kv : v.object) d[py::str(kv.first)] = json_to_py(kv.second);
+      return std::move(d);
+    }
+  }
+  return py::none();
+}
+
+py::object py_parse_json(const py::bytes& text, int max_depth, size_t max_size) {
+  const std::string s = text;
+  robuq::json::Limits lim;
+  lim.max_depth = max_depth;
+  lim.max_size = max_size;
+  try {
+    return json_to_py(robuq::json::parse(s, lim));
+  } catch (const robuq::json::ParseError& e) {
+    throw std::invalid_argument(e.what());
+  }
+}
+
+// ------------------------------------------------------------------------------------------------ Engine
+py::dict model_config_dict(const robuq::ModelConfig& c) {
+  py::dict d;
+  d["depth"] = c.depth;
+  d["hidden_size"] = c.hidden_size;
+  d["patch_size"] = c.patch_size;
+  d["num_heads"] = c.num_heads;
+  d["mlp_ratio"] = c.mlp_ratio;
+  d["input_size"] = c.input_size;
+  d["in_channels"] = c.in_channels;
+  d["num_classes"] = c.num_classes;
+  d["learn_sigma"] = c.learn_sigma;
+  d["class_dropout_prob"] = c.class_dropout_prob;
+  d["space"] = c.space;
+  return d;
+}
+
+py::dict info_dict(const robuq::EngineInfo& i) {
+  py::dict d;
+  d["path"] = i.path;
+  d["format_version"] = i.format_version;
+  d["source"] = i.source;
+  d["file_size"] = i.file_size;
+  d["mapped"] = i.mapped;
+  d["threads"] = i.threads;
+  d["model_config"] = model_config_dict(i.model);
+  d["out_channels"] = i.model.out_channels();
+  d["num_tokens"] = i.model.num_patches();
+  d["label_rows"] = i.model.label_rows();
+  d["attention_bits"] = i.attention_bits > 0 ? py::object(py::int_(i.attention_bits)) : py::object(py::none());
+  py::dict layers;
+  for (const auto& l : i.layers) {
+    py::dict e;
+    e["in_features"] = l.in;
+    e["out_features"] = l.out;
+    e["weight"] = robuq::weight_format_name(l.weight);
+    e["act_bits"] = l.act_bits > 0 ? py::object(py::int_(l.act_bits)) : py::object(py::none());
+    e["clip"] = l.clip;
+    e["clip_k"] = l.clip_k;
+    e["hadamard"] = robuq::hadamard_form_name(l.hadamard);
+    e["hadamard_block"] = l.hadamard_block;
+    e["hadamard_k"] = l.hadamard_k;
+    e["hadamard_m"] = l.hadamard_m;
+    e["rank"] = l.rank;
+    layers[py::str(l.name)] = e;
+  }
+  d["layers"] = layers;
+  py::dict linears;
+  for (const auto& l : i.linears) {
+    bool quantized = false;
+    for (const auto& q : i.layers) quantized = quantized || q.name == l.name;
+    py::dict e;
+    e["in_features"] = l.in;
+    e["out_features"] = l.out;
+    e["quantized"] = quantized;
+    linears[py::str(l.name)] = e;
+  }
+  d["linears"] = linears;
+  if (i.has_sampling) {
+    py::dict s;
+    s["clip_denoised"] = i.clip_denoised;
+    s["cfg_mode"] = i.cfg_mode;
+    d["sampling"] = s;
+  } else {
+    d["sampling"] = py::none();
+  }
+  return d;
+}
+
+class PyEngine {
+ public:
+  PyEngine(const std::string& path, int threads) {
+    py::gil_scoped_release release;
+    e_ = std::make_unique<robuq::Engine>(path, threads);
+  }
+
+  py::dict info() const { return info_dict(e_->info()); }
+
+  py::array_t<float> forward(const py::object& x_obj, const py::object& t_obj, const py::object& y_obj) {
+    CArray<float> x = input_array<float>(x_obj, "x", "float32", 4, "[N, C, H, W]");
+    CArray<int64_t> t = input_array<int64_t>(t_obj, "t", "int64", 1, "[N]");
+    CArray<int64_t> y = input_array<int64_t>(y_obj, "y", "int64", 1, "[N]");
+    const auto& c = e_->info().model;
+    const int64_t N = x.shape(0), S = c.input_size;
+    if (x.shape(1) != c.in_channels || x.shape(2) != S || x.shape(3) != S)
+      throw std::invalid_argument("x must be [N, " + std::to_string(c.in_channels) + ", " + std::to_string(S) + ", " +
+                                  std::to_string(S) + "], got [" + std::to_string(x.shape(0)) + ", " +
+                                  std::to_string(x.shape(1)) + ", " + std::to_string(x.shape(2)) + ", " +
+                                  std::to_string(x.shape(3)) + "]");
+    if (t.shape(0) != N || y.shape(0) != N)
+      throw std::invalid_argument("t and y must have N = " + std::to_string(N) + " entries");
+    auto out = new_array<float>({static_cast<py::ssize_t>(N), static_cast<py::ssize_t>(c.out_channels()),
+                                 static_cast<py::ssize_t>(S), static_cast<py::ssize_t>(S)});
+    const float* xs = x.data();
+    const int64_t* ts = t.data();
+    const int64_t* ys = y.data();
+    float* os = out.mutable_data();
+    {
+      py::gil_scoped_release release;
+      e_->forward(xs, N, ts, ys, os);
+    }
+    return out;
+  }
+
+  py::array_t<float> linear(const std::string& name, const py::object& x_obj) const {
+    const robuq::LinearShape s = e_->linear_shape(name);
+    CArray<float> x = input_array<float>(x_obj, "x", "float32", 2, "[tokens, in_features]");
+    if (x.shape(1) != s.in)
+      throw std::invalid_argument("x has " + std::to_string(x.shape(1)) + " columns; layer '" + name + "' takes " +
+                                  std::to_string(s.in));
+    const int64_t T = x.shape(0);
+    auto out = new_array<float>({static_cast<py::ssize_t>(T), static_cast<py::ssize_t>(s.out)});
+    const float* xs = x.data();
+    float* os = out.mutable_data();
+    {
+      py::gil_scoped_release release;
+      e_->linear(name, xs, T, os);
+    }
+    return out;
+  }
+
+  int threads() const { return e_->threads(); }
+
+ private:
+  std::unique_ptr<robuq::Engine> e_;
+};
+
+}  // namespace
+
+void bind_engine(py::module_& m) {
+  static py::exception<robuq::FormatError> format_error(m, "FormatError", PyExc_ValueError);
+  format_error.doc() =
+      "A .rq file is malformed or inconsistent with its metadata; the message names the tensor or field.";
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const robuq::FormatError& e) {
+      py::set_error(format_error, e.what());
+    } catch (const robuq::IoError& e) {
+      // OSError(errno, strerror, filename): Python picks the subclass (FileNotFoundError for ENOENT, ...).
+      py::object err = py::reinterpret_steal<py::object>(
+          PyObject_CallFunction(PyExc_OSError, "iss", e.error_number(), std::strerror(e.error_number()),
+                                e.path().c_str()));
+      if (err) PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(err.ptr())), err.ptr());
+    }
+  });
+
+  py::class_<PyEngine>(m, "Engine",
+                       "Engine(path, threads=0): the C++ DiT runtime over a .rq file (use robuq.Engine, the\n"
+                       "documented wrapper). threads 0: all cores.")
+      .def(py::init<const std::string&, int>(), py::arg("path"), py::arg("threads") = 0)
+      .def("info", &PyEngine::info, "info() -> dict: format version, model_config, quantized layers, linears")
+      .def("forward", &PyEngine::forward, py::arg("x"), py::arg("t"), py::arg("y"),
+           "forward(x float32 [N, C, S, S], t int64 [N], y int64 [N]) -> float32 [N, out_channels, S, S]")
+      .def("linear", &PyEngine::linear, py::arg("name"), py::arg("x"),
+           "linear(name, x float32 [tokens, in]) -> float32 [tokens, out]")
+      .def_property_readonly("threads", &PyEngine::threads);
+
+  py::class_<PyQLinear>(m, "QLinear",
+                        "QLinear(weight, in_features, packed, scale, wsum, bias=None, down=None, up=None,\n"
+                        "        act_bits=0, clip_k=0.0, hadamard='none', hadamard_block=0)\n\n"
+                        "The engine's quantized linear over weights in the .rq layout (docs/rq-format.md), for\n"
+                        "op-level tests. weight: 'ternary' | 'int4' | 'int8'; packed uint8 [out, packed_cols];\n"
+                        "scale float32 [out]; wsum int32 [out] (row sums of the codes); bias float32 [out];\n"
+                        "down float32 [rank, in], up float32 [out, rank]; act_bits 1..8 or 0 (float\n"
+                        "activations); clip_k <= 0 minmax, > 0 gauss ratio. forward() runs the active tier.")
+      .def(py::init<const std::string&, int64_t, const py::object&, const py::object&, const py::object&,
+                    const py::object&, const py::object&, const py::object&, int, float, const std::string&,
+                    int64_t>(),
+           py::arg("weight"), py::arg("in_features"), py::arg("packed"), py::arg("scale"), py::arg("wsum"),
+           py::arg("bias") = py::none(), py::arg("down") = py::none(), py::arg("up") = py::none(),
+           py::arg("act_bits") = 0, py::arg("clip_k") = 0.0f, py::arg("hadamard") = "none",
+           py::arg("hadamard_block") = 0)
+      .def("forward", &PyQLinear::forward, py::arg("x"), py::arg("threads") = 1,
+           "forward(x float32 [T, in], threads=1) -> float32 [T, out]")
+      .def_property_readonly("in_features", &PyQLinear::in)
+      .def_property_readonly("out_features", &PyQLinear::out);
+
+  m.def("linear_f32", &py_linear_f32, py::arg("x"), py::arg("w"), py::arg("b") = py::none(), py::arg("threads") = 1,
+        "linear_f32(x float32 [T, in], w float32 [out, in], b float32 [out] or None, threads=1)\n"
+        "    -> float32 [T, out]: x @ w.T + b on the active tier.");
+  m.def("f16_to_f32", &py_f16_to_f32, py::arg("h"),
+        "f16_to_f32(h uint16 [n]) -> float32 [n]: the loader's IEEE half -> float conversion.");
+  m.def("parse_json", &py_parse_json, py::arg("text"), py::arg("max_depth") = 64,
+        py::arg("max_size") = size_t(64) << 20,
+        "parse_json(text: bytes, max_depth=64, max_size=64 MiB) -> object: the engine's strict JSON parser\n"
+        "(ValueError with the byte position on invalid input).");
+}
