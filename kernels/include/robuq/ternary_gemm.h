@@ -1,0 +1,49 @@
+// Integer core of the ternary quantized linear: acc[t, r] = sum_k q[t, k] * w[r, k], exact int32, for
+// uint8 activation codes q (1..8 bits) and ternary weights w in {-1, 0, 1}.
+//
+// File layout of the weights (robuq/pack.h, docs/rq-format.md): 2 bits per weight, code c = w + 1, byte j of
+// a row holds weights 4j .. 4j+3, weight 4j+i in bits 2i .. 2i+1. ternary_repack_avx2() turns that into the
+// kernel layout below once, at load time.
+//
+// Kernel layout ("pair-table indices"). The input channels are cut into chunks of 4, chunk j = inputs
+// 4j .. 4j+3 = group A (4j, 4j+1) and group B (4j+2, 4j+3). The 9 ternary patterns (w0, w1) of a group are
+// numbered p = (w0 + 1) + 3 (w1 + 1); the zero pattern p = 4 is encoded as index 0x80 (vpshufb returns 0
+// for it) and the other 8 as slot s = p (p < 4) or p - 1 (p > 4). A group-B slot is offset by 8. Output
+// channels are taken 16 at a time (a "column block", zero-padded at the end); for column block b and chunk j
+// the layout holds 32 bytes, byte 2i = group-A index of output 16b + i and byte 2i+1 = its group-B index:
+//     idx[(b * chunks + j) * 32 + 2i + h]
+// so the 16 bytes of one 128-bit lane index a single 16-byte table per (token, chunk) that holds group A's
+// 8 non-zero pattern sums in slots 0..7 and group B's in slots 8..15 (see ternary_gemm_avx2.cpp).
+// 4 bits per weight in memory (2x the file); wsum holds the per-row weight sums used to undo the centring
+// of the activation codes.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+namespace robuq {
+
+struct TernaryWeightsAvx2 {
+  int64_t out = 0, in = 0;
+  int64_t chunks = 0;       // ceil(in / 4)
+  int64_t col_blocks = 0;   // ceil(out / 16)
+  std::vector<uint8_t> idx; // col_blocks * chunks * 32 bytes, layout above
+  std::vector<int32_t> wsum;  // [out] sum_k w[r][k]
+};
+
+// packed: [out, ceil(in / 4)] bytes in the file layout. Throws std::invalid_argument on a negative shape or a
+// code 3 in a used position (padding positions are not inspected).
+TernaryWeightsAvx2 ternary_repack_avx2(const uint8_t* packed, int64_t out, int64_t in);
+
+// acc[t * out + r] = sum_k q[t * in + k] * w[r][k], exact int32. q: uint8 codes [T, in], every value
+// < 2^bits, bits in 1..8 (codes >= 2^bits give wrong results). threads >= 1 (OpenMP num_threads; one thread
+// without OpenMP). The result does not depend on the thread count. Requires an AVX2 CPU.
+// Throws std::invalid_argument on bits outside 1..8, T < 0 or threads < 1.
+void ternary_gemm_avx2(const uint8_t* q, int64_t T, int bits, const TernaryWeightsAvx2& w, int32_t* acc,
+                       int threads);
+
+// Portable scalar twin that reads the repacked layout (tests the layout on any CPU; same contract, single
+// thread, slow).
+void ternary_gemm_repacked_generic(const uint8_t* q, int64_t T, int bits, const TernaryWeightsAvx2& w,
+                                   int32_t* acc);
+
+}  // namespace robuq
