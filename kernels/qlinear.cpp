@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <limits>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 
@@ -176,14 +177,25 @@ void validate(const QLinearDesc& d) {
 
 }  // namespace
 
+// Weight layouts are prepared lazily, once per tier that actually runs the layer (normally only the
+// active tier at load time), so an engine does not hold both the int8 and the table-lookup copies.
 struct QLinear::Impl {
-  std::unique_ptr<generic::Prepared> generic;
+  std::mutex mu;
+  std::unique_ptr<generic::Prepared> generic, avx2;
+
+  const generic::Prepared& get(const QLinearDesc& d, bool lut) {
+    std::lock_guard<std::mutex> lock(mu);
+    auto& slot = lut ? avx2 : generic;
+    if (!slot) slot = generic::prepare(d, lut);
+    return *slot;
+  }
 };
 
 QLinear::QLinear(const QLinearDesc& desc) : desc_(desc) {
   validate(desc_);
   impl_ = std::make_unique<Impl>();
-  impl_->generic = generic::prepare(desc_);
+  const Tier t = active_tier();
+  if (t != Tier::Reference) impl_->get(desc_, t == Tier::Avx2 && generic::lut_applies(desc_));
 }
 
 QLinear::~QLinear() = default;
@@ -197,9 +209,11 @@ void QLinear::forward(const float* x, int64_t T, float* y, int threads) const {
       ref::qlinear_forward(desc_, x, T, y);
       return;
     case Tier::Generic:
-    case Tier::Avx2:  // The AVX2 kernels are prototyped separately; until they are integrated the avx2
-                      // tier runs the generic kernels.
-      generic::qlinear_forward(desc_, *impl_->generic, x, T, y, threads);
+      generic::qlinear_forward(desc_, impl_->get(desc_, false), x, T, y, threads);
+      return;
+    case Tier::Avx2:  // the table-lookup GEMM for ternary layers; int4 / int8 / float activations use
+                      // the generic kernels
+      generic::qlinear_forward(desc_, impl_->get(desc_, generic::lut_applies(desc_)), x, T, y, threads);
       return;
   }
 }
