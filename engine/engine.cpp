@@ -2,6 +2,8 @@
 #include "engine.h"
 
 #include <algorithm>
+#include <cmath>
+#include <cstring>
 #include <mutex>
 #include <stdexcept>
 
@@ -83,6 +85,85 @@ void Engine::linear(const std::string& name, const float* x, int64_t T, float* o
   if (T < 0) throw std::invalid_argument("T must be >= 0");
   if (T == 0) return;
   l->forward(x, T, out, impl_->threads);
+}
+
+std::string Engine::default_cfg_mode() const {
+  const RqSpec& s = impl_->spec;
+  return s.has_sampling ? s.cfg_mode : "dit";
+}
+
+bool Engine::default_clip_denoised() const {
+  const RqSpec& s = impl_->spec;
+  return s.has_sampling ? s.clip_denoised : s.model.space == "pixel";
+}
+
+void Engine::sample(const int64_t* classes, int64_t n, const SampleParams& p, float* out,
+                    const ProgressFn& progress) {
+  Impl& m = *impl_;
+  const ModelConfig& c = m.spec.model;
+  if (n < 1) throw std::invalid_argument("give at least one class to sample");
+  for (int64_t i = 0; i < n; ++i)
+    if (classes[i] < 0 || classes[i] >= c.num_classes)
+      throw std::invalid_argument("class id " + std::to_string(classes[i]) + " (classes[" + std::to_string(i) +
+                                  "]) is out of range 0.." + std::to_string(c.num_classes - 1));
+  if (!std::isfinite(p.cfg_scale)) throw std::invalid_argument("cfg_scale must be finite");
+  if (!std::isfinite(p.eta) || p.eta < 0.0) throw std::invalid_argument("eta must be finite and >= 0");
+  const bool cfg = p.cfg_scale != 1.0;
+  if (cfg && c.label_rows() == c.num_classes)
+    throw std::invalid_argument(
+        "cfg_scale != 1 needs the null-class embedding, which this model does not have (trained without "
+        "class dropout); use cfg_scale 1");
+  const std::string mode = p.cfg_mode.empty() ? default_cfg_mode() : p.cfg_mode;
+  if (mode != "dit" && mode != "all")
+    throw std::invalid_argument("unknown cfg_mode '" + mode + "' (expected 'dit' or 'all')");
+
+  SampleOptions opt;
+  opt.sampler = p.sampler;
+  opt.eta = p.eta;
+  opt.clip_denoised = p.clip_denoised.has_value() ? *p.clip_denoised : default_clip_denoised();
+  opt.learn_sigma = c.learn_sigma;
+  opt.seed = p.seed;
+  const SpacedSchedule sched = make_schedule(1000, p.steps);  // invalid_argument for a bad spec
+
+  const int64_t C = c.in_channels, HW = c.input_size * c.input_size, per = C * HW;
+  const int64_t cout = c.out_channels(), B = cfg ? 2 * n : n;
+  const int64_t guided = mode == "dit" ? std::min<int64_t>(3, C) : C;
+  const float scale = static_cast<float>(p.cfg_scale);
+  auto sz = [](int64_t v) { return static_cast<size_t>(v); };
+  // Buffers of the model calls, allocated once for the whole loop (the DiT's own workspace is kept
+  // between calls of the same batch size).
+  std::vector<int64_t> labels(sz(B)), tb;
+  std::vector<float> xb, ob;
+  for (int64_t i = 0; i < n; ++i) labels[sz(i)] = classes[i];
+  if (cfg) {
+    for (int64_t i = n; i < B; ++i) labels[sz(i)] = c.num_classes;  // the null class
+    tb.resize(sz(B));
+    xb.resize(sz(B * per));
+    ob.resize(sz(B * cout * HW));
+  }
+
+  const ModelFn model = [&](const float* x, const int64_t* t, float* mo) {
+    std::lock_guard<std::mutex> lock(m.forward_mutex);
+    if (!cfg) {
+      m.model->forward(x, n, t, labels.data(), mo, m.threads);
+      return;
+    }
+    std::memcpy(xb.data(), x, sizeof(float) * sz(n * per));
+    std::memcpy(xb.data() + n * per, x, sizeof(float) * sz(n * per));
+    std::copy(t, t + n, tb.begin());
+    std::copy(t, t + n, tb.begin() + n);
+    m.model->forward(xb.data(), B, tb.data(), labels.data(), ob.data(), m.threads);
+    // forward_with_cfg: guided channels uncond + s * (cond - uncond); the rest: the conditional half
+    for (int64_t i = 0; i < n; ++i) {
+      const float* cond = ob.data() + i * cout * HW;
+      const float* uncond = ob.data() + (n + i) * cout * HW;
+      float* dst = mo + i * cout * HW;
+      const int64_t g = guided * HW;
+      for (int64_t j = 0; j < g; ++j) dst[j] = uncond[j] + scale * (cond[j] - uncond[j]);
+      std::memcpy(dst + g, cond + g, sizeof(float) * sz(cout * HW - g));
+    }
+  };
+  sample_loop(sched, model, n, C, HW, opt, out, progress);
 }
 
 }  // namespace robuq

@@ -3,15 +3,18 @@
 //   robuq::Engine eng("model.rq");            // map, validate, bind weights (FormatError / IoError)
 //   eng.forward(x, N, t, y, out);             // x [N, C, S, S] float32 -> out [N, out_channels, S, S]
 //   eng.linear("blocks.0.attn.qkv", x, T, y); // one linear by its state-dict module name
+//   eng.sample(classes, n, params, x0);        // class-conditional samples (DDPM / DDIM, CFG) -> x0
 //
 // Parameter and layer names are the PyTorch state-dict names. forward() is serialised internally (the
 // activation workspace is shared and allocated once per batch size); linear() may run concurrently.
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "diffusion.h"
 #include "errors.h"
 #include "rq_spec.h"
 
@@ -32,6 +35,18 @@ struct EngineInfo {
   bool has_sampling = false;
   bool clip_denoised = false;
   std::string cfg_mode;
+};
+
+// Sampler settings of Engine::sample (python/robuq/diffusion.py: sample_classes is the reference).
+struct SampleParams {
+  std::string steps = "250";   // respacing: "250", "10,10,5" or "ddim25" (docs/training.md)
+  double cfg_scale = 4.0;      // != 1: classifier-free guidance (needs the null class)
+  uint64_t seed = 0;           // noise streams gaussian_noise(seed, key) (robuq.rng)
+  Sampler sampler = Sampler::DDPM;
+  double eta = 0.0;            // DDIM only; >= 0
+  std::string cfg_mode;        // "dit" | "all"; empty: the file's sampling.cfg_mode ("dit" without one)
+  // nullopt: the file's sampling.clip_denoised (without one: true for pixel models, false for latent)
+  std::optional<bool> clip_denoised;
 };
 
 class Engine {
@@ -55,6 +70,20 @@ class Engine {
   // unknown name.
   void linear(const std::string& name, const float* x, int64_t T, float* out) const;
   LinearShape linear_shape(const std::string& name) const;
+
+  // Class-conditional samples: classes [n] (ids 0..num_classes-1) -> out [n, in_channels, input_size,
+  // input_size] float32, the final x0 of the reverse process (sample_loop with the DiT as the model).
+  // With cfg_scale != 1 each model call runs the batch [x; x] with labels [classes; null] and guides the
+  // first min(3, C) ("dit") or all C ("all") eps channels: eps = uncond + s * (cond - uncond) in float32;
+  // the other channels keep the conditional values. x_T and the noise are drawn for the n samples only.
+  // The activation workspace is allocated once and reused by every step. `progress(done, total)` is
+  // called after each step; returning false stops the loop (std::runtime_error "sampling interrupted").
+  // Throws std::invalid_argument for bad classes or settings (before any model call).
+  void sample(const int64_t* classes, int64_t n, const SampleParams& params, float* out,
+              const ProgressFn& progress = nullptr);
+  // The cfg_mode / clip_denoised that sample() uses for unset params (the file's sampling defaults).
+  std::string default_cfg_mode() const;
+  bool default_clip_denoised() const;
 
  private:
   struct Impl;

@@ -8,7 +8,9 @@
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
+#include <exception>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
 
@@ -287,6 +289,60 @@ class PyEngine {
     return out;
   }
 
+  // classes int64 [n] -> x0 float32 [n, C, S, S]. progress: None or callable(done, total), called with
+  // the GIL after each step; the GIL is released otherwise. Ctrl-C (a pending signal) or an exception
+  // raised by the callback stops the loop after the current step and is re-raised here.
+  py::array_t<float> sample(const py::object& classes_obj, const std::string& steps, double cfg_scale,
+                            uint64_t seed, const std::string& sampler, double eta,
+                            const std::optional<std::string>& cfg_mode, std::optional<bool> clip_denoised,
+                            const py::object& progress) {
+    CArray<int64_t> classes = input_array<int64_t>(classes_obj, "classes", "int64", 1, "[n]");
+    robuq::SampleParams p;
+    p.steps = steps;
+    p.cfg_scale = cfg_scale;
+    p.seed = seed;
+    if (sampler == "ddpm")
+      p.sampler = robuq::Sampler::DDPM;
+    else if (sampler == "ddim")
+      p.sampler = robuq::Sampler::DDIM;
+    else
+      throw std::invalid_argument("unknown sampler '" + sampler + "' (expected 'ddpm' or 'ddim')");
+    p.eta = eta;
+    p.cfg_mode = cfg_mode.value_or("");
+    p.clip_denoised = clip_denoised;
+    const auto& c = e_->info().model;
+    const int64_t n = classes.shape(0), S = c.input_size;
+    auto out = new_array<float>({static_cast<py::ssize_t>(n), static_cast<py::ssize_t>(c.in_channels),
+                                 static_cast<py::ssize_t>(S), static_cast<py::ssize_t>(S)});
+    std::exception_ptr raised;  // what the Python side raised in the progress callback
+    const robuq::ProgressFn pf = [&](int64_t done, int64_t total) -> bool {
+      py::gil_scoped_acquire gil;
+      try {
+        if (PyErr_CheckSignals() != 0) throw py::error_already_set();  // KeyboardInterrupt
+        if (!progress.is_none()) progress(done, total);
+        return true;
+      } catch (...) {
+        raised = std::current_exception();
+        return false;
+      }
+    };
+    const int64_t* cs = classes.data();
+    float* os = out.mutable_data();
+    {
+      py::gil_scoped_release release;
+      try {
+        e_->sample(cs, n, p, os, pf);
+      } catch (const std::runtime_error&) {
+        if (!raised) throw;  // not the callback's stop: a real error
+      }
+    }
+    if (raised) std::rethrow_exception(raised);
+    return out;
+  }
+
+  std::string default_cfg_mode() const { return e_->default_cfg_mode(); }
+  bool default_clip_denoised() const { return e_->default_clip_denoised(); }
+
   int threads() const { return e_->threads(); }
 
  private:
@@ -322,6 +378,14 @@ void bind_engine(py::module_& m) {
            "forward(x float32 [N, C, S, S], t int64 [N], y int64 [N]) -> float32 [N, out_channels, S, S]")
       .def("linear", &PyEngine::linear, py::arg("name"), py::arg("x"),
            "linear(name, x float32 [tokens, in]) -> float32 [tokens, out]")
+      .def("sample", &PyEngine::sample, py::arg("classes"), py::arg("steps") = "250", py::arg("cfg_scale") = 4.0,
+           py::arg("seed") = 0, py::arg("sampler") = "ddpm", py::arg("eta") = 0.0, py::arg("cfg_mode") = py::none(),
+           py::arg("clip_denoised") = py::none(), py::arg("progress") = py::none(),
+           "sample(classes int64 [n], steps='250', cfg_scale=4.0, seed=0, sampler='ddpm', eta=0.0,\n"
+           "       cfg_mode=None, clip_denoised=None, progress=None) -> x0 float32 [n, C, S, S]\n"
+           "progress: None or callable(done, total) called after each step (with the GIL).")
+      .def_property_readonly("default_cfg_mode", &PyEngine::default_cfg_mode)
+      .def_property_readonly("default_clip_denoised", &PyEngine::default_clip_denoised)
       .def_property_readonly("threads", &PyEngine::threads);
 
   py::class_<PyQLinear>(m, "QLinear",

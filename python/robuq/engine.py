@@ -4,6 +4,7 @@
     eng = Engine("model.rq")                 # map and validate the file (robuq.FormatError if bad)
     eps = eng.forward(x, t, y)               # float32 [N, C, S, S], int64 [N], int64 [N]
     h = eng.linear("blocks.0.attn.qkv", a)   # one layer, float32 [tokens, in] -> [tokens, out]
+    img = eng.sample([7, 3], steps=50, cfg_scale=4.0, seed=0)   # uint8 [2, H, W, C] (pixel models)
 
 Layer names are the PyTorch state-dict module names. Inputs are checked here and again in C++; the
 GIL is released while the engine computes, so other Python threads keep running.
@@ -13,14 +14,21 @@ from __future__ import annotations
 
 import copy
 import errno
+import math
+import numbers
 import os
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from . import _C
 
-__all__ = ["Engine", "FormatError"]
+__all__ = ["Engine", "FormatError", "to_uint8"]
+
+SAMPLERS = ("ddpm", "ddim")
+CFG_MODES = ("dit", "all")
+OUTPUTS = ("auto", "image", "latent")
 
 #: Raised for a malformed or inconsistent ``.rq`` file; the message names the tensor or metadata field.
 #: A subclass of ValueError.
@@ -48,6 +56,34 @@ def _as_float32(name: str, v: Any, ndim: int, shape_doc: str) -> np.ndarray:
     if a.ndim != ndim:
         raise ValueError(f"{name} must be {ndim}-D {shape_doc}, got shape {list(a.shape)}")
     return np.ascontiguousarray(a)
+
+
+def to_uint8(x: np.ndarray) -> np.ndarray:
+    """Images float32 [N, C, H, W] in [-1, 1] -> uint8 [N, H, W, C]: ``round((clamp(x, -1, 1) + 1) * 127.5)``
+    in float32, rounding half to even (the semantics of ``robuq.diffusion.to_uint8``, without torch)."""
+    x = np.clip(np.asarray(x, dtype=np.float32), np.float32(-1), np.float32(1))
+    u = np.rint((x + np.float32(1)) * np.float32(127.5))
+    return np.ascontiguousarray(np.clip(u, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1))
+
+
+def _is_finite_real(v: Any) -> bool:
+    return not isinstance(v, bool) and isinstance(v, numbers.Real) and math.isfinite(v)
+
+
+def steps_spec(steps: int | str) -> str:
+    """``steps`` of Engine.sample as a respacing spec: a positive int n -> "n"; a string ("250", "ddim25",
+    "10,10,5") is checked and returned stripped. ValueError / TypeError otherwise."""
+    if isinstance(steps, bool) or not isinstance(steps, int | np.integer | str):
+        raise TypeError(f"steps must be an int or a respacing string like 'ddim25', got {steps!r}")
+    if not isinstance(steps, str):
+        if steps < 1:
+            raise ValueError(f"steps must be a positive number of sampling steps, got {int(steps)}")
+        return str(int(steps))
+    spec = steps.strip()
+    if spec.lstrip("+-").isdigit() and int(spec) < 1:
+        raise ValueError(f"steps must be a positive number of sampling steps, got {spec}")
+    _C.space_timesteps(1000, spec)  # ValueError for a spec that is malformed or cannot be satisfied
+    return spec
 
 
 class Engine:
@@ -166,6 +202,130 @@ class Engine:
                 f"x must have shape [tokens, {layer['in_features']}] for layer {name!r}, got {list(x.shape)}"
             )
         return self._engine.linear(name, x)
+
+    @property
+    def num_classes(self) -> int:
+        """Class ids sample() accepts: 0..num_classes-1."""
+        return int(self._info["model_config"]["num_classes"])
+
+    @property
+    def has_null_class(self) -> bool:
+        """Whether the model has the null-class embedding classifier-free guidance needs."""
+        return self._label_rows > self.num_classes
+
+    def sample(
+        self,
+        classes: Any,
+        steps: int | str = 250,
+        cfg_scale: float = 4.0,
+        seed: int = 0,
+        sampler: str = "ddpm",
+        eta: float = 0.0,
+        cfg_mode: str | None = None,
+        clip_denoised: bool | None = None,
+        progress: bool | Callable[[int, int], Any] = False,
+        output: str = "auto",
+    ) -> np.ndarray:
+        """Class-conditional samples, the whole reverse process in C++ (the GIL is released).
+
+        The same computation as ``robuq.diffusion.sample_classes`` on the PyTorch model (the reference;
+        docs/training.md, "Sampler arithmetic"): x_T = ``robuq.rng.gaussian(seed, 0, [n, C, H, W])``, the
+        noise of step i from key 1 + i; with ``cfg_scale != 1`` every model call runs [x; x] with labels
+        [classes; null] and guides the eps channels as ``robuq.models.DiT.forward_with_cfg``.
+
+        Args:
+            classes: the class id of each sample: int or integer array-like [n], ids in 0..num_classes-1.
+            steps: sampling steps: an int n (the 1000 training steps respaced to n, "n") or a respacing
+                string: "250", "10,10,5" (sections) or "ddim25" (an even stride).
+            cfg_scale: float, the classifier-free guidance scale; 1 disables guidance (one model call on
+                n samples per step), otherwise 2n per step. Needs a model with the null class.
+            seed: int in 0..2**64-1, the noise stream (the same seed gives identical output for any thread
+                count).
+            sampler: "ddpm" (ancestral, learned variance) or "ddim".
+            eta: float >= 0, DDIM's noise scale (0: deterministic); ignored by DDPM.
+            cfg_mode: "dit" (guide the first min(3, C) channels, as official DiT) or "all" (every eps
+                channel); None: the file's ``sampling.cfg_mode`` ("dit" when the file has none).
+            clip_denoised: bool, clamp the predicted x0 to [-1, 1] at every step; None: the file's
+                ``sampling.clip_denoised`` (without one: True for pixel models, False for latent ones).
+            progress: True shows a tqdm bar over the steps; or a callable ``progress(done, total)`` called
+                after each step (an exception it raises stops sampling and is re-raised here).
+            output: "auto" (uint8 images for pixel models, float32 latents for latent models), "image"
+                (uint8 images) or "latent" (the raw float32 x0, images in about [-1, 1] for pixel models).
+
+        Returns:
+            "image": uint8 [n, H, W, C], ``round((clamp(x0, -1, 1) + 1) * 127.5)`` (half to even);
+            "latent": float32 [n, C, H, W], x0 as sampled (for latent models: the latents the VAE
+            decodes, still scaled by 0.18215).
+
+        Raises:
+            ValueError / TypeError: a bad argument (class id out of range, zero steps, unknown sampler, a
+                guidance scale without a null class, ...), before any model call.
+            KeyboardInterrupt: Ctrl-C stops sampling after the current step.
+        """
+        a = np.asarray(classes)
+        if a.size == 0:
+            raise ValueError("no classes given: pass at least one class id")
+        if a.dtype == np.bool_ or not np.issubdtype(a.dtype, np.integer):
+            raise ValueError(f"classes must be integer class ids, got dtype {a.dtype}")
+        if a.ndim > 1:
+            raise ValueError(f"classes must be an int or a 1-D list of ints, got shape {list(a.shape)}")
+        a = a.reshape(-1)
+        k = self.num_classes
+        bad = a[(a < 0) | (a >= k)]
+        if bad.size:
+            raise ValueError(f"class id {int(bad[0])} is out of range 0..{k - 1}")
+        spec = steps_spec(steps)
+        if not _is_finite_real(cfg_scale):
+            raise ValueError(f"cfg_scale must be a finite number, got {cfg_scale!r}")
+        if float(cfg_scale) != 1.0 and not self.has_null_class:
+            raise ValueError(
+                "this model has no null-class embedding (trained without class dropout), so it cannot use "
+                "classifier-free guidance: pass cfg_scale=1"
+            )
+        if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or not 0 <= seed < 2**64:
+            raise ValueError(f"seed must be an integer in 0..2**64-1, got {seed!r}")
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; use one of {', '.join(SAMPLERS)}")
+        if not (_is_finite_real(eta) and eta >= 0):
+            raise ValueError(f"eta must be a finite number >= 0, got {eta!r}")
+        if cfg_mode is not None and cfg_mode not in CFG_MODES:
+            raise ValueError(f"unknown cfg_mode {cfg_mode!r}; use one of {', '.join(CFG_MODES)} (or None)")
+        if clip_denoised is not None and not isinstance(clip_denoised, bool | np.bool_):
+            raise ValueError(f"clip_denoised must be True, False or None, got {clip_denoised!r}")
+        if output not in OUTPUTS:
+            raise ValueError(f"unknown output {output!r}; use one of {', '.join(OUTPUTS)}")
+
+        bar = None
+        callback = None
+        if callable(progress):
+            callback = progress
+        elif progress:
+            from tqdm.auto import tqdm
+
+            total = len(_C.space_timesteps(1000, spec))
+            bar = tqdm(total=total, desc=f"{sampler} {spec}", unit="step")
+
+            def callback(done: int, total: int) -> None:
+                bar.update(done - bar.n)
+
+        try:
+            x0 = self._engine.sample(
+                np.ascontiguousarray(a, dtype=np.int64),
+                spec,
+                float(cfg_scale),
+                int(seed),
+                sampler,
+                float(eta),
+                cfg_mode,
+                None if clip_denoised is None else bool(clip_denoised),
+                callback,
+            )
+        finally:
+            if bar is not None:
+                bar.close()
+        if output == "auto":
+            output = "latent" if self._info["model_config"]["space"] == "latent" else "image"
+        return to_uint8(x0) if output == "image" else x0
 
     def __repr__(self) -> str:
         c = self._info["model_config"]

@@ -1,0 +1,322 @@
+"""robuq-infer: class-conditional samples from a ``.rq`` model with the C++ engine (no torch needed).
+
+    robuq-infer [MODEL.rq] --class 7 [--class 3 ...] [--steps 250] [--cfg-scale 4.0] [--seed 0]
+                [--sampler ddpm|ddim] [--eta 0.0] [--threads N] [--zoom Z] [--no-progress] [-o out.png]
+
+Without MODEL it runs the default shipped model, ``robuq/assets/digits-w158a2.rq`` (the W1.58A2 digits
+DiT, package data). Output, by the extension of ``-o`` (default ``samples.png`` in the current directory):
+
+* ``.png``: the samples as one image grid (at most 10 per row, 2-pixel grey gaps), small images upscaled
+  by nearest neighbour (``--zoom``; default ``max(1, 128 // side)``: 16x16 digits x8) so they are visible;
+* ``.npy``: the raw uint8 array [n, H, W, C].
+
+Latent models (``space: latent``) write their latents, float32 [n, C, H, W] (still scaled by 0.18215), to a
+``.npy`` file (``.png`` is replaced by ``.npy``): decoding them with the VAE is not part of robuq-infer yet.
+
+Bad inputs (a missing, unreadable or invalid model file, a directory, a class id out of range or not a
+number, zero or negative steps, an output path that cannot be written) print one line
+``robuq-infer: error: ...`` on stderr and exit with 2; Ctrl-C exits with 130. No partial output file is
+ever left: the output is written to a temporary file in the target directory and renamed into place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+__all__ = ["DEFAULT_MODEL", "default_model_path", "make_grid", "main"]
+
+#: file name of the default model among the package data (robuq/assets/)
+DEFAULT_MODEL = "digits-w158a2.rq"
+GRID_COLUMNS = 10
+GRID_GAP = 2
+GRID_GAP_VALUE = 128
+OUTPUT_EXTENSIONS = (".png", ".npy")
+
+
+class InferError(Exception):
+    """A bad input: one line on stderr, exit status 2."""
+
+
+def default_model_path() -> Path:
+    """Where the default model lives: ``assets/digits-w158a2.rq`` beside this module (package data)."""
+    return Path(__file__).resolve().parent / "assets" / DEFAULT_MODEL
+
+
+def make_grid(
+    images: np.ndarray,
+    columns: int | None = None,
+    zoom: int | None = None,
+    gap: int = GRID_GAP,
+    gap_value: int = GRID_GAP_VALUE,
+) -> np.ndarray:
+    """Tile images uint8 [n, H, W, C] into one uint8 image [rows * H * z + (rows - 1) * gap,
+    cols * W * z + (cols - 1) * gap, C]: ``cols = min(n, columns or 10)`` per row in order, each image
+    upscaled ``z`` times by nearest neighbour (default ``max(1, 128 // max(H, W))``), gaps and empty cells
+    filled with ``gap_value``."""
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[0] == 0:
+        raise ValueError(f"images must be uint8 [n, H, W, C] with n >= 1, got {images.dtype} {images.shape}")
+    n, h, w, c = images.shape
+    z = zoom if zoom is not None else max(1, 128 // max(h, w))
+    if z < 1:
+        raise ValueError(f"zoom must be >= 1, got {z}")
+    cols = min(n, columns or GRID_COLUMNS)
+    rows = -(-n // cols)
+    th, tw = h * z, w * z
+    grid = np.full((rows * th + (rows - 1) * gap, cols * tw + (cols - 1) * gap, c), gap_value, np.uint8)
+    big = images.repeat(z, axis=1).repeat(z, axis=2)
+    for i in range(n):
+        r, k = divmod(i, cols)
+        y, x = r * (th + gap), k * (tw + gap)
+        grid[y : y + th, x : x + tw] = big[i]
+    return grid
+
+
+# -------------------------------------------------------------------------------------------- helpers
+def _write_atomic(path: str, write: Callable[[BinaryIO], None]) -> None:
+    """Write through a temporary file in path's directory, renamed into place when complete; on any
+    failure (or Ctrl-C) the temporary file is removed and `path` is untouched."""
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    except OSError as e:
+        raise InferError(f"cannot write {path}: {e.strerror}") from None
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the mode open() would
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        if isinstance(e, OSError):
+            raise InferError(f"cannot write {path}: {e.strerror or e}") from None
+        raise
+
+
+def _check_output(path: str) -> None:
+    """Refuse, before any work, an output that cannot be written."""
+    if not path:
+        raise InferError("the output path is empty")
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in OUTPUT_EXTENSIONS:
+        raise InferError(
+            f"output {path} must end in .png (an image grid) or .npy (the array), "
+            f"not {ext or 'no extension'!r}"
+        )
+    if os.path.isdir(path):
+        raise InferError(f"output {path} is a directory")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise InferError(f"cannot write {path}: directory {directory} does not exist")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise InferError(f"cannot write {path}: directory {directory} is not writable")
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise InferError(f"cannot write {path}: the existing file is not writable")
+
+
+def _parse_classes(values: Sequence[str] | None) -> list[int] | None:
+    if not values:
+        return None
+    out = []
+    for value in values:
+        for tok in value.split(","):
+            tok = tok.strip()
+            try:
+                out.append(int(tok))
+            except ValueError:
+                raise InferError(f"--class {tok!r} is not a class id (an integer)") from None
+    return out
+
+
+def _model_path(arg: str | None) -> str:
+    if arg is None:
+        path = Path(default_model_path())
+        if not path.is_file():
+            raise InferError(
+                f"no MODEL given and the default model {DEFAULT_MODEL} is missing from this installation "
+                f"({path}); make it in a source checkout with `python -m robuq.ship export` (exports the "
+                "shipped models from models/digits/), or export your own with `robuq-export CKPT -o "
+                "model.rq` and pass it: robuq-infer model.rq --class 7"
+            )
+        return str(path)
+    if not os.path.exists(arg):
+        raise InferError(f"model file {arg} not found")
+    if os.path.isdir(arg):
+        raise InferError(f"{arg} is a directory, not a .rq model file")
+    if not os.access(arg, os.R_OK):
+        raise InferError(f"cannot read model file {arg}: permission denied")
+    return arg
+
+
+def _load_engine(path: str, threads: int | None):
+    from .engine import Engine, FormatError
+
+    try:
+        return Engine(path, threads=threads)
+    except FormatError as e:
+        hint = ""
+        with contextlib.suppress(OSError), open(path, "rb") as f:
+            magic = f.read(4)
+            if magic == b"PK\x03\x04" or magic[:1] == b"\x80":
+                hint = " (it looks like a PyTorch checkpoint: export it with robuq-export CKPT -o model.rq)"
+        raise InferError(f"{path} is not a valid .rq model: {e}{hint}") from None
+    except OSError as e:
+        raise InferError(f"cannot read model file {path}: {e.strerror or e}") from None
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="robuq-infer",
+        description="Sample class-conditional images from a .rq model with the C++ engine and write a PNG "
+        "grid (or the uint8 array as .npy).",
+    )
+    p.add_argument("model", nargs="?", help=f"the .rq model (default: the shipped {DEFAULT_MODEL})")
+    p.add_argument(
+        "--class",
+        dest="classes",
+        action="append",
+        metavar="ID",
+        help="class id of a sample; repeat (or give a comma list) for several "
+        "(default: one sample of each of the first 10 classes)",
+    )
+    p.add_argument("--steps", default="250", help="sampling steps, or a respacing like ddim25 (default 250)")
+    p.add_argument(
+        "--cfg-scale",
+        type=float,
+        default=None,
+        help="classifier-free guidance scale; 1 disables it (default 4.0; 1 for models without a null class)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    p.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM noise scale (default 0: deterministic)")
+    p.add_argument("--threads", type=int, default=None, help="engine threads (default: all cores)")
+    p.add_argument(
+        "--zoom", type=int, default=None, help="PNG upscaling factor (default max(1, 128 // side))"
+    )
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.add_argument("-o", "--output", default="samples.png", help="output .png or .npy (default samples.png)")
+    return p
+
+
+def run(args: argparse.Namespace) -> str:
+    """Sample and write what the parsed arguments ask for; returns the summary line."""
+    from .engine import steps_spec
+
+    out = args.output
+    _check_output(out)
+    try:
+        spec = steps_spec(args.steps)
+    except (TypeError, ValueError) as e:
+        raise InferError(f"--steps {args.steps}: {e}") from None
+    classes = _parse_classes(args.classes)
+    if args.seed < 0 or args.seed >= 2**64:
+        raise InferError(f"--seed must be in 0..2**64-1, got {args.seed}")
+    if args.threads is not None and args.threads < 1:
+        raise InferError(f"--threads must be >= 1, got {args.threads}")
+    if args.zoom is not None and args.zoom < 1:
+        raise InferError(f"--zoom must be >= 1, got {args.zoom}")
+    if not (args.eta >= 0) or args.eta == float("inf"):
+        raise InferError(f"--eta must be a finite number >= 0, got {args.eta}")
+    if args.cfg_scale is not None and not np.isfinite(args.cfg_scale):
+        raise InferError(f"--cfg-scale must be finite, got {args.cfg_scale}")
+    path = _model_path(args.model)
+    eng = _load_engine(path, args.threads)
+
+    k = eng.num_classes
+    if classes is None:
+        classes = list(range(min(k, GRID_COLUMNS)))
+    for c in classes:
+        if not 0 <= c < k:
+            raise InferError(f"class id {c} is out of range: this model has classes 0..{k - 1}")
+    cfg = args.cfg_scale
+    if cfg is None:
+        cfg = 4.0 if eng.has_null_class else 1.0
+    elif cfg != 1 and not eng.has_null_class:
+        raise InferError(
+            f"--cfg-scale {cfg}: this model has no null class (trained without class dropout), so it "
+            "cannot use classifier-free guidance; use --cfg-scale 1"
+        )
+    info = eng.info
+    latent = info["model_config"]["space"] == "latent"
+    channels = info["model_config"]["in_channels"]
+    ext = os.path.splitext(out)[1].lower()
+    if latent and ext == ".png":
+        out = os.path.splitext(out)[0] + ".npy"
+        _check_output(out)
+    if not latent and ext == ".png" and channels not in (1, 3):
+        raise InferError(f"cannot make a PNG of {channels}-channel images; write .npy instead")
+
+    t0 = time.perf_counter()
+    try:
+        x = eng.sample(
+            classes,
+            steps=spec,
+            cfg_scale=cfg,
+            seed=args.seed,
+            sampler=args.sampler,
+            eta=args.eta,
+            progress=args.progress,
+            output="latent" if latent else "image",
+        )
+    except ValueError as e:  # settings the engine refuses (e.g. a respacing it cannot satisfy)
+        raise InferError(str(e)) from None
+    seconds = time.perf_counter() - t0
+
+    n = len(classes)
+    what = (
+        f"{n} sample{'s' if n != 1 else ''} (class{'es' if n != 1 else ''} {', '.join(map(str, classes))}), "
+        f"{args.sampler} {spec}{' steps' if spec.isdigit() else ''}, cfg {cfg:g}, seed {args.seed} "
+        f"[{seconds:.1f} s]"
+    )
+    if latent:
+        _write_atomic(out, lambda f: np.save(f, x))
+        return (
+            f"wrote {out}: latents float32 {list(x.shape)}, {what}. This is a latent model: decoding the "
+            "latents to images needs the VAE, which robuq-infer does not do yet (a later issue)"
+        )
+    if ext == ".npy":
+        _write_atomic(out, lambda f: np.save(f, x))
+        return f"wrote {out}: uint8 {list(x.shape)} [n, H, W, C], {what}"
+    from PIL import Image
+
+    grid = make_grid(x, zoom=args.zoom)
+    img = Image.fromarray(grid[..., 0] if channels == 1 else grid)  # 2-D uint8: "L"; [h, w, 3]: "RGB"
+    _write_atomic(out, lambda f: img.save(f, format="PNG"))
+    return f"wrote {out}: {grid.shape[1]}x{grid.shape[0]} grid, {what}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of robuq-infer; returns the exit status (0 ok, 2 bad input, 130 interrupted)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error (2, message already printed)
+        return int(e.code or 0)
+    try:
+        summary = run(args)
+    except InferError as e:
+        print(f"robuq-infer: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("robuq-infer: interrupted; nothing written", file=sys.stderr)
+        return 130
+    print(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,326 @@
+"""robuq-parity: does a ``.rq`` file compute what the PyTorch model of its checkpoint computes?
+
+    robuq-parity MODEL.rq CKPT [--threads N] [--tier reference|generic|avx2] [--layer-tol 1e-4]
+                 [--tol 1e-3] [--no-ema] [--num-heads H] [--seed 0]
+
+The checkpoint is read as ``robuq-export`` reads it (``robuq.exporter.checkpoint.load_checkpoint``: a
+robuq-train checkpoint, QAT or full precision, with its EMA weights unless ``--no-ema``; or an official DiT
+checkpoint / state dict, full precision) and rebuilt as the PyTorch model ``robuq.train.load_model`` gives
+(``quantize_model`` + the state dict). Both run on the same seeded inputs: x = ``robuq.rng.gaussian(seed,
+0, [4, C, S, S])``, timesteps 999, 600, 250, 0, classes 0, 1, num_classes - 1 and the null class (when the
+model has one).
+
+Per linear layer (every one the engine has, quantized or not), the input the PyTorch layer sees in that
+forward is captured with a forward hook and given to ``Engine.linear``; the engine's output is compared
+with the PyTorch layer's. The ``.rq`` file stores the low-rank factors in float16, so the reference is the
+PyTorch model with those factors rounded to float16 (``rel_err``, checked against ``--layer-tol``); the
+error against the unrounded float32 factors is printed beside it (``vs fp32 lowrank``, for information).
+Then the whole forward: ``rel_err`` against the rounded model, checked against ``--tol``.
+
+rel_err(a, ref) = ||a - ref|| / ||ref|| (Frobenius norm over the whole batch).
+
+Exit status: 0 all within tolerance, 1 some layer or the forward above it (or the file's model / quant
+config differs from the checkpoint's), 2 bad input (missing or invalid files, an unavailable tier).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["LayerResult", "ParityReport", "check_parity", "main"]
+
+TIMESTEPS = (999, 600, 250, 0)
+
+
+class ParityUsageError(Exception):
+    """A bad input: one line on stderr, exit status 2."""
+
+
+@dataclass
+class LayerResult:
+    name: str
+    kind: str  # "float", "ternary A2 r4", ...
+    rel_err: float  # against the PyTorch layer with float16-rounded low-rank factors
+    rel_err_fp32: float | None  # against the unrounded factors (None: no low-rank branch)
+
+
+@dataclass
+class ParityReport:
+    layers: list[LayerResult]
+    missing: list[str]  # engine layers the PyTorch forward never reached
+    forward_rel_err: float
+    forward_rel_err_fp32: float
+    config_mismatch: list[str]
+
+    def failures(self, layer_tol: float, tol: float) -> list[str]:
+        out = list(self.config_mismatch)
+        out += [f"layer {name} was not run by the PyTorch model" for name in self.missing]
+        out += [
+            f"{r.name}: {r.rel_err:.3g} > {layer_tol:g}"
+            for r in self.layers
+            if not r.rel_err <= layer_tol  # NaN fails too
+        ]
+        if not self.forward_rel_err <= tol:
+            out.append(f"forward: {self.forward_rel_err:.3g} > {tol:g}")
+        return out
+
+
+def rel_err(a: np.ndarray, ref: np.ndarray) -> float:
+    """||a - ref|| / ||ref|| in float64 (||a - ref|| when ref is zero)."""
+    a64, r64 = np.asarray(a, np.float64), np.asarray(ref, np.float64)
+    num = float(np.linalg.norm(a64 - r64))
+    den = float(np.linalg.norm(r64))
+    return num / den if den > 0 else num
+
+
+def _layer_kind(info: dict, name: str) -> str:
+    q = info["layers"].get(name)
+    if q is None:
+        return "float"
+    act = f"A{q['act_bits']}" if q["act_bits"] else "A32"
+    rank = f" r{q['rank']}" if q["rank"] else ""
+    return f"{q['weight']} {act}{rank}"
+
+
+def _compare_configs(info: dict, config, quant) -> list[str]:
+    """Differences between the .rq file's model / quant config and the checkpoint's."""
+    out = []
+    file_cfg = dict(info["model_config"])
+    file_cfg.pop("space", None)
+    for key, want in config.to_dict().items():
+        got = file_cfg.get(key)
+        close = isinstance(got, float) and isinstance(want, float) and abs(got - want) < 1e-12
+        if got != want and not close:
+            out.append(f"model_config.{key}: {got!r} in the .rq file, {want!r} in the checkpoint")
+    file_layers = info["layers"]
+    ck_layers = {} if quant is None else quant.layers
+    for name in sorted(set(file_layers) | set(ck_layers)):
+        f, c = file_layers.get(name), ck_layers.get(name)
+        if f is None or c is None:
+            where = "the checkpoint" if f is None else "the .rq file"
+            out.append(f"layer {name} is quantized only in {where}")
+            continue
+        for key in ("weight", "act_bits", "rank", "hadamard"):
+            cv = getattr(c, key)
+            if f[key] != cv:
+                out.append(f"layer {name}: {key} {f[key]!r} in the .rq file, {cv!r} in the checkpoint")
+    want_att = None if quant is None else quant.attention_bits
+    if info["attention_bits"] != want_att:
+        out.append(
+            f"attention_bits: {info['attention_bits']!r} in the .rq file, {want_att!r} in the checkpoint"
+        )
+    return out
+
+
+def parity_inputs(info: dict, seed: int = 0):
+    """The shared inputs: x float32 [4, C, S, S] from robuq.rng, t int64 [4], y int64 [4]."""
+    from . import rng
+
+    cfg = info["model_config"]
+    k = cfg["num_classes"]
+    n = len(TIMESTEPS)
+    x = rng.gaussian(seed, 0, (n, cfg["in_channels"], cfg["input_size"], cfg["input_size"]))
+    null = k if info["label_rows"] > k else k // 2
+    y = np.array([0, min(1, k - 1), k - 1, null], dtype=np.int64)
+    return x, np.array(TIMESTEPS, dtype=np.int64), y
+
+
+def check_parity(engine, model, seed: int = 0) -> ParityReport:
+    """Compare ``engine`` (robuq.Engine) with ``model`` (a robuq.models.DiT, QAT or float, eval mode)."""
+    import torch
+
+    from .quant.qlinear import QLinear
+
+    info = engine.info
+    x, t, y = parity_inputs(info, seed)
+    rounded = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        for pname, p in rounded.named_parameters():
+            if ".lowrank_" in pname:
+                p.copy_(p.half().float())
+    modules32 = dict(model.named_modules())
+    results: dict[str, LayerResult] = {}
+    hooks = []
+
+    def hook_for(name: str):
+        def hook(module, inputs, output):
+            inp = inputs[0]
+            a = inp.detach().reshape(-1, inp.shape[-1]).float().contiguous().numpy()
+            ref = output.detach().reshape(-1, output.shape[-1]).float().numpy()
+            got = engine.linear(name, a)
+            err32 = None
+            mod32 = modules32.get(name)
+            if isinstance(module, QLinear) and module.lowrank_down is not None and mod32 is not None:
+                ref32 = mod32(inp).detach().reshape(ref.shape).float().numpy()
+                err32 = rel_err(got, ref32)
+            results[name] = LayerResult(name, _layer_kind(info, name), rel_err(got, ref), err32)
+
+        return hook
+
+    named = dict(rounded.named_modules())
+    for name in info["linears"]:
+        if name in named:
+            hooks.append(named[name].register_forward_hook(hook_for(name)))
+    try:
+        with torch.no_grad():
+            xt, tt, yt = torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(y)
+            ref16 = rounded(xt, tt, yt).numpy()
+    finally:
+        for h in hooks:
+            h.remove()
+    with torch.no_grad():
+        ref32 = model(xt, tt, yt).numpy()
+    got = engine.forward(x, t, y)
+    layers = [results[n] for n in info["linears"] if n in results]
+    missing = [n for n in info["linears"] if n not in results]
+    return ParityReport(layers, missing, rel_err(got, ref16), rel_err(got, ref32), [])
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="robuq-parity",
+        description="Compare a .rq file run by the C++ engine with the PyTorch model of its checkpoint, "
+        "layer by layer and for the whole forward; exit 1 above the tolerances.",
+    )
+    p.add_argument("model", help="the .rq file")
+    p.add_argument(
+        "checkpoint", help="the checkpoint it was exported from (robuq-train, QAT or full precision)"
+    )
+    p.add_argument("--threads", type=int, default=None, help="engine threads (default: all cores)")
+    p.add_argument("--tier", choices=("reference", "generic", "avx2"), help="force a kernel tier")
+    p.add_argument("--layer-tol", type=float, default=1e-4, help="per-layer relative error limit (1e-4)")
+    p.add_argument("--tol", type=float, default=1e-3, help="whole-forward relative error limit (1e-3)")
+    p.add_argument("--no-ema", dest="ema", action="store_false", help="the raw 'model' weights, not 'ema'")
+    p.add_argument("--num-heads", type=int, help="attention heads (official checkpoints)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the input noise (default 0)")
+    return p
+
+
+def _load(args):
+    from . import _C
+    from .engine import Engine, FormatError
+
+    for what, path in (("model", args.model), ("checkpoint", args.checkpoint)):
+        if not os.path.exists(path):
+            raise ParityUsageError(f"{what} file {path} not found")
+        if os.path.isdir(path):
+            raise ParityUsageError(f"{what} path {path} is a directory")
+    if args.threads is not None and args.threads < 1:
+        raise ParityUsageError(f"--threads must be >= 1, got {args.threads}")
+    if args.seed < 0:
+        raise ParityUsageError(f"--seed must be >= 0, got {args.seed}")
+    if not (args.layer_tol >= 0 and args.tol >= 0):
+        raise ParityUsageError("--layer-tol and --tol must be >= 0")
+    if args.tier is not None:
+        if not _C.tier_available(args.tier):
+            raise ParityUsageError(f"kernel tier {args.tier!r} is not available on this CPU / build")
+        _C.set_tier(args.tier)
+    try:
+        engine = Engine(args.model, threads=args.threads)
+    except FormatError as e:
+        raise ParityUsageError(f"{args.model} is not a valid .rq model: {e}") from None
+    except OSError as e:
+        raise ParityUsageError(f"cannot read {args.model}: {e.strerror or e}") from None
+
+    import torch
+
+    from .exporter.checkpoint import load_checkpoint
+    from .exporter.errors import ExportError
+    from .models import DiT
+    from .quant import quantize_model
+
+    try:
+        ck = load_checkpoint(args.checkpoint, ema=args.ema, num_heads=args.num_heads)
+    except ExportError as e:
+        raise ParityUsageError(str(e)) from None
+    model = DiT(ck.config)
+    if ck.quant is not None:
+        quantize_model(model, ck.quant, init_lowrank=False)
+    with torch.no_grad():
+        model.load_state_dict({k: v.float() for k, v in ck.state.items()}, strict=True)
+    return engine, model.eval(), ck
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of robuq-parity; returns the exit status (0 pass, 1 fail, 2 bad input)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+    t0 = time.perf_counter()
+    if args.threads is not None and args.threads < 1:
+        print(f"robuq-parity: error: --threads must be >= 1, got {args.threads}", file=sys.stderr)
+        return 2
+    try:
+        import torch
+
+        from . import _C
+
+        threads_before, tier_before = torch.get_num_threads(), _C.active_tier()
+        if args.threads is not None:
+            torch.set_num_threads(args.threads)
+        try:
+            engine, model, ck = _load(args)
+            mismatch = _compare_configs(engine.info, ck.config, ck.quant)
+            if any(m.startswith("model_config.") for m in mismatch):
+                report = ParityReport([], [], float("nan"), float("nan"), mismatch)
+            else:
+                report = check_parity(engine, model, seed=args.seed)
+                report.config_mismatch = mismatch
+            tier = _C.active_tier()
+        finally:
+            torch.set_num_threads(threads_before)
+            _C.set_tier(tier_before)
+    except ParityUsageError as e:
+        print(f"robuq-parity: error: {e}", file=sys.stderr)
+        return 2
+
+    info = engine.info
+    x, t, y = parity_inputs(info, args.seed)
+    print(f"robuq-parity: {args.model} vs {args.checkpoint} ({ck.source})")
+    print(
+        f"engine: tier {tier}, threads {engine.threads}; inputs: x = robuq.rng.gaussian({args.seed}, 0, "
+        f"{list(x.shape)}), t = {t.tolist()}, y = {y.tolist()}"
+    )
+    for m in report.config_mismatch:
+        print(f"config mismatch: {m}")
+    width = max([len(r.name) for r in report.layers] + [len("forward")])
+    if report.layers:
+        print(f"{'layer':<{width}}  {'kind':<16} {'rel_err':>9}  {'vs fp32 lowrank':>15}")
+    for r in report.layers:
+        flag = "" if r.rel_err <= args.layer_tol else "  FAIL"
+        fp32 = "" if r.rel_err_fp32 is None else f"{r.rel_err_fp32:.2e}"
+        print(f"{r.name:<{width}}  {r.kind:<16} {r.rel_err:9.2e}  {fp32:>15}{flag}")
+    for name in report.missing:
+        print(f"{name:<{width}}  not run by the PyTorch model  FAIL")
+    flag = "" if report.forward_rel_err <= args.tol else "  FAIL"
+    print(
+        f"{'forward':<{width}}  {'whole model':<16} {report.forward_rel_err:9.2e}  "
+        f"{report.forward_rel_err_fp32:15.2e}{flag}"
+    )
+    failures = report.failures(args.layer_tol, args.tol)
+    seconds = time.perf_counter() - t0
+    if failures:
+        shown = "; ".join(failures[:5]) + (f" (and {len(failures) - 5} more)" if len(failures) > 5 else "")
+        print(f"FAIL: {shown} [{seconds:.1f} s]")
+        return 1
+    worst = max(report.layers, key=lambda r: r.rel_err, default=None)
+    worst_text = f", worst {worst.name} {worst.rel_err:.2e}" if worst else ""
+    print(
+        f"PASS: {len(report.layers)} layers <= {args.layer_tol:g}{worst_text}; forward "
+        f"{report.forward_rel_err:.2e} <= {args.tol:g} [{seconds:.1f} s]"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

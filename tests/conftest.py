@@ -1,0 +1,87 @@
+"""Shared fixtures: tiny DiT checkpoints (robuq-train layout) and their .rq exports, built once per session
+on demand (``tiny("a2")``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from robuq import models
+from robuq import quant as Q
+
+TINY = dict(depth=2, hidden_size=96, num_heads=3, input_size=16, in_channels=1, num_classes=10)
+
+#: name -> (config overrides, quant config maker (depth -> QuantConfig) or None, seed)
+TINY_VARIANTS = {
+    # the digits-shaped QAT model: W1.58A2, rank 4, adaLN W4A4, attention A8
+    "a2": ({}, lambda d: Q.preset(d, 2, rank=4), 0),
+    # the same configuration with other weights (a different checkpoint)
+    "a2-other": ({}, lambda d: Q.preset(d, 2, rank=4), 1),
+    "fp": ({}, None, 2),
+    # a latent-space model: 4 channels (cfg "dit" guides 3 of them), fixed variance (learn_sigma False)
+    "latent": (dict(in_channels=4, input_size=8, learn_sigma=False), lambda d: Q.preset(d, 3), 3),
+    # no null class (class_dropout_prob 0): no classifier-free guidance
+    "nonull": (dict(class_dropout_prob=0.0), lambda d: Q.preset(d, 4), 4),
+}
+
+
+@dataclass
+class TinyModel:
+    name: str
+    ckpt: str  # robuq-train checkpoint (model = ema, step 0)
+    rq: str  # its export (robuq.exporter.cli.main, EMA weights)
+    config: models.DiTConfig
+
+
+def build_tiny(name: str, directory: Path) -> TinyModel:
+    """A randomly initialised DiT (trained 0 steps) whose zero-initialised adaLN and final layers are
+    refilled (reinit_zero_layers) so its outputs are not trivial; QAT-quantized as the variant says
+    (low-rank factors from the SVD of the quantization error, in float32 as training leaves them)."""
+    from robuq.exporter.cli import main as export_main
+
+    overrides, make_quant, seed = TINY_VARIANTS[name]
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(seed)
+        model = models.create("DiT-S/2", **{**TINY, **overrides})
+        models.reinit_zero_layers(model, std=0.05, generator=torch.Generator().manual_seed(seed + 100))
+        quant = make_quant(model.config.depth) if make_quant else None
+        if quant is not None:
+            Q.quantize_model(model, quant)
+        sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        ckpt = directory / f"{name}.pt"
+        torch.save(
+            {
+                "format": "robuq-train-checkpoint",
+                "model": sd,
+                "ema": sd,
+                "step": 0,
+                "args": {},
+                "model_config": model.config.to_dict(),
+                "quant_config": quant.to_dict() if quant is not None else None,
+            },
+            ckpt,
+        )
+        rq = directory / f"{name}.rq"
+        assert export_main([str(ckpt), "-o", str(rq), "-q"]) == 0
+    finally:
+        torch.set_num_threads(before)
+    return TinyModel(name, str(ckpt), str(rq), model.config)
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """tiny(name) -> TinyModel, built on first use and shared by the whole session."""
+    directory = tmp_path_factory.mktemp("tiny-models")
+    cache: dict[str, TinyModel] = {}
+
+    def get(name: str) -> TinyModel:
+        if name not in cache:
+            cache[name] = build_tiny(name, directory)
+        return cache[name]
+
+    return get

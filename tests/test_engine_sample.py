@@ -1,0 +1,237 @@
+"""robuq.Engine.sample (the C++ sampler driving the C++ DiT) against the PyTorch reference sampler
+robuq.diffusion.sample_classes on the QAT model of the same checkpoint; determinism; progress, Ctrl-C and
+callback exceptions; argument checks."""
+
+import os
+import signal
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+import robuq
+from robuq import _C, diffusion
+from robuq.train import load_model
+
+CLASSES = [0, 3, 7, 9]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def torch_one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def reference_model(ckpt: str):
+    """The PyTorch QAT model of the checkpoint (EMA weights) with its low-rank factors rounded to float16,
+    which is what the .rq file stores."""
+    model = load_model(ckpt)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".lowrank_" in name:
+                p.copy_(p.half().float())
+    return model
+
+
+def psnr(a, b, peak=2.0):
+    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(peak**2 / mse)
+
+
+# --------------------------------------------------------------------------- against the reference
+@pytest.mark.parametrize(
+    "sampler,eta,cfg_scale,cfg_mode",
+    [
+        ("ddpm", 0.0, 1.0, "dit"),
+        ("ddpm", 0.0, 4.0, "dit"),
+        ("ddpm", 0.0, 4.0, "all"),
+        ("ddim", 0.0, 1.0, "dit"),
+        ("ddim", 0.0, 4.0, "dit"),
+        ("ddim", 0.0, 4.0, "all"),
+        ("ddim", 0.5, 2.0, "dit"),
+    ],
+)
+def test_matches_reference_sampler(tiny, sampler, eta, cfg_scale, cfg_mode):
+    m = tiny("a2")
+    eng = robuq.Engine(m.rq, threads=1)
+    kw = dict(steps=10, cfg_scale=cfg_scale, seed=3, sampler=sampler, eta=eta, cfg_mode=cfg_mode)
+    got = eng.sample(CLASSES, output="latent", **kw)
+    ref = diffusion.sample_classes(reference_model(m.ckpt), CLASSES, clip_denoised=True, **kw).numpy()
+    assert got.dtype == np.float32 and got.shape == ref.shape == (4, 1, 16, 16)
+    assert float(ref.std()) > 0.1  # not a trivial output
+    assert psnr(got, ref) >= 40
+    # the default output of a pixel model: uint8 NHWC as diffusion.to_uint8
+    img = eng.sample(CLASSES, **kw)
+    assert img.dtype == np.uint8 and img.shape == (4, 16, 16, 1)
+    np.testing.assert_array_equal(img, diffusion.to_uint8(torch.from_numpy(got)))
+
+
+def test_latent_model_cfg_modes(tiny):
+    """4 channels: "dit" guides channels 0..2 and "all" all four; no learned variance; float latents."""
+    m = tiny("latent")
+    eng = robuq.Engine(m.rq, threads=1)
+    assert eng.info["sampling"] == {"clip_denoised": False, "cfg_mode": "dit"}
+    model = reference_model(m.ckpt)
+    out = {}
+    for mode in ("dit", "all"):
+        got = eng.sample([1, 8], steps=8, cfg_scale=3.0, seed=1, cfg_mode=mode)
+        assert got.dtype == np.float32 and got.shape == (2, 4, 8, 8)  # "auto": latents
+        ref = diffusion.sample_classes(model, [1, 8], steps=8, cfg_scale=3.0, seed=1, cfg_mode=mode).numpy()
+        assert psnr(got, ref) >= 40, mode
+        out[mode] = got
+    assert not np.array_equal(out["dit"], out["all"])
+    # cfg_mode None is the file's default ("dit")
+    np.testing.assert_array_equal(eng.sample([1, 8], steps=8, cfg_scale=3.0, seed=1), out["dit"])
+    img = eng.sample([1, 8], steps=8, cfg_scale=3.0, seed=1, output="image")
+    np.testing.assert_array_equal(img, diffusion.to_uint8(torch.from_numpy(out["dit"])))
+
+
+def test_defaults_come_from_the_file(tiny):
+    m = tiny("a2")
+    eng = robuq.Engine(m.rq, threads=1)
+    assert eng.info["sampling"] == {"clip_denoised": True, "cfg_mode": "dit"}
+    kw = dict(steps=5, cfg_scale=1.0, seed=0, output="latent")
+    default = eng.sample([2], **kw)
+    np.testing.assert_array_equal(default, eng.sample([2], clip_denoised=True, **kw))
+    assert not np.array_equal(default, eng.sample([2], clip_denoised=False, **kw))
+    assert eng._engine.default_cfg_mode == "dit" and eng._engine.default_clip_denoised is True
+
+
+# --------------------------------------------------------------------------------- determinism
+def test_deterministic_across_runs_and_threads(tiny):
+    m = tiny("a2")
+    kw = dict(steps=6, cfg_scale=4.0, seed=11, output="latent")
+    one = robuq.Engine(m.rq, threads=1)
+    two = robuq.Engine(m.rq, threads=2)
+    a = one.sample(CLASSES, **kw)
+    np.testing.assert_array_equal(a, one.sample(CLASSES, **kw))
+    np.testing.assert_array_equal(a, two.sample(CLASSES, **kw))
+    np.testing.assert_array_equal(a, two.sample(CLASSES, **kw))
+    b = one.sample(CLASSES, **{**kw, "seed": 12})
+    assert not np.array_equal(a, b) and psnr(a, b) < 30
+    # a different class changes that sample; the forward of the others is unchanged by the batch
+    c = one.sample([0, 3, 7, 1], **kw)
+    assert not np.array_equal(a[3], c[3])
+    np.testing.assert_array_equal(a[:3], c[:3])
+    # int steps and the equivalent respacing string agree; "ddim6" is another schedule
+    np.testing.assert_array_equal(a, one.sample(CLASSES, **{**kw, "steps": "6"}))
+
+
+# ------------------------------------------------------------------- progress, Ctrl-C, exceptions
+def test_progress_callback_and_bar(tiny, capsys):
+    m = tiny("a2")
+    eng = robuq.Engine(m.rq, threads=1)
+    calls = []
+    kw = dict(steps="ddim10", cfg_scale=1.0, sampler="ddim")
+    x = eng.sample([1], progress=lambda d, t: calls.append((d, t)), **kw)
+    assert calls == [(i, 10) for i in range(1, 11)]
+    np.testing.assert_array_equal(x, eng.sample([1], **kw))
+    eng.sample([1], steps=7, cfg_scale=1.0, progress=True)
+    assert "7/7" in capsys.readouterr().err
+
+
+def test_callback_exception_stops_cleanly(tiny):
+    m = tiny("a2")
+    eng = robuq.Engine(m.rq, threads=1)
+    want = eng.sample([4, 5], steps=8, seed=2)
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def cb(done, total):
+        seen.append(done)
+        if done == 3:
+            raise Stop("enough")
+
+    with pytest.raises(Stop, match="enough"):
+        eng.sample([4, 5], steps=8, seed=2, progress=cb)
+    assert seen == [1, 2, 3]  # stopped after the step that raised
+    np.testing.assert_array_equal(eng.sample([4, 5], steps=8, seed=2), want)  # still usable
+
+
+def test_ctrl_c_interrupts_sampling(tiny):
+    """SIGINT while the C++ loop runs (GIL released, no callback) raises KeyboardInterrupt after the
+    current step; the engine stays usable."""
+    m = tiny("a2")
+    eng = robuq.Engine(m.rq, threads=1)
+    steps = []
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            eng.sample([1], steps=1000, cfg_scale=1.0, progress=lambda d, t: steps.append(d))
+    finally:
+        timer.cancel()
+    assert 0 < len(steps) < 1000
+    assert eng.sample([1], steps=2, cfg_scale=1.0).shape == (1, 16, 16, 1)
+
+
+# --------------------------------------------------------------------------------- bad arguments
+@pytest.mark.parametrize(
+    "kwargs,pattern",
+    [
+        (dict(classes=[10]), r"class id 10 is out of range 0\.\.9"),
+        (dict(classes=[3, -1]), r"class id -1 is out of range"),
+        (dict(classes=[1.0]), "integer class ids"),
+        (dict(classes=[]), "no classes given"),
+        (dict(classes=[[1, 2]]), "1-D"),
+        (dict(steps=0), "positive number of sampling steps"),
+        (dict(steps=-4), "positive number of sampling steps"),
+        (dict(steps="0"), "positive number of sampling steps"),
+        (dict(steps="abc"), "bad respacing"),
+        (dict(steps="2000"), "cannot divide"),
+        (dict(steps="ddim999"), "cannot create exactly 999 steps"),
+        (dict(sampler="euler"), "unknown sampler 'euler'"),
+        (dict(cfg_mode="half"), "unknown cfg_mode 'half'"),
+        (dict(eta=-1.0), "eta must be"),
+        (dict(eta=float("nan")), "eta must be"),
+        (dict(cfg_scale=float("inf")), "cfg_scale must be a finite number"),
+        (dict(seed=-1), "seed must be an integer"),
+        (dict(seed=2**64), "seed must be an integer"),
+        (dict(output="png"), "unknown output 'png'"),
+        (dict(clip_denoised="yes"), "clip_denoised must be"),
+    ],
+)
+def test_bad_arguments(tiny, kwargs, pattern):
+    eng = robuq.Engine(tiny("a2").rq, threads=1)
+    kw = {"classes": [1], "steps": 2, **kwargs}
+    with pytest.raises((ValueError, TypeError), match=pattern):
+        eng.sample(**kw)
+
+
+def test_bad_types(tiny):
+    eng = robuq.Engine(tiny("a2").rq, threads=1)
+    with pytest.raises(TypeError, match="steps must be an int"):
+        eng.sample([1], steps=True)
+    with pytest.raises(TypeError, match="steps must be an int"):
+        eng.sample([1], steps=2.5)
+
+
+def test_cfg_needs_null_class(tiny):
+    eng = robuq.Engine(tiny("nonull").rq, threads=1)
+    assert not eng.has_null_class
+    with pytest.raises(ValueError, match="no null-class embedding"):
+        eng.sample([1], steps=2)  # the default cfg_scale is 4
+    assert eng.sample([9], steps=2, cfg_scale=1.0).shape == (1, 16, 16, 1)
+
+
+def test_cpp_checks_without_the_wrapper(tiny):
+    raw = _C.Engine(tiny("a2").rq, 1)
+    with pytest.raises(ValueError, match=r"class id 10 \(classes\[1\]\) is out of range 0\.\.9"):
+        raw.sample(np.array([0, 10], np.int64), "2")
+    with pytest.raises(ValueError, match="unknown cfg_mode"):
+        raw.sample(np.array([0], np.int64), "2", cfg_mode="x")
+    with pytest.raises(ValueError, match="at least one class"):
+        raw.sample(np.zeros(0, np.int64), "2")
+    with pytest.raises(ValueError, match="bad respacing"):
+        raw.sample(np.array([0], np.int64), "x2")
+    with pytest.raises(ValueError, match="eta must be"):
+        raw.sample(np.array([0], np.int64), "2", eta=-0.5)
+    with pytest.raises(ValueError, match="null-class"):
+        _C.Engine(tiny("nonull").rq, 1).sample(np.array([0], np.int64), "2", cfg_scale=2.0)
+    x = raw.sample(np.array([0], np.int64), "2", cfg_scale=1.0)
+    assert x.dtype == np.float32 and x.shape == (1, 1, 16, 16)
