@@ -154,19 +154,32 @@ def test_callback_exception_stops_cleanly(tiny):
 
 
 def test_ctrl_c_interrupts_sampling(tiny):
-    """SIGINT while the C++ loop runs (GIL released, no callback) raises KeyboardInterrupt after the
-    current step; the engine stays usable."""
+    """SIGINT while the C++ loop runs (GIL released between steps) raises KeyboardInterrupt after the
+    current step; the engine stays usable. The signal is sent from another thread once step 2 is done,
+    so the test does not depend on how fast the machine samples."""
     m = tiny("a2")
     eng = robuq.Engine(m.rq, threads=1)
     steps = []
-    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
-    timer.start()
+    second_step = threading.Event()
+
+    def cb(done, total):
+        steps.append(done)
+        if done == 2:
+            second_step.set()
+
+    def killer():
+        if second_step.wait(30):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    thread = threading.Thread(target=killer)
+    thread.start()
     try:
         with pytest.raises(KeyboardInterrupt):
-            eng.sample([1], steps=1000, cfg_scale=1.0, progress=lambda d, t: steps.append(d))
+            eng.sample([1], steps=1000, cfg_scale=1.0, progress=cb)
     finally:
-        timer.cancel()
-    assert 0 < len(steps) < 1000
+        second_step.set()
+        thread.join()
+    assert 2 <= len(steps) < 1000
     assert eng.sample([1], steps=2, cfg_scale=1.0).shape == (1, 16, 16, 1)
 
 
