@@ -10,6 +10,8 @@
 #include <omp.h>
 #endif
 
+#include "robuq/avx2.h"
+#include "robuq/cpu.h"
 #include "robuq/qlinear.h"
 #include "robuq/quant.h"
 
@@ -26,6 +28,15 @@ int team(int threads, int64_t work) {
   const int64_t by_work = work / kMinWorkPerThread;
   if (by_work < 2) return 1;
   return by_work < threads ? static_cast<int>(by_work) : threads;
+}
+
+// The avx2 tier's kernels (robuq/avx2.h) run these ops when that tier is active.
+bool use_avx2() {
+#ifdef ROBUQ_HAVE_AVX2
+  return active_tier() == Tier::Avx2;
+#else
+  return false;
+#endif
 }
 
 int thread_index() {
@@ -60,15 +71,20 @@ void silu(const float* x, int64_t n, float* y) {
 }
 
 void gelu_tanh(float* x, int64_t n, int threads) {
-  const float beta = static_cast<float>(0.7978845608028654);  // sqrt(2 / pi)
-  const float kappa = 0.044715f;
+  if (use_avx2()) {
+    // elementwise: any split gives the same values; chunks of whole vectors
+    const int nt = team(threads, n);
+    const int64_t chunk = ((n + nt - 1) / nt + 7) / 8 * 8;
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    for (int i = 0; i < nt; ++i) {
+      const int64_t a = std::min<int64_t>(n, i * chunk), b = std::min<int64_t>(n, a + chunk);
+      avx2::gelu_tanh(x + a, b - a);
+    }
+    return;
+  }
   const int nt = team(threads, n);
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-  for (int64_t i = 0; i < n; ++i) {
-    const float v = x[i];
-    const float inner = beta * (v + kappa * (v * v * v));
-    x[i] = 0.5f * v * (1.0f + std::tanh(inner));
-  }
+  for (int64_t i = 0; i < n; ++i) x[i] = gelu_tanh_scalar(x[i]);
 }
 
 void patchify(const float* x, int64_t N, int64_t C, int64_t S, int64_t p, float* out) {
@@ -98,10 +114,28 @@ void unpatchify(const float* feats, int64_t N, int64_t grid, int64_t p, int64_t 
       }
 }
 
+namespace {
+// float64 sum over kStatLanes interleaved lanes, merged pairwise (the order of avx2::layernorm_modulate_row and
+// of the "gauss" statistics).
+double lane_sum(const float* x, int64_t n, double m, bool square) {
+  double l[kStatLanes] = {};
+  for (int64_t k = 0; k < n; ++k) {
+    double v = static_cast<double>(x[k]);
+    if (square) {
+      v = v - m;
+      v = v * v;
+    }
+    l[k % kStatLanes] += v;
+  }
+  return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+}
+}  // namespace
+
 void layernorm_modulate(const float* x, int64_t N, int64_t T, int64_t D, const float* shift, const float* scale,
                         int64_t stride, float* y, int threads) {
   const int64_t rows = N * T;
   const int nt = team(threads, rows * D);
+  const bool vec = use_avx2();
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t n = r / T;
@@ -109,15 +143,12 @@ void layernorm_modulate(const float* x, int64_t N, int64_t T, int64_t D, const f
     float* yr = y + r * D;
     const float* sh = shift + n * stride;
     const float* sc = scale + n * stride;
-    double sum = 0.0;
-    for (int64_t k = 0; k < D; ++k) sum += xr[k];
-    const double mean = sum / static_cast<double>(D);
-    double ss = 0.0;
-    for (int64_t k = 0; k < D; ++k) {
-      const double d = xr[k] - mean;
-      ss += d * d;
+    if (vec) {
+      avx2::layernorm_modulate_row(xr, D, sh, sc, yr);
+      continue;
     }
-    const double var = ss / static_cast<double>(D);
+    const double mean = lane_sum(xr, D, 0.0, false) / static_cast<double>(D);
+    const double var = lane_sum(xr, D, mean, true) / static_cast<double>(D);
     const float rstd = static_cast<float>(1.0 / std::sqrt(var + static_cast<double>(kLayerNormEps)));
     const float m = static_cast<float>(mean);
     for (int64_t k = 0; k < D; ++k) yr[k] = ((xr[k] - m) * rstd) * (1.0f + sc[k]) + sh[k];
@@ -128,19 +159,30 @@ void gated_residual(float* x, const float* b, const float* gate, int64_t stride,
                     int threads) {
   const int64_t rows = N * T;
   const int nt = team(threads, rows * D);
+  const bool vec = use_avx2();
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
   for (int64_t r = 0; r < rows; ++r) {
     const float* g = gate + (r / T) * stride;
     float* xr = x + r * D;
     const float* br = b + r * D;
+    if (vec) {
+      avx2::gated_residual_row(xr, br, g, D);
+      continue;
+    }
     for (int64_t k = 0; k < D; ++k) xr[k] = xr[k] + g[k] * br[k];
   }
 }
 
 size_t attention_scratch_floats(int64_t T, int64_t hd) {
-  // Q, K: [T, hd]; V^T: [hd, T]; scores: [kQueryBlock, T]; head output: [kQueryBlock, hd]; codes row.
+  // Q, K: [T, hd]; V^T: [hd, T]; scores: [kQueryBlock, T]; head output: [kQueryBlock, hd]; codes row. Enough
+  // for the avx2 tier's layout too, so the workspace fits whichever tier runs.
   const int64_t qb = std::min(T, kQueryBlock);
-  return static_cast<size_t>(3 * T * hd + qb * T + qb * hd + hd);
+  const size_t generic = static_cast<size_t>(3 * T * hd + qb * T + qb * hd + hd);
+#ifdef ROBUQ_HAVE_AVX2
+  return std::max(generic, avx2::attention_scratch_floats(T, hd));
+#else
+  return generic;
+#endif
 }
 
 namespace {
@@ -209,9 +251,15 @@ void attention(const float* qkv, int64_t N, int64_t T, int64_t H, int64_t hd, in
   const size_t per = attention_scratch_floats(T, hd);
   const int64_t tasks = N * H;
   const int nt = std::min<int64_t>(team(threads, tasks * T * T * hd), tasks);
+  const bool vec = use_avx2();
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-  for (int64_t task = 0; task < tasks; ++task)
-    attention_head(qkv, task / H, task % H, T, H, hd, bits, out, scratch + static_cast<size_t>(thread_index()) * per);
+  for (int64_t task = 0; task < tasks; ++task) {
+    float* s = scratch + static_cast<size_t>(thread_index()) * per;
+    if (vec)
+      avx2::attention_head(qkv, task / H, task % H, T, H, hd, bits, out, s);
+    else
+      attention_head(qkv, task / H, task % H, T, H, hd, bits, out, s);
+  }
 }
 
 }  // namespace ops

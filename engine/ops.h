@@ -1,6 +1,8 @@
 // The DiT's non-linear-layer operations, in float32 with the operation order of the PyTorch reference
 // (python/robuq/models.py) where it matters. Each token / (sample, head) is computed by one thread in a
-// fixed order, so results do not depend on the thread count.
+// fixed order, so results do not depend on the thread count. On the avx2 tier GELU, LayerNorm, the gated
+// residual and attention run the kernels of robuq/avx2.h (LayerNorm and the gated residual bit-identical to
+// the scalar code here; GELU, softmax and the attention matmuls in their own fixed order, within a few ulp).
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -18,7 +20,8 @@ void timestep_embedding(const int64_t* t, int64_t N, float* out);
 // y = x / (1 + exp(-x)) elementwise (y may alias x).
 void silu(const float* x, int64_t n, float* y);
 
-// In place: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) (GELU, tanh approximation).
+// In place: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) (GELU, tanh approximation; the avx2 tier computes
+// the same function as x / (1 + exp(-2 u)), which avoids the cancellation of 1 + tanh for x << 0).
 void gelu_tanh(float* x, int64_t n, int threads);
 
 // x [N, C, S, S] -> patches [N * T, C * p * p]: token (i, j) row-major over the (S/p)^2 grid, features
@@ -29,7 +32,8 @@ void patchify(const float* x, int64_t N, int64_t C, int64_t S, int64_t p, float*
 void unpatchify(const float* feats, int64_t N, int64_t grid, int64_t p, int64_t C, float* out);
 
 // y[n, t] = LayerNorm(x[n, t]) * (1 + scale[n]) + shift[n] for x [N, T, D]; LayerNorm without affine,
-// eps 1e-6, mean and variance accumulated in float64. shift / scale rows are `stride` floats apart.
+// eps 1e-6, mean and variance accumulated in float64 over 8 interleaved lanes merged pairwise (the order of
+// the "gauss" statistics, docs/quantization.md). shift / scale rows are `stride` floats apart.
 void layernorm_modulate(const float* x, int64_t N, int64_t T, int64_t D, const float* shift, const float* scale,
                         int64_t stride, float* y, int threads);
 

@@ -2,6 +2,7 @@
 #include "robuq/qlinear.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <limits>
 #include <mutex>
@@ -9,6 +10,7 @@
 #include <string>
 
 #include "qlinear_tiers.h"
+#include "robuq/avx2.h"
 #include "robuq/cpu.h"
 #include "robuq/quant.h"
 
@@ -178,15 +180,16 @@ void validate(const QLinearDesc& d) {
 }  // namespace
 
 // Weight layouts are prepared lazily, once per tier that actually runs the layer (normally only the
-// active tier at load time), so an engine does not hold both the int8 and the table-lookup copies.
+// active tier at load time), so an engine does not hold the generic tier's int8 copy when it runs avx2
+// (which reads ternary and int4 weights from the file layout and holds nothing).
 struct QLinear::Impl {
   std::mutex mu;
   std::unique_ptr<generic::Prepared> generic, avx2;
 
-  const generic::Prepared& get(const QLinearDesc& d, bool lut) {
+  const generic::Prepared& get(const QLinearDesc& d, bool direct) {
     std::lock_guard<std::mutex> lock(mu);
-    auto& slot = lut ? avx2 : generic;
-    if (!slot) slot = generic::prepare(d, lut);
+    auto& slot = direct ? avx2 : generic;
+    if (!slot) slot = generic::prepare(d, direct);
     return *slot;
   }
 };
@@ -195,25 +198,51 @@ QLinear::QLinear(const QLinearDesc& desc) : desc_(desc) {
   validate(desc_);
   impl_ = std::make_unique<Impl>();
   const Tier t = active_tier();
-  if (t != Tier::Reference) impl_->get(desc_, t == Tier::Avx2 && generic::lut_applies(desc_));
+  if (t != Tier::Reference) impl_->get(desc_, t == Tier::Avx2 && generic::avx2_direct(desc_));
 }
 
 QLinear::~QLinear() = default;
 
-void QLinear::forward(const float* x, int64_t T, float* y, int threads) const {
+float gelu_tanh_scalar(float v) {
+  const float beta = static_cast<float>(0.7978845608028654);  // sqrt(2 / pi)
+  const float kappa = 0.044715f;
+  const float inner = beta * (v + kappa * (v * v * v));
+  return 0.5f * v * (1.0f + std::tanh(inner));
+}
+
+namespace {
+// post applied in place to y [n] by the reference / generic tiers (elementwise: any split is the same).
+void apply_post(PostOp post, float* y, int64_t n, int threads) {
+  if (post != PostOp::GeluTanh) return;
+  const int nt = detail::useful_threads(threads, n, int64_t(1) << 15);
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+  for (int64_t i = 0; i < n; ++i) y[i] = gelu_tanh_scalar(y[i]);
+}
+}  // namespace
+
+void QLinear::forward(const float* x, int64_t T, float* y, int threads, PostOp post) const {
   if (T < 0) throw std::invalid_argument("QLinear::forward: T must be >= 0, got " + std::to_string(T));
   if (threads < 1) throw std::invalid_argument("QLinear::forward: threads must be >= 1");
+  if (post != PostOp::None && post != PostOp::GeluTanh) throw std::invalid_argument("QLinear::forward: bad post op");
   if (T == 0) return;
   switch (active_tier()) {
     case Tier::Reference:
       ref::qlinear_forward(desc_, x, T, y);
+      apply_post(post, y, T * desc_.out, 1);
       return;
     case Tier::Generic:
       generic::qlinear_forward(desc_, impl_->get(desc_, false), x, T, y, threads);
+      apply_post(post, y, T * desc_.out, threads);
       return;
-    case Tier::Avx2:  // the table-lookup GEMM for ternary layers; int4 / int8 / float activations use
-                      // the generic kernels
-      generic::qlinear_forward(desc_, impl_->get(desc_, generic::lut_applies(desc_)), x, T, y, threads);
+    case Tier::Avx2:
+#ifdef ROBUQ_HAVE_AVX2
+      // ternary (table lookups) and int4 weights with quantized activations from the file layout; the
+      // rest on the generic kernels
+      avx2::qlinear_forward(desc_, impl_->get(desc_, generic::avx2_direct(desc_)), x, T, y, threads, post);
+#else
+      generic::qlinear_forward(desc_, impl_->get(desc_, false), x, T, y, threads);
+      apply_post(post, y, T * desc_.out, threads);
+#endif
       return;
   }
 }
@@ -230,8 +259,14 @@ void linear_f32(const float* x, int64_t T, int64_t in, const float* W, const flo
       ref::linear_f32(x, T, in, W, b, out, y);
       return;
     case Tier::Generic:
-    case Tier::Avx2:  // generic kernels until the AVX2 tier is integrated (see QLinear::forward)
       generic::linear_f32(x, T, in, W, b, out, y, threads);
+      return;
+    case Tier::Avx2:
+#ifdef ROBUQ_HAVE_AVX2
+      avx2::linear_f32(x, T, in, W, b, out, y, threads);
+#else
+      generic::linear_f32(x, T, in, W, b, out, y, threads);
+#endif
       return;
   }
 }

@@ -7,7 +7,6 @@
 #include <vector>
 
 #include "robuq/qlinear.h"
-#include "robuq/ternary_gemm.h"
 
 namespace robuq {
 namespace detail {
@@ -63,23 +62,29 @@ void linear_f32(const float* x, int64_t T, int64_t in, const float* W, const flo
 }  // namespace ref
 
 namespace generic {
-// Weights re-laid out once for the kernels of one tier. The generic tier holds int8 codes (or float
-// codes for float activations); the avx2 tier holds, for ternary weights with quantized activations,
-// the table-lookup layout of ternary_gemm_avx2 instead (2x smaller than int8 codes) and shares every
-// other step (Hadamard + quantize, epilogue, low-rank branch, bias) with the generic tier.
+// Weights re-laid out once for the kernels of one tier. The generic tier holds int8 codes (or float codes
+// for float activations). The avx2 tier runs ternary and int4 weights with quantized activations straight
+// from the file layout (`direct`: nothing is held) and shares the generic kernels for everything else.
 struct Prepared {
+  bool direct = false;        // avx2 tier: the kernels read desc.packed
   int64_t ld = 0;             // row stride of w8 / of the activation codes
   std::vector<int8_t> w8;     // [out, ld] codes, for act_bits > 0 (generic integer GEMM)
   std::vector<float> wf;      // [out, in] codes as float, for act_bits == 0
-  std::unique_ptr<TernaryWeightsAvx2> lut;  // avx2 tier, ternary weights, act_bits > 0
 };
-// use_lut: prepare the avx2 table-lookup layout (only for ternary weights with act_bits > 0, on a CPU
-// with AVX2); otherwise the generic layout.
-std::unique_ptr<Prepared> prepare(const QLinearDesc& d, bool use_lut);
-bool lut_applies(const QLinearDesc& d);
+// direct: prepare for the avx2 kernels (only when avx2_direct(d), on a CPU with AVX2); otherwise the generic
+// layout.
+std::unique_ptr<Prepared> prepare(const QLinearDesc& d, bool direct);
+bool avx2_direct(const QLinearDesc& d);
 void qlinear_forward(const QLinearDesc& d, const Prepared& p, const float* x, int64_t T, float* y, int threads);
 void linear_f32(const float* x, int64_t T, int64_t in, const float* W, const float* b, int64_t out, float* y,
                 int threads);
 }  // namespace generic
+
+namespace avx2 {
+// The avx2 tier's QLinear::forward (kernels/avx2/qlinear_avx2.cpp); p from generic::prepare(d, avx2_direct(d)).
+// post is applied with avx2::gelu_tanh's arithmetic.
+void qlinear_forward(const QLinearDesc& d, const generic::Prepared& p, const float* x, int64_t T, float* y,
+                     int threads, PostOp post);
+}  // namespace avx2
 
 }  // namespace robuq

@@ -2,7 +2,7 @@
 //
 // Algorithm (cf. bitnet.cpp TL1 / T-MAC; our own arrangement):
 //  * Activation codes are centred, q' = q - z with z = 2^(bits-1), so q' in [-z, z-1]; then
-//    sum_k q w = sum_k q' w + z * wsum[r]   (wsum from the repack).
+//    sum_k q w = sum_k q' w + z * wsum[r]   (wsum: the rows' code sums).
 //  * Per token and chunk of 4 inputs, one 16-byte int8 table: slot s (0..7) = q'0 w0 + q'1 w1 for the s-th
 //    non-zero pattern (w0, w1) of group A = inputs (4j, 4j+1), slot 8 + s the same for group B with
 //    (q'2, q'3). The zero pattern needs no slot: its index has bit 7 set and vpshufb returns 0.
@@ -21,13 +21,19 @@
 //            (|pair| <= 254).
 //      int32: |sum| <= in * 255 for the final results (exact for in < 8.4e6).
 //    Codes of 7 or 8 bits are split, q = 16 q_hi + q_lo, into two passes of <= 4 bits.
+//  * Weights stay in the file layout (2 bits per weight, nothing copied at load time): each work item decodes
+//    its outputs' rows into the index layout (4 bits per weight) in an L2-resident buffer of its thread
+//    (decode_indices: ~9 vector instructions, mostly shuffles, per 16 outputs x 4 inputs; the lookups take 2
+//    per token for the same), then runs the lookups from there. An item holds all tokens when it can, so
+//    each weight is decoded once per call.
 //  * Blocking: the tables of all T tokens are built first (4 bytes per token and input, in a buffer of the
 //    calling thread kept between calls), laid out per micro-tile of TT = 6 tokens as [chunk][token][16]. The
-//    work is cut into items of (up to TB = 48 tokens) x (up to 256 outputs, fewer when in is large, so the
-//    item's weight indices stay in L2). Inside an item, for each micro-tile, for each block of KB chunks
+//    work is cut into items of (all tokens, unless the threads need more items) x (up to 256 outputs, fewer
+//    when in is large, so the item's weight indices stay in L2; a multiple of the thread count). Inside an item, for each micro-tile, for each block of KB chunks
 //    (the tile's tables for it, 12 KiB, stay in L1), for each 16-output column block, the micro kernel runs
 //    6 tokens x 16 outputs over the block with every accumulator in a register, and its int16 sums are added
-//    into the tile's int32 row buffer, which is written to acc (+ z * wsum) once per micro-tile.
+//    into the tile's int32 row buffer; once per micro-tile each row (+ z * wsum) goes through the epilogue
+//    (qlinear_avx2.h: the float64 dequantization, low-rank up-projection and bias, or a plain int32 store).
 //  * Speed (Zen 3, one core): the micro kernel does ~4.1 G lookups/s (~265 G multiply-adds/s); the whole GEMM
 //    ~200-225 G multiply-adds/s per core for bits 1..4 on the DiT-XL/2 shapes, ~4.5x torch.matmul fp32.
 //    The limit is the vector ALU ports: each lookup costs one vpshufb and one vpaddb.
@@ -46,6 +52,7 @@
 #include <omp.h>
 #endif
 
+#include "qlinear_avx2.h"
 #include "robuq/ternary_gemm.h"
 
 namespace robuq {
@@ -53,7 +60,6 @@ namespace {
 
 constexpr int64_t KB = 128;   // max chunks (4 inputs each) per k-block; the int16 bound above needs KB <= 128
 constexpr int TT = 6;         // tokens per micro-tile (fixed: the micro kernel's register allocation)
-constexpr int64_t TB = 48;    // tokens per work item (a multiple of TT)
 constexpr int64_t OBB = 16;   // 16-output column blocks per work item (256 outputs)
 
 // Weight pair (w0, w1) of the group-local slots 0..7: slot s <-> pattern p = s (s < 4) or s + 1, with
@@ -236,8 +242,9 @@ inline void add_tile(const int16_t* out, int32_t* C, int64_t ldc) {
   }
 }
 
-// Table buffer of the calling thread, kept between calls (no page faults per call).
-int8_t* table_buffer(size_t bytes) {
+// Table (and index) buffers of the calling thread, kept between calls (no page faults per call).
+template <int kWhich>
+int8_t* thread_buffer(size_t bytes) {
   struct Buf {
     int8_t* p = nullptr;
     size_t n = 0;
@@ -256,33 +263,134 @@ int8_t* table_buffer(size_t bytes) {
   }
   return buf.p;
 }
+int8_t* table_buffer(size_t bytes) { return thread_buffer<0>(bytes); }
+int8_t* table_buffer_indices(size_t bytes) { return thread_buffer<1>(bytes); }
+
+// ---- weights: the file layout (robuq/pack.h) decoded per work item into the index layout of
+// robuq/ternary_gemm.h, for the item's column blocks and every chunk. A row's byte j holds chunk j: pair A in
+// the low nibble (c0 | c1 << 2), pair B in the high nibble. A nibble becomes its pattern slot by vpshufb;
+// the (A, B) slot bytes of a row are interleaved into 16-bit words, and 16 rows x 32 chunks of words are
+// transposed (two 8 x 8 word transposes per 128-bit lane) into 32 chunks x 16 outputs.
+//
+// Slot of a nibble: p = c0 + 3 c1, 0x80 for the zero pattern p = 4, else p (p < 4) or p - 1. Code 3 occurs
+// only in padding positions (QLinear rejects it elsewhere) and is read as weight 0; a padding weight meets
+// a centred activation of 0 in the tables, so its value never matters.
+alignas(32) constexpr uint8_t kNibbleSlotA[32] = {
+    0, 1, 2, 1, 3, 0x80, 4, 0x80, 5, 6, 7, 6, 3, 0x80, 4, 0x80,   // nibble c0 | c1 << 2 -> slot; code 3
+    0, 1, 2, 1, 3, 0x80, 4, 0x80, 5, 6, 7, 6, 3, 0x80, 4, 0x80};  // read as 1 (weight 0); both lanes
+alignas(32) constexpr uint8_t kNibbleSlotB[32] = {  // group B: slot + 8
+    8, 9, 10, 9, 11, 0x80, 12, 0x80, 13, 14, 15, 14, 11, 0x80, 12, 0x80,
+    8, 9, 10, 9, 11, 0x80, 12, 0x80, 13, 14, 15, 14, 11, 0x80, 12, 0x80};
+
+inline void transpose8x8_epi16(__m256i r[8]) {
+  const __m256i t0 = _mm256_unpacklo_epi16(r[0], r[1]), t1 = _mm256_unpackhi_epi16(r[0], r[1]);
+  const __m256i t2 = _mm256_unpacklo_epi16(r[2], r[3]), t3 = _mm256_unpackhi_epi16(r[2], r[3]);
+  const __m256i t4 = _mm256_unpacklo_epi16(r[4], r[5]), t5 = _mm256_unpackhi_epi16(r[4], r[5]);
+  const __m256i t6 = _mm256_unpacklo_epi16(r[6], r[7]), t7 = _mm256_unpackhi_epi16(r[6], r[7]);
+  const __m256i u0 = _mm256_unpacklo_epi32(t0, t2), u1 = _mm256_unpackhi_epi32(t0, t2);
+  const __m256i u2 = _mm256_unpacklo_epi32(t1, t3), u3 = _mm256_unpackhi_epi32(t1, t3);
+  const __m256i u4 = _mm256_unpacklo_epi32(t4, t6), u5 = _mm256_unpackhi_epi32(t4, t6);
+  const __m256i u6 = _mm256_unpacklo_epi32(t5, t7), u7 = _mm256_unpackhi_epi32(t5, t7);
+  r[0] = _mm256_unpacklo_epi64(u0, u4);
+  r[1] = _mm256_unpackhi_epi64(u0, u4);
+  r[2] = _mm256_unpacklo_epi64(u1, u5);
+  r[3] = _mm256_unpackhi_epi64(u1, u5);
+  r[4] = _mm256_unpacklo_epi64(u2, u6);
+  r[5] = _mm256_unpackhi_epi64(u2, u6);
+  r[6] = _mm256_unpacklo_epi64(u3, u7);
+  r[7] = _mm256_unpackhi_epi64(u3, u7);
+}
+
+// dst[(c * chunks + j) * 32 + 2i + h] for column blocks cb0 .. cb0 + ncb - 1 (c = cb - cb0), all chunks.
+void decode_indices(const uint8_t* packed, int64_t out, int64_t chunks, int64_t cb0, int64_t ncb, uint8_t* dst) {
+  const __m256i lutA = _mm256_load_si256(reinterpret_cast<const __m256i*>(kNibbleSlotA));
+  const __m256i lutB = _mm256_load_si256(reinterpret_cast<const __m256i*>(kNibbleSlotB));
+  const __m256i low4 = _mm256_set1_epi8(0x0F);
+  alignas(32) uint8_t pad[32];
+  for (int64_t c = 0; c < ncb; ++c) {
+    const int64_t rbase = (cb0 + c) * 16;
+    for (int64_t j0 = 0; j0 < chunks; j0 += 32) {
+      const int64_t nj = std::min<int64_t>(32, chunks - j0);
+      __m256i lo[16], hi[16];
+      for (int i = 0; i < 16; ++i) {
+        const int64_t r = rbase + i;
+        __m256i R;
+        if (r < out && nj == 32) {
+          R = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(packed + r * chunks + j0));
+        } else {
+          std::memset(pad, 0x55, 32);  // weight 0 everywhere
+          if (r < out) std::memcpy(pad, packed + r * chunks + j0, static_cast<size_t>(nj));
+          R = _mm256_load_si256(reinterpret_cast<const __m256i*>(pad));
+        }
+        const __m256i A = _mm256_shuffle_epi8(lutA, _mm256_and_si256(R, low4));
+        const __m256i B = _mm256_shuffle_epi8(lutB, _mm256_and_si256(_mm256_srli_epi16(R, 4), low4));
+        lo[i] = _mm256_unpacklo_epi8(A, B);  // words: chunks 0..7 | 16..23
+        hi[i] = _mm256_unpackhi_epi8(A, B);  // chunks 8..15 | 24..31
+      }
+      transpose8x8_epi16(lo);
+      transpose8x8_epi16(lo + 8);
+      transpose8x8_epi16(hi);
+      transpose8x8_epi16(hi + 8);
+      uint8_t* d = dst + (c * chunks + j0) * 32;
+      for (int jj = 0; jj < 8; ++jj) {
+        const __m256i o[4] = {_mm256_permute2x128_si256(lo[jj], lo[8 + jj], 0x20),   // chunk jj
+                              _mm256_permute2x128_si256(hi[jj], hi[8 + jj], 0x20),   // chunk 8 + jj
+                              _mm256_permute2x128_si256(lo[jj], lo[8 + jj], 0x31),   // chunk 16 + jj
+                              _mm256_permute2x128_si256(hi[jj], hi[8 + jj], 0x31)};  // chunk 24 + jj
+        for (int g = 0; g < 4; ++g) {
+          const int64_t j = jj + 8 * g;
+          if (j < nj) _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + j * 32), o[g]);
+        }
+      }
+    }
+  }
+}
 
 // Codes of at most 6 bits.
-void gemm_direct(const uint8_t* q, int64_t T, int bits, const TernaryWeightsAvx2& w, int32_t* acc, int threads) {
-  const int64_t in = w.in, out = w.out, chunks = w.chunks;
+void gemm_direct(const uint8_t* q, int64_t T, int bits, const uint8_t* packed, int64_t out, int64_t in,
+                 const int32_t* wsum, const avx2::QEpilogue& e, int threads, const avx2::RowPrep* prep) {
+  const int64_t chunks = (in + 3) / 4, col_blocks = (out + 15) / 16;
   const int z = 1 << (bits - 1);
   const int64_t tile_bytes = ((chunks + 1) / 2 * 2) * TT * 16;  // one micro-tile's tables (even chunk count)
   const int64_t n_tiles = (T + TT - 1) / TT;
   int8_t* tabs = table_buffer(static_cast<size_t>(n_tiles * tile_bytes));
   const MicroPlan plan = micro_plan(bits);
-  // Column blocks per item: the item's indices (obb * chunks * 32 bytes) should stay in L2 (~256 KiB).
-  const int64_t obb = std::max<int64_t>(1, std::min<int64_t>(OBB, (256 << 10) / std::max<int64_t>(1, chunks * 32)));
-  const int64_t n_tb = (T + TB - 1) / TB;
-  const int64_t n_ob = (w.col_blocks + obb - 1) / obb;
+  // Work items: (token block) x (output block). An output block's indices (obb * chunks * 32 bytes) should
+  // stay in L2 (~256 KiB); there are as few as that allows, but a multiple of the thread count, of nearly
+  // equal size. All tokens form one block (each weight is decoded once per call) unless that leaves too
+  // few items for the threads.
+  int64_t l2b = 256 << 10;
+  if (const char* e2 = std::getenv("ROBUQ_L2")) l2b = atoi(e2) << 10;
+  const int64_t obb_max = std::max<int64_t>(1, std::min<int64_t>(OBB, l2b / std::max<int64_t>(1, chunks * 32)));
+  int64_t n_ob = (col_blocks + obb_max - 1) / obb_max;
+  n_ob = std::min(col_blocks, (n_ob + threads - 1) / threads * threads);
+  const int64_t obb = (col_blocks + n_ob - 1) / n_ob;
+  n_ob = (col_blocks + obb - 1) / obb;
+  int64_t n_tb = std::min(n_tiles, std::max<int64_t>(1, (2 * threads + n_ob - 1) / n_ob));
+  if (const char* e = std::getenv("ROBUQ_TB")) n_tb = std::max<int64_t>(n_tb, (T + atoi(e) - 1) / atoi(e));
+  const int64_t TB = (n_tiles + n_tb - 1) / n_tb * TT;
   const int64_t items = n_tb * n_ob;
   const int64_t ldc = obb * 16;
-  // Per-thread int32 tile (TT rows of the item's outputs), allocated here so that nothing inside the
-  // parallel region can throw.
+  threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, items)));
+  // Per-thread buffers, allocated here so that nothing inside the parallel region can throw: the int32 tile
+  // (TT rows of the item's outputs), the item's decoded indices, the epilogue's scratch.
+  const int64_t idx_bytes = (obb * chunks * 32 + 63) / 64 * 64;
+  const int64_t epi_floats = e.block_scratch(ldc);
   std::vector<int32_t> cbufs(static_cast<size_t>(threads * TT * ldc));
+  std::vector<float> ebufs(static_cast<size_t>(std::max<int64_t>(1, threads * epi_floats)));
+  uint8_t* ibufs = reinterpret_cast<uint8_t*>(table_buffer_indices(static_cast<size_t>(threads * idx_bytes)));
 #ifdef _OPENMP
 #pragma omp parallel num_threads(threads)
 #endif
   {
 #ifdef _OPENMP
-    int32_t* const C = cbufs.data() + static_cast<size_t>(omp_get_thread_num()) * TT * ldc;
+    const int tid = omp_get_thread_num();
 #else
-    int32_t* const C = cbufs.data();
+    const int tid = 0;
 #endif
+    int32_t* const C = cbufs.data() + static_cast<size_t>(tid) * TT * ldc;
+    uint8_t* const ibuf = ibufs + tid * idx_bytes;
+    float* const escr = ebufs.data() + tid * epi_floats;
     alignas(32) int16_t tile_out[TT * 16];
 #ifdef _OPENMP
 #pragma omp for schedule(static)
@@ -290,6 +398,7 @@ void gemm_direct(const uint8_t* q, int64_t T, int bits, const TernaryWeightsAvx2
     for (int64_t t = 0; t < n_tiles * TT; ++t) {
       int8_t* tab = tabs + (t / TT) * tile_bytes + (t % TT) * 16;
       if (t < T) {
+        if (prep != nullptr) (*prep)(t, tid);  // the row's codes, made by this thread just before use
         build_tables(q + t * in, in, z, tab);
       } else {
         for (int64_t j = 0; j < (chunks + 1) / 2 * 2; ++j) std::memset(tab + j * TT * 16, 0, 16);
@@ -299,53 +408,111 @@ void gemm_direct(const uint8_t* q, int64_t T, int bits, const TernaryWeightsAvx2
 #pragma omp for schedule(dynamic, 1)
 #endif
     for (int64_t it = 0; it < items; ++it) {
+      // Consecutive items share a token block (its tables stay hot); the weights of a layer stay in L3.
       const int64_t tb = it / n_ob, ob = it % n_ob;
       const int64_t t0 = tb * TB, nt = std::min(TB, T - t0);
-      const int64_t cb0 = ob * obb, ncb = std::min(obb, w.col_blocks - cb0);
+      const int64_t cb0 = ob * obb, ncb = std::min(obb, col_blocks - cb0);
       const int64_t r0 = cb0 * 16, nr = std::min(ncb * 16, out - r0);
+      decode_indices(packed, out, chunks, cb0, ncb, ibuf);
+      e.block_begin(r0, nr, escr);
+      const __m256i vz = _mm256_set1_epi32(z);
       for (int64_t tt = 0; tt < nt; tt += TT) {
         std::fill(C, C + TT * ldc, 0);
         const int8_t* tab = tabs + ((t0 + tt) / TT) * tile_bytes;
+        // The next k-block's tables (this micro-tile's, or the next micro-tile's first) are fetched while the
+        // current one runs, a slice before each micro kernel call: a table block is read from far away once
+        // per item (L3 or DRAM when T * in * 4 bytes of tables exceed the cache), then reused from L1.
+        const int8_t* tab_end = tabs + n_tiles * tile_bytes;
         for (int64_t j0 = 0; j0 < chunks; j0 += plan.kb) {
           const int64_t nj = std::min(plan.kb, chunks - j0);
+          const int8_t* next = j0 + plan.kb < chunks ? tab + (j0 + plan.kb) * TT * 16 : tab + tile_bytes;
+          const int64_t next_bytes = std::min<int64_t>(plan.kb * TT * 16, tab_end - next);
+          const int64_t slice = (next_bytes / 64 + ncb - 1) / ncb;
           for (int64_t cb = 0; cb < ncb; ++cb) {
-            const uint8_t* widx = w.idx.data() + ((cb0 + cb) * chunks + j0) * 32;
-            plan.fn(tab + j0 * TT * 16, widx, nj, plan.r, tile_out);
+            for (int64_t l = cb * slice; l < std::min((cb + 1) * slice, next_bytes / 64); ++l)
+              _mm_prefetch(reinterpret_cast<const char*>(next + l * 64), _MM_HINT_T0);
+            plan.fn(tab + j0 * TT * 16, ibuf + (cb * chunks + j0) * 32, nj, plan.r, tile_out);
             add_tile(tile_out, C + cb * 16, ldc);
           }
         }
         const int64_t ntt = std::min<int64_t>(TT, nt - tt);
-        for (int64_t t = 0; t < ntt; ++t) {
-          int32_t* dst = acc + (t0 + tt + t) * out + r0;
-          const int32_t* src = C + t * ldc;
-          for (int64_t r = 0; r < nr; ++r) dst[r] = src[r] + z * w.wsum[static_cast<size_t>(r0 + r)];
+        for (int64_t t = 0; t < ntt; ++t) {  // undo the centring: + z * wsum
+          int32_t* row = C + t * ldc;
+          int64_t r = 0;
+          for (; r + 8 <= nr; r += 8) {
+            const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wsum + r0 + r));
+            const __m256i s = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + r));
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(row + r), _mm256_add_epi32(s, _mm256_mullo_epi32(vz, w)));
+          }
+          for (; r < nr; ++r) row[r] += z * wsum[r0 + r];
         }
+        e.tile(t0 + tt, ntt, r0, nr, C, ldc, escr);
       }
     }
   }
 }
 
+void check_args(int bits, int64_t T, int64_t out, int64_t in, int threads) {
+  if (bits < 1 || bits > 8) throw std::invalid_argument("ternary_gemm_avx2: bits must be in 1..8");
+  if (T < 0 || out < 0 || in < 0) throw std::invalid_argument("ternary_gemm_avx2: negative shape");
+  if (threads < 1) throw std::invalid_argument("ternary_gemm_avx2: threads must be >= 1");
+}
+
 }  // namespace
 
-void ternary_gemm_avx2(const uint8_t* q, int64_t T, int bits, const TernaryWeightsAvx2& w, int32_t* acc,
-                       int threads) {
-  if (bits < 1 || bits > 8) throw std::invalid_argument("ternary_gemm_avx2: bits must be in 1..8");
-  if (T < 0) throw std::invalid_argument("ternary_gemm_avx2: negative T");
-  if (threads < 1) throw std::invalid_argument("ternary_gemm_avx2: threads must be >= 1");
-  if (T == 0 || w.out == 0) return;
+namespace avx2 {
+
+void ternary_gemm(const uint8_t* q, int64_t T, int bits, const uint8_t* packed, int64_t out, int64_t in,
+                  const int32_t* wsum, const QEpilogue& e, int threads, const RowPrep* prep) {
+  check_args(bits, T, out, in, threads);
+  if (T == 0 || out == 0) return;
   if (bits <= 6) {
-    gemm_direct(q, T, bits, w, acc, threads);
+    gemm_direct(q, T, bits, packed, out, in, wsum, e, threads, prep);
     return;
   }
-  // 7 or 8 bits: q = 16 q_hi + q_lo, q_lo < 16 (4 bits), q_hi < 2^(bits-4).
-  const size_t n = static_cast<size_t>(T * w.in);
+  if (prep != nullptr) {
+    const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, T)));
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    for (int64_t t = 0; t < T; ++t) {
+      int tid = 0;
+#ifdef _OPENMP
+      tid = omp_get_thread_num();
+#endif
+      (*prep)(t, tid);
+    }
+  }
+  // 7 or 8 bits: q = 16 q_hi + q_lo, q_lo < 16 (4 bits), q_hi < 2^(bits-4); exact sums first, then e.
+  const size_t n = static_cast<size_t>(T * in);
   std::vector<uint8_t> qs(n);
+  std::vector<int32_t> hi(static_cast<size_t>(T * out)), lo(hi.size());
+  QEpilogue ea;
+  ea.out = out;
+  ea.acc = hi.data();
   for (size_t i = 0; i < n; ++i) qs[i] = static_cast<uint8_t>(q[i] >> 4);
-  gemm_direct(qs.data(), T, bits - 4, w, acc, threads);
-  std::vector<int32_t> lo(static_cast<size_t>(T * w.out));
+  gemm_direct(qs.data(), T, bits - 4, packed, out, in, wsum, ea, threads, nullptr);
+  ea.acc = lo.data();
   for (size_t i = 0; i < n; ++i) qs[i] = static_cast<uint8_t>(q[i] & 15);
-  gemm_direct(qs.data(), T, 4, w, lo.data(), threads);
-  for (size_t i = 0; i < lo.size(); ++i) acc[i] = acc[i] * 16 + lo[i];
+  gemm_direct(qs.data(), T, 4, packed, out, in, wsum, ea, threads, nullptr);
+  for (size_t i = 0; i < hi.size(); ++i) hi[i] = hi[i] * 16 + lo[i];
+  std::vector<float> scr(static_cast<size_t>(std::max<int64_t>(1, e.block_scratch(out))));
+  e.block_begin(0, out, scr.data());
+  for (int64_t t = 0; t < T; t += QEpilogue::kTileRows)
+    e.tile(t, std::min(QEpilogue::kTileRows, T - t), 0, out, hi.data() + t * out, out, scr.data());
+}
+
+}  // namespace avx2
+
+void ternary_gemm_avx2(const uint8_t* q, int64_t T, int bits, const uint8_t* packed, int64_t out, int64_t in,
+                       const int32_t* wsum, int32_t* acc, int threads) {
+  avx2::QEpilogue e;
+  e.out = out;
+  e.acc = acc;
+  avx2::ternary_gemm(q, T, bits, packed, out, in, wsum, e, threads, nullptr);
+}
+
+void ternary_lut_indices_avx2(const uint8_t* packed, int64_t out, int64_t in, uint8_t* idx) {
+  if (out < 0 || in < 0) throw std::invalid_argument("ternary_lut_indices_avx2: negative shape");
+  decode_indices(packed, out, (in + 3) / 4, 0, (out + 15) / 16, idx);
 }
 
 }  // namespace robuq

@@ -142,7 +142,6 @@ void gemm_i8(const uint8_t* q, int64_t ldq, int64_t T, const int8_t* w, int64_t 
 
 // Per-call buffers of the calling thread (QLinear::forward is const and may run on several threads).
 struct Scratch {
-  std::vector<int32_t> acc;
   std::vector<uint8_t> codes;
   std::vector<float> rot, scale, zero, lowrank;
 };
@@ -172,14 +171,16 @@ void rotate_quantize_rows(const QLinearDesc& d, const float* x, int64_t t0, int6
 
 }  // namespace
 
-bool lut_applies(const QLinearDesc& d) { return d.format == WeightFormat::Ternary && d.act_bits > 0; }
+bool avx2_direct(const QLinearDesc& d) {
+  return (d.format == WeightFormat::Ternary || d.format == WeightFormat::Int4) && d.act_bits > 0;
+}
 
-std::unique_ptr<Prepared> prepare(const QLinearDesc& d, bool use_lut) {
+std::unique_ptr<Prepared> prepare(const QLinearDesc& d, bool direct) {
   auto p = std::make_unique<Prepared>();
   const int64_t pc = packed_cols(d.format, d.in);
-  if (use_lut && lut_applies(d)) {
-    p->ld = d.in;  // ternary_gemm_avx2 reads dense [T, in] codes
-    p->lut = std::make_unique<TernaryWeightsAvx2>(ternary_repack_avx2(d.packed, d.out, d.in));
+  if (direct && avx2_direct(d)) {
+    p->direct = true;
+    p->ld = d.in;
   } else if (d.act_bits > 0) {
     p->ld = (d.in + kCodeAlign - 1) / kCodeAlign * kCodeAlign;
     p->w8.assign(static_cast<size_t>(d.out * p->ld), 0);
@@ -216,13 +217,7 @@ void qlinear_forward(const QLinearDesc& d, const Prepared& p, const float* x, in
   }
 
   // 2. The main term.
-  if (p.lut) {
-    int32_t* acc = detail::thread_scratch(s.acc, static_cast<size_t>(T * out));
-    ternary_gemm_avx2(codes, T, d.act_bits, *p.lut, acc, threads);
-    for (int64_t t = 0; t < T; ++t)
-      for (int64_t r = 0; r < out; ++r)
-        y[t * out + r] = detail::qlinear_epilogue(acc[t * out + r], scale[t], zero[t], d.scale[r], d.wsum[r]);
-  } else if (d.act_bits > 0) {
+  if (d.act_bits > 0) {
     gemm_i8(codes, ld, T, p.w8.data(), ld, out, ld, threads, [&](int64_t t, int64_t r, int32_t acc) {
       y[t * out + r] = detail::qlinear_epilogue(acc, scale[t], zero[t], d.scale[r], d.wsum[r]);
     });

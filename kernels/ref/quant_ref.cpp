@@ -25,6 +25,24 @@ void check_clip_k(float clip_k) {
 
 namespace ref {
 
+namespace {
+static_assert(kStatLanes == 8, "lane_sum combines 8 lanes");
+// sum_k v_k over 8 interleaved float64 lanes (v_k = x_k, or (x_k - m)^2 when square), combined as
+// ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)).
+double lane_sum(const float* x, int64_t n, double m, bool square) {
+  double l[kStatLanes] = {};
+  for (int64_t k = 0; k < n; ++k) {
+    double v = static_cast<double>(x[k]);
+    if (square) {
+      v = v - m;
+      v = v * v;
+    }
+    l[k % kStatLanes] += v;
+  }
+  return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+}
+}  // namespace
+
 ClipRange clip_range(const float* x, int64_t n, float clip_k) {
   float mn = x[0], mx = x[0];
   for (int64_t i = 1; i < n; ++i) {
@@ -33,15 +51,11 @@ ClipRange clip_range(const float* x, int64_t n, float clip_k) {
   }
   if (!(clip_k > 0.0f)) return {mn, mx};
 
-  // Gauss: mean and population standard deviation in float64.
-  double sum = 0.0;
-  for (int64_t i = 0; i < n; ++i) sum += static_cast<double>(x[i]);
-  const double m = sum / static_cast<double>(n);
-  double ss = 0.0;
-  for (int64_t i = 0; i < n; ++i) {
-    const double d = static_cast<double>(x[i]) - m;
-    ss += d * d;
-  }
+  // Gauss: mean and population standard deviation in float64, each sum over kStatLanes interleaved
+  // partial sums (element k goes to lane k % 8, k ascending within a lane) combined pairwise, so that
+  // the AVX2 tier can compute them with two 4-wide double vectors and agree bit for bit.
+  const double m = lane_sum(x, n, 0.0, false) / static_cast<double>(n);
+  const double ss = lane_sum(x, n, m, true);
   const double sigma = std::sqrt(ss / static_cast<double>(n));
   const double k = static_cast<double>(clip_k);
   const double ks = k * sigma;

@@ -55,6 +55,15 @@ void check_weight_codes(WeightFormat format, const uint8_t* packed, int64_t out,
 // sums[r] = sum_k code[r, k] (the file's weight_sum). Codes must be valid.
 void weight_code_sums(WeightFormat format, const uint8_t* packed, int64_t out, int64_t in, int32_t* sums);
 
+// What QLinear::forward applies to every output after the bias; fused into the GEMM epilogue where the tier
+// can (avx2), so the output makes one trip through memory. Results equal the separate pass exactly.
+enum class PostOp { None = 0, GeluTanh = 1 };
+
+// GELU (tanh approximation) as the reference and generic tiers compute it, and engine ops::gelu_tanh on
+// those tiers: 0.5 v (1 + tanh(sqrt(2/pi) (v + 0.044715 v^3))) in float32, in that order. (The avx2 tier
+// computes the same function as v / (1 + exp(-2 u)): avx2::gelu_tanh.)
+float gelu_tanh_scalar(float v);
+
 class QLinear {
  public:
   // Validates the descriptor (shapes, bits, plan width, weight codes, wsum == the codes' row sums,
@@ -67,8 +76,9 @@ class QLinear {
 
   // x: [T, in] float32, y: [T, out] float32 (overwritten; must not alias x). threads >= 1. The result
   // does not depend on `threads` (each output is computed by one thread in a fixed order). Safe to call
-  // from several threads at once.
-  void forward(const float* x, int64_t T, float* y, int threads) const;
+  // from several threads at once. post: applied to each output after the bias (e.g. the MLP's GELU after
+  // fc1), with the same result as applying it afterwards with the active tier's own function.
+  void forward(const float* x, int64_t T, float* y, int threads, PostOp post = PostOp::None) const;
 
   const QLinearDesc& desc() const { return desc_; }
 

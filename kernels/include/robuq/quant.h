@@ -4,7 +4,9 @@
 // For one row x of n floats:
 //   mn = min(x), mx = max(x)
 //   minmax (clip_k <= 0): lo = mn, hi = mx
-//   gauss  (clip_k >  0): m, sigma = mean and population std in float64;
+//   gauss  (clip_k >  0): m, sigma = mean and population std in float64, each sum taken over
+//                         kStatLanes = 8 interleaved partial sums (element k into lane k % 8, k
+//                         ascending in a lane) combined as ((l0+l1)+(l2+l3))+((l4+l5)+(l6+l7));
 //                         lo = float(max(mn, m - k sigma)), hi = float(min(mx, m + k sigma)),
 //                         k = (double)clip_k (a float32 constant)
 //   scale = max(hi - lo, 1e-8f) / (2^bits - 1)                    (float32)
@@ -20,6 +22,8 @@ namespace robuq {
 
 constexpr int kMinActBits = 1;
 constexpr int kMaxActBits = 8;
+// Interleaved float64 partial sums of the "gauss" statistics (the order above; SIMD-friendly).
+constexpr int kStatLanes = 8;
 
 // Throws std::invalid_argument unless 1 <= bits <= 8.
 void check_act_bits(int bits);

@@ -2,8 +2,9 @@
 // uint8 activation codes q (1..8 bits) and ternary weights w in {-1, 0, 1}.
 //
 // File layout of the weights (robuq/pack.h, docs/rq-format.md): 2 bits per weight, code c = w + 1, byte j of
-// a row holds weights 4j .. 4j+3, weight 4j+i in bits 2i .. 2i+1. ternary_repack_avx2() turns that into the
-// kernel layout below once, at load time.
+// a row holds weights 4j .. 4j+3, weight 4j+i in bits 2i .. 2i+1. The AVX2 kernel reads that layout and turns
+// each work item's rows into the kernel layout below on the fly (nothing is copied at load time);
+// ternary_repack_avx2() builds the same layout for a whole matrix (the executable specification).
 //
 // Kernel layout ("pair-table indices"). The input channels are cut into chunks of 4, chunk j = inputs
 // 4j .. 4j+3 = group A (4j, 4j+1) and group B (4j+2, 4j+3). The 9 ternary patterns (w0, w1) of a group are
@@ -14,8 +15,8 @@
 //     idx[(b * chunks + j) * 32 + 2i + h]
 // so the 16 bytes of one 128-bit lane index a single 16-byte table per (token, chunk) that holds group A's
 // 8 non-zero pattern sums in slots 0..7 and group B's in slots 8..15 (see ternary_gemm_avx2.cpp).
-// 4 bits per weight in memory (2x the file); wsum holds the per-row weight sums used to undo the centring
-// of the activation codes.
+// 4 bits per weight (2x the file); wsum holds the per-row weight sums used to undo the centring of the
+// activation codes.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -34,12 +35,18 @@ struct TernaryWeightsAvx2 {
 // code 3 in a used position (padding positions are not inspected).
 TernaryWeightsAvx2 ternary_repack_avx2(const uint8_t* packed, int64_t out, int64_t in);
 
-// acc[t * out + r] = sum_k q[t * in + k] * w[r][k], exact int32. q: uint8 codes [T, in], every value
-// < 2^bits, bits in 1..8 (codes >= 2^bits give wrong results). threads >= 1 (OpenMP num_threads; one thread
-// without OpenMP). The result does not depend on the thread count. Requires an AVX2 CPU.
-// Throws std::invalid_argument on bits outside 1..8, T < 0 or threads < 1.
-void ternary_gemm_avx2(const uint8_t* q, int64_t T, int bits, const TernaryWeightsAvx2& w, int32_t* acc,
-                       int threads);
+// acc[t * out + r] = sum_k q[t * in + k] * w[r][k], exact int32, for weights in the file layout (packed:
+// [out, ceil(in / 4)] bytes, every used code in 0..2; padding positions may hold anything) with wsum[r] =
+// sum_k w[r][k]. q: uint8 codes [T, in], every value < 2^bits, bits in 1..8 (codes >= 2^bits give wrong
+// results). threads >= 1 (OpenMP num_threads; one thread without OpenMP). The result does not depend on the
+// thread count. Requires an AVX2 CPU. Throws std::invalid_argument on bits outside 1..8, a negative shape or
+// threads < 1.
+void ternary_gemm_avx2(const uint8_t* q, int64_t T, int bits, const uint8_t* packed, int64_t out, int64_t in,
+                       const int32_t* wsum, int32_t* acc, int threads);
+
+// The kernel layout idx (ceil(out / 16) * ceil(in / 4) * 32 bytes) as the AVX2 kernel decodes it from the file
+// layout; equal to ternary_repack_avx2(packed, out, in).idx when the padding codes are 1 (weight 0).
+void ternary_lut_indices_avx2(const uint8_t* packed, int64_t out, int64_t in, uint8_t* idx);
 
 // Portable scalar twin that reads the repacked layout (tests the layout on any CPU; same contract, single
 // thread, slow).

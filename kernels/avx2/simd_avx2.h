@@ -1,0 +1,95 @@
+// Inline AVX2 helpers shared by the avx2 kernels (include only from kernels/avx2/*.cpp).
+#pragma once
+#include <immintrin.h>
+
+#include <cstdint>
+
+namespace robuq {
+namespace avx2 {
+namespace simd {
+
+// sum_k v_k in float64 over 8 interleaved lanes (element k in lane k % 8, k ascending within a lane),
+// merged as ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)); v_k = x_k, or (x_k - m)^2 with kSquare.
+// The order of ref::clip_range's statistics and of ops::layernorm_modulate.
+template <bool kSquare>
+inline double lane_sum(const float* x, int64_t n, double m) {
+  __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
+  const __m256d vm = _mm256_set1_pd(m);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_loadu_ps(x + i);
+    __m256d d0 = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
+    __m256d d1 = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
+    if (kSquare) {
+      d0 = _mm256_sub_pd(d0, vm);
+      d1 = _mm256_sub_pd(d1, vm);
+      d0 = _mm256_mul_pd(d0, d0);
+      d1 = _mm256_mul_pd(d1, d1);
+    }
+    s0 = _mm256_add_pd(s0, d0);
+    s1 = _mm256_add_pd(s1, d1);
+  }
+  alignas(32) double l[8];
+  _mm256_store_pd(l, s0);
+  _mm256_store_pd(l + 4, s1);
+  for (; i < n; ++i) {
+    double v = static_cast<double>(x[i]);
+    if (kSquare) {
+      v = v - m;
+      v = v * v;
+    }
+    l[i % 8] += v;
+  }
+  return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+}
+
+// 8 float lanes merged as ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)).
+inline float pairwise_sum8(__m256 v) {
+  alignas(32) float l[8];
+  _mm256_store_ps(l, v);
+  return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+}
+
+// exp(x): n = round(x log2 e), r = x - n ln2 (two fused steps, ln2 split in a high and a low part), e^r by
+// Cephes' degree-6 polynomial, times 2^n applied as two exact power-of-two factors (so n = 128 works).
+// 0 below ln(FLT_MIN), +inf above ln(FLT_MAX), NaN for NaN.
+inline __m256 exp256(__m256 x) {
+  const __m256 lo = _mm256_set1_ps(-87.33654475f), hi = _mm256_set1_ps(88.72283906f);
+  const __m256 xc = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-88.0f)), _mm256_set1_ps(88.75f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(xc, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), xc);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  const __m256 r2 = _mm256_mul_ps(r, r);
+  __m256 y = _mm256_add_ps(_mm256_fmadd_ps(p, r2, r), _mm256_set1_ps(1.0f));
+  const __m256i ni = _mm256_cvtps_epi32(n);
+  const __m256i na = _mm256_srai_epi32(ni, 1);
+  const __m256i nb = _mm256_sub_epi32(ni, na);
+  const __m256i bias = _mm256_set1_epi32(127);
+  y = _mm256_mul_ps(y, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(na, bias), 23)));
+  y = _mm256_mul_ps(y, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(nb, bias), 23)));
+  y = _mm256_blendv_ps(y, _mm256_setzero_ps(), _mm256_cmp_ps(x, lo, _CMP_LT_OQ));
+  y = _mm256_blendv_ps(y, _mm256_set1_ps(__builtin_inff()), _mm256_cmp_ps(x, hi, _CMP_GT_OQ));
+  return _mm256_blendv_ps(y, x, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+}
+
+// GELU (tanh approximation) of 8 floats as x / (1 + exp(-2 u)), u = sqrt(2/pi) (x + 0.044715 x^3) in float32
+// in that order: 0.5 x (1 + tanh(u)) without the cancellation of 1 + tanh(u) for x << 0.
+inline __m256 gelu8(__m256 v) {
+  const __m256 beta = _mm256_set1_ps(static_cast<float>(0.7978845608028654));
+  const __m256 kappa = _mm256_set1_ps(0.044715f);
+  const __m256 v3 = _mm256_mul_ps(_mm256_mul_ps(v, v), v);
+  const __m256 u = _mm256_mul_ps(beta, _mm256_add_ps(v, _mm256_mul_ps(kappa, v3)));
+  const __m256 e = exp256(_mm256_mul_ps(u, _mm256_set1_ps(-2.0f)));
+  return _mm256_div_ps(v, _mm256_add_ps(_mm256_set1_ps(1.0f), e));
+}
+
+}  // namespace simd
+}  // namespace avx2
+}  // namespace robuq
