@@ -154,22 +154,24 @@ def test_callback_exception_stops_cleanly(tiny):
 
 
 def test_ctrl_c_interrupts_sampling(tiny):
-    """SIGINT while the C++ loop runs (GIL released between steps) raises KeyboardInterrupt after the
-    current step; the engine stays usable. The signal is sent from another thread once step 2 is done,
-    so the test does not depend on how fast the machine samples."""
+    """SIGINT (sent by another thread, as a terminal would) during sampling raises KeyboardInterrupt
+    within a step or two; the engine stays usable. The callback of step 2 waits until the signal has been
+    sent, so the test does not depend on how fast the machine samples or how threads are scheduled."""
     m = tiny("a2")
     eng = robuq.Engine(m.rq, threads=1)
     steps = []
-    second_step = threading.Event()
+    second_step, sent = threading.Event(), threading.Event()
 
     def cb(done, total):
         steps.append(done)
         if done == 2:
             second_step.set()
+            sent.wait(30)
 
     def killer():
         if second_step.wait(30):
             os.kill(os.getpid(), signal.SIGINT)
+        sent.set()
 
     thread = threading.Thread(target=killer)
     thread.start()
