@@ -45,6 +45,7 @@ def forward_rows(res: dict) -> list[dict]:
             "time": r["median_s"],
             "rss": r["peak_rss_mb"],
             "file": r["file_mb"],
+            "other": r.get("other_load"),
         }
         for rt, cf, name in BASELINES:
             b = forward_time(res, r["model"], rt, cf, ta)
@@ -52,6 +53,8 @@ def forward_rows(res: dict) -> list[dict]:
         one = forward_time(res, r["model"], r["runtime"], r["config"], 1)
         row["scaling"] = one["median_s"] / r["median_s"] if one and ta > 1 else None
         row["time_1"] = one["median_s"] if one else None
+        loads = [x.get("other_load") for x in (r, one) if x is not None and x.get("other_load") is not None]
+        row["other"] = max(loads) if loads else None
         rows.append(row)
     return rows
 
@@ -168,10 +171,11 @@ def sections(res: dict, markdown: bool) -> list[tuple[str, str]]:
             [r["model"], label(r["runtime"], r["config"]), f"{r['time']:.3f}"]
             + [_f(r[name], ".2f") for _, _, name in BASELINES]
             + [_f(r["time_1"], ".3f"), _f(r["scaling"], ".2f"), f"{r['rss']:.0f}", f"{r['file']:.1f}"]
+            + [_f(None if r["other"] is None else 100 * r["other"], ".0f")]
         )
     if rows:
         head = ["model", "runtime", f"time {ta}T (s)"] + [f"x vs {n}" for _, _, n in BASELINES]
-        head += ["time 1T (s)", f"1T/{ta}T", "peak RSS (MB)", "file (MB)"]
+        head += ["time 1T (s)", f"1T/{ta}T", "peak RSS (MB)", "file (MB)", "others' CPU %"]
         out.append(
             (
                 f"Whole forward, batch 2 (one CFG step), median of {s['repeats']} after "
@@ -240,7 +244,9 @@ def readme_section(res: dict, png: str | None = None, json_path: str | None = No
         f"tokens); the engine runs random `.rq` files from `robuq-export --random` (low-rank rank "
         f"{s['rank']}); PyTorch is fp32 eager and onnxruntime runs the fp32 ONNX export of the same "
         "weights and its `quantize_dynamic` int8 version. Peak RSS is the VmHWM of a process that only "
-        "loads and runs that one model. Other load on the machine slows every runtime and adds noise."
+        'loads and runs that one model. "others\' CPU %": the share of the machine that other processes '
+        "used during the timed runs (median; a run during which they took more than 15% is repeated, up to "
+        "twice the repeat count)."
     )
     for title, body in sections(res, markdown=True):
         lines += ["", f"### {title}", "", body]

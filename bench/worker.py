@@ -14,6 +14,7 @@ The parent sets OMP_NUM_THREADS to the thread count before starting the process.
 from __future__ import annotations
 
 import json
+import os
 import resource
 import statistics
 import sys
@@ -37,15 +38,42 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
-def timed(fn, warmup: int, repeats: int) -> list[float]:
-    for _ in range(warmup):
+def busy_seconds() -> float:
+    """CPU seconds the whole machine has been busy (all CPUs, /proc/stat; steal counts as busy)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:9]]
+    return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def timed(
+    fn, warmup: int, repeats: int, max_other: float = 0.15, min_sample_s: float = 0.25
+) -> tuple[list[float], list[float], int]:
+    """Seconds per call of fn: `warmup` calls, then `repeats` samples, each of k back-to-back calls (k such
+    that a sample lasts at least min_sample_s; 1 for slow calls). Also measures, per sample, the share of the
+    machine's CPUs that other processes kept busy meanwhile (other = machine busy time - this process's CPU
+    time, over wall time x CPUs). A sample during which others took more than max_other of the machine is
+    taken again (a burst of other work must not decide a median), at most 2 x repeats times; the JSON keeps
+    the count. Returns (seconds per call per sample, other loads, samples taken again)."""
+    t0 = time.perf_counter()
+    for _ in range(max(1, warmup)):
         fn()
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return out
+    per_call = (time.perf_counter() - t0) / max(1, warmup)
+    k = max(1, int(min_sample_s / max(per_call, 1e-9) + 0.999)) if per_call < min_sample_s else 1
+    ncpu = len(os.sched_getaffinity(0))
+    times, others, redone = [], [], 0
+    while len(times) < repeats:
+        b0, c0, t0 = busy_seconds(), time.process_time(), time.perf_counter()
+        for _ in range(k):
+            fn()
+        dt = time.perf_counter() - t0
+        other = max(0.0, (busy_seconds() - b0) - (time.process_time() - c0)) / (dt * ncpu)
+        if other > max_other and redone < 2 * repeats:
+            redone += 1
+            time.sleep(min(2.0, 2 * dt))
+            continue
+        times.append(dt / k)
+        others.append(other)
+    return times, others, redone
 
 
 def model_config(name: str):
@@ -141,7 +169,7 @@ def run_linears(spec: dict) -> dict:
                     def fn(xt=xt, wt=wt):
                         torch.matmul(xt, wt.T)
 
-                times = timed(fn, spec["warmup"], spec["repeats"])
+                times, others, redone = timed(fn, spec["warmup"], spec["repeats"])
                 med = statistics.median(times)
                 rows.append(
                     {
@@ -155,6 +183,8 @@ def run_linears(spec: dict) -> dict:
                         "side": side,
                         "median_s": med,
                         "gmacs": tokens * n_in * n_out / med / 1e9,
+                        "other_load": statistics.median(others),
+                        "redone": redone,
                     }
                 )
     return {"linears": rows}
@@ -196,10 +226,12 @@ def run_forward(spec: dict) -> dict:
     else:
         raise ValueError(f"unknown runtime {runtime!r}")
     load_s = time.perf_counter() - t0
-    times = timed(fn, spec["warmup"], spec["repeats"])
+    times, others, redone = timed(fn, spec["warmup"], spec["repeats"])
     return {
         "times": times,
         "median_s": statistics.median(times),
+        "other_load": statistics.median(others),
+        "redone": redone,
         "load_s": load_s,
         "peak_rss_mb": peak_rss_mb(),
     }

@@ -359,15 +359,12 @@ void gemm_direct(const uint8_t* q, int64_t T, int bits, const uint8_t* packed, i
   // stay in L2 (~256 KiB); there are as few as that allows, but a multiple of the thread count, of nearly
   // equal size. All tokens form one block (each weight is decoded once per call) unless that leaves too
   // few items for the threads.
-  int64_t l2b = 256 << 10;
-  if (const char* e2 = std::getenv("ROBUQ_L2")) l2b = atoi(e2) << 10;
-  const int64_t obb_max = std::max<int64_t>(1, std::min<int64_t>(OBB, l2b / std::max<int64_t>(1, chunks * 32)));
+  const int64_t obb_max = std::max<int64_t>(1, std::min<int64_t>(OBB, (256 << 10) / std::max<int64_t>(1, chunks * 32)));
   int64_t n_ob = (col_blocks + obb_max - 1) / obb_max;
   n_ob = std::min(col_blocks, (n_ob + threads - 1) / threads * threads);
   const int64_t obb = (col_blocks + n_ob - 1) / n_ob;
   n_ob = (col_blocks + obb - 1) / obb;
-  int64_t n_tb = std::min(n_tiles, std::max<int64_t>(1, (2 * threads + n_ob - 1) / n_ob));
-  if (const char* e = std::getenv("ROBUQ_TB")) n_tb = std::max<int64_t>(n_tb, (T + atoi(e) - 1) / atoi(e));
+  const int64_t n_tb = std::min(n_tiles, std::max<int64_t>(1, (2 * threads + n_ob - 1) / n_ob));
   const int64_t TB = (n_tiles + n_tb - 1) / n_tb * TT;
   const int64_t items = n_tb * n_ob;
   const int64_t ldc = obb * 16;
