@@ -114,22 +114,6 @@ void unpatchify(const float* feats, int64_t N, int64_t grid, int64_t p, int64_t 
       }
 }
 
-namespace {
-// float64 sum over kStatLanes interleaved lanes, merged pairwise (the order of avx2::layernorm_modulate_row and
-// of the "gauss" statistics).
-double lane_sum(const float* x, int64_t n, double m, bool square) {
-  double l[kStatLanes] = {};
-  for (int64_t k = 0; k < n; ++k) {
-    double v = static_cast<double>(x[k]);
-    if (square) {
-      v = v - m;
-      v = v * v;
-    }
-    l[k % kStatLanes] += v;
-  }
-  return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
-}
-}  // namespace
 
 void layernorm_modulate(const float* x, int64_t N, int64_t T, int64_t D, const float* shift, const float* scale,
                         int64_t stride, float* y, int threads) {
@@ -147,8 +131,8 @@ void layernorm_modulate(const float* x, int64_t N, int64_t T, int64_t D, const f
       avx2::layernorm_modulate_row(xr, D, sh, sc, yr);
       continue;
     }
-    const double mean = lane_sum(xr, D, 0.0, false) / static_cast<double>(D);
-    const double var = lane_sum(xr, D, mean, true) / static_cast<double>(D);
+    const double mean = ref::lane_sum(xr, D, 0.0, false) / static_cast<double>(D);
+    const double var = ref::lane_sum(xr, D, mean, true) / static_cast<double>(D);
     const float rstd = static_cast<float>(1.0 / std::sqrt(var + static_cast<double>(kLayerNormEps)));
     const float m = static_cast<float>(mean);
     for (int64_t k = 0; k < D; ++k) yr[k] = ((xr[k] - m) * rstd) * (1.0f + sc[k]) + sh[k];

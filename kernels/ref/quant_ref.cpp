@@ -25,9 +25,8 @@ void check_clip_k(float clip_k) {
 
 namespace ref {
 
-namespace {
 static_assert(kStatLanes == 8, "lane_sum combines 8 lanes");
-// sum_k v_k over 8 interleaved float64 lanes (v_k = x_k, or (x_k - m)^2 when square), combined as
+// (declared in robuq/quant.h) sum_k v_k over 8 interleaved float64 lanes (v_k = x_k, or (x_k - m)^2 when square), combined as
 // ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)).
 double lane_sum(const float* x, int64_t n, double m, bool square) {
   double l[kStatLanes] = {};
@@ -41,7 +40,6 @@ double lane_sum(const float* x, int64_t n, double m, bool square) {
   }
   return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
 }
-}  // namespace
 
 ClipRange clip_range(const float* x, int64_t n, float clip_k) {
   float mn = x[0], mx = x[0];

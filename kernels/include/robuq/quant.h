@@ -38,6 +38,10 @@ struct ClipRange {
 
 namespace ref {
 
+// sum_k v_k (v_k = x_k, or (x_k - m)^2 when square) over kStatLanes interleaved float64 lanes combined
+// pairwise: the statistics order of the "gauss" clipping and of the engine's LayerNorm.
+double lane_sum(const float* x, int64_t n, double m, bool square);
+
 ClipRange clip_range(const float* x, int64_t n, float clip_k);
 
 // One row: codes[n] (uint8), *scale, *zero. n >= 1; bits and clip_k are not re-validated here.
