@@ -127,14 +127,25 @@ void sample_loop(const SpacedSchedule& sched, const ModelFn& model, int64_t N, i
   std::vector<float> x(static_cast<size_t>(total)), noise(static_cast<size_t>(total));
   std::vector<float> mo(static_cast<size_t>(N * cout * HW));
   std::vector<int64_t> tvec(static_cast<size_t>(N));
-  gaussian_noise(opt.seed, 0, x.data(), total);
+  if (!opt.seeds.empty() && static_cast<int64_t>(opt.seeds.size()) != N)
+    throw std::invalid_argument("seeds must hold one seed per sample (" + std::to_string(N) + "), got " +
+                                std::to_string(opt.seeds.size()));
+  // Stream `key` of the batch's noise: one stream for all samples, or one per sample (opt.seeds).
+  const auto draw = [&](uint64_t key, float* dst) {
+    if (opt.seeds.empty()) {
+      gaussian_noise(opt.seed, key, dst, total);
+      return;
+    }
+    for (int64_t n = 0; n < N; ++n) gaussian_noise(opt.seeds[static_cast<size_t>(n)], key, dst + n * per, per);
+  };
+  draw(0, x.data());
   for (int64_t i = 0; i < K; ++i) {
     const int64_t t = K - 1 - i;
     std::fill(tvec.begin(), tvec.end(), sched.timestep_map[t]);
     model(x.data(), tvec.data(), mo.data());
     const bool ddpm = opt.sampler == Sampler::DDPM;
     const bool need_noise = t > 0 && (ddpm || opt.eta != 0.0);
-    if (need_noise) gaussian_noise(opt.seed, static_cast<uint64_t>(1 + i), noise.data(), total);
+    if (need_noise) draw(static_cast<uint64_t>(1 + i), noise.data());
     // per-step scalars: float64 schedule values rounded to float32, as _extract does
     const float srac = static_cast<float>(sched.sqrt_recip_alphas_cumprod[t]);
     const float srm1 = static_cast<float>(sched.sqrt_recipm1_alphas_cumprod[t]);

@@ -38,6 +38,10 @@ struct SampleOptions {
   bool clip_denoised = false;   // clamp the predicted x0 to [-1, 1]
   bool learn_sigma = true;      // model output has 2C channels (eps, variance) instead of C
   uint64_t seed = 0;
+  // Empty: one noise stream for the whole batch, gaussian_noise(seed, key) of size N * C * H * W. Otherwise
+  // N seeds, one stream per sample: sample n draws gaussian_noise(seeds[n], key) of size C * H * W, so its
+  // result does not depend on the batch it comes in (equal to sampling it alone with seed = seeds[n]).
+  std::vector<uint64_t> seeds;
 };
 
 // model(x [N, C, H, W], t [N] original timesteps, out [N, C_out, H, W]) -> the guided model output.
@@ -46,7 +50,9 @@ using ModelFn = std::function<void(const float* x, const int64_t* t, float* out)
 using ProgressFn = std::function<bool(int64_t, int64_t)>;
 
 // Runs the reverse process from noise gaussian_noise(seed, 0) of shape [N, C, H, W] (size per_sample
-// * N), adding gaussian_noise(seed, 1 + i) at step i (i = 0 at the largest t). Writes x0 to out.
+// * N), adding gaussian_noise(seed, 1 + i) at step i (i = 0 at the largest t); with opt.seeds, each sample
+// from its own stream instead. Writes x0 to out. Throws std::invalid_argument if opt.seeds is neither
+// empty nor N long.
 void sample_loop(const SpacedSchedule& sched, const ModelFn& model, int64_t N, int64_t C, int64_t HW,
                  const SampleOptions& opt, float* out, const ProgressFn& progress = nullptr);
 

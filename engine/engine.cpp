@@ -123,6 +123,10 @@ void Engine::sample(const int64_t* classes, int64_t n, const SampleParams& p, fl
   opt.clip_denoised = p.clip_denoised.has_value() ? *p.clip_denoised : default_clip_denoised();
   opt.learn_sigma = c.learn_sigma;
   opt.seed = p.seed;
+  if (!p.seeds.empty() && static_cast<int64_t>(p.seeds.size()) != n)
+    throw std::invalid_argument("give one seed per sample: " + std::to_string(n) + " classes, " +
+                                std::to_string(p.seeds.size()) + " seeds");
+  opt.seeds = p.seeds;
   const SpacedSchedule sched = make_schedule(1000, p.steps);  // invalid_argument for a bad spec
 
   const int64_t C = c.in_channels, HW = c.input_size * c.input_size, per = C * HW;

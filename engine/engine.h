@@ -42,6 +42,7 @@ struct SampleParams {
   std::string steps = "250";   // respacing: "250", "10,10,5" or "ddim25" (docs/training.md)
   double cfg_scale = 4.0;      // != 1: classifier-free guidance (needs the null class)
   uint64_t seed = 0;           // noise streams gaussian_noise(seed, key) (robuq.rng)
+  std::vector<uint64_t> seeds;  // non-empty: one seed per sample instead (SampleOptions::seeds)
   Sampler sampler = Sampler::DDPM;
   double eta = 0.0;            // DDIM only; >= 0
   std::string cfg_mode;        // "dit" | "all"; empty: the file's sampling.cfg_mode ("dit" without one)

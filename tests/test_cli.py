@@ -78,14 +78,22 @@ def test_grid_layout():
     assert infer.make_grid(imgs[:2], zoom=1).shape == (4, 4 + 2 + 4, 3)
 
 
-def test_latent_model_writes_latents(tiny, tmp_path, capsys):
+def test_latent_model_without_vae_writes_latents_and_preview(tiny, tmp_path, capsys):
+    from robuq.latent import preview
+
     m = tiny("latent")
     rc, stdout, err = run_infer(capsys, m.rq, "--class", "4", *FAST, "-o", tmp_path / "lat.png")
     assert rc == 0, err
-    assert os.listdir(tmp_path) == ["lat.npy"]
+    assert sorted(os.listdir(tmp_path)) == ["lat.npy", "lat.png"]
     x = np.load(tmp_path / "lat.npy")
     assert x.dtype == np.float32 and x.shape == (1, 4, 8, 8)
-    assert "latent model" in stdout and "VAE" in stdout and "not do yet" in stdout
+    # the latents are the engine's, the preview is their linear map upscaled x8 (nearest)
+    ref = robuq.Engine(m.rq, threads=1).sample([4], steps=4, output="latent")
+    assert np.array_equal(x, ref)
+    png = np.asarray(Image.open(tmp_path / "lat.png"))
+    assert png.shape == (64, 64, 3)
+    assert np.array_equal(png, preview(x)[0].repeat(8, axis=0).repeat(8, axis=1))
+    assert "linear preview" in stdout and "--vae" in stdout
 
 
 def test_default_model(tiny, tmp_path, capsys, monkeypatch):
@@ -116,8 +124,8 @@ def _bad_inputs(m, d):
         ("checkpoint", [m.ckpt, "--class", "1", "-o", ok], "not a valid .rq model.*PyTorch checkpoint"),
         ("class too large", [m.rq, "--class", "10", "-o", ok], "class id 10 is out of range.*0..9"),
         ("class negative", [m.rq, "--class", "3", "--class", "-1", "-o", ok], "class id -1 is out of range"),
-        ("class not a number", [m.rq, "--class", "seven", "-o", ok], "--class 'seven' is not a class id"),
-        ("class float", [m.rq, "--class", "1.5", "-o", ok], "--class '1.5' is not a class id"),
+        ("class not a number", [m.rq, "--class", "seven", "-o", ok], "class 'seven' is not a class id"),
+        ("class float", [m.rq, "--class", "1.5", "-o", ok], "class '1.5' is not a class id"),
         ("zero steps", [m.rq, "--class", "1", "--steps", "0", "-o", ok], "positive number of sampling steps"),
         ("negative steps", [m.rq, "--class", "1", "--steps", "-3", "-o", ok], "positive number"),
         ("bad steps", [m.rq, "--class", "1", "--steps", "many", "-o", ok], "bad respacing 'many'"),

@@ -295,12 +295,13 @@ class PyEngine {
   py::array_t<float> sample(const py::object& classes_obj, const std::string& steps, double cfg_scale,
                             uint64_t seed, const std::string& sampler, double eta,
                             const std::optional<std::string>& cfg_mode, std::optional<bool> clip_denoised,
-                            const py::object& progress) {
+                            const py::object& progress, const std::optional<std::vector<uint64_t>>& seeds) {
     CArray<int64_t> classes = input_array<int64_t>(classes_obj, "classes", "int64", 1, "[n]");
     robuq::SampleParams p;
     p.steps = steps;
     p.cfg_scale = cfg_scale;
     p.seed = seed;
+    if (seeds) p.seeds = *seeds;
     if (sampler == "ddpm")
       p.sampler = robuq::Sampler::DDPM;
     else if (sampler == "ddim")
@@ -380,10 +381,11 @@ void bind_engine(py::module_& m) {
            "linear(name, x float32 [tokens, in]) -> float32 [tokens, out]")
       .def("sample", &PyEngine::sample, py::arg("classes"), py::arg("steps") = "250", py::arg("cfg_scale") = 4.0,
            py::arg("seed") = 0, py::arg("sampler") = "ddpm", py::arg("eta") = 0.0, py::arg("cfg_mode") = py::none(),
-           py::arg("clip_denoised") = py::none(), py::arg("progress") = py::none(),
+           py::arg("clip_denoised") = py::none(), py::arg("progress") = py::none(), py::arg("seeds") = py::none(),
            "sample(classes int64 [n], steps='250', cfg_scale=4.0, seed=0, sampler='ddpm', eta=0.0,\n"
-           "       cfg_mode=None, clip_denoised=None, progress=None) -> x0 float32 [n, C, S, S]\n"
-           "progress: None or callable(done, total) called after each step (with the GIL).")
+           "       cfg_mode=None, clip_denoised=None, progress=None, seeds=None) -> x0 float32 [n, C, S, S]\n"
+           "progress: None or callable(done, total) called after each step (with the GIL).\n"
+           "seeds: None or n seeds, one noise stream per sample (instead of seed).")
       .def_property_readonly("default_cfg_mode", &PyEngine::default_cfg_mode)
       .def_property_readonly("default_clip_denoised", &PyEngine::default_clip_denoised)
       .def_property_readonly("threads", &PyEngine::threads);

@@ -58,6 +58,17 @@ def _as_float32(name: str, v: Any, ndim: int, shape_doc: str) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
+def _as_seeds(seeds: Any, n: int) -> list[int]:
+    """n per-sample seeds as Python ints in 0..2**64-1 (ValueError otherwise)."""
+    vals = list(np.asarray(seeds, dtype=object).reshape(-1)) if not isinstance(seeds, int) else [seeds]
+    if len(vals) != n:
+        raise ValueError(f"seeds must hold one seed per sample: {n} classes, {len(vals)} seeds")
+    for v in vals:
+        if isinstance(v, bool) or not isinstance(v, int | np.integer) or not 0 <= int(v) < 2**64:
+            raise ValueError(f"seeds must be integers in 0..2**64-1, got {v!r}")
+    return [int(v) for v in vals]
+
+
 def to_uint8(x: np.ndarray) -> np.ndarray:
     """Images float32 [N, C, H, W] in [-1, 1] -> uint8 [N, H, W, C]: ``round((clamp(x, -1, 1) + 1) * 127.5)``
     in float32, rounding half to even (the semantics of ``robuq.diffusion.to_uint8``, without torch)."""
@@ -225,6 +236,7 @@ class Engine:
         clip_denoised: bool | None = None,
         progress: bool | Callable[[int, int], Any] = False,
         output: str = "auto",
+        seeds: Any = None,
     ) -> np.ndarray:
         """Class-conditional samples, the whole reverse process in C++ (the GIL is released).
 
@@ -241,6 +253,10 @@ class Engine:
                 n samples per step), otherwise 2n per step. Needs a model with the null class.
             seed: int in 0..2**64-1, the noise stream (the same seed gives identical output for any thread
                 count).
+            seeds: None, or one seed per sample (ints in 0..2**64-1), used instead of ``seed``: sample j
+                draws its own streams ``gaussian(seeds[j], key, [1, C, H, W])`` and comes out bit-identical
+                to ``sample([classes[j]], seed=seeds[j])`` whatever batch it is in (robuq-sample relies on
+                this for results independent of batch size and process count).
             sampler: "ddpm" (ancestral, learned variance) or "ddim".
             eta: float >= 0, DDIM's noise scale (0: deterministic); ignored by DDPM.
             cfg_mode: "dit" (guide the first min(3, C) channels, as official DiT) or "all" (every eps
@@ -284,6 +300,9 @@ class Engine:
             )
         if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or not 0 <= seed < 2**64:
             raise ValueError(f"seed must be an integer in 0..2**64-1, got {seed!r}")
+        seed_list = None
+        if seeds is not None:
+            seed_list = _as_seeds(seeds, a.shape[0])
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; use one of {', '.join(SAMPLERS)}")
         if not (_is_finite_real(eta) and eta >= 0):
@@ -319,6 +338,7 @@ class Engine:
                 cfg_mode,
                 None if clip_denoised is None else bool(clip_denoised),
                 callback,
+                seed_list,
             )
         finally:
             if bar is not None:

@@ -1,7 +1,8 @@
 """robuq-infer: class-conditional samples from a ``.rq`` model with the C++ engine (no torch needed).
 
     robuq-infer [MODEL.rq] --class 7 [--class 3 ...] [--steps 250] [--cfg-scale 4.0] [--seed 0]
-                [--sampler ddpm|ddim] [--eta 0.0] [--threads N] [--zoom Z] [--no-progress] [-o out.png]
+                [--sampler ddpm|ddim] [--eta 0.0] [--threads N] [--zoom Z] [--vae FOLDER] [--no-progress]
+                [-o out.png]
 
 Without MODEL it runs the default shipped model, ``robuq/assets/digits-w158a2.rq`` (the W1.58A2 digits
 DiT, package data). Output, by the extension of ``-o`` (default ``samples.png`` in the current directory):
@@ -10,8 +11,15 @@ DiT, package data). Output, by the extension of ``-o`` (default ``samples.png`` 
   by nearest neighbour (``--zoom``; default ``max(1, 128 // side)``: 16x16 digits x8) so they are visible;
 * ``.npy``: the raw uint8 array [n, H, W, C].
 
-Latent models (``space: latent``) write their latents, float32 [n, C, H, W] (still scaled by 0.18215), to a
-``.npy`` file (``.png`` is replaced by ``.npy``): decoding them with the VAE is not part of robuq-infer yet.
+Classes are ids or, for ImageNet (1000-class) models, names: ``--class 207`` and ``--class "golden
+retriever"`` are the same (robuq.labels: the table shipped in the package, matched case-insensitively).
+
+Latent models (``space: latent``, DiT on SD-VAE latents) sample latents float32 [n, 4, h, w] (scaled by
+0.18215). With ``--vae FOLDER`` (a local diffusers AutoencoderKL, e.g. a copy of stabilityai/sd-vae-ft-ema;
+nothing is downloaded) they are decoded (``z / 0.18215``) and written like pixel samples (PNG grid or uint8
+.npy). Without a VAE, robuq-infer writes the raw latents to ``OUT.npy`` and a fast preview grid to
+``OUT.png`` (a linear latent-to-RGB map at 1/8 resolution, upscaled; robuq.latent says where its
+coefficients come from).
 
 Bad inputs (a missing, unreadable or invalid model file, a directory, a class id out of range or not a
 number, zero or negative steps, an output path that cannot be written) print one line
@@ -127,18 +135,27 @@ def _check_output(path: str) -> None:
         raise InferError(f"cannot write {path}: the existing file is not writable")
 
 
-def _parse_classes(values: Sequence[str] | None) -> list[int] | None:
+def _parse_classes(values: Sequence[str] | None) -> list[str] | None:
+    """The --class tokens (ids or names), comma lists split; resolved once the model is known."""
     if not values:
         return None
     out = []
     for value in values:
         for tok in value.split(","):
             tok = tok.strip()
-            try:
-                out.append(int(tok))
-            except ValueError:
-                raise InferError(f"--class {tok!r} is not a class id (an integer)") from None
+            if not tok:
+                raise InferError(f"--class {value!r} has an empty entry")
+            out.append(tok)
     return out
+
+
+def _resolve_classes(tokens: list[str], num_classes: int) -> list[int]:
+    from .labels import LabelError, resolve_class
+
+    try:
+        return [resolve_class(tok, num_classes) for tok in tokens]
+    except LabelError as e:
+        raise InferError(str(e)) from None
 
 
 def _model_path(arg: str | None) -> str:
@@ -190,8 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
         dest="classes",
         action="append",
         metavar="ID",
-        help="class id of a sample; repeat (or give a comma list) for several "
-        "(default: one sample of each of the first 10 classes)",
+        help="class of a sample: an id, or for ImageNet models a name ('golden retriever'); repeat (or give "
+        "a comma list) for several (default: one sample of each of the first 10 classes)",
     )
     p.add_argument("--steps", default="250", help="sampling steps, or a respacing like ddim25 (default 250)")
     p.add_argument(
@@ -206,6 +223,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="engine threads (default: all cores)")
     p.add_argument(
         "--zoom", type=int, default=None, help="PNG upscaling factor (default max(1, 128 // side))"
+    )
+    p.add_argument(
+        "--vae",
+        metavar="FOLDER",
+        default=None,
+        help="latent models: decode with the Stable-Diffusion VAE from this local diffusers folder (needs "
+        "torch and diffusers); without it, write the latents (.npy) and a linear preview (.png)",
     )
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.add_argument("-o", "--output", default="samples.png", help="output .png or .npy (default samples.png)")
@@ -237,11 +261,7 @@ def run(args: argparse.Namespace) -> str:
     eng = _load_engine(path, args.threads)
 
     k = eng.num_classes
-    if classes is None:
-        classes = list(range(min(k, GRID_COLUMNS)))
-    for c in classes:
-        if not 0 <= c < k:
-            raise InferError(f"class id {c} is out of range: this model has classes 0..{k - 1}")
+    classes = list(range(min(k, GRID_COLUMNS))) if classes is None else _resolve_classes(classes, k)
     cfg = args.cfg_scale
     if cfg is None:
         cfg = 4.0 if eng.has_null_class else 1.0
@@ -254,9 +274,23 @@ def run(args: argparse.Namespace) -> str:
     latent = info["model_config"]["space"] == "latent"
     channels = info["model_config"]["in_channels"]
     ext = os.path.splitext(out)[1].lower()
-    if latent and ext == ".png":
-        out = os.path.splitext(out)[0] + ".npy"
+    vae = None
+    if args.vae is not None:
+        if not latent:
+            raise InferError(f"--vae: {path} is a pixel-space model; the VAE decodes latent models only")
+        from .latent import VaeError, load_vae
+
+        try:
+            vae = load_vae(args.vae)
+        except VaeError as e:
+            raise InferError(str(e)) from None
+    elif latent:
+        if channels != 4:
+            raise InferError(f"this latent model has {channels} channels; a preview needs SD-VAE latents (4)")
+        stem = os.path.splitext(out)[0]
+        out, preview_out = stem + ".npy", stem + ".png"
         _check_output(out)
+        _check_output(preview_out)
     if not latent and ext == ".png" and channels not in (1, 3):
         raise InferError(f"cannot make a PNG of {channels}-channel images; write .npy instead")
 
@@ -276,18 +310,37 @@ def run(args: argparse.Namespace) -> str:
         raise InferError(str(e)) from None
     seconds = time.perf_counter() - t0
 
+    from .labels import class_name
+
     n = len(classes)
+    shown = [f"{c} {class_name(c, k)}" if class_name(c, k) else str(c) for c in classes]
     what = (
-        f"{n} sample{'s' if n != 1 else ''} (class{'es' if n != 1 else ''} {', '.join(map(str, classes))}), "
+        f"{n} sample{'s' if n != 1 else ''} (class{'es' if n != 1 else ''} {', '.join(shown)}), "
         f"{args.sampler} {spec}{' steps' if spec.isdigit() else ''}, cfg {cfg:g}, seed {args.seed} "
         f"[{seconds:.1f} s]"
     )
-    if latent:
+    if latent and vae is None:
+        from PIL import Image
+
+        from .latent import preview
+
+        grid = make_grid(preview(x), zoom=args.zoom or 8)
         _write_atomic(out, lambda f: np.save(f, x))
+        _write_atomic(preview_out, lambda f: Image.fromarray(grid).save(f, format="PNG"))
         return (
-            f"wrote {out}: latents float32 {list(x.shape)}, {what}. This is a latent model: decoding the "
-            "latents to images needs the VAE, which robuq-infer does not do yet (a later issue)"
+            f"wrote {out}: latents float32 {list(x.shape)} (scaled by 0.18215) and {preview_out}: a linear "
+            f"preview (no VAE; pass --vae FOLDER to decode), {what}"
         )
+    if latent:
+        from .latent import VaeError, decode
+
+        t1 = time.perf_counter()
+        try:
+            x = decode(vae, x)
+        except VaeError as e:
+            raise InferError(str(e)) from None
+        channels = 3
+        what += f", decoded by the VAE [{time.perf_counter() - t1:.1f} s]"
     if ext == ".npy":
         _write_atomic(out, lambda f: np.save(f, x))
         return f"wrote {out}: uint8 {list(x.shape)} [n, H, W, C], {what}"
