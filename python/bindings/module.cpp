@@ -10,6 +10,7 @@ void bind_kernels(py::module_& m);  // kernels_bind.cpp
 void bind_engine(py::module_& m);   // engine_bind.cpp
 void bind_sampler(py::module_& m);  // sampler_bind.cpp
 void bind_bench(py::module_& m);    // bench_bind.cpp
+void bind_cuda(py::module_& m);     // cuda_bind.cpp
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "RobuQ C++ kernels and engine (torch-free)";
@@ -31,4 +32,5 @@ PYBIND11_MODULE(_C, m) {
   bind_engine(m);
   bind_sampler(m);
   bind_bench(m);
+  bind_cuda(m);
 }

@@ -69,6 +69,21 @@ def _as_seeds(seeds: Any, n: int) -> list[int]:
     return [int(v) for v in vals]
 
 
+def _cuda_device_index(device: Any) -> int | None:
+    """None for "cpu"; N for "cuda" (0) or "cuda:N". ValueError for another string, RuntimeError (saying
+    why) when the CUDA backend is not compiled in or no usable GPU is present."""
+    if not isinstance(device, str):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    if device == "cpu":
+        return None
+    name, sep, idx = device.partition(":")
+    if name != "cuda" or (sep and not idx.isdigit()):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    if not _C.cuda_available():
+        raise RuntimeError(f"device {device!r} is not available: {_C.cuda_unavailable_reason()}")
+    return int(idx or 0)
+
+
 def to_uint8(x: np.ndarray) -> np.ndarray:
     """Images float32 [N, C, H, W] in [-1, 1] -> uint8 [N, H, W, C]: ``round((clamp(x, -1, 1) + 1) * 127.5)``
     in float32, rounding half to even (the semantics of ``robuq.diffusion.to_uint8``, without torch)."""
@@ -107,19 +122,24 @@ class Engine:
             and row sums.
         threads: worker threads for every call; None or 0 uses all available cores. Results do not
             depend on the thread count.
+        device: "cpu" (the C++ engine) or "cuda" / "cuda:N" (the CUDA engine on GPU N: the same API and
+            file; docs/cuda.md). ``robuq._C.cuda_available()`` says whether this build and machine can.
 
     Raises:
         FileNotFoundError (or another OSError): the file cannot be opened or read.
         robuq.FormatError: the file is not a valid ``.rq`` file; the message names the problem.
-        ValueError: threads is negative.
+        ValueError: threads is negative, or device is not "cpu", "cuda" or "cuda:N".
+        RuntimeError: device "cuda" without the CUDA backend in this build or without a usable GPU (the
+            message says which).
 
     The kernel tier (reference, generic or avx2) is chosen per call from ``robuq._C.active_tier()``.
     ``forward`` calls on one Engine are serialised (they share a workspace sized for the batch);
     ``linear`` may run concurrently.
     """
 
-    def __init__(self, path: str | os.PathLike, threads: int | None = None):
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, device: str = "cpu"):
         path = os.fspath(path)
+        cuda_index = _cuda_device_index(device)
         if threads is None:
             threads = 0
         if not isinstance(threads, int | np.integer) or isinstance(threads, bool) or threads < 0:
@@ -127,8 +147,14 @@ class Engine:
         if not os.path.exists(path):
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
         self._path = path
-        self._engine = _C.Engine(path, int(threads))
-        self._info = self._engine.info()
+        self._device = "cpu" if cuda_index is None else f"cuda:{cuda_index}"
+        if cuda_index is None:
+            self._engine = _C.Engine(path, int(threads))
+            self._info = self._engine.info()
+        else:  # the CUDA engine (docs/cuda.md); the info dict comes from the CPU loader (same validation)
+            self._info = _C.Engine(path, 1).info()
+            self._engine = _C.CudaEngine(path, cuda_index)
+            self._info["threads"] = 1
         cfg = self._info["model_config"]
         self._channels = cfg["in_channels"]
         self._size = cfg["input_size"]
@@ -159,6 +185,11 @@ class Engine:
     @property
     def path(self) -> str:
         return self._path
+
+    @property
+    def device(self) -> str:
+        """The device the engine runs on: "cpu", or "cuda:N" for the CUDA engine on GPU N."""
+        return self._device
 
     def forward(self, x: np.ndarray, t: Any, y: Any) -> np.ndarray:
         """One DiT forward.

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import sys
 import tempfile
 import time
@@ -178,11 +179,15 @@ def _model_path(arg: str | None) -> str:
     return arg
 
 
-def _load_engine(path: str, threads: int | None):
+def _load_engine(path: str, threads: int | None, device: str = "cpu"):
     from .engine import Engine, FormatError
 
     try:
-        return Engine(path, threads=threads)
+        return Engine(path, threads=threads, device=device)
+    except RuntimeError as e:  # --device cuda without the CUDA backend or a GPU
+        if device == "cpu":
+            raise
+        raise InferError(f"--device {device}: {e}") from None
     except FormatError as e:
         hint = ""
         with contextlib.suppress(OSError), open(path, "rb") as f:
@@ -222,6 +227,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eta", type=float, default=0.0, help="DDIM noise scale (default 0: deterministic)")
     p.add_argument("--threads", type=int, default=None, help="engine threads (default: all cores)")
     p.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu (default) or cuda / cuda:N: run the CUDA engine on that GPU (docs/cuda.md)",
+    )
+    p.add_argument(
         "--zoom", type=int, default=None, help="PNG upscaling factor (default max(1, 128 // side))"
     )
     p.add_argument(
@@ -258,7 +268,9 @@ def run(args: argparse.Namespace) -> str:
     if args.cfg_scale is not None and not np.isfinite(args.cfg_scale):
         raise InferError(f"--cfg-scale must be finite, got {args.cfg_scale}")
     path = _model_path(args.model)
-    eng = _load_engine(path, args.threads)
+    if args.device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", args.device):
+        raise InferError(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
+    eng = _load_engine(path, args.threads, args.device)
 
     k = eng.num_classes
     classes = list(range(min(k, GRID_COLUMNS))) if classes is None else _resolve_classes(classes, k)

@@ -1,0 +1,143 @@
+// Fused online Hadamard transform + per-token quantization: one thread block per token row, the row in
+// shared memory, one read of x and one write of the codes (and, for the low-rank branch, of the rotated
+// row). The arithmetic is robuq_hd.h's, in the reference's operation order, so the codes, scales and zero
+// points equal robuq::ref::hadamard_quantize bit for bit (docs/cuda.md).
+#include <stdexcept>
+#include <string>
+
+#include "kernels.cuh"
+#include "robuq_hd.h"
+
+namespace robuq {
+namespace cuda {
+
+void check(cudaError_t err, const char* what) {
+  if (err != cudaSuccess)
+    throw std::runtime_error(std::string("CUDA error in ") + what + ": " + cudaGetErrorString(err));
+}
+
+namespace {
+
+constexpr int kThreads = 256;
+
+__device__ __forceinline__ float warp_min(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = hd::fmin_hd(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = hd::fmax_hd(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// Shared memory: row[n] | mix[n] (K > 1) ; small statics for the reductions.
+__global__ void __launch_bounds__(kThreads) hadamard_quantize_kernel(HadamardQuantArgs a) {
+  extern __shared__ float smem[];
+  __shared__ float red_min[kThreads / 32], red_max[kThreads / 32];
+  __shared__ double lanes[hd::kLanes];
+  __shared__ hd::QuantParams qp;
+
+  const int n = static_cast<int>(a.n);
+  const int tid = threadIdx.x;
+  const int64_t t = blockIdx.x;
+  float* row = smem;
+  const float* src = a.x + t * a.n;
+  for (int i = tid; i < n; i += kThreads) row[i] = src[i];
+  __syncthreads();
+
+  if (a.form != 0) {
+    // Walsh-Hadamard stages over every length-M segment: stage h pairs (i, i + h) with bit h of i clear.
+    const int M = static_cast<int>(a.M);
+    const int half = n / 2;
+    for (int h = 1; h < M; h *= 2) {
+      for (int p = tid; p < half; p += kThreads) {
+        const int i = (p / h) * 2 * h + (p % h);  // the p-th index with bit h clear (segments are aligned)
+        hd::butterfly(row[i], row[i + h]);
+      }
+      __syncthreads();
+    }
+    if (a.K > 1) {
+      float* mix = smem + n;
+      const int K = static_cast<int>(a.K);
+      for (int i = tid; i < n; i += kThreads) mix[i] = hd::kmix_value(row, a.base, K, M, i / M, i % M);
+      __syncthreads();
+      for (int i = tid; i < n; i += kThreads) row[i] = mix[i] * a.norm;
+    } else {
+      for (int i = tid; i < n; i += kThreads) row[i] = row[i] * a.norm;
+    }
+    __syncthreads();
+  }
+  if (a.rotated != nullptr) {
+    float* dst = a.rotated + t * a.n;
+    for (int i = tid; i < n; i += kThreads) dst[i] = row[i];
+  }
+  if (a.bits == 0) return;
+
+  // min / max: exact in any order
+  float mn = row[0], mx = row[0];
+  for (int i = tid; i < n; i += kThreads) {
+    mn = hd::fmin_hd(mn, row[i]);
+    mx = hd::fmax_hd(mx, row[i]);
+  }
+  mn = warp_min(mn);
+  mx = warp_max(mx);
+  if ((tid & 31) == 0) {
+    red_min[tid >> 5] = mn;
+    red_max[tid >> 5] = mx;
+  }
+  __syncthreads();
+  if (a.clip_k > 0.0f) {
+    // gauss: each of the 8 float64 lanes summed by one thread in the reference order
+    if (tid < hd::kLanes) lanes[tid] = hd::lane_partial(row, n, tid, 0.0, false);
+    __syncthreads();
+    const double mean = hd::combine_lanes(lanes) / static_cast<double>(n);
+    __syncthreads();
+    if (tid < hd::kLanes) lanes[tid] = hd::lane_partial(row, n, tid, mean, true);
+    __syncthreads();
+    if (tid == 0) {
+      for (int w = 1; w < kThreads / 32; ++w) {
+        mn = hd::fmin_hd(mn, red_min[w]);
+        mx = hd::fmax_hd(mx, red_max[w]);
+      }
+      mn = hd::fmin_hd(mn, red_min[0]);
+      mx = hd::fmax_hd(mx, red_max[0]);
+      qp = hd::quant_params(hd::clip_gauss(mn, mx, mean, hd::combine_lanes(lanes), n, a.clip_k), a.bits);
+    }
+  } else if (tid == 0) {
+    for (int w = 1; w < kThreads / 32; ++w) {
+      mn = hd::fmin_hd(mn, red_min[w]);
+      mx = hd::fmax_hd(mx, red_max[w]);
+    }
+    qp = hd::quant_params(hd::clip_minmax(mn, mx), a.bits);
+  }
+  __syncthreads();
+  const hd::QuantParams p = qp;
+  const int ld = static_cast<int>(codes_ld(a.n));
+  uint8_t* codes = a.codes + t * ld;
+  for (int i = tid; i < ld; i += kThreads) codes[i] = i < n ? static_cast<uint8_t>(hd::quant_code(row[i], p)) : 0;
+  if (tid == 0) {
+    a.scale[t] = p.scale;
+    a.zero[t] = p.zero;
+  }
+}
+
+}  // namespace
+
+void hadamard_quantize(const HadamardQuantArgs& a, cudaStream_t stream) {
+  if (a.T == 0) return;
+  if (a.n < 1 || a.n > kMaxHadamardWidth)
+    throw std::invalid_argument("hadamard_quantize: width " + std::to_string(a.n) + " outside 1.." +
+                                std::to_string(kMaxHadamardWidth));
+  if (a.bits == 0 && a.rotated == nullptr) throw std::invalid_argument("hadamard_quantize: nothing to write");
+  if (a.form != 0 && (a.n % a.M != 0 || (a.form == 1 && a.K * a.M != a.n)))
+    throw std::invalid_argument("hadamard_quantize: plan does not match the width");
+  const size_t smem = sizeof(float) * static_cast<size_t>(a.K > 1 ? 2 * a.n : a.n);
+  if (smem > 48 * 1024)
+    check(cudaFuncSetAttribute(hadamard_quantize_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               static_cast<int>(smem)),
+          "hadamard_quantize (shared memory)");
+  hadamard_quantize_kernel<<<static_cast<unsigned>(a.T), kThreads, smem, stream>>>(a);
+  check(cudaGetLastError(), "hadamard_quantize launch");
+}
+
+}  // namespace cuda
+}  // namespace robuq

@@ -1,0 +1,96 @@
+// Launchers of the CUDA kernels (kernels/cuda/*.cu). Every pointer is device memory; every launcher runs
+// on `stream` and returns without synchronising. Shapes are validated by the caller (the CUDA engine),
+// which builds these structs once per layer at load time. Arithmetic: robuq_hd.h; design: docs/cuda.md.
+#pragma once
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+namespace robuq {
+namespace cuda {
+
+// Throws std::runtime_error naming `what` and the CUDA error when err != cudaSuccess.
+void check(cudaError_t err, const char* what);
+
+// Activation codes of a quantized layer are stored with rows of ld bytes, ld = in rounded up to the GEMM's
+// k tile (32); columns in .. ld - 1 hold code 0.
+constexpr int kKTile = 32;
+__host__ __device__ inline int64_t codes_ld(int64_t in) { return (in + kKTile - 1) / kKTile * kKTile; }
+
+// --------------------------------------------------------------------- fused Hadamard + quantize
+struct HadamardQuantArgs {
+  int64_t T = 0, n = 0;
+  int form = 0;                  // 0 none, 1 full (K * M), 2 block (K = 1, M = block)
+  int64_t K = 1, M = 1;
+  float norm = 1.0f;
+  const int8_t* base = nullptr;  // H_K [K, K] on the device (K > 1)
+  int bits = 0;                  // 1..8, or 0: transform only (rotated must be set)
+  float clip_k = 0.0f;           // <= 0 minmax, > 0 gauss
+  const float* x = nullptr;      // [T, n]
+  uint8_t* codes = nullptr;      // [T, codes_ld(n)] (bits > 0)
+  float* scale = nullptr;        // [T]
+  float* zero = nullptr;         // [T]
+  float* rotated = nullptr;      // [T, n] or null
+};
+// Largest row width the fused kernel takes (the row and its K-mix scratch live in shared memory).
+constexpr int64_t kMaxHadamardWidth = 12288;
+void hadamard_quantize(const HadamardQuantArgs& a, cudaStream_t stream);
+
+// ---------------------------------------------------------------------------- quantized linear
+// y[t, r] = post(scale[t] s[r] (acc - zero[t] wsum[r]) + lowrank + bias), then either stored or added to a
+// residual: y_out[t, r] = resid[t, r] + gate[t / rows_per_gate, r] * y (resid may equal y_out).
+struct Epilogue {
+  const float* wscale = nullptr;  // [out]
+  const int32_t* wsum = nullptr;  // [out]
+  const float* bias = nullptr;    // [out] or null
+  int64_t rank = 0;
+  const float* u = nullptr;       // [T, rank]: rotated x @ down^T (lowrank_down)
+  const float* up = nullptr;      // [out, rank]
+  int gelu = 0;                   // 1: GELU (tanh) after the bias
+  const float* gate = nullptr;    // null: plain store; else gated residual
+  int64_t gate_stride = 0;        // floats between gate rows
+  int64_t rows_per_gate = 1;      // tokens per sample
+  const float* resid = nullptr;
+};
+
+// Ternary / int4 / int8 (format 0 / 1 / 2) weights in the file layout [out, pc] x activation codes
+// [T, codes_ld(in)] on the int8 tensor cores (mma.sync m16n8k32 u8 x s8 -> s32).
+void qgemm(int format, const uint8_t* codes, int64_t T, int64_t in, const uint8_t* packed, int64_t pc,
+           int64_t out, const float* scale_x, const float* zero_x, const Epilogue& e, float* y,
+           cudaStream_t stream);
+
+// Float activations with quantized weights: y = s[r] * sum_k xr[t, k] code[r, k] (k ascending) + epilogue.
+void qlinear_float_act(int format, const float* xr, int64_t T, int64_t in, const uint8_t* packed, int64_t pc,
+                       int64_t out, const Epilogue& e, float* y, cudaStream_t stream);
+
+// u[t, j] = sum_k x[t, k] w[j, k] (k ascending, float32): the low-rank down-projection.
+void rowdot_f32(const float* x, int64_t T, int64_t in, const float* w, int64_t out, float* u, cudaStream_t stream);
+
+// Dense float32 linear with the same epilogue fields (wscale / wsum / u unused): y = x @ W^T + b.
+void linear_f32(const float* x, int64_t T, int64_t in, const float* W, int64_t out, const Epilogue& e, float* y,
+                cudaStream_t stream);
+
+// ---------------------------------------------------------------------------------- other ops
+void patchify(const float* x, int64_t N, int64_t C, int64_t S, int64_t p, float* out, cudaStream_t stream);
+void unpatchify(const float* feats, int64_t N, int64_t grid, int64_t p, int64_t C, float* out,
+                cudaStream_t stream);
+// x[r, k] += pos[r % T, k]
+void add_pos_embed(float* x, const float* pos, int64_t NT, int64_t T, int64_t D, cudaStream_t stream);
+// c[n, k] = temb[n, k] + table[y[n], k]; silu_c = silu(c)
+void label_embed_silu(const float* temb, const float* table, const int64_t* y, int64_t N, int64_t D, float* c,
+                      float* silu_c, cudaStream_t stream);
+// x = silu(x), in place
+void silu_inplace(float* x, int64_t n, cudaStream_t stream);
+// y = LayerNorm(x) * (1 + scale) + shift per row of x [N * T, D]; shift / scale rows `stride` apart.
+void layernorm_modulate(const float* x, int64_t N, int64_t T, int64_t D, const float* shift, const float* scale,
+                        int64_t stride, float* y, cudaStream_t stream);
+// Attention core as ops::attention: qkv [N * T, 3D] -> out [N * T, D]; work [N * T, 3D] floats (the
+// fake-quantized q, k, v when bits > 0).
+void attention(const float* qkv, int64_t N, int64_t T, int64_t H, int64_t hd, int bits, float* out, float* work,
+               cudaStream_t stream);
+// Classifier-free guidance: out[i] = guided channels uncond + s (cond - uncond), others cond, for
+// ob = [cond (n samples); uncond (n samples)] of per = cout * HW floats each.
+void cfg_combine(const float* ob, int64_t n, int64_t per, int64_t guided, float scale, float* out,
+                 cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace robuq

@@ -1,0 +1,252 @@
+// The DiT's other operations on the GPU, in float32 (statistics in float64 where the CPU engine uses it),
+// following engine/ops.cpp operation for operation: patchify / unpatchify, embeddings, LayerNorm + adaLN
+// modulate (bit-identical to the CPU reference: the same 8 float64 lanes, each summed by one thread),
+// attention (every dot product and the softmax sum in the reference's order; exp is robuq_hd.h's) and the
+// classifier-free-guidance combination of the sampler's model calls.
+#include <cmath>
+#include <stdexcept>
+#include <string>
+
+#include "kernels.cuh"
+#include "robuq_hd.h"
+
+namespace robuq {
+namespace cuda {
+namespace {
+
+constexpr int kEw = 256;  // threads of the element-wise kernels
+
+unsigned blocks_for(int64_t n, int threads) {
+  const int64_t b = (n + threads - 1) / threads;
+  if (b > 0x7fffffffLL) throw std::invalid_argument("too many elements for one launch");
+  return static_cast<unsigned>(b);
+}
+
+__global__ void patchify_kernel(const float* x, int64_t N, int64_t C, int64_t S, int64_t p, float* out) {
+  const int64_t g = S / p, F = C * p * p;
+  const int64_t total = N * g * g * F;
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= total) return;
+  const int64_t f = i % F, tok = i / F;
+  const int64_t j = tok % g, ii = (tok / g) % g, n = tok / (g * g);
+  const int64_t c = f / (p * p), pr = (f / p) % p, pc = f % p;
+  out[i] = x[((n * C + c) * S + ii * p + pr) * S + j * p + pc];
+}
+
+__global__ void unpatchify_kernel(const float* feats, int64_t N, int64_t grid, int64_t p, int64_t C, float* out) {
+  const int64_t S = grid * p;
+  const int64_t total = N * C * S * S;
+  const int64_t o = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (o >= total) return;
+  const int64_t col = o % S, row = (o / S) % S, c = (o / (S * S)) % C, n = o / (C * S * S);
+  const int64_t i = row / p, pr = row % p, j = col / p, pc = col % p;
+  out[o] = feats[((n * grid + i) * grid + j) * (p * p * C) + (pr * p + pc) * C + c];
+}
+
+__global__ void add_pos_kernel(float* x, const float* pos, int64_t NT, int64_t T, int64_t D) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= NT * D) return;
+  const int64_t r = i / D, k = i % D;
+  x[i] = x[i] + pos[(r % T) * D + k];
+}
+
+__global__ void label_embed_silu_kernel(const float* temb, const float* table, const int64_t* y, int64_t N, int64_t D,
+                                        float* c, float* silu_c) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= N * D) return;
+  const int64_t n = i / D, k = i % D;
+  const float v = temb[i] + table[y[n] * D + k];
+  c[i] = v;
+  silu_c[i] = hd::silu_hd(v);
+}
+
+__global__ void silu_kernel(float* x, int64_t n) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < n) x[i] = hd::silu_hd(x[i]);
+}
+
+constexpr int kLnThreads = 128;
+
+__global__ void __launch_bounds__(kLnThreads)
+    layernorm_modulate_kernel(const float* x, int64_t T, int64_t D, const float* shift, const float* scale,
+                              int64_t stride, float* y) {
+  __shared__ double lanes[hd::kLanes];
+  __shared__ float stats[2];
+  const int64_t r = blockIdx.x;
+  const int tid = threadIdx.x;
+  const float* xr = x + r * D;
+  if (tid < hd::kLanes) lanes[tid] = hd::lane_partial(xr, D, tid, 0.0, false);
+  __syncthreads();
+  const double mean = hd::combine_lanes(lanes) / static_cast<double>(D);
+  __syncthreads();
+  if (tid < hd::kLanes) lanes[tid] = hd::lane_partial(xr, D, tid, mean, true);
+  __syncthreads();
+  if (tid == 0) hd::layernorm_stats(mean, hd::combine_lanes(lanes), D, &stats[0], &stats[1]);
+  __syncthreads();
+  const float m = stats[0], rstd = stats[1];
+  const int64_t n = r / T;
+  const float* sh = shift + n * stride;
+  const float* sc = scale + n * stride;
+  float* yr = y + r * D;
+  for (int64_t k = tid; k < D; k += kLnThreads) yr[k] = hd::modulate_hd(xr[k], m, rstd, sc[k], sh[k]);
+}
+
+// Fake quantization of one (token, head, q|k|v) row of hd floats: minmax codes, then (code - zero) * scale.
+__global__ void attention_fake_quant_kernel(const float* qkv, int64_t rows, int64_t hd_, int bits, float* work) {
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;  // over NT * 3H segments
+  if (row >= rows) return;
+  const float* src = qkv + row * hd_;
+  float* dst = work + row * hd_;
+  float mn = src[0], mx = src[0];
+  for (int64_t d = 1; d < hd_; ++d) {
+    mn = hd::fmin_hd(mn, src[d]);
+    mx = hd::fmax_hd(mx, src[d]);
+  }
+  const hd::QuantParams p = hd::quant_params(hd::clip_minmax(mn, mx), bits);
+  for (int64_t d = 0; d < hd_; ++d)
+    dst[d] = (static_cast<float>(hd::quant_code(src[d], p)) - p.zero) * p.scale;
+}
+
+constexpr int kAttThreads = 128;
+
+// One block per (sample, head, query row): scores, softmax (max subtraction, sequential sum), optional
+// probability grid, output row. Dynamic shared memory: T scores + hd query values.
+__global__ void __launch_bounds__(kAttThreads)
+    attention_kernel(const float* qkv, int64_t T, int64_t H, int64_t hd_, float score_scale, float levels,
+                     float* out) {
+  extern __shared__ float sm[];
+  __shared__ float red[kAttThreads / 32];
+  __shared__ float inv_sum;
+  float* s = sm;
+  float* q = sm + T;
+  const int64_t i = blockIdx.x, h = blockIdx.y, n = blockIdx.z;
+  const int tid = threadIdx.x;
+  const int64_t D = H * hd_, row3 = 3 * D;
+  const float* qrow = qkv + (n * T + i) * row3 + h * hd_;
+  for (int64_t d = tid; d < hd_; d += kAttThreads) q[d] = qrow[d];
+  __syncthreads();
+  float mx = -INFINITY;
+  for (int64_t j = tid; j < T; j += kAttThreads) {
+    const float* k = qkv + (n * T + j) * row3 + D + h * hd_;
+    float acc = 0.0f;
+    for (int64_t d = 0; d < hd_; ++d) acc = acc + q[d] * k[d];
+    const float v = acc * score_scale;
+    s[j] = v;
+    mx = hd::fmax_hd(mx, v);
+  }
+  for (int o = 16; o > 0; o >>= 1) mx = hd::fmax_hd(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+  if ((tid & 31) == 0) red[tid >> 5] = mx;
+  __syncthreads();
+  mx = red[0];
+  for (int w = 1; w < kAttThreads / 32; ++w) mx = hd::fmax_hd(mx, red[w]);
+  for (int64_t j = tid; j < T; j += kAttThreads) s[j] = hd::exp_hd(s[j] - mx);
+  __syncthreads();
+  if (tid == 0) {
+    float sum = 0.0f;
+    for (int64_t j = 0; j < T; ++j) sum = sum + s[j];
+    inv_sum = 1.0f / sum;
+  }
+  __syncthreads();
+  const float inv = inv_sum;
+  for (int64_t j = tid; j < T; j += kAttThreads) {
+    float p = s[j] * inv;
+    if (levels > 0.0f) p = hd::prob_grid(p, levels);
+    s[j] = p;
+  }
+  __syncthreads();
+  float* orow = out + (n * T + i) * D + h * hd_;
+  for (int64_t d = tid; d < hd_; d += kAttThreads) {
+    const float* v = qkv + n * T * row3 + 2 * D + h * hd_ + d;
+    float acc = 0.0f;
+    for (int64_t j = 0; j < T; ++j) acc = acc + s[j] * v[j * row3];
+    orow[d] = acc;
+  }
+}
+
+__global__ void cfg_combine_kernel(const float* ob, int64_t n, int64_t per, int64_t guided, float scale, float* out) {
+  const int64_t o = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (o >= n * per) return;
+  const int64_t i = o / per, j = o % per;
+  const float cond = ob[i * per + j];
+  if (j < guided) {
+    const float uncond = ob[(n + i) * per + j];
+    out[o] = uncond + scale * (cond - uncond);
+  } else {
+    out[o] = cond;
+  }
+}
+
+}  // namespace
+
+void patchify(const float* x, int64_t N, int64_t C, int64_t S, int64_t p, float* out, cudaStream_t stream) {
+  const int64_t total = N * C * S * S;
+  if (total == 0) return;
+  patchify_kernel<<<blocks_for(total, kEw), kEw, 0, stream>>>(x, N, C, S, p, out);
+  check(cudaGetLastError(), "patchify launch");
+}
+
+void unpatchify(const float* feats, int64_t N, int64_t grid, int64_t p, int64_t C, float* out, cudaStream_t stream) {
+  const int64_t total = N * C * grid * p * grid * p;
+  if (total == 0) return;
+  unpatchify_kernel<<<blocks_for(total, kEw), kEw, 0, stream>>>(feats, N, grid, p, C, out);
+  check(cudaGetLastError(), "unpatchify launch");
+}
+
+void add_pos_embed(float* x, const float* pos, int64_t NT, int64_t T, int64_t D, cudaStream_t stream) {
+  if (NT * D == 0) return;
+  add_pos_kernel<<<blocks_for(NT * D, kEw), kEw, 0, stream>>>(x, pos, NT, T, D);
+  check(cudaGetLastError(), "add_pos_embed launch");
+}
+
+void label_embed_silu(const float* temb, const float* table, const int64_t* y, int64_t N, int64_t D, float* c,
+                      float* silu_c, cudaStream_t stream) {
+  if (N * D == 0) return;
+  label_embed_silu_kernel<<<blocks_for(N * D, kEw), kEw, 0, stream>>>(temb, table, y, N, D, c, silu_c);
+  check(cudaGetLastError(), "label_embed_silu launch");
+}
+
+void silu_inplace(float* x, int64_t n, cudaStream_t stream) {
+  if (n == 0) return;
+  silu_kernel<<<blocks_for(n, kEw), kEw, 0, stream>>>(x, n);
+  check(cudaGetLastError(), "silu launch");
+}
+
+void layernorm_modulate(const float* x, int64_t N, int64_t T, int64_t D, const float* shift, const float* scale,
+                        int64_t stride, float* y, cudaStream_t stream) {
+  if (N * T == 0) return;
+  if (N * T > 0x7fffffffLL) throw std::invalid_argument("layernorm_modulate: too many rows");
+  layernorm_modulate_kernel<<<static_cast<unsigned>(N * T), kLnThreads, 0, stream>>>(x, T, D, shift, scale, stride, y);
+  check(cudaGetLastError(), "layernorm_modulate launch");
+}
+
+void attention(const float* qkv, int64_t N, int64_t T, int64_t H, int64_t hd_, int bits, float* out, float* work,
+               cudaStream_t stream) {
+  if (N * T == 0) return;
+  if (T > 0x7fffffffLL || H > 65535 || N > 65535) throw std::invalid_argument("attention: shape too large");
+  const float* src = qkv;
+  if (bits > 0) {
+    const int64_t rows = N * T * 3 * H;
+    attention_fake_quant_kernel<<<blocks_for(rows, kEw), kEw, 0, stream>>>(qkv, rows, hd_, bits, work);
+    check(cudaGetLastError(), "attention fake-quant launch");
+    src = work;
+  }
+  const float score_scale = static_cast<float>(std::pow(static_cast<double>(hd_), -0.5));
+  const float levels = bits > 0 ? static_cast<float>((1 << bits) - 1) : 0.0f;
+  const size_t smem = sizeof(float) * static_cast<size_t>(T + hd_);
+  if (smem > 48 * 1024)
+    check(cudaFuncSetAttribute(attention_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
+          "attention (shared memory)");
+  const dim3 grid(static_cast<unsigned>(T), static_cast<unsigned>(H), static_cast<unsigned>(N));
+  attention_kernel<<<grid, kAttThreads, smem, stream>>>(src, T, H, hd_, score_scale, levels, out);
+  check(cudaGetLastError(), "attention launch");
+}
+
+void cfg_combine(const float* ob, int64_t n, int64_t per, int64_t guided, float scale, float* out,
+                 cudaStream_t stream) {
+  if (n * per == 0) return;
+  cfg_combine_kernel<<<blocks_for(n * per, kEw), kEw, 0, stream>>>(ob, n, per, guided, scale, out);
+  check(cudaGetLastError(), "cfg_combine launch");
+}
+
+}  // namespace cuda
+}  // namespace robuq

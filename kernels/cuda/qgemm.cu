@@ -1,0 +1,215 @@
+// Quantized linear on the GPU: the ternary / int4 / int8-weight x low-bit-activation GEMM on the int8 tensor
+// cores (mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32, inline PTX, sm_80 and sm_90), the weights read
+// in the file's packed layout and unpacked in registers, with the fused epilogue; plus the float32 kernels
+// of the layers that stay in float (dense linears, float-activation layers, the low-rank down-projection).
+//
+// Tiling (docs/cuda.md): a block of 4 warps computes 64 tokens x 64 outputs; each warp 32 x 32, i.e. 2 x 4
+// mma tiles of 16 x 8, k in steps of 32. A fragments are loaded straight from the activation codes (rows of
+// codes_ld(in) bytes, 4-byte aligned words), B fragments from the packed weight rows (one byte per register
+// for ternary: exactly the four codes a lane needs). The float32 kernels compute each output with one
+// thread summing k ascending, the reference's order, so they equal the CPU reference bit for bit.
+#include <stdexcept>
+#include <string>
+
+#include "kernels.cuh"
+#include "robuq_hd.h"
+
+namespace robuq {
+namespace cuda {
+namespace {
+
+constexpr int kWarps = 4;
+constexpr int kBlockM = 64, kBlockN = 64;  // tokens x outputs per block
+constexpr int kWarpM = 32, kWarpN = 32;
+
+__device__ __forceinline__ void mma_u8s8(int32_t* c, const uint32_t* a, const uint32_t* b) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+  (void)c;
+  (void)a;
+  (void)b;
+  __trap();  // built for sm_80 / sm_90 only
+#endif
+}
+
+// Everything after the integer / float dot product, for output (t, r): low-rank term, bias, GELU, then a
+// plain store or the gated residual. The additions are in the CPU reference's order.
+__device__ __forceinline__ void finish(const Epilogue& e, int64_t t, int64_t r, int64_t out, float v, float* y) {
+  v = hd::epilogue_finish(v, e.u + t * e.rank, e.up + r * e.rank, e.rank, e.bias != nullptr ? e.bias + r : nullptr,
+                          e.gelu);
+  if (e.gate != nullptr)
+    v = hd::gated_residual_hd(e.resid[t * out + r], e.gate[(t / e.rows_per_gate) * e.gate_stride + r], v);
+  y[t * out + r] = v;
+}
+
+template <int FMT>
+__global__ void __launch_bounds__(kWarps * 32)
+    qgemm_kernel(const uint8_t* __restrict__ codes, int T, int in, int ld, const uint8_t* __restrict__ packed,
+                 int pc, int out, const float* __restrict__ scale_x, const float* __restrict__ zero_x, Epilogue e,
+                 float* y) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int row0 = blockIdx.y * kBlockM + (warp / 2) * kWarpM;
+  const int col0 = blockIdx.x * kBlockN + (warp % 2) * kWarpN;
+
+  int32_t acc[2][4][4];
+#pragma unroll
+  for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+    for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[mi][ni][i] = 0;
+
+  // per-lane row pointers (null past the end: those fragments read as zeros)
+  const uint8_t* arow[2][2];
+#pragma unroll
+  for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int r = row0 + mi * 16 + hd::frag_a_row(lane, h);
+      arow[mi][h] = r < T ? codes + static_cast<int64_t>(r) * ld : nullptr;
+    }
+  const uint8_t* brow[4];
+#pragma unroll
+  for (int ni = 0; ni < 4; ++ni) {
+    const int c = col0 + ni * 8 + hd::frag_b_col(lane);
+    brow[ni] = c < out ? packed + static_cast<int64_t>(c) * pc : nullptr;
+  }
+
+  for (int k0 = 0; k0 < ld; k0 += kKTile) {
+    uint32_t a[2][4], b[4][2];
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const uint8_t* p = arow[mi][i & 1];
+        a[mi][i] = p != nullptr ? *reinterpret_cast<const uint32_t*>(p + k0 + hd::frag_a_k(lane, i)) : 0u;
+      }
+#pragma unroll
+    for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+        b[ni][i] = brow[ni] != nullptr ? hd::load_b_reg(FMT, brow[ni], in, k0, lane, i) : 0u;
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+      for (int ni = 0; ni < 4; ++ni) mma_u8s8(acc[mi][ni], a[mi], b[ni]);
+  }
+
+#pragma unroll
+  for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+    for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int t = row0 + mi * 16 + hd::frag_c_row(lane, i);
+        const int r = col0 + ni * 8 + hd::frag_c_col(lane, i);
+        if (t < T && r < out) {
+          const float v = hd::epilogue_quant(acc[mi][ni][i], scale_x[t], zero_x[t], e.wscale[r], e.wsum[r]);
+          finish(e, t, r, out, v, y);
+        }
+      }
+}
+
+// One thread per output: x row t (broadcast across the block's threads), weight row r.
+constexpr int kRowThreads = 128;
+
+template <int FMT>
+__global__ void __launch_bounds__(kRowThreads)
+    qlinear_float_act_kernel(const float* __restrict__ xr, int T, int in, const uint8_t* __restrict__ packed, int pc,
+                             int out, Epilogue e, float* y) {
+  const int r = blockIdx.y * kRowThreads + threadIdx.x;
+  const int t = blockIdx.x;
+  if (r >= out || t >= T) return;
+  const float* x = xr + static_cast<int64_t>(t) * in;
+  const uint8_t* row = packed + static_cast<int64_t>(r) * pc;
+  float acc = 0.0f;
+  for (int k0 = 0; k0 < in; k0 += 4) {
+    const uint32_t w = hd::load_b_reg(FMT, row, in, k0, 0, 0);  // lane 0, register 0: codes k0 .. k0 + 3
+    const int kn = in - k0 < 4 ? in - k0 : 4;
+    for (int q = 0; q < kn; ++q) acc = acc + x[k0 + q] * static_cast<float>(hd::s8_lane(w, q));
+  }
+  finish(e, t, r, out, e.wscale[r] * acc, y);
+}
+
+__global__ void __launch_bounds__(kRowThreads)
+    linear_f32_kernel(const float* __restrict__ x, int T, int in, const float* __restrict__ W, int out, Epilogue e,
+                      float* y) {
+  const int r = blockIdx.y * kRowThreads + threadIdx.x;
+  const int t = blockIdx.x;
+  if (r >= out || t >= T) return;
+  const float* xt = x + static_cast<int64_t>(t) * in;
+  const float* wr = W + static_cast<int64_t>(r) * in;
+  float acc = 0.0f;
+  for (int k = 0; k < in; ++k) acc = acc + xt[k] * wr[k];
+  finish(e, t, r, out, acc, y);
+}
+
+// blockIdx.x: the row t; blockIdx.y: a group of kRowThreads outputs.
+dim3 row_grid(int64_t T, int64_t out) {
+  const int64_t groups = (out + kRowThreads - 1) / kRowThreads;
+  if (groups > 65535) throw std::invalid_argument("float kernels take at most 65535 * 128 outputs");
+  return dim3(static_cast<unsigned>(T), static_cast<unsigned>(groups));
+}
+
+void check_int_range(int64_t v, const char* what) {
+  if (v < 0 || v > 0x7fffffffLL) throw std::invalid_argument(std::string(what) + " exceeds the int32 range");
+}
+
+}  // namespace
+
+void qgemm(int format, const uint8_t* codes, int64_t T, int64_t in, const uint8_t* packed, int64_t pc, int64_t out,
+           const float* scale_x, const float* zero_x, const Epilogue& e, float* y, cudaStream_t stream) {
+  if (T == 0 || out == 0) return;
+  const int64_t ld = codes_ld(in);
+  check_int_range(T * ld, "T * ld");
+  check_int_range(out * pc, "out * packed_cols");
+  const dim3 grid(static_cast<unsigned>((out + kBlockN - 1) / kBlockN), static_cast<unsigned>((T + kBlockM - 1) / kBlockM));
+  const int Ti = static_cast<int>(T), ini = static_cast<int>(in), ldi = static_cast<int>(ld), pci = static_cast<int>(pc),
+            oi = static_cast<int>(out);
+  switch (format) {
+    case 0: qgemm_kernel<0><<<grid, kWarps * 32, 0, stream>>>(codes, Ti, ini, ldi, packed, pci, oi, scale_x, zero_x, e, y); break;
+    case 1: qgemm_kernel<1><<<grid, kWarps * 32, 0, stream>>>(codes, Ti, ini, ldi, packed, pci, oi, scale_x, zero_x, e, y); break;
+    case 2: qgemm_kernel<2><<<grid, kWarps * 32, 0, stream>>>(codes, Ti, ini, ldi, packed, pci, oi, scale_x, zero_x, e, y); break;
+    default: throw std::invalid_argument("qgemm: unknown weight format " + std::to_string(format));
+  }
+  check(cudaGetLastError(), "qgemm launch");
+}
+
+void qlinear_float_act(int format, const float* xr, int64_t T, int64_t in, const uint8_t* packed, int64_t pc,
+                       int64_t out, const Epilogue& e, float* y, cudaStream_t stream) {
+  if (T == 0 || out == 0) return;
+  check_int_range(T * in, "T * in");
+  check_int_range(out * pc, "out * packed_cols");
+  const dim3 grid = row_grid(T, out);
+  const int Ti = static_cast<int>(T), ini = static_cast<int>(in), pci = static_cast<int>(pc), oi = static_cast<int>(out);
+  switch (format) {
+    case 0: qlinear_float_act_kernel<0><<<grid, kRowThreads, 0, stream>>>(xr, Ti, ini, packed, pci, oi, e, y); break;
+    case 1: qlinear_float_act_kernel<1><<<grid, kRowThreads, 0, stream>>>(xr, Ti, ini, packed, pci, oi, e, y); break;
+    case 2: qlinear_float_act_kernel<2><<<grid, kRowThreads, 0, stream>>>(xr, Ti, ini, packed, pci, oi, e, y); break;
+    default: throw std::invalid_argument("qlinear_float_act: unknown weight format " + std::to_string(format));
+  }
+  check(cudaGetLastError(), "qlinear_float_act launch");
+}
+
+void linear_f32(const float* x, int64_t T, int64_t in, const float* W, int64_t out, const Epilogue& e, float* y,
+                cudaStream_t stream) {
+  if (T == 0 || out == 0) return;
+  check_int_range(T * in, "T * in");
+  check_int_range(out * in, "out * in");
+  linear_f32_kernel<<<row_grid(T, out), kRowThreads, 0, stream>>>(x, static_cast<int>(T), static_cast<int>(in), W,
+                                                                   static_cast<int>(out), e, y);
+  check(cudaGetLastError(), "linear_f32 launch");
+}
+
+void rowdot_f32(const float* x, int64_t T, int64_t in, const float* w, int64_t out, float* u, cudaStream_t stream) {
+  Epilogue plain;  // no bias, no post op: u = x @ w^T
+  linear_f32(x, T, in, w, out, plain, u, stream);
+}
+
+}  // namespace cuda
+}  // namespace robuq
