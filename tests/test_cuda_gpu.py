@@ -150,3 +150,30 @@ def test_device_argument_is_checked(tmp_path, capsys):
     assert main([path, "--device", "tpu", "--steps", "2", "--no-progress", "-o", str(out)]) == 2
     assert "--device must be cpu, cuda or cuda:N" in capsys.readouterr().err
     assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------- GPU benchmark
+@pytest.mark.skipif(_C.cuda_available(), reason="a GPU is present: the benchmark runs instead of skipping")
+def test_gpu_bench_skips_with_a_reason(tmp_path, capsys):
+    from robuq.bench import gpu
+
+    out = tmp_path / "gpu.json"
+    assert gpu.main(["--json", str(out), "--workdir", str(tmp_path)]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("robuq GPU benchmark skipped: no usable CUDA GPU (") and len(line) > 60
+    assert not out.exists()
+
+
+@pytest.mark.gpu
+@GPU
+def test_gpu_bench_runs(tmp_path, capsys):
+    import json
+
+    from robuq.bench import gpu
+
+    out = tmp_path / "gpu.json"
+    args = ["--model", "S/2", "--warmup", "1", "--repeats", "3", "--workdir", str(tmp_path), "-q"]
+    assert gpu.main([*args, "--no-trt", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["robuq"]["ms"] > 0
+    assert "robuq CUDA engine" in capsys.readouterr().out
