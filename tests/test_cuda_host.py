@@ -289,3 +289,21 @@ def test_build_info_is_consistent():
         assert set(info["archs"].split(",")) >= {"80", "90"}
     if not _C.cuda_available():
         assert _C.cuda_unavailable_reason()
+
+
+@pytest.mark.parametrize(("n", "t", "heads", "hd"), [(2, 16, 3, 32), (1, 64, 2, 24), (2, 256, 4, 72)])
+def test_attention_matches_reference(reference_tier, n, t, heads, hd):
+    """The attention kernels' arithmetic against ops::attention (reference tier). q, k, v fake quantization,
+    scores, max, sums and the output are the reference's operations in its order; only exp differs (exp_hd,
+    <= 2 ulp from glibc's). Float attention: each probability is then within a few ulp, and the output, a
+    convex combination of v, within 1e-6 max|v|. A8 attention: the 1/255 probability grid absorbs that,
+    except for a probability within a few ulp of a rounding boundary (one grid step, |v| / 255)."""
+    rng = np.random.default_rng(n * t + hd)
+    qkv = (rng.standard_normal((n * t, 3 * heads * hd)) * 1.5).astype(np.float32)
+    vmax = float(np.abs(qkv).max())
+    got = H.attention(qkv, n, heads, 0)
+    assert np.abs(got.astype(np.float64) - _C.attention(qkv, n, heads, 0)).max() <= 1e-6 * vmax
+    got8, want8 = H.attention(qkv, n, heads, 8), _C.attention(qkv, n, heads, 8)
+    same = np.mean(got8 == want8)
+    assert same >= 0.999, f"only {same:.4%} of the A8 outputs are bit-identical"
+    assert np.abs(got8.astype(np.float64) - want8).max() <= 2 * vmax / 255

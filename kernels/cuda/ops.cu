@@ -95,16 +95,7 @@ __global__ void __launch_bounds__(kLnThreads)
 __global__ void attention_fake_quant_kernel(const float* qkv, int64_t rows, int64_t hd_, int bits, float* work) {
   const int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;  // over NT * 3H segments
   if (row >= rows) return;
-  const float* src = qkv + row * hd_;
-  float* dst = work + row * hd_;
-  float mn = src[0], mx = src[0];
-  for (int64_t d = 1; d < hd_; ++d) {
-    mn = hd::fmin_hd(mn, src[d]);
-    mx = hd::fmax_hd(mx, src[d]);
-  }
-  const hd::QuantParams p = hd::quant_params(hd::clip_minmax(mn, mx), bits);
-  for (int64_t d = 0; d < hd_; ++d)
-    dst[d] = (static_cast<float>(hd::quant_code(src[d], p)) - p.zero) * p.scale;
+  hd::fake_quant_row(qkv + row * hd_, hd_, bits, work + row * hd_);
 }
 
 constexpr int kAttThreads = 128;

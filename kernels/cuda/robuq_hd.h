@@ -281,6 +281,18 @@ ROBUQ_HD float prob_grid(float p, float levels) {
   return q / levels;
 }
 
+// Attention operand fake quantization of one (token, head) row of q, k or v (ops::attention with bits > 0):
+// minmax range, codes as quant_code, then (code - zero) * scale.
+ROBUQ_HD void fake_quant_row(const float* src, int64_t n, int bits, float* dst) {
+  float mn = src[0], mx = src[0];
+  for (int64_t d = 1; d < n; ++d) {
+    mn = fmin_hd(mn, src[d]);
+    mx = fmax_hd(mx, src[d]);
+  }
+  const QuantParams p = quant_params(clip_minmax(mn, mx), bits);
+  for (int64_t d = 0; d < n; ++d) dst[d] = (static_cast<float>(quant_code(src[d], p)) - p.zero) * p.scale;
+}
+
 // ----------------------------------------------------------------- mma.sync m16n8k32 fragments
 // The register layout of mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32 (PTX ISA, "Matrix fragments for
 // mma.m16n8k32" with 8-bit types), for lane = threadIdx.x % 32, group g = lane / 4, t = lane % 4:

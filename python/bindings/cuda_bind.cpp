@@ -9,6 +9,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <optional>
@@ -309,6 +310,51 @@ py::array_t<float> py_layernorm_modulate(const py::object& x_obj, const py::obje
   return y;
 }
 
+// attention_fake_quant_kernel + attention_kernel on the host: qkv [N * T, 3D] -> out [N * T, D].
+py::array_t<float> py_attention(const py::object& qkv_obj, int64_t N, int64_t H, int bits) {
+  CArray<float> qkv = input_array<float>(qkv_obj, "qkv", "float32", 2, "[N * T, 3 D]");
+  const int64_t NT = qkv.shape(0), D3 = qkv.shape(1);
+  if (N < 1 || H < 1 || NT % N != 0 || D3 % (3 * H) != 0) throw std::invalid_argument("qkv must be [N * T, 3 H hd]");
+  if (bits != 0) check_bits(bits);
+  const int64_t T = NT / N, D = D3 / 3, hd_ = D / H;
+  std::vector<float> work(qkv.data(), qkv.data() + NT * D3);
+  if (bits > 0)
+    for (int64_t row = 0; row < NT * 3 * H; ++row) hd::fake_quant_row(qkv.data() + row * hd_, hd_, bits, work.data() + row * hd_);
+  const float score_scale = static_cast<float>(std::pow(static_cast<double>(hd_), -0.5));
+  const float levels = bits > 0 ? static_cast<float>((1 << bits) - 1) : 0.0f;
+  auto out = new_array<float>({ss(NT), ss(D)});
+  std::vector<float> s(static_cast<size_t>(T));
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t i = 0; i < T; ++i) {
+        const float* q = work.data() + (n * T + i) * D3 + h * hd_;
+        float mx = -INFINITY;
+        for (int64_t j = 0; j < T; ++j) {
+          const float* k = work.data() + (n * T + j) * D3 + D + h * hd_;
+          float acc = 0.0f;
+          for (int64_t d = 0; d < hd_; ++d) acc = acc + q[d] * k[d];
+          s[static_cast<size_t>(j)] = acc * score_scale;
+          mx = hd::fmax_hd(mx, s[static_cast<size_t>(j)]);
+        }
+        float sum = 0.0f;
+        for (float& v : s) {
+          v = hd::exp_hd(v - mx);
+          sum = sum + v;
+        }
+        const float inv = 1.0f / sum;
+        for (float& v : s) {
+          v = v * inv;
+          if (levels > 0.0f) v = hd::prob_grid(v, levels);
+        }
+        for (int64_t d = 0; d < hd_; ++d) {
+          float acc = 0.0f;
+          for (int64_t j = 0; j < T; ++j) acc = acc + s[static_cast<size_t>(j)] * work[static_cast<size_t>((n * T + j) * D3 + 2 * D + h * hd_ + d)];
+          out.mutable_data()[(n * T + i) * D + h * hd_ + d] = acc;
+        }
+      }
+  return out;
+}
+
 // ----------------------------------------------------------------------------------- device side
 std::string unavailable_reason() {
 #ifdef ROBUQ_HAVE_CUDA
@@ -509,6 +555,9 @@ void bind_cuda(py::module_& m) {
   h.def("exp", &elementwise<f_exp>, py::arg("x"), "exp of float32 [n] by robuq_hd.h's exp_hd");
   h.def("gelu_tanh", &elementwise<f_gelu>, py::arg("x"), "GELU (tanh form) of float32 [n], gelu_tanh_hd");
   h.def("silu", &elementwise<f_silu>, py::arg("x"), "SiLU of float32 [n], silu_hd");
+  h.def("attention", &py_attention, py::arg("qkv"), py::arg("N"), py::arg("num_heads"), py::arg("bits") = 0,
+        "attention(qkv float32 [N * T, 3 D], N, num_heads, bits=0) -> float32 [N * T, D], as the device kernels\n"
+        "(fake quantization of q, k, v, scores, softmax with exp_hd, probability grid, output)");
   h.def("layernorm_modulate", &py_layernorm_modulate, py::arg("x"), py::arg("shift"), py::arg("scale"),
         "layernorm_modulate(x [N, T, D], shift [N, D], scale [N, D]) -> float32 [N, T, D], as the device kernel");
 
