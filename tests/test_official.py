@@ -26,7 +26,7 @@ def _save_official(model: models.DiT, d, layout: str) -> str:
     if layout == "plain":  # what facebookresearch/DiT released: the EMA state dict alone
         torch.save(sd, path)
     else:  # DiT's train.py checkpoint
-        args = argparse.Namespace(model="DiT-S/2", image_size=256, num_classes=1000, global_seed=0, epochs=1400)
+        args = argparse.Namespace(model="DiT-S/2", image_size=256, num_classes=1000, global_seed=0)
         ema = {k: v.clone() for k, v in sd.items()}
         torch.save({"model": sd, "ema": ema, "opt": {"state": {}, "param_groups": []}, "args": args}, path)
     return path
@@ -35,7 +35,8 @@ def _save_official(model: models.DiT, d, layout: str) -> str:
 def _pipeline(name: str, layout: str, tmp_path, batch: int):
     torch.manual_seed(0)
     model = models.create(name)  # the official init (adaLN and final layer zero) ...
-    models.reinit_zero_layers(model, std=0.02, generator=torch.Generator().manual_seed(1))  # ... made non-trivial
+    # ... made non-trivial
+    models.reinit_zero_layers(model, std=0.02, generator=torch.Generator().manual_seed(1))
     ckpt = _save_official(model, tmp_path, layout)
     del model
     # a few latents of the model's shape (ImageNet 256 -> 32x32x4), labels from ImageNet's 1000 classes
@@ -43,9 +44,28 @@ def _pipeline(name: str, layout: str, tmp_path, batch: int):
     np.save(tmp_path / "x.npy", (rng.standard_normal((4, 4, 32, 32)) * 0.8).astype(np.float32))
     np.save(tmp_path / "y.npy", np.array([207, 360, 387, 974], dtype=np.int64))
     out = tmp_path / "qat"
-    argv = ["--data", f"latents:{tmp_path / 'x.npy'},{tmp_path / 'y.npy'}", "--init", ckpt, "--bits", "W1.58A2",
-            "--rank", "4", "--steps", "1", "--batch-size", str(batch), "--holdout", "0", "--out", str(out),
-            "--no-progress", "--log-every", "1"]  # fmt: skip
+    data = f"latents:{tmp_path / 'x.npy'},{tmp_path / 'y.npy'}"
+    argv = [
+        "--data",
+        data,
+        "--init",
+        ckpt,
+        "--bits",
+        "W1.58A2",
+        "--rank",
+        "4",
+        "--steps",
+        "1",
+        "--batch-size",
+        str(batch),
+        "--holdout",
+        "0",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--log-every",
+        "1",
+    ]
     assert train.main(argv) == 0
     (qat_ckpt,) = glob.glob(str(out / "checkpoints" / "*.pt"))
     rq = tmp_path / "model.rq"
