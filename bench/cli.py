@@ -324,10 +324,59 @@ def measure(args) -> dict:
     return results
 
 
+class BenchUsageError(Exception):
+    """A bad command line: one line on stderr, exit status 2, before anything is measured or written."""
+
+
+def _check_output(path: str | None, what: str, directory: bool = False) -> None:
+    if not path:
+        return
+    p = Path(path)
+    if p.exists() and p.is_dir() != directory:
+        raise BenchUsageError(f"{what} {path}: " + ("is not a directory" if directory else "is a directory"))
+    parent = p if directory else p.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise BenchUsageError(f"{what} {path}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise BenchUsageError(f"{what} {path}: directory {parent} is not writable")
+
+
+def _check_args(args) -> dict | None:
+    """Validates the command line; returns the results of --from-json (None when measuring)."""
+    for name, low in (("warmup", 0), ("repeats", 1), ("threads", 1), ("tokens", 1), ("rank", 0)):
+        v = getattr(args, name)
+        if v is not None and v < low:
+            raise BenchUsageError(f"--{name} must be >= {low}, got {v}")
+    for what in ("json", "png", "readme"):
+        _check_output(getattr(args, what), f"--{what}")
+    if not args.from_json:
+        _check_output(args.workdir, "--workdir", directory=True)
+        return None
+    src = Path(args.from_json)
+    if src.is_dir():
+        raise BenchUsageError(f"--from-json {src}: is a directory")
+    try:
+        results = json.loads(src.read_text())
+    except OSError as e:
+        raise BenchUsageError(f"--from-json {src}: {e.strerror or e}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BenchUsageError(f"--from-json {src}: not JSON ({e})") from None
+    if not isinstance(results, dict) or results.get("format") != "robuq-bench":
+        raise BenchUsageError(f"--from-json {src}: not a robuq-bench result file (no format 'robuq-bench')")
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.from_json:
-        results = json.loads(Path(args.from_json).read_text())
+    try:
+        loaded = _check_args(args)
+    except BenchUsageError as e:
+        print(f"robuq-bench: error: {e}", file=sys.stderr)
+        return 2
+    if loaded is not None:
+        results = loaded
     else:
         results = measure(args)
         if args.json:

@@ -79,6 +79,28 @@ RqFile::RqFile(const std::string& path) : path_(path) {
   parse_header();
 }
 
+RqFile::RqFile(FromMemory, const void* data, size_t size, const std::string& name) : path_(name) {
+  size_ = static_cast<uint64_t>(size);
+  check_size();
+  buffer_.reset(new uint8_t[size]);
+  std::memcpy(buffer_.get(), data, size);
+  base_ = buffer_.get();
+  mapped_ = false;
+  parse_header();
+}
+
+std::unique_ptr<RqFile> RqFile::from_memory(const void* data, size_t size, const std::string& name) {
+  if (data == nullptr && size != 0) throw std::invalid_argument("RqFile::from_memory: null data");
+  return std::unique_ptr<RqFile>(new RqFile(FromMemory{}, data, size, name));
+}
+
+void RqFile::check_size() const {
+  if (size_ < 8)
+    throw FormatError("file is " + std::to_string(size_) + " bytes, too short for the 8-byte header length");
+  if (size_ > static_cast<uint64_t>(std::numeric_limits<size_t>::max()))
+    throw FormatError("file is too large to map on this platform");
+}
+
 RqFile::~RqFile() {
   if (mapped_ && base_ != nullptr) ::munmap(const_cast<uint8_t*>(base_), static_cast<size_t>(size_));
 }
@@ -94,10 +116,7 @@ void RqFile::open_file() {
   }
   if (!S_ISREG(st.st_mode)) throw FormatError("'" + path_ + "' is not a regular file");
   size_ = static_cast<uint64_t>(st.st_size);
-  if (size_ < 8)
-    throw FormatError("file is " + std::to_string(size_) + " bytes, too short for the 8-byte header length");
-  if (size_ > static_cast<uint64_t>(std::numeric_limits<size_t>::max()))
-    throw FormatError("file is too large to map on this platform");
+  check_size();
 
   // ROBUQ_NO_MMAP=1 forces the read fallback (for tests and file systems where mapping misbehaves).
   const char* no_mmap = std::getenv("ROBUQ_NO_MMAP");

@@ -37,6 +37,9 @@ class RqFile {
 
   // Throws IoError when the file cannot be opened or read, FormatError when the container is invalid.
   explicit RqFile(const std::string& path);
+  // The same checks over bytes already in memory (a fuzzer, a file received over the network): the
+  // bytes are copied (mapped() is false); `name` stands for the path in messages. Throws FormatError.
+  static std::unique_ptr<RqFile> from_memory(const void* data, size_t size, const std::string& name = "<memory>");
   ~RqFile();
   RqFile(const RqFile&) = delete;
   RqFile& operator=(const RqFile&) = delete;
@@ -71,6 +74,9 @@ class RqFile {
   std::vector<std::unique_ptr<float[]>> owned_f32_;
   std::vector<std::unique_ptr<int32_t[]>> owned_i32_;
 
+  struct FromMemory {};
+  RqFile(FromMemory, const void* data, size_t size, const std::string& name);
+  void check_size() const;
   void open_file();
   void parse_header();
 };

@@ -16,6 +16,7 @@ with 2; no output file is left behind. docs/rq-format.md describes the file and 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -113,6 +114,18 @@ def _random_source(args) -> tuple[RandomWeights, str]:
     return RandomWeights(config, quant, seed=args.seed), source
 
 
+def _check_output(path: str | None, what: str) -> None:
+    if not path:
+        return
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ExportError(f"output path {path} is a directory")
+    if not os.path.isdir(directory):
+        raise ExportError(f"{what} {path}: output directory {directory} does not exist")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise ExportError(f"{what} {path}: output directory {directory} is not writable")
+
+
 def run(args) -> str:
     """Do the export the parsed arguments ask for; returns the summary line."""
     if (args.checkpoint is None) == (args.random is None):
@@ -121,6 +134,8 @@ def run(args) -> str:
         raise ExportError("nothing to write: give -o OUT.rq and/or --onnx OUT.onnx")
     if args.output and args.onnx and args.output == args.onnx:
         raise ExportError("-o and --onnx name the same file")
+    for what, out in (("-o", args.output), ("--onnx", args.onnx)):
+        _check_output(out, what)  # before any work: a bad path costs nothing
     defaults = build_parser().parse_args([])
     if args.checkpoint is not None:
         given = [k for k in RANDOM_ONLY if getattr(args, k) != getattr(defaults, k)]
@@ -176,6 +191,10 @@ def main(argv: list[str] | None = None) -> int:
         summary = run(args)
     except ExportError as e:
         print(f"robuq-export: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a file the OS refuses (permissions, a full disk): no partial output is left
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"robuq-export: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     if not args.quiet:
         print(f"{summary} [{time.perf_counter() - t0:.1f} s]")

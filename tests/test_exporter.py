@@ -482,7 +482,7 @@ def _edit(tmp, change, q=None):
     """A robuq checkpoint of a tiny QAT model with `change` applied to (state dict, checkpoint dict)."""
     model = tiny_model(4, q if q is not None else preset(2, 2, rank=2))
     robuq_checkpoint(tmp / "in.pt", model)
-    ck = torch.load(tmp / "in.pt", weights_only=False)
+    ck = torch.load(tmp / "in.pt", weights_only=True)
     change(ck["ema"], ck)
     torch.save(ck, tmp / "in.pt")
     return tmp / "in.pt"

@@ -262,7 +262,8 @@ def load_classifier(path: str | os.PathLike | None = None, log=print) -> tuple[D
         model = DigitsClassifier()
         model.load_state_dict(sd, strict=True)
     except Exception as e:  # noqa: BLE001 - any failure to read the weights is a bad input
-        raise UsageError(f"cannot load classifier {path}: {type(e).__name__}: {str(e)[:200]}") from None
+        first = " ".join(str(e).split())[:200]  # one line: state-dict errors span several
+        raise UsageError(f"cannot load classifier {path}: {type(e).__name__}: {first}") from None
     model.eval()
     correct, n = heldout_accuracy(model)
     info = {"file": str(path), "sha256": _sha256(path), "heldout_accuracy": correct / n}
@@ -779,10 +780,29 @@ def _check_opts(opts) -> None:
     if opts.batch_size < 1:
         raise UsageError("--batch-size must be positive")
     try:
-        diffusion.create_diffusion(opts.steps)
+        steps = diffusion.create_diffusion(opts.steps).num_timesteps
     except ValueError as e:
         raise UsageError(f"--steps {opts.steps!r}: {e}") from None
+    if steps < 1:
+        raise UsageError(f"--steps {opts.steps!r}: needs at least one sampling step")
     opts.device = _device(opts.device)
+
+
+def _check_output(path: str | None, what: str, directory: bool = False) -> None:
+    """An output path (a file, or with ``directory`` a folder to create) must be writable: checked before
+    any work, so that a bad path costs nothing and leaves nothing behind."""
+    if not path:
+        return
+    p = Path(path)
+    if p.exists() and p.is_dir() != directory:
+        raise UsageError(f"{what} {path}: " + ("is not a directory" if directory else "is a directory"))
+    parent = p if directory else p.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"{what} {path}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"{what} {path}: directory {parent} is not writable")
 
 
 def _read_spec(path: str) -> list[dict]:
@@ -850,6 +870,9 @@ def run_rows(rows: list[dict], opts, grid_dir: Path | None, slugs: list[str]) ->
 
 
 def cmd_train_classifier(args, command: str) -> int:
+    if args.epochs < 1:
+        raise UsageError(f"--epochs must be >= 1, got {args.epochs}")
+    _check_output(args.out, "-o")
     _log(f"{PROG}: training the digits classifier (seed {args.seed}, {args.epochs} epochs, 1 thread)")
     model, info = train_classifier(epochs=args.epochs, seed=args.seed)
     path = save_classifier(model, info, args.out, command)
@@ -864,8 +887,12 @@ def cmd_train_classifier(args, command: str) -> int:
 def cmd_eval(args, command: str) -> int:
     _check_opts(args)
     for c in args.checkpoints:
+        if os.path.isdir(c):
+            raise UsageError(f"checkpoint {c!r} is a directory, not a checkpoint file")
         if not os.path.isfile(c):
             raise UsageError(f"checkpoint {c!r} does not exist")
+    _check_output(args.json, "--json")
+    _check_output(args.grid_dir, "--grid-dir", directory=True)
     rows = [{"checkpoint": c} for c in args.checkpoints]
     grid_dir = Path(args.grid_dir) if args.grid_dir else None
     ref, results = run_rows(rows, args, grid_dir, [_checkpoint_slug(c) for c in args.checkpoints])
@@ -882,6 +909,9 @@ def cmd_table(args, command: str) -> int:
     if missing and not args.skip_missing:
         raise UsageError(f"checkpoint(s) not found: {', '.join(missing)} (or give --skip-missing)")
     rows = [dict(r, missing=r["checkpoint"] in missing) for r in rows]
+    _check_output(args.out, "--out")
+    _check_output(args.json, "--json")
+    _check_output(args.grid_dir, "--grid-dir", directory=True)
     out = Path(args.out)
     grid_dir = Path(args.grid_dir) if args.grid_dir else out.parent / "quality"
     slugs = [_slug(r.get("label") or _checkpoint_slug(r["checkpoint"])) for r in rows]

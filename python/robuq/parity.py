@@ -272,6 +272,19 @@ def _load(args):
         ck = load_checkpoint(args.checkpoint, ema=args.ema, num_heads=args.num_heads)
     except ExportError as e:
         raise ParityUsageError(str(e)) from None
+    # The wrong kind of checkpoint (full precision for a quantized file, or the reverse) is a bad input,
+    # not a parity failure.
+    rq_quantized = len(engine.info["layers"])
+    if ck.quant is None and rq_quantized:
+        raise ParityUsageError(
+            f"{args.checkpoint} is a full-precision checkpoint but {args.model} has {rq_quantized} quantized "
+            "layers: give the QAT checkpoint it was exported from"
+        )
+    if ck.quant is not None and ck.quant.layers and not rq_quantized:
+        raise ParityUsageError(
+            f"{args.checkpoint} is a quantized (QAT) checkpoint but {args.model} is a full-precision model: "
+            "give the checkpoint it was exported from"
+        )
     model = DiT(ck.config)
     if ck.quant is not None:
         quantize_model(model, ck.quant, init_lowrank=False)

@@ -152,6 +152,8 @@ def _unsupported_global(err: Exception) -> str:
 def load_checkpoint(path: str):
     """torch.load(weights_only=True) on CPU; argparse.Namespace (DiT train.py's "args") is the only class
     allow-listed. Anything else that is not tensors and plain containers is refused (UsageError)."""
+    if path and os.path.isdir(path):
+        raise UsageError(f"checkpoint {path!r} is a directory, not a checkpoint file")
     if not path or not os.path.isfile(path):
         raise UsageError(f"checkpoint {path!r} does not exist")
     try:
@@ -382,6 +384,9 @@ def _validate(args) -> None:
     for name in ("steps", "log_every", "ckpt_every", "ampn_warmup"):
         if getattr(args, name) < 0:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 0")
+    if args.steps == 0:
+        raise UsageError("--steps must be >= 1 (the total number of optimiser steps)")
+    _check_out_dir(args.out)
     if args.batch_size <= 0 or args.ampn_batch_size <= 0 or args.ampn_batches <= 0:
         raise UsageError("batch sizes and --ampn-batches must be positive")
     if not 0.0 <= args.ema_decay <= 1.0:
@@ -396,6 +401,20 @@ def _validate(args) -> None:
         raise UsageError(
             f"--ampn-budget {args.ampn_budget} is not in {min(ampn.CANDIDATES)}..{max(ampn.CANDIDATES)}"
         )
+
+
+def _check_out_dir(out: str) -> None:
+    """--out must be a directory or creatable as one, and writable; checked before anything is written."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--out {out}: exists and is not a directory")
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"--out {out}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {out}: directory {parent} is not writable")
 
 
 def _merge_resume_args(args, parser, ck_args: dict):
@@ -552,13 +571,16 @@ class Run:
             resume_ck = load_checkpoint(args.resume)
             if not isinstance(resume_ck, dict) or resume_ck.get("format") != CHECKPOINT_FORMAT:
                 raise UsageError(f"{args.resume} is not a robuq-train checkpoint (needed for --resume)")
+            missing = [k for k in ("args", "model", "ema", "opt", "step") if k not in resume_ck]
+            if missing:
+                raise UsageError(
+                    f"{args.resume} has no training state ({', '.join(missing)} missing: a release "
+                    "checkpoint?); --resume needs a checkpoint written during training (--init takes weights)"
+                )
             args = _merge_resume_args(args, parser, dict(resume_ck["args"]))
         _validate(args)
         self.args = args
         self.out = Path(args.out)
-        if d.main:
-            (self.out / "checkpoints").mkdir(parents=True, exist_ok=True)
-        d.barrier()
 
         # ---- data
         try:
@@ -837,6 +859,10 @@ class Run:
 
     def train(self) -> Path:
         a, d = self.args, self.d
+        # created only now that every input has been checked (a refused run leaves nothing behind)
+        if d.main:
+            (self.out / "checkpoints").mkdir(parents=True, exist_ok=True)
+        d.barrier()
         from tqdm.auto import tqdm
 
         if self.step == 0:
