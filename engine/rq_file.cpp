@@ -106,7 +106,9 @@ RqFile::~RqFile() {
 }
 
 void RqFile::open_file() {
-  Fd f{::open(path_.c_str(), O_RDONLY | O_CLOEXEC)};
+  // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever (the regular-file
+  // check below refuses it); it changes nothing for regular files.
+  Fd f{::open(path_.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK)};
   if (f.fd < 0) io_fail(path_, "cannot open");
   struct stat st;
   if (::fstat(f.fd, &st) != 0) io_fail(path_, "cannot stat");

@@ -36,7 +36,7 @@ for h in ${FUZZ_HARNESSES:-loader metadata}; do
     -max_len=3000000 -artifact_prefix="$WORK/artifacts/$h-" -print_final_stats=1 >"$WORK/$h.log" 2>&1
   rc=$?
   set -e
-  grep -E "^#[0-9]+ +(INITED|DONE)|ERROR|SUMMARY|stat::(number_of_executed_units|average_exec)" "$WORK/$h.log" || true
+  grep -E "^#[0-9]+[[:space:]]+(INITED|DONE)|ERROR|SUMMARY|stat::(number_of_executed_units|average_exec)" "$WORK/$h.log" || true
   echo "fuzz_rq_$h: corpus-$h holds $(find "$WORK/corpus-$h" -type f | wc -l) inputs"
   if [ "$rc" -ne 0 ]; then
     echo "fuzz.sh: fuzz_rq_$h found a problem (exit $rc; see $WORK/$h.log and $WORK/artifacts)" >&2

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # AddressSanitizer + UndefinedBehaviorSanitizer run (docs/reliability.md, "Sanitizers"): builds the engine
 # and the Python extension robuq._C with gcc -fsanitize=address,undefined -fno-sanitize-recover=all in
-# build-asan (never build/), then runs the kernel tests and a small end-to-end sample (engine forward and
-# Engine.sample through robuq-infer on the shipped W1.58A2 model, on every kernel tier) with that
-# extension. Any report aborts the process, so a clean exit means no reports.
+# build-asan (never build/), then runs the kernel tests, the loader on every corrupt-file variant of
+# tests/test_engine.py, the thread / determinism tests of tests/test_reliability.py, and a small end-to-end
+# sample (engine forward and Engine.sample through robuq-infer on the shipped W1.58A2 model, on every
+# kernel tier) with that extension. Any report aborts the process, so a clean exit means no reports.
 #
 #   scripts/sanitize.sh [extra pytest args]
 #
@@ -53,8 +54,11 @@ assert robuq._C.__file__ == sys.argv[1], f"robuq._C came from {robuq._C.__file__
 print("sanitize.sh: robuq._C is the ASan/UBSan build", robuq._C.__file__)
 PY
 
+# the kernel tests; the loader over every corrupt-file variant; the engine shared by Python threads
 python -m pytest -q -p no:cacheprovider tests/test_kernels_ref.py tests/test_kernels_avx2.py \
-  tests/test_engine_kernels.py "$@"
+  tests/test_engine_kernels.py tests/test_engine.py::test_corrupt_files_raise_format_error \
+  tests/test_engine.py::test_misaligned_tensors_are_copied tests/test_engine.py::test_read_fallback_when_not_mapped \
+  tests/test_reliability.py -k "not payload and not processes and not weights_only" "$@"
 
 # End to end: the shipped W1.58A2 model, forward and sample (CFG, DDIM) on every kernel tier, 2 threads.
 out="$(mktemp -d)"

@@ -432,3 +432,32 @@ def test_permission_errors_exit_2(case, locked):
     assert re.search(pattern, last, re.I), f"{what}: {last!r} does not match {pattern!r}"
     assert sorted(os.listdir(d / "readonly")) == []
     assert not any(Path("/tmp").glob(f"unused-{os.getpid()}*"))
+
+
+# ------------------------------------------------------------------------------ a FIFO instead of a file
+FIFO_CASES = [
+    ("robuq-infer", "{fifo} --steps 2 -o {d}/a.png", r"not a regular file"),
+    ("robuq-parity", "{fifo} {qat}", r"not a regular file"),
+    ("robuq-export", "{fifo} -o {d}/a.rq", r"is not a file"),
+    ("robuq-train", "--init {fifo} --steps 1 --out {d}/r", r"not a regular file"),
+    ("robuq-eval", "eval {fifo} --per-class 2", r"not a regular file"),
+]
+
+
+@pytest.mark.parametrize("case", FIFO_CASES, ids=[c[0] for c in FIFO_CASES])
+def test_fifo_is_refused_without_waiting_for_a_writer(case, tiny, tmp_path):
+    """A named pipe given as the model or checkpoint: opening it for reading would block until someone
+    writes (the loader opens with O_NONBLOCK and refuses anything but a regular file). Run as a process
+    with a timeout, so a regression fails instead of hanging the suite."""
+    cli, args, pattern = case
+    fifo = tmp_path / "model.fifo"
+    os.mkfifo(fifo)
+    out = tmp_path / "out"
+    out.mkdir()
+    argv = args.format(fifo=fifo, qat=tiny("a2").ckpt, d=out).split()
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run([str(SCRIPTS / cli), *argv], capture_output=True, text=True, env=env, timeout=60)
+    last = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else ""
+    assert r.returncode == 2, r.stderr
+    assert re.search(pattern, last), last
+    assert list(out.iterdir()) == []

@@ -889,6 +889,8 @@ def cmd_eval(args, command: str) -> int:
     for c in args.checkpoints:
         if os.path.isdir(c):
             raise UsageError(f"checkpoint {c!r} is a directory, not a checkpoint file")
+        if os.path.exists(c) and not os.path.isfile(c):
+            raise UsageError(f"checkpoint {c!r} is not a regular file")
         if not os.path.isfile(c):
             raise UsageError(f"checkpoint {c!r} does not exist")
     _check_output(args.json, "--json")

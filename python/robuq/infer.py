@@ -189,11 +189,12 @@ def _load_engine(path: str, threads: int | None, device: str = "cpu"):
             raise
         raise InferError(f"--device {device}: {e}") from None
     except FormatError as e:
-        hint = ""
-        with contextlib.suppress(OSError), open(path, "rb") as f:
-            magic = f.read(4)
-            if magic == b"PK\x03\x04" or magic[:1] == b"\x80":
-                hint = " (it looks like a PyTorch checkpoint: export it with robuq-export CKPT -o model.rq)"
+        hint, magic = "", b""
+        if os.path.isfile(path):  # never open a FIFO or a device here: reading it could block
+            with contextlib.suppress(OSError), open(path, "rb") as f:
+                magic = f.read(4)
+        if magic == b"PK\x03\x04" or magic[:1] == b"\x80":
+            hint = " (it looks like a PyTorch checkpoint: export it with robuq-export CKPT -o model.rq)"
         raise InferError(f"{path} is not a valid .rq model: {e}{hint}") from None
     except OSError as e:
         raise InferError(f"cannot read model file {path}: {e.strerror or e}") from None

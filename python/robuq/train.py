@@ -154,6 +154,8 @@ def load_checkpoint(path: str):
     allow-listed. Anything else that is not tensors and plain containers is refused (UsageError)."""
     if path and os.path.isdir(path):
         raise UsageError(f"checkpoint {path!r} is a directory, not a checkpoint file")
+    if path and os.path.exists(path) and not os.path.isfile(path):
+        raise UsageError(f"checkpoint {path!r} is not a regular file")
     if not path or not os.path.isfile(path):
         raise UsageError(f"checkpoint {path!r} does not exist")
     try:
