@@ -19,6 +19,7 @@ import torch
 
 from robuq import quant
 from robuq.exporter import packing
+from robuq.exporter.checkpoint import _safe_globals
 from robuq.exporter.cli import main
 from robuq.exporter.export import plan_rq
 from robuq.exporter.random_model import RandomWeights, ampn_mix, mac_weighted_bits, random_quant_config
@@ -482,7 +483,9 @@ def _edit(tmp, change, q=None):
     """A robuq checkpoint of a tiny QAT model with `change` applied to (state dict, checkpoint dict)."""
     model = tiny_model(4, q if q is not None else preset(2, 2, rank=2))
     robuq_checkpoint(tmp / "in.pt", model)
-    ck = torch.load(tmp / "in.pt", weights_only=True)
+    # the exporter's own allow-list (numpy rng state): weights_only loading, as everywhere
+    with torch.serialization.safe_globals(_safe_globals()):
+        ck = torch.load(tmp / "in.pt", weights_only=True)
     change(ck["ema"], ck)
     torch.save(ck, tmp / "in.pt")
     return tmp / "in.pt"
