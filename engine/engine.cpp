@@ -87,20 +87,16 @@ void Engine::linear(const std::string& name, const float* x, int64_t T, float* o
   l->forward(x, T, out, impl_->threads);
 }
 
-std::string Engine::default_cfg_mode() const {
-  const RqSpec& s = impl_->spec;
-  return s.has_sampling ? s.cfg_mode : "dit";
-}
+std::string default_cfg_mode(const RqSpec& s) { return s.has_sampling ? s.cfg_mode : "dit"; }
 
-bool Engine::default_clip_denoised() const {
-  const RqSpec& s = impl_->spec;
-  return s.has_sampling ? s.clip_denoised : s.model.space == "pixel";
-}
+bool default_clip_denoised(const RqSpec& s) { return s.has_sampling ? s.clip_denoised : s.model.space == "pixel"; }
 
-void Engine::sample(const int64_t* classes, int64_t n, const SampleParams& p, float* out,
-                    const ProgressFn& progress) {
-  Impl& m = *impl_;
-  const ModelConfig& c = m.spec.model;
+std::string Engine::default_cfg_mode() const { return robuq::default_cfg_mode(impl_->spec); }
+
+bool Engine::default_clip_denoised() const { return robuq::default_clip_denoised(impl_->spec); }
+
+SamplePlan plan_sample(const RqSpec& spec, const int64_t* classes, int64_t n, const SampleParams& p) {
+  const ModelConfig& c = spec.model;
   if (n < 1) throw std::invalid_argument("give at least one class to sample");
   for (int64_t i = 0; i < n; ++i)
     if (classes[i] < 0 || classes[i] >= c.num_classes)
@@ -108,39 +104,48 @@ void Engine::sample(const int64_t* classes, int64_t n, const SampleParams& p, fl
                                   "]) is out of range 0.." + std::to_string(c.num_classes - 1));
   if (!std::isfinite(p.cfg_scale)) throw std::invalid_argument("cfg_scale must be finite");
   if (!std::isfinite(p.eta) || p.eta < 0.0) throw std::invalid_argument("eta must be finite and >= 0");
-  const bool cfg = p.cfg_scale != 1.0;
-  if (cfg && c.label_rows() == c.num_classes)
+  SamplePlan plan;
+  plan.cfg = p.cfg_scale != 1.0;
+  if (plan.cfg && c.label_rows() == c.num_classes)
     throw std::invalid_argument(
         "cfg_scale != 1 needs the null-class embedding, which this model does not have (trained without "
         "class dropout); use cfg_scale 1");
-  const std::string mode = p.cfg_mode.empty() ? default_cfg_mode() : p.cfg_mode;
+  const std::string mode = p.cfg_mode.empty() ? default_cfg_mode(spec) : p.cfg_mode;
   if (mode != "dit" && mode != "all")
     throw std::invalid_argument("unknown cfg_mode '" + mode + "' (expected 'dit' or 'all')");
-
-  SampleOptions opt;
-  opt.sampler = p.sampler;
-  opt.eta = p.eta;
-  opt.clip_denoised = p.clip_denoised.has_value() ? *p.clip_denoised : default_clip_denoised();
-  opt.learn_sigma = c.learn_sigma;
-  opt.seed = p.seed;
   if (!p.seeds.empty() && static_cast<int64_t>(p.seeds.size()) != n)
     throw std::invalid_argument("give one seed per sample: " + std::to_string(n) + " classes, " +
                                 std::to_string(p.seeds.size()) + " seeds");
-  opt.seeds = p.seeds;
-  const SpacedSchedule sched = make_schedule(1000, p.steps);  // invalid_argument for a bad spec
+  plan.opt.sampler = p.sampler;
+  plan.opt.eta = p.eta;
+  plan.opt.clip_denoised = p.clip_denoised.has_value() ? *p.clip_denoised : default_clip_denoised(spec);
+  plan.opt.learn_sigma = c.learn_sigma;
+  plan.opt.seed = p.seed;
+  plan.opt.seeds = p.seeds;
+  plan.sched = make_schedule(1000, p.steps);  // invalid_argument for a bad spec
+  plan.guided = mode == "dit" ? std::min<int64_t>(3, c.in_channels) : c.in_channels;
+  plan.labels.assign(classes, classes + n);
+  if (plan.cfg) plan.labels.resize(static_cast<size_t>(2 * n), c.num_classes);  // the null class
+  return plan;
+}
 
+void Engine::sample(const int64_t* classes, int64_t n, const SampleParams& p, float* out,
+                    const ProgressFn& progress) {
+  Impl& m = *impl_;
+  const ModelConfig& c = m.spec.model;
+  const SamplePlan plan = plan_sample(m.spec, classes, n, p);
+  const bool cfg = plan.cfg;
   const int64_t C = c.in_channels, HW = c.input_size * c.input_size, per = C * HW;
   const int64_t cout = c.out_channels(), B = cfg ? 2 * n : n;
-  const int64_t guided = mode == "dit" ? std::min<int64_t>(3, C) : C;
+  const int64_t guided = plan.guided;
   const float scale = static_cast<float>(p.cfg_scale);
   auto sz = [](int64_t v) { return static_cast<size_t>(v); };
   // Buffers of the model calls, allocated once for the whole loop (the DiT's own workspace is kept
   // between calls of the same batch size).
-  std::vector<int64_t> labels(sz(B)), tb;
+  const std::vector<int64_t>& labels = plan.labels;
+  std::vector<int64_t> tb;
   std::vector<float> xb, ob;
-  for (int64_t i = 0; i < n; ++i) labels[sz(i)] = classes[i];
   if (cfg) {
-    for (int64_t i = n; i < B; ++i) labels[sz(i)] = c.num_classes;  // the null class
     tb.resize(sz(B));
     xb.resize(sz(B * per));
     ob.resize(sz(B * cout * HW));
@@ -167,7 +172,7 @@ void Engine::sample(const int64_t* classes, int64_t n, const SampleParams& p, fl
       std::memcpy(dst + g, cond + g, sizeof(float) * sz(cout * HW - g));
     }
   };
-  sample_loop(sched, model, n, C, HW, opt, out, progress);
+  sample_loop(plan.sched, model, n, C, HW, plan.opt, out, progress);
 }
 
 }  // namespace robuq

@@ -50,6 +50,22 @@ struct SampleParams {
   std::optional<bool> clip_denoised;
 };
 
+// What every engine's sample() (Engine, CudaEngine) derives from the file and the settings, after the same
+// checks in the same order: classes in range, finite cfg_scale and eta >= 0, a null class for guidance, a
+// known cfg_mode, one seed per sample (if any), a satisfiable respacing. std::invalid_argument otherwise,
+// before any model call.
+struct SamplePlan {
+  SampleOptions opt;      // the sampler's options, the file's defaults filled in
+  SpacedSchedule sched;   // 1000 training steps respaced by params.steps
+  bool cfg = false;       // cfg_scale != 1: each model call runs [x; x] with labels [classes; null]
+  int64_t guided = 0;     // guided eps channels: min(3, C) for "dit", C for "all"
+  std::vector<int64_t> labels;  // [classes; null] with cfg, else classes
+};
+SamplePlan plan_sample(const RqSpec& spec, const int64_t* classes, int64_t n, const SampleParams& params);
+// The file's sampling defaults (without a "sampling" entry: "dit", and clip for pixel models only).
+std::string default_cfg_mode(const RqSpec& spec);
+bool default_clip_denoised(const RqSpec& spec);
+
 class Engine {
  public:
   // threads: worker threads for every call (0: all available cores, i.e. omp_get_max_threads()).

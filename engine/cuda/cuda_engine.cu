@@ -486,54 +486,21 @@ void CudaEngine::quantize_input(const std::string& name, const float* x, int64_t
   check(cudaStreamSynchronize(m.stream), "quantize_input");
 }
 
-std::string CudaEngine::default_cfg_mode() const {
-  const RqSpec& s = impl_->spec;
-  return s.has_sampling ? s.cfg_mode : "dit";
-}
+std::string CudaEngine::default_cfg_mode() const { return robuq::default_cfg_mode(impl_->spec); }
 
-bool CudaEngine::default_clip_denoised() const {
-  const RqSpec& s = impl_->spec;
-  return s.has_sampling ? s.clip_denoised : s.model.space == "pixel";
-}
+bool CudaEngine::default_clip_denoised() const { return robuq::default_clip_denoised(impl_->spec); }
 
 void CudaEngine::sample(const int64_t* classes, int64_t n, const SampleParams& p, float* out,
                         const ProgressFn& progress) {
   Impl& m = *impl_;
   const ModelConfig& c = m.spec.model;
-  // the same checks, in the same order, as Engine::sample
-  if (n < 1) throw std::invalid_argument("give at least one class to sample");
-  for (int64_t i = 0; i < n; ++i)
-    if (classes[i] < 0 || classes[i] >= c.num_classes)
-      throw std::invalid_argument("class id " + std::to_string(classes[i]) + " (classes[" + std::to_string(i) +
-                                  "]) is out of range 0.." + std::to_string(c.num_classes - 1));
-  if (!std::isfinite(p.cfg_scale)) throw std::invalid_argument("cfg_scale must be finite");
-  if (!std::isfinite(p.eta) || p.eta < 0.0) throw std::invalid_argument("eta must be finite and >= 0");
-  const bool cfg = p.cfg_scale != 1.0;
-  if (cfg && c.label_rows() == c.num_classes)
-    throw std::invalid_argument(
-        "cfg_scale != 1 needs the null-class embedding, which this model does not have (trained without "
-        "class dropout); use cfg_scale 1");
-  const std::string mode = p.cfg_mode.empty() ? default_cfg_mode() : p.cfg_mode;
-  if (mode != "dit" && mode != "all")
-    throw std::invalid_argument("unknown cfg_mode '" + mode + "' (expected 'dit' or 'all')");
-  SampleOptions opt;
-  opt.sampler = p.sampler;
-  opt.eta = p.eta;
-  opt.clip_denoised = p.clip_denoised.has_value() ? *p.clip_denoised : default_clip_denoised();
-  opt.learn_sigma = c.learn_sigma;
-  opt.seed = p.seed;
-  if (!p.seeds.empty() && static_cast<int64_t>(p.seeds.size()) != n)
-    throw std::invalid_argument("give one seed per sample: " + std::to_string(n) + " classes, " +
-                                std::to_string(p.seeds.size()) + " seeds");
-  opt.seeds = p.seeds;
-  const SpacedSchedule sched = make_schedule(1000, p.steps);
-
+  const SamplePlan plan = plan_sample(m.spec, classes, n, p);  // the CPU engine's checks and defaults
+  const bool cfg = plan.cfg;
   const int64_t C = c.in_channels, HW = c.input_size * c.input_size, cout = c.out_channels();
   const int64_t B = cfg ? 2 * n : n;
-  const int64_t guided = (mode == "dit" ? std::min<int64_t>(3, C) : C) * HW;
-  std::vector<int64_t> labels(static_cast<size_t>(B)), tb(static_cast<size_t>(B));
-  for (int64_t i = 0; i < n; ++i) labels[static_cast<size_t>(i)] = classes[i];
-  for (int64_t i = n; i < B; ++i) labels[static_cast<size_t>(i)] = c.num_classes;  // the null class
+  const int64_t guided = plan.guided * HW;
+  const std::vector<int64_t>& labels = plan.labels;
+  std::vector<int64_t> tb(static_cast<size_t>(B));
   std::lock_guard<std::mutex> lock(m.mutex);
   check(cudaSetDevice(m.device), "cudaSetDevice");
   m.ensure_workspace(B);
@@ -549,7 +516,7 @@ void CudaEngine::sample(const int64_t* classes, int64_t n, const SampleParams& p
     }
     m.download(mo, res, static_cast<size_t>(n * cout * HW));
   };
-  sample_loop(sched, model, n, C, HW, opt, out, progress);
+  sample_loop(plan.sched, model, n, C, HW, plan.opt, out, progress);
 }
 
 double CudaEngine::time_forward(int64_t N, int iters) {
