@@ -19,6 +19,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -414,16 +415,35 @@ PERMISSION_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", PERMISSION_CASES, ids=[c[0] for c in PERMISSION_CASES])
-def test_permission_errors_exit_2(case, locked):
-    what, cli, args, pattern = case
+def _run_all(commands: dict[str, tuple[list[str], dict, Path]]) -> dict[str, subprocess.CompletedProcess]:
+    """Runs the commands (name -> (argv, env, cwd)) four at a time: each is a fresh interpreter that
+    spends seconds importing, and they do not interfere."""
+
+    def one(item):
+        name, (argv, env, cwd) = item
+        return name, subprocess.run(argv, capture_output=True, text=True, env=env, cwd=cwd, timeout=120)
+
+    with ThreadPoolExecutor(4) as pool:
+        return dict(pool.map(one, commands.items()))
+
+
+@pytest.fixture(scope="module")
+def permission_runs(locked):
     prefix, d = locked
     perf = ROOT / "docs" / "performance.json"
-    argv = args.format(d=d, pid=os.getpid(), perf=perf).split()
     env = dict(os.environ, HOME=str(d), OMP_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")
-    r = subprocess.run(
-        [*prefix, str(SCRIPTS / cli), *argv], capture_output=True, text=True, env=env, cwd=d, timeout=300
-    )
+    commands = {}
+    for what, cli, args, _ in PERMISSION_CASES:
+        argv = args.format(d=d, pid=os.getpid(), perf=perf).split()
+        commands[what] = ([*prefix, str(SCRIPTS / cli), *argv], env, d)
+    return _run_all(commands)
+
+
+@pytest.mark.parametrize("case", PERMISSION_CASES, ids=[c[0] for c in PERMISSION_CASES])
+def test_permission_errors_exit_2(case, locked, permission_runs):
+    what, cli, _, pattern = case
+    _, d = locked
+    r = permission_runs[what]
     err = r.stderr.strip()
     assert r.returncode == 2, f"{what}: exit status {r.returncode}, stderr:\n{err}"
     assert "Traceback" not in err, err
@@ -444,20 +464,30 @@ FIFO_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", FIFO_CASES, ids=[c[0] for c in FIFO_CASES])
-def test_fifo_is_refused_without_waiting_for_a_writer(case, tiny, tmp_path):
+@pytest.fixture(scope="module")
+def fifo_runs(tiny, tmp_path_factory):
     """A named pipe given as the model or checkpoint: opening it for reading would block until someone
-    writes (the loader opens with O_NONBLOCK and refuses anything but a regular file). Run as a process
-    with a timeout, so a regression fails instead of hanging the suite."""
-    cli, args, pattern = case
-    fifo = tmp_path / "model.fifo"
+    writes (the loader opens with O_NONBLOCK and refuses anything but a regular file). Each CLI runs as a
+    process with a timeout, so a regression fails instead of hanging the suite."""
+    d = tmp_path_factory.mktemp("fifo")
+    fifo = d / "model.fifo"
     os.mkfifo(fifo)
-    out = tmp_path / "out"
-    out.mkdir()
-    argv = args.format(fifo=fifo, qat=tiny("a2").ckpt, d=out).split()
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    r = subprocess.run([str(SCRIPTS / cli), *argv], capture_output=True, text=True, env=env, timeout=60)
+    commands = {}
+    for cli, args, _ in FIFO_CASES:
+        out = d / cli
+        out.mkdir()
+        argv = args.format(fifo=fifo, qat=tiny("a2").ckpt, d=out).split()
+        commands[cli] = ([str(SCRIPTS / cli), *argv], env, d)
+    return d, _run_all(commands)
+
+
+@pytest.mark.parametrize("case", FIFO_CASES, ids=[c[0] for c in FIFO_CASES])
+def test_fifo_is_refused_without_waiting_for_a_writer(case, fifo_runs):
+    cli, _, pattern = case
+    d, runs = fifo_runs
+    r = runs[cli]
     last = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else ""
     assert r.returncode == 2, r.stderr
     assert re.search(pattern, last), last
-    assert list(out.iterdir()) == []
+    assert list((d / cli).iterdir()) == []
