@@ -361,3 +361,51 @@ def test_digest_script_hashes_what_it_says():
     a = eng.sample([3], steps="ddim2", seed=11, output="latent")
     b = eng.sample([3], steps="ddim2", seed=12, output="latent")
     assert hashlib.sha256(a.tobytes()).digest() != hashlib.sha256(b.tobytes()).digest()
+
+
+# -------------------------------------------------------------------- corrupt files through the binding
+def _mutations(raw: bytes, n: int, seed: int):
+    """n deterministic corruptions of a valid file: byte flips in the header and in the data, truncations,
+    forged header lengths, duplicated or deleted spans."""
+    rng = np.random.default_rng(seed)
+    header_end = 8 + int.from_bytes(raw[:8], "little")
+    for i in range(n):
+        b = bytearray(raw)
+        kind = i % 5
+        if kind == 0:  # flip bytes in the header JSON
+            for _ in range(int(rng.integers(1, 4))):
+                b[int(rng.integers(8, header_end))] ^= 1 << int(rng.integers(0, 8))
+        elif kind == 1:  # overwrite bytes in the data section
+            for _ in range(int(rng.integers(1, 9))):
+                b[int(rng.integers(header_end, len(b)))] = int(rng.integers(0, 256))
+        elif kind == 2:  # truncate anywhere
+            del b[int(rng.integers(0, len(b))) :]
+        elif kind == 3:  # a forged header length
+            forged = [0, 1, 2, header_end - 9, header_end, len(b), 2**63, 2**64 - 1]
+            b[:8] = forged[int(rng.integers(0, len(forged)))].to_bytes(8, "little")
+        else:  # delete or duplicate a span
+            a = int(rng.integers(0, len(b)))
+            z = min(len(b), a + int(rng.integers(1, 200)))
+            b[a:z] = b"" if rng.random() < 0.5 else bytes(b[a:z]) * 2
+        yield kind, bytes(b)
+
+
+def test_random_corruptions_raise_only_format_error(tiny, tmp_path):
+    """500 corruptions of a valid file through robuq.Engine (the Python binding): each one loads (and
+    then runs a forward pass) or raises robuq.FormatError; no other exception type, no crash. The C++
+    fuzzers (scripts/fuzz.sh) go much further; this checks the exception translation of the binding."""
+    raw = Path(tiny("a2").rq).read_bytes()
+    x = np.zeros((1, 1, 16, 16), np.float32)
+    outcomes = {"loaded": 0, "refused": 0}
+    for i, (kind, data) in enumerate(_mutations(raw, 500, seed=0)):
+        p = tmp_path / f"m{i % 4}.rq"
+        p.write_bytes(data)
+        try:
+            eng = robuq.Engine(p, threads=1)
+        except robuq.FormatError as e:
+            assert str(e), f"mutation {i} (kind {kind}): empty message"
+            outcomes["refused"] += 1
+            continue
+        eng.forward(x, np.array([10]), np.array([3]))
+        outcomes["loaded"] += 1
+    assert outcomes["refused"] >= 300, outcomes  # most corruptions are caught (sanity of the generator)
