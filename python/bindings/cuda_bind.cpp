@@ -19,6 +19,7 @@
 
 #include "../../kernels/cuda/robuq_hd.h"
 #include "array_util.h"
+#include "sample_call.h"
 #include "robuq/hadamard.h"
 #include "robuq/qlinear.h"
 #include "robuq/quant.h"
@@ -438,53 +439,13 @@ class PyCudaEngine {
     return py::make_tuple(codes, scale, zero);
   }
 
-  // The same arguments and interrupt handling as robuq._C.Engine.sample.
-  py::array_t<float> sample(const py::object& classes_obj, const std::string& steps, double cfg_scale, uint64_t seed,
+  // CudaEngine::sample with Python arguments, as _C.Engine.sample (sample_call.h: GIL, progress, Ctrl-C).
+  py::array_t<float> sample(const py::object& classes, const std::string& steps, double cfg_scale, uint64_t seed,
                             const std::string& sampler, double eta, const std::optional<std::string>& cfg_mode,
                             std::optional<bool> clip_denoised, const py::object& progress,
                             const std::optional<std::vector<uint64_t>>& seeds) {
-    CArray<int64_t> classes = input_array<int64_t>(classes_obj, "classes", "int64", 1, "[n]");
-    robuq::SampleParams p;
-    p.steps = steps;
-    p.cfg_scale = cfg_scale;
-    p.seed = seed;
-    if (seeds) p.seeds = *seeds;
-    if (sampler == "ddpm")
-      p.sampler = robuq::Sampler::DDPM;
-    else if (sampler == "ddim")
-      p.sampler = robuq::Sampler::DDIM;
-    else
-      throw std::invalid_argument("unknown sampler '" + sampler + "' (expected 'ddpm' or 'ddim')");
-    p.eta = eta;
-    p.cfg_mode = cfg_mode.value_or("");
-    p.clip_denoised = clip_denoised;
-    const auto& c = e_->info().model;
-    const int64_t n = classes.shape(0), S = c.input_size;
-    auto out = new_array<float>({ss(n), ss(c.in_channels), ss(S), ss(S)});
-    std::exception_ptr raised;
-    const robuq::ProgressFn pf = [&](int64_t done, int64_t total) -> bool {
-      py::gil_scoped_acquire gil;
-      try {
-        if (PyErr_CheckSignals() != 0) throw py::error_already_set();
-        if (!progress.is_none()) progress(done, total);
-        return true;
-      } catch (...) {
-        raised = std::current_exception();
-        return false;
-      }
-    };
-    const int64_t* cs = classes.data();
-    float* os = out.mutable_data();
-    {
-      py::gil_scoped_release release;
-      try {
-        e_->sample(cs, n, p, os, pf);
-      } catch (const std::runtime_error&) {
-        if (!raised) throw;
-      }
-    }
-    if (raised) std::rethrow_exception(raised);
-    return out;
+    return robuq_bind::sample_call(*e_, classes, steps, cfg_scale, seed, sampler, eta, cfg_mode, clip_denoised,
+                                   progress, seeds);
   }
 
   double time_forward(int64_t N, int iters) {
