@@ -15,6 +15,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . .venv/bin/activate
 B=build-asan
+# pybind11's CMake files: a build requirement (pyproject.toml), which an isolated `pip install -e .` does
+# not leave in the venv
+python -c "import pybind11" 2>/dev/null || python -m pip install -q "pybind11>=2.12"
 cmake -S . -B "$B" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DROBUQ_SANITIZE=address,undefined -DROBUQ_WERROR=ON \
   -DPython_EXECUTABLE="$(command -v python)" -Dpybind11_DIR="$(python -m pybind11 --cmakedir)" >/dev/null
 cmake --build "$B" -j2 --target _C
