@@ -12,6 +12,9 @@ import torch
 from robuq import models
 from robuq import quant as Q
 
+#: the CPU kernel tiers (robuq._C.set_tier); see the `tier` fixture
+TIERS = ["reference", "generic", "avx2"]
+
 TINY = dict(depth=2, hidden_size=96, num_heads=3, input_size=16, in_channels=1, num_classes=10)
 
 #: name -> (config overrides, quant config maker (depth -> QuantConfig) or None, seed)
@@ -85,3 +88,28 @@ def tiny(tmp_path_factory):
         return cache[name]
 
     return get
+
+
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """PyTorch on one thread for a module (``pytestmark = pytest.mark.usefixtures("torch_one_thread")``):
+    the reference models in the tests are tiny, and torch's thread pool only slows them down (badly so when
+    the machine is busy)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(params=TIERS)
+def tier(request):
+    """Runs the test with the named kernel tier forced, restoring the previous one afterwards."""
+    from robuq import _C
+
+    name = request.param
+    if not _C.tier_available(name):
+        pytest.skip(f"kernel tier {name!r} is not available on this CPU / build (needs AVX2, FMA and F16C)")
+    before = _C.active_tier()
+    _C.set_tier(name)
+    yield name
+    _C.set_tier(before)

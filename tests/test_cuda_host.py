@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from rq_layout import pack_codes
 
 from robuq import _C
 
@@ -37,19 +38,6 @@ def assert_bit_identical(a: np.ndarray, b: np.ndarray, what: str):
     assert diff.size == 0, f"{what}: {diff.size} of {a.size} values differ, first at {diff[0]}"
 
 
-def pack(codes: np.ndarray, fmt: str) -> np.ndarray:
-    """int8 codes [out, in] -> the .rq layout (docs/rq-format.md), written from the spec."""
-    if fmt == "ternary":
-        return _C.pack_ternary(codes)
-    if fmt == "int4":
-        q = codes.astype(np.int16)
-        if q.shape[1] % 2:
-            q = np.concatenate([q, np.zeros((q.shape[0], 1), np.int16)], axis=1)
-        nib = (q & 15).astype(np.uint8)
-        return np.ascontiguousarray(nib[:, 0::2] | (nib[:, 1::2] << 4))
-    return np.ascontiguousarray(codes.astype(np.int8).view(np.uint8))
-
-
 CODE_MAX = {"ternary": 1, "int4": 7, "int8": 127}
 
 
@@ -71,7 +59,7 @@ def token_rows(rng, t, n):
 def test_unpack_exact(fmt, cols):
     rng = np.random.default_rng(cols)
     codes = random_codes(rng, 6, cols, fmt)
-    got = H.unpack(pack(codes, fmt), cols, fmt)
+    got = H.unpack(pack_codes(codes, fmt), cols, fmt)
     np.testing.assert_array_equal(got, codes)
 
 
@@ -149,7 +137,7 @@ def test_gemm_fragments_exact(fmt, t, n_in, out):
     rng = np.random.default_rng(t * 7 + n_in)
     codes = rng.integers(0, 256, size=(t, n_in)).astype(np.uint8)  # 8-bit codes: the full u8 range
     w = random_codes(rng, out, n_in, fmt)
-    got = H.gemm(codes, pack(w, fmt), n_in, fmt)
+    got = H.gemm(codes, pack_codes(w, fmt), n_in, fmt)
     want = codes.astype(np.int64) @ w.astype(np.int64).T
     np.testing.assert_array_equal(got.astype(np.int64), want)
 
@@ -175,7 +163,7 @@ def layer_args(fmt, n_in, out, act_bits, clip, hadamard, block, rank, seed):
     args = dict(
         weight=fmt,
         in_features=n_in,
-        packed=pack(codes, fmt),
+        packed=pack_codes(codes, fmt),
         scale=rng.uniform(0.01, 0.1, out).astype(np.float32),
         wsum=codes.astype(np.int64).sum(1).astype(np.int32),
         bias=rng.standard_normal(out).astype(np.float32) * 0.1,

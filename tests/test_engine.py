@@ -17,31 +17,12 @@ from robuq import _C, models
 from robuq import quant as Q
 from robuq.exporter.cli import main as export_main
 
-TIERS = ["reference", "generic", "avx2"]
 DEPTH = 2
 SMALL = dict(depth=DEPTH, hidden_size=192, num_heads=3, input_size=8, num_classes=10)
 REL_TOL = 1e-3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def torch_one_thread():
-    """The PyTorch references run on one thread: these models are tiny, and torch's thread pool only
-    slows them down (badly so when the machine is busy)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(params=TIERS)
-def tier(request):
-    name = request.param
-    if not _C.tier_available(name):
-        pytest.skip(f"kernel tier {name!r} is not available on this CPU / build (needs AVX2, FMA and F16C)")
-    before = _C.active_tier()
-    _C.set_tier(name)
-    yield name
-    _C.set_tier(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 # ---------------------------------------------------------------------------------------- the models

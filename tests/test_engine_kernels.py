@@ -12,34 +12,15 @@ import math
 import numpy as np
 import pytest
 import torch
+from rq_layout import pack_codes
 
 from robuq import _C
 from robuq import quant as Q
 
-TIERS = ["reference", "generic", "avx2"]
 REL_TOL = 1e-5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def torch_one_thread():
-    """The PyTorch references run on one thread: these models are tiny, and torch's thread pool only
-    slows them down (badly so when the machine is busy)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(params=TIERS)
-def tier(request):
-    """Runs the test with the named kernel tier forced, restoring the previous one afterwards."""
-    name = request.param
-    if not _C.tier_available(name):
-        pytest.skip(f"kernel tier {name!r} is not available on this CPU / build (needs AVX2, FMA and F16C)")
-    before = _C.active_tier()
-    _C.set_tier(name)
-    yield name
-    _C.set_tier(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -47,20 +28,6 @@ def _gen(seed: int) -> torch.Generator:
 
 
 # ------------------------------------------------------------------------------------- test layers
-def pack_codes(codes: np.ndarray, fmt: str) -> np.ndarray:
-    """int8 codes [out, in] -> the .rq packed layout (docs/rq-format.md)."""
-    if fmt == "ternary":
-        return _C.pack_ternary(codes)
-    if fmt == "int4":
-        q = codes.astype(np.int16)
-        if q.shape[1] % 2:
-            q = np.concatenate([q, np.zeros((q.shape[0], 1), np.int16)], axis=1)
-        nib = (q & 15).astype(np.uint8)
-        return np.ascontiguousarray(nib[:, 0::2] | (nib[:, 1::2] << 4))
-    assert fmt == "int8"
-    return np.ascontiguousarray(codes.view(np.uint8))
-
-
 def make_layer(n_in, n_out, fmt, bits, clip, hadamard, rank, seed=0, block=0):
     """A Python QLinear with random weights and the engine's QLinear over the same weights."""
     g = _gen(seed)
@@ -197,7 +164,7 @@ def test_tiers_compute_the_same_integer_term():
     before = _C.active_tier()
     try:
         outs = []
-        for name in TIERS:
+        for name in ("reference", "generic", "avx2"):
             if _C.tier_available(name):
                 _C.set_tier(name)
                 outs.append(eng.forward(x, 2))

@@ -17,12 +17,7 @@ from robuq.train import load_model
 CLASSES = [0, 3, 7, 9]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def torch_one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def reference_model(ckpt: str):
