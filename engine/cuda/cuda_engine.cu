@@ -43,7 +43,11 @@ bool cuda_device_available(std::string* reason) {
     return false;
   }
   int major = 0;
-  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0);
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0) != cudaSuccess) {
+    if (reason) *reason = "cannot read device 0's compute capability";
+    cudaGetLastError();
+    return false;
+  }
   if (major < 8) {
     if (reason) *reason = "device 0 is compute capability " + std::to_string(major) + ".x; the kernels need sm_80+";
     return false;
@@ -327,7 +331,14 @@ CudaEngine::CudaEngine(const std::string& path, int device) : impl_(std::make_un
   m.device = device;
   check(cudaSetDevice(device), "cudaSetDevice");
   m.device_name = cuda_device_name(device);
-  check(cudaStreamCreateWithFlags(&m.stream, cudaStreamNonBlocking), "cudaStreamCreate");
+  int major = 0;
+  check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), "cudaDeviceGetAttribute");
+  if (major < 8)
+    throw std::runtime_error("CUDA device " + std::to_string(device) + " is " + m.device_name +
+                             "; the kernels need compute capability 8.0 or newer");
+  // A blocking stream: it waits for work on the legacy default stream, where DevBuf::upload's plain
+  // cudaMemcpy runs (a pageable host-to-device cudaMemcpy may return before its DMA has landed).
+  check(cudaStreamCreate(&m.stream), "cudaStreamCreate");
 
   m.file = std::make_unique<RqFile>(path);
   m.spec = parse_rq_spec(m.file->metadata());
@@ -501,10 +512,12 @@ void CudaEngine::sample(const int64_t* classes, int64_t n, const SampleParams& p
   const int64_t guided = plan.guided * HW;
   const std::vector<int64_t>& labels = plan.labels;
   std::vector<int64_t> tb(static_cast<size_t>(B));
-  std::lock_guard<std::mutex> lock(m.mutex);
-  check(cudaSetDevice(m.device), "cudaSetDevice");
-  m.ensure_workspace(B);
+  // The engine is locked per model call, as Engine::sample does, not for the whole loop: the progress
+  // callback runs between calls and may use this engine (a lock held across it would deadlock).
   const ModelFn model = [&](const float* x, const int64_t* t, float* mo) {
+    std::lock_guard<std::mutex> lock(m.mutex);
+    check(cudaSetDevice(m.device), "cudaSetDevice");
+    m.ensure_workspace(B);  // a forward of another batch size in between may have resized it
     std::copy(t, t + n, tb.begin());
     if (cfg) std::copy(t, t + n, tb.begin() + n);
     m.upload_inputs(x, n, cfg, tb.data(), labels.data(), B);
@@ -525,17 +538,17 @@ double CudaEngine::time_forward(int64_t N, int iters) {
   if (m.ws_n != N) throw std::invalid_argument("time_forward: run forward() on a batch of this size first");
   if (iters < 1) throw std::invalid_argument("iters must be >= 1");
   check(cudaSetDevice(m.device), "cudaSetDevice");
-  cudaEvent_t a, b;
-  check(cudaEventCreate(&a), "cudaEventCreate");
-  check(cudaEventCreate(&b), "cudaEventCreate");
-  check(cudaEventRecord(a, m.stream), "cudaEventRecord");
+  struct Event {  // destroyed on every path, a throwing check included
+    cudaEvent_t e = nullptr;
+    Event() { check(cudaEventCreate(&e), "cudaEventCreate"); }
+    ~Event() { cudaEventDestroy(e); }
+  } a, b;
+  check(cudaEventRecord(a.e, m.stream), "cudaEventRecord");
   for (int i = 0; i < iters; ++i) m.device_forward(N);
-  check(cudaEventRecord(b, m.stream), "cudaEventRecord");
-  check(cudaEventSynchronize(b), "forward");
+  check(cudaEventRecord(b.e, m.stream), "cudaEventRecord");
+  check(cudaEventSynchronize(b.e), "forward");
   float ms = 0.0f;
-  check(cudaEventElapsedTime(&ms, a, b), "cudaEventElapsedTime");
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
+  check(cudaEventElapsedTime(&ms, a.e, b.e), "cudaEventElapsedTime");
   return static_cast<double>(ms) / iters;
 }
 

@@ -131,10 +131,7 @@ void hadamard_quantize(const HadamardQuantArgs& a, cudaStream_t stream) {
   if (a.form != 0 && (a.n % a.M != 0 || (a.form == 1 && a.K * a.M != a.n)))
     throw std::invalid_argument("hadamard_quantize: plan does not match the width");
   const size_t smem = sizeof(float) * static_cast<size_t>(a.K > 1 ? 2 * a.n : a.n);
-  if (smem > 48 * 1024)
-    check(cudaFuncSetAttribute(hadamard_quantize_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                               static_cast<int>(smem)),
-          "hadamard_quantize (shared memory)");
+  allow_dynamic_smem(hadamard_quantize_kernel, smem, "hadamard_quantize (shared memory)");
   hadamard_quantize_kernel<<<static_cast<unsigned>(a.T), kThreads, smem, stream>>>(a);
   check(cudaGetLastError(), "hadamard_quantize launch");
 }

@@ -11,6 +11,18 @@ namespace cuda {
 // Throws std::runtime_error naming `what` and the CUDA error when err != cudaSuccess.
 void check(cudaError_t err, const char* what);
 
+// A block may use 48 KB of shared memory, static and dynamic together, unless the kernel opts in to more.
+// Opt in when the kernel's static shared memory plus `dynamic` bytes exceed that (comparing `dynamic` alone
+// would miss a dynamic size of exactly 48 KB next to a few static bytes).
+template <class Kernel>
+void allow_dynamic_smem(Kernel kernel, size_t dynamic, const char* what) {
+  cudaFuncAttributes attr{};
+  check(cudaFuncGetAttributes(&attr, kernel), what);
+  if (attr.sharedSizeBytes + dynamic > 48 * 1024)
+    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(dynamic)),
+          what);
+}
+
 // Activation codes of a quantized layer are stored with rows of ld bytes, ld = in rounded up to the GEMM's
 // k tile (32); columns in .. ld - 1 hold code 0.
 constexpr int kKTile = 32;

@@ -224,9 +224,7 @@ void attention(const float* qkv, int64_t N, int64_t T, int64_t H, int64_t hd_, i
   const float score_scale = static_cast<float>(std::pow(static_cast<double>(hd_), -0.5));
   const float levels = bits > 0 ? static_cast<float>((1 << bits) - 1) : 0.0f;
   const size_t smem = sizeof(float) * static_cast<size_t>(T + hd_);
-  if (smem > 48 * 1024)
-    check(cudaFuncSetAttribute(attention_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
-          "attention (shared memory)");
+  allow_dynamic_smem(attention_kernel, smem, "attention (shared memory)");
   const dim3 grid(static_cast<unsigned>(T), static_cast<unsigned>(H), static_cast<unsigned>(N));
   attention_kernel<<<grid, kAttThreads, smem, stream>>>(src, T, H, hd_, score_scale, levels, out);
   check(cudaGetLastError(), "attention launch");
