@@ -243,3 +243,21 @@ def test_parity_tolerances(tiny, capsys):
 def test_parity_bad_inputs(tiny, tmp_path, capsys, argv, pattern):
     rc, _, err = run_parity(capsys, *argv(tiny("a2"), tmp_path))
     assert rc == 2 and re.search(pattern, err), err
+
+
+def test_parity_forward_criteria():
+    """The three ways a forward passes (robuq.parity docstring) and that the flip tolerance applies to
+    quantized models only and never hides an error beyond it."""
+    R = parity.ParityReport
+
+    def report(err, err64, noise, quantized=True):
+        return R([], [], err, err, [], reference_noise=noise, forward_rel_err_64=err64, quantized=quantized)
+
+    assert report(5e-4, 9e-3, 0.0).forward_criterion(1e-3) == "tol"
+    assert report(6e-3, 5e-3, 3e-3).forward_criterion(1e-3) == "noise"  # 5e-3 <= 1e-3 + 2 * 3e-3
+    assert report(6e-3, 6e-3, 1e-4).forward_criterion(1e-3) == "flips"
+    assert report(6e-3, 6e-3, 1e-4, quantized=False).forward_criterion(1e-3) is None
+    assert report(6e-3, 6e-3, 1e-4).forward_criterion(1e-3, flip_tol=0.0) is None
+    assert report(3e-2, 3e-2, 1e-4).forward_criterion(1e-3) is None  # beyond the flip tolerance
+    assert report(1e-2, 3e-2, 1e-4).forward_criterion(1e-3) is None  # both references must be within it
+    assert "above the flip tolerance 0.02" in report(3e-2, 3e-2, 1e-4).failures(1e-4, 1e-3)[0]

@@ -1,7 +1,7 @@
 """robuq-parity: does a ``.rq`` file compute what the PyTorch model of its checkpoint computes?
 
     robuq-parity MODEL.rq CKPT [--threads N] [--tier reference|generic|avx2] [--layer-tol 1e-4]
-                 [--tol 1e-3] [--no-ema] [--num-heads H] [--seed 0]
+                 [--tol 1e-3] [--flip-tol 2e-2] [--no-ema] [--num-heads H] [--seed 0]
 
 The checkpoint is read as ``robuq-export`` reads it (``robuq.exporter.checkpoint.load_checkpoint``: a
 robuq-train checkpoint, QAT or full precision, with its EMA weights unless ``--no-ema``; or an official DiT
@@ -18,10 +18,21 @@ error against the unrounded float32 factors is printed beside it (``vs fp32 lowr
 Then the whole forward: ``rel_err`` against the rounded model, checked against ``--tol``. A quantized
 forward is discontinuous: when float rounding (a different summation order) puts one activation on the
 other side of a quantizer's rounding boundary, its code moves by one step and the change propagates.
-Trained 2-4-bit models hit that in a few samples per batch, in PyTorch itself too: the same model run in
-float64 differs from float32 by up to ~1e-2. So the forward also passes when the engine is no farther
-from the float64 model than ``--tol`` plus twice the PyTorch float32 model's own distance from it (the
-"reference noise", measured in the same run); the layer check on identical inputs stays strict.
+Trained 2-4-bit models hit that often: at A4 a few hundred thousand quantized values per sample, each a
+float32 rounding away from a boundary with probability ~1e-7 x 15 levels, give a flip in about every
+other sample. PyTorch itself shows it: the same model in float64 differs from float32 by up to ~1e-2,
+and which samples flip depends on the float32 path (MKL's AVX2 and AVX-512 kernels flip different ones).
+So the forward passes when one of these holds:
+
+1. it is within ``--tol`` of the float32 model;
+2. it is no farther from the float64 model than ``--tol`` plus twice the PyTorch float32 model's own
+   distance from it (the "reference noise", measured in the same run);
+3. the model is quantized and the forward is within ``--flip-tol`` (default 2e-2) of both the float32
+   and the float64 model: the size of a few boundary flips (one A4 flip moved a digits-model sample by
+   7.5e-3, 5.6e-3 over the batch), while a wrong graph, scale or weight is off by 1e-1 and more.
+
+The layer check on identical inputs stays strict (``--layer-tol``): it is what catches arithmetic bugs.
+The printout says which criterion passed.
 
 rel_err(a, ref) = ||a - ref|| / ||ref|| (Frobenius norm over the whole batch).
 
@@ -43,6 +54,9 @@ import numpy as np
 __all__ = ["LayerResult", "ParityReport", "check_parity", "main"]
 
 TIMESTEPS = (999, 600, 250, 0)
+#: default --flip-tol: the whole-forward limit for quantized models within which a difference is taken as
+#: quantizer boundary flips (module docstring, criterion 3)
+FLIP_TOL = 2e-2
 
 
 class ParityUsageError(Exception):
@@ -67,15 +81,22 @@ class ParityReport:
     # rel_err(PyTorch float32, the same model in float64) and rel_err(engine, float64 model)
     reference_noise: float = 0.0
     forward_rel_err_64: float = float("nan")
+    quantized: bool = False  # the file has quantized layers (criterion 3 applies)
 
-    def forward_ok(self, tol: float) -> bool:
-        """Within tol of the float32 reference, or, when quantizer boundary flips make the reference
-        itself uncertain, no farther from the float64 model than tol + 2 x the float32 reference is."""
+    def forward_criterion(self, tol: float, flip_tol: float = FLIP_TOL) -> str | None:
+        """Which criterion of the module docstring the forward meets ("tol", "noise", "flips"), or None."""
         if self.forward_rel_err <= tol:
-            return True
-        return self.forward_rel_err_64 <= tol + 2.0 * self.reference_noise
+            return "tol"
+        if self.forward_rel_err_64 <= tol + 2.0 * self.reference_noise:
+            return "noise"
+        if self.quantized and self.forward_rel_err <= flip_tol and self.forward_rel_err_64 <= flip_tol:
+            return "flips"
+        return None
 
-    def failures(self, layer_tol: float, tol: float) -> list[str]:
+    def forward_ok(self, tol: float, flip_tol: float = FLIP_TOL) -> bool:
+        return self.forward_criterion(tol, flip_tol) is not None
+
+    def failures(self, layer_tol: float, tol: float, flip_tol: float = FLIP_TOL) -> list[str]:
         out = list(self.config_mismatch)
         out += [f"layer {name} was not run by the PyTorch model" for name in self.missing]
         out += [
@@ -83,10 +104,12 @@ class ParityReport:
             for r in self.layers
             if not r.rel_err <= layer_tol  # NaN fails too
         ]
-        if not self.forward_ok(tol):
+        if not self.forward_ok(tol, flip_tol):
+            flips = f"; above the flip tolerance {flip_tol:g}" if self.quantized else ""
             out.append(
                 f"forward: {self.forward_rel_err:.3g} > {tol:g} (vs float64 model "
-                f"{self.forward_rel_err_64:.3g} > {tol:g} + 2 x reference noise {self.reference_noise:.3g})"
+                f"{self.forward_rel_err_64:.3g} > {tol:g} + 2 x reference noise {self.reference_noise:.3g}"
+                f"{flips})"
             )
         return out
 
@@ -211,6 +234,7 @@ def check_parity(engine, model, seed: int = 0) -> ParityReport:
         [],
         rel_err(ref16, ref64),
         rel_err(got, ref64),
+        quantized=bool(info["layers"]),
     )
 
 
@@ -229,6 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tier", choices=("reference", "generic", "avx2"), help="force a kernel tier")
     p.add_argument("--layer-tol", type=float, default=1e-4, help="per-layer relative error limit (1e-4)")
     p.add_argument("--tol", type=float, default=1e-3, help="whole-forward relative error limit (1e-3)")
+    p.add_argument(
+        "--flip-tol",
+        type=float,
+        default=FLIP_TOL,
+        help=f"quantized models: whole-forward limit taken as quantizer boundary flips ({FLIP_TOL:g})",
+    )
     p.add_argument("--no-ema", dest="ema", action="store_false", help="the raw 'model' weights, not 'ema'")
     p.add_argument("--num-heads", type=int, help="attention heads (official checkpoints)")
     p.add_argument("--seed", type=int, default=0, help="seed of the input noise (default 0)")
@@ -346,7 +376,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r.name:<{width}}  {r.kind:<16} {r.rel_err:9.2e}  {fp32:>15}{flag}")
     for name in report.missing:
         print(f"{name:<{width}}  not run by the PyTorch model  FAIL")
-    flag = "" if report.forward_ok(args.tol) else "  FAIL"
+    criterion = report.forward_criterion(args.tol, args.flip_tol)
+    flag = "" if criterion else "  FAIL"
     print(
         f"{'forward':<{width}}  {'whole model':<16} {report.forward_rel_err:9.2e}  "
         f"{report.forward_rel_err_fp32:15.2e}{flag}"
@@ -355,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{'':<{width}}  vs float64 model {report.forward_rel_err_64:9.2e}; PyTorch float32 vs float64 "
         f"(reference noise) {report.reference_noise:.2e}"
     )
-    failures = report.failures(args.layer_tol, args.tol)
+    failures = report.failures(args.layer_tol, args.tol, args.flip_tol)
     seconds = time.perf_counter() - t0
     if failures:
         shown = "; ".join(failures[:5]) + (f" (and {len(failures) - 5} more)" if len(failures) > 5 else "")
@@ -363,16 +394,16 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     worst = max(report.layers, key=lambda r: r.rel_err, default=None)
     worst_text = f", worst {worst.name} {worst.rel_err:.2e}" if worst else ""
+    why = {
+        "tol": f" <= {args.tol:g}",
+        "noise": f" (quantizer boundary flips: vs float64 model {report.forward_rel_err_64:.2e} <= "
+        f"{args.tol:g} + 2 x reference noise {report.reference_noise:.2e})",
+        "flips": f" (quantizer boundary flips: vs float32 and float64 models <= flip tolerance "
+        f"{args.flip_tol:g}; layers strict)",
+    }[criterion]
     print(
         f"PASS: {len(report.layers)} layers <= {args.layer_tol:g}{worst_text}; forward "
-        f"{report.forward_rel_err:.2e}"
-        + (
-            f" <= {args.tol:g}"
-            if report.forward_rel_err <= args.tol
-            else f" (quantizer boundary flips: vs float64 model {report.forward_rel_err_64:.2e} <= "
-            f"{args.tol:g} + 2 x reference noise {report.reference_noise:.2e})"
-        )
-        + f" [{seconds:.1f} s]"
+        f"{report.forward_rel_err:.2e}{why} [{seconds:.1f} s]"
     )
     return 0
 
