@@ -122,7 +122,7 @@ def _bad_inputs(m, d):
         ("zero steps", [m.rq, "--class", "1", "--steps", "0", "-o", ok], "positive number of sampling steps"),
         ("negative steps", [m.rq, "--class", "1", "--steps", "-3", "-o", ok], "positive number"),
         ("bad steps", [m.rq, "--class", "1", "--steps", "many", "-o", ok], "bad respacing 'many'"),
-        ("no such dir", [m.rq, "--class", "1", "-o", d / "nodir" / "x.png"], "directory .*nodir does not"),
+        ("no such dir", [m.rq, "--class", "1", "-o", d / "nodir" / "x.png"], "write .*nodir does not exist"),
         ("output is a dir", [m.rq, "--class", "1", "-o", d / "adir"], "adir must end in .png|adir is a dir"),
         ("output dir .png", [m.rq, "--class", "1", "-o", d / "adir.png"], "adir.png is a directory"),
         ("bad extension", [m.rq, "--class", "1", "-o", d / "x.jpg"], "must end in .png .* or .npy"),

@@ -70,7 +70,7 @@ CASES = [
     ("infer negative steps", "robuq-infer", "{rq} --steps -3 -o {out}/a.png", r"positive number of sampling"),
     ("infer zero threads", "robuq-infer", "{rq} --threads 0 -o {out}/a.png", r"--threads must be >= 1"),
     ("infer output dir missing", "robuq-infer", "{rq} -o {missing}/a.png", r"cannot write .*does not exist"),
-    ("infer output under a file", "robuq-infer", "{rq} -o {file}/a.png", r"cannot write"),
+    ("infer output under a file", "robuq-infer", "{rq} -o {file}/a.png", r"write .* is not a directory"),
     ("infer output is a directory", "robuq-infer", "{rq} -o {out}", r"must end in \.png"),
     ("infer output is a dir.png", "robuq-infer", "{rq} -o {dir_png}", r"is a directory"),
     # ---- robuq-export

@@ -129,7 +129,8 @@ def _check_output(path: str) -> None:
         raise InferError(f"output {path} is a directory")
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
-        raise InferError(f"cannot write {path}: directory {directory} does not exist")
+        what = "is not a directory" if os.path.exists(directory) else "does not exist"
+        raise InferError(f"cannot write {path}: {directory} {what}")
     if not os.access(directory, os.W_OK | os.X_OK):
         raise InferError(f"cannot write {path}: directory {directory} is not writable")
     if os.path.exists(path) and not os.access(path, os.W_OK):
