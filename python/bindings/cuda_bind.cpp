@@ -19,7 +19,7 @@
 
 #include "../../kernels/cuda/robuq_hd.h"
 #include "array_util.h"
-#include "sample_call.h"
+#include "engine_calls.h"
 #include "robuq/hadamard.h"
 #include "robuq/qlinear.h"
 #include "robuq/quant.h"
@@ -375,27 +375,8 @@ class PyCudaEngine {
     e_ = std::make_unique<robuq::CudaEngine>(path, device);
   }
 
-  py::array_t<float> forward(const py::object& x_obj, const py::object& t_obj, const py::object& y_obj) {
-    CArray<float> x = input_array<float>(x_obj, "x", "float32", 4, "[N, C, H, W]");
-    CArray<int64_t> t = input_array<int64_t>(t_obj, "t", "int64", 1, "[N]");
-    CArray<int64_t> y = input_array<int64_t>(y_obj, "y", "int64", 1, "[N]");
-    const auto& c = e_->info().model;
-    const int64_t N = x.shape(0), S = c.input_size;
-    if (x.shape(1) != c.in_channels || x.shape(2) != S || x.shape(3) != S)
-      throw std::invalid_argument("x must be [N, " + std::to_string(c.in_channels) + ", " + std::to_string(S) + ", " +
-                                  std::to_string(S) + "]");
-    if (t.shape(0) != N || y.shape(0) != N)
-      throw std::invalid_argument("t and y must have N = " + std::to_string(N) + " entries");
-    auto out = new_array<float>({ss(N), ss(c.out_channels()), ss(S), ss(S)});
-    const float* xs = x.data();
-    const int64_t* ts = t.data();
-    const int64_t* ys = y.data();
-    float* os = out.mutable_data();
-    {
-      py::gil_scoped_release release;
-      e_->forward(xs, N, ts, ys, os);
-    }
-    return out;
+  py::array_t<float> forward(const py::object& x, const py::object& t, const py::object& y) {
+    return robuq_bind::forward_call(*e_, x, t, y);
   }
 
   const robuq::LinearShape& shape(const std::string& name) const {
@@ -404,21 +385,8 @@ class PyCudaEngine {
     throw std::invalid_argument("the model has no linear layer named '" + name + "'");
   }
 
-  py::array_t<float> linear(const std::string& name, const py::object& x_obj) {
-    const robuq::LinearShape& s = shape(name);
-    CArray<float> x = input_array<float>(x_obj, "x", "float32", 2, "[tokens, in_features]");
-    if (x.shape(1) != s.in)
-      throw std::invalid_argument("x has " + std::to_string(x.shape(1)) + " columns; layer '" + name + "' takes " +
-                                  std::to_string(s.in));
-    const int64_t T = x.shape(0);
-    auto out = new_array<float>({ss(T), ss(s.out)});
-    const float* xs = x.data();
-    float* os = out.mutable_data();
-    {
-      py::gil_scoped_release release;
-      e_->linear(name, xs, T, os);
-    }
-    return out;
+  py::array_t<float> linear(const std::string& name, const py::object& x) {
+    return robuq_bind::linear_call(*e_, shape(name), name, x);
   }
 
   py::tuple quantize_input(const std::string& name, const py::object& x_obj) {
@@ -439,7 +407,7 @@ class PyCudaEngine {
     return py::make_tuple(codes, scale, zero);
   }
 
-  // CudaEngine::sample with Python arguments, as _C.Engine.sample (sample_call.h: GIL, progress, Ctrl-C).
+  // CudaEngine::sample with Python arguments, as _C.Engine.sample (engine_calls.h: GIL, progress, Ctrl-C).
   py::array_t<float> sample(const py::object& classes, const std::string& steps, double cfg_scale, uint64_t seed,
                             const std::string& sampler, double eta, const std::optional<std::string>& cfg_mode,
                             std::optional<bool> clip_denoised, const py::object& progress,

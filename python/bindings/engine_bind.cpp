@@ -15,7 +15,7 @@
 #include <string>
 
 #include "array_util.h"
-#include "sample_call.h"
+#include "engine_calls.h"
 #include "engine.h"
 #include "half.h"
 #include "json.h"
@@ -247,50 +247,15 @@ class PyEngine {
 
   py::dict info() const { return info_dict(e_->info()); }
 
-  py::array_t<float> forward(const py::object& x_obj, const py::object& t_obj, const py::object& y_obj) {
-    CArray<float> x = input_array<float>(x_obj, "x", "float32", 4, "[N, C, H, W]");
-    CArray<int64_t> t = input_array<int64_t>(t_obj, "t", "int64", 1, "[N]");
-    CArray<int64_t> y = input_array<int64_t>(y_obj, "y", "int64", 1, "[N]");
-    const auto& c = e_->info().model;
-    const int64_t N = x.shape(0), S = c.input_size;
-    if (x.shape(1) != c.in_channels || x.shape(2) != S || x.shape(3) != S)
-      throw std::invalid_argument("x must be [N, " + std::to_string(c.in_channels) + ", " + std::to_string(S) + ", " +
-                                  std::to_string(S) + "], got [" + std::to_string(x.shape(0)) + ", " +
-                                  std::to_string(x.shape(1)) + ", " + std::to_string(x.shape(2)) + ", " +
-                                  std::to_string(x.shape(3)) + "]");
-    if (t.shape(0) != N || y.shape(0) != N)
-      throw std::invalid_argument("t and y must have N = " + std::to_string(N) + " entries");
-    auto out = new_array<float>({static_cast<py::ssize_t>(N), static_cast<py::ssize_t>(c.out_channels()),
-                                 static_cast<py::ssize_t>(S), static_cast<py::ssize_t>(S)});
-    const float* xs = x.data();
-    const int64_t* ts = t.data();
-    const int64_t* ys = y.data();
-    float* os = out.mutable_data();
-    {
-      py::gil_scoped_release release;
-      e_->forward(xs, N, ts, ys, os);
-    }
-    return out;
+  py::array_t<float> forward(const py::object& x, const py::object& t, const py::object& y) {
+    return robuq_bind::forward_call(*e_, x, t, y);
   }
 
-  py::array_t<float> linear(const std::string& name, const py::object& x_obj) const {
-    const robuq::LinearShape s = e_->linear_shape(name);
-    CArray<float> x = input_array<float>(x_obj, "x", "float32", 2, "[tokens, in_features]");
-    if (x.shape(1) != s.in)
-      throw std::invalid_argument("x has " + std::to_string(x.shape(1)) + " columns; layer '" + name + "' takes " +
-                                  std::to_string(s.in));
-    const int64_t T = x.shape(0);
-    auto out = new_array<float>({static_cast<py::ssize_t>(T), static_cast<py::ssize_t>(s.out)});
-    const float* xs = x.data();
-    float* os = out.mutable_data();
-    {
-      py::gil_scoped_release release;
-      e_->linear(name, xs, T, os);
-    }
-    return out;
+  py::array_t<float> linear(const std::string& name, const py::object& x) const {
+    return robuq_bind::linear_call(*e_, e_->linear_shape(name), name, x);
   }
 
-  // robuq::Engine::sample with Python arguments (sample_call.h: GIL, progress, Ctrl-C).
+  // robuq::Engine::sample with Python arguments (engine_calls.h: GIL, progress, Ctrl-C).
   py::array_t<float> sample(const py::object& classes, const std::string& steps, double cfg_scale, uint64_t seed,
                             const std::string& sampler, double eta, const std::optional<std::string>& cfg_mode,
                             std::optional<bool> clip_denoised, const py::object& progress,
