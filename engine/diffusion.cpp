@@ -119,6 +119,28 @@ SpacedSchedule make_schedule(int64_t num_timesteps, const std::string& spec) {
   return s;
 }
 
+step::Scalars step_scalars(const SpacedSchedule& sched, int64_t t, const SampleOptions& opt) {
+  step::Scalars s{};
+  s.srac = static_cast<float>(sched.sqrt_recip_alphas_cumprod[t]);
+  s.srm1 = static_cast<float>(sched.sqrt_recipm1_alphas_cumprod[t]);
+  s.c1 = static_cast<float>(sched.posterior_mean_coef1[t]);
+  s.c2 = static_cast<float>(sched.posterior_mean_coef2[t]);
+  s.min_log = static_cast<float>(sched.posterior_log_variance_clipped[t]);
+  s.max_log = static_cast<float>(sched.log_betas[t]);
+  s.fixed_log = static_cast<float>(sched.fixed_large_log_variance[t]);
+  const float a = static_cast<float>(sched.alphas_cumprod[t]);
+  const float ap = static_cast<float>(sched.alphas_cumprod_prev[t]);
+  s.sigma = static_cast<float>(opt.eta) * std::sqrt((1.0f - ap) / (1.0f - a)) * std::sqrt(1.0f - a / ap);
+  s.sqrt_ap = std::sqrt(ap);
+  s.dir = std::sqrt(1.0f - ap - s.sigma * s.sigma);
+  s.ddpm = opt.sampler == Sampler::DDPM;
+  s.learn_sigma = opt.learn_sigma;
+  s.clip = opt.clip_denoised;
+  s.last = t == 0;
+  s.add_noise = t > 0 && opt.eta != 0.0;
+  return s;
+}
+
 void sample_loop(const SpacedSchedule& sched, const ModelFn& model, int64_t N, int64_t C, int64_t HW,
                  const SampleOptions& opt, float* out, const ProgressFn& progress) {
   const int64_t K = sched.size();
@@ -146,42 +168,13 @@ void sample_loop(const SpacedSchedule& sched, const ModelFn& model, int64_t N, i
     const bool ddpm = opt.sampler == Sampler::DDPM;
     const bool need_noise = t > 0 && (ddpm || opt.eta != 0.0);
     if (need_noise) draw(static_cast<uint64_t>(1 + i), noise.data());
-    // per-step scalars: float64 schedule values rounded to float32, as _extract does
-    const float srac = static_cast<float>(sched.sqrt_recip_alphas_cumprod[t]);
-    const float srm1 = static_cast<float>(sched.sqrt_recipm1_alphas_cumprod[t]);
-    const float c1 = static_cast<float>(sched.posterior_mean_coef1[t]);
-    const float c2 = static_cast<float>(sched.posterior_mean_coef2[t]);
-    const float min_log = static_cast<float>(sched.posterior_log_variance_clipped[t]);
-    const float max_log = static_cast<float>(sched.log_betas[t]);
-    const float fixed_log = static_cast<float>(sched.fixed_large_log_variance[t]);
-    const float a = static_cast<float>(sched.alphas_cumprod[t]);
-    const float ap = static_cast<float>(sched.alphas_cumprod_prev[t]);
-    const float sigma = static_cast<float>(opt.eta) * std::sqrt((1.0f - ap) / (1.0f - a)) * std::sqrt(1.0f - a / ap);
-    const float sqrt_ap = std::sqrt(ap);
-    const float dir = std::sqrt(1.0f - ap - sigma * sigma);
+    const step::Scalars sc = step_scalars(sched, t, opt);
     for (int64_t n = 0; n < N; ++n) {
+      const float* eps = mo.data() + n * cout * HW;
+      const float* var = opt.learn_sigma ? eps + per : eps;  // the variance channels (read only if learned)
       for (int64_t j = 0; j < per; ++j) {
         const int64_t idx = n * per + j;
-        const float xv = x[idx];
-        const float eps = mo[n * cout * HW + j];
-        float x0 = srac * xv - srm1 * eps;
-        if (opt.clip_denoised) x0 = std::min(1.0f, std::max(-1.0f, x0));
-        float next;
-        if (ddpm) {
-          float log_var = fixed_log;
-          if (opt.learn_sigma) {
-            const float v = mo[n * cout * HW + per + j];
-            const float frac = (v + 1.0f) / 2.0f;
-            log_var = frac * max_log + (1.0f - frac) * min_log;
-          }
-          const float mean = c1 * x0 + c2 * xv;
-          next = t == 0 ? mean : mean + std::exp(0.5f * log_var) * noise[idx];
-        } else {
-          const float e2 = (srac * xv - x0) / srm1;
-          const float mean = x0 * sqrt_ap + dir * e2;
-          next = need_noise ? mean + sigma * noise[idx] : mean;
-        }
-        x[idx] = next;
+        x[idx] = step::update(sc, x[idx], eps[j], var[j], need_noise ? noise[idx] : 0.0f);
       }
     }
     if (progress && !progress(i + 1, K)) throw std::runtime_error("sampling interrupted");

@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "sampler_step.h"
+
 namespace robuq {
 
 // The timesteps kept by ADM's space_timesteps(num_timesteps, spec), ascending.
@@ -43,6 +45,9 @@ struct SampleOptions {
   // result does not depend on the batch it comes in (equal to sampling it alone with seed = seeds[n]).
   std::vector<uint64_t> seeds;
 };
+
+// The per-element scalars of spaced step t (engine/sampler_step.h applies them), as sample_loop uses them.
+step::Scalars step_scalars(const SpacedSchedule& sched, int64_t t, const SampleOptions& opt);
 
 // model(x [N, C, H, W], t [N] original timesteps, out [N, C_out, H, W]) -> the guided model output.
 using ModelFn = std::function<void(const float* x, const int64_t* t, float* out)>;

@@ -19,6 +19,7 @@
 #include "ops.h"
 #include "rq_file.h"
 #include "rq_spec.h"
+#include "sampler.cuh"
 
 namespace robuq {
 
@@ -313,6 +314,21 @@ struct CudaEngine::Impl {
     check(cudaMemcpyAsync(labels.get(), y, sizeof(int64_t) * N, cudaMemcpyHostToDevice, stream), "upload y");
   }
 
+  // As upload_inputs, with x already on the device (the sampler's loop): a device-to-device copy.
+  void load_inputs_device(const float* xd, int64_t nx, bool dup, const int64_t* t, const int64_t* y, int64_t N) {
+    const ModelConfig& m = spec.model;
+    const size_t per = static_cast<size_t>(m.in_channels * m.input_size * m.input_size);
+    check(cudaMemcpyAsync(xin.get(), xd, sizeof(float) * per * nx, cudaMemcpyDeviceToDevice, stream), "copy x");
+    if (dup)
+      check(cudaMemcpyAsync(xin.get() + per * nx, xd, sizeof(float) * per * nx, cudaMemcpyDeviceToDevice, stream),
+            "copy x");
+    ops::timestep_embedding(t, N, host_tfreq.data());
+    check(cudaMemcpyAsync(tfreq.get(), host_tfreq.data(), sizeof(float) * host_tfreq.size(), cudaMemcpyHostToDevice,
+                          stream),
+          "upload t");
+    check(cudaMemcpyAsync(labels.get(), y, sizeof(int64_t) * N, cudaMemcpyHostToDevice, stream), "upload y");
+  }
+
   void download(float* dst, const float* src, size_t n) {
     check(cudaMemcpyAsync(dst, src, sizeof(float) * n, cudaMemcpyDeviceToHost, stream), "download");
     check(cudaStreamSynchronize(stream), "forward");
@@ -506,30 +522,54 @@ void CudaEngine::sample(const int64_t* classes, int64_t n, const SampleParams& p
   Impl& m = *impl_;
   const ModelConfig& c = m.spec.model;
   const SamplePlan plan = plan_sample(m.spec, classes, n, p);  // the CPU engine's checks and defaults
+  const SampleOptions& opt = plan.opt;
   const bool cfg = plan.cfg;
-  const int64_t C = c.in_channels, HW = c.input_size * c.input_size, cout = c.out_channels();
+  const int64_t C = c.in_channels, HW = c.input_size * c.input_size, per = C * HW, cout = c.out_channels();
   const int64_t B = cfg ? 2 * n : n;
   const int64_t guided = plan.guided * HW;
-  const std::vector<int64_t>& labels = plan.labels;
+  const int64_t K = plan.sched.size();
   std::vector<int64_t> tb(static_cast<size_t>(B));
-  // The engine is locked per model call, as Engine::sample does, not for the whole loop: the progress
-  // callback runs between calls and may use this engine (a lock held across it would deadlock).
-  const ModelFn model = [&](const float* x, const int64_t* t, float* mo) {
+  // The reverse process of sample_loop (engine/diffusion.cpp) with x, the noise and the model output kept on
+  // the device: per step only the timestep embedding and labels go up; x comes down once at the end. The
+  // update and the noise run engine/sampler_step.h, the CPU sampler's own source (docs/cuda.md).
+  DevBuf<float> x, noise;
+  DevBuf<uint64_t> seeds;
+  {
     std::lock_guard<std::mutex> lock(m.mutex);
     check(cudaSetDevice(m.device), "cudaSetDevice");
-    m.ensure_workspace(B);  // a forward of another batch size in between may have resized it
-    std::copy(t, t + n, tb.begin());
-    if (cfg) std::copy(t, t + n, tb.begin() + n);
-    m.upload_inputs(x, n, cfg, tb.data(), labels.data(), B);
-    m.device_forward(B);
-    const float* res = m.out.get();
-    if (cfg) {
-      cuda::cfg_combine(m.out.get(), n, cout * HW, guided, static_cast<float>(p.cfg_scale), m.cfg_out.get(), m.stream);
-      res = m.cfg_out.get();
+    x.alloc(static_cast<size_t>(n * per));
+    noise.alloc(static_cast<size_t>(n * per));
+    if (!opt.seeds.empty()) seeds.upload(opt.seeds.data(), opt.seeds.size());
+    cuda::gaussian(opt.seed, seeds.get(), 0, n, per, x.get(), m.stream);
+  }
+  for (int64_t i = 0; i < K; ++i) {
+    const int64_t t = K - 1 - i;
+    {
+      // Locked per step, as Engine::sample locks per model call: the progress callback runs between steps
+      // and may use this engine.
+      std::lock_guard<std::mutex> lock(m.mutex);
+      check(cudaSetDevice(m.device), "cudaSetDevice");
+      m.ensure_workspace(B);  // a forward of another batch size in between may have resized it
+      std::fill(tb.begin(), tb.end(), plan.sched.timestep_map[t]);
+      m.load_inputs_device(x.get(), n, cfg, tb.data(), plan.labels.data(), B);
+      m.device_forward(B);
+      const float* res = m.out.get();
+      if (cfg) {
+        cuda::cfg_combine(m.out.get(), n, cout * HW, guided, static_cast<float>(p.cfg_scale), m.cfg_out.get(),
+                          m.stream);
+        res = m.cfg_out.get();
+      }
+      const bool need_noise = t > 0 && (opt.sampler == Sampler::DDPM || opt.eta != 0.0);
+      if (need_noise) cuda::gaussian(opt.seed, seeds.get(), static_cast<uint64_t>(1 + i), n, per, noise.get(), m.stream);
+      cuda::sampler_step(step_scalars(plan.sched, t, opt), x.get(), res, n, per, cout * HW,
+                         need_noise ? noise.get() : nullptr, m.stream);
+      check(cudaStreamSynchronize(m.stream), "sampling step");
     }
-    m.download(mo, res, static_cast<size_t>(n * cout * HW));
-  };
-  sample_loop(plan.sched, model, n, C, HW, plan.opt, out, progress);
+    if (progress && !progress(i + 1, K)) throw std::runtime_error("sampling interrupted");
+  }
+  std::lock_guard<std::mutex> lock(m.mutex);
+  check(cudaSetDevice(m.device), "cudaSetDevice");
+  m.download(out, x.get(), static_cast<size_t>(n * per));
 }
 
 double CudaEngine::time_forward(int64_t N, int iters) {
