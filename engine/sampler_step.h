@@ -101,5 +101,37 @@ ROBUQ_HD float update(const Scalars& s, float xv, float eps, float v, float nois
   return s.add_noise ? mean + s.sigma * noise : mean;
 }
 
+// ------------------------------------------------------------------- the device kernels' thread bodies
+// (engine/cuda/sampler.cu launches one thread per index; the host tests run the same bodies in a loop.)
+
+// Threads of gaussian_thread: one per pair of values of a stream.
+ROBUQ_HD int64_t gaussian_threads(const uint64_t* seeds, int64_t N, int64_t per) {
+  return seeds == nullptr ? (N * per + 1) / 2 : N * ((per + 1) / 2);
+}
+
+// Thread i of the noise kernel: out [N, per] <- stream (seed, key) over all N * per values (seeds null), or
+// stream (seeds[s], key) over the per values of sample s.
+ROBUQ_HD void gaussian_thread(int64_t i, uint64_t seed, const uint64_t* seeds, uint64_t key, int64_t N,
+                              int64_t per, float* out) {
+  const int64_t len = seeds == nullptr ? N * per : per;
+  const int64_t pairs = (len + 1) / 2;
+  const int64_t s = i / pairs, p = i % pairs;
+  float z0, z1;
+  gaussian_pair(stream_base(seeds == nullptr ? seed : seeds[s], key), static_cast<uint64_t>(p), &z0, &z1);
+  float* dst = out + s * per;  // s == 0 for the single stream
+  dst[2 * p] = z0;
+  if (2 * p + 1 < len) dst[2 * p + 1] = z1;
+}
+
+// Thread i < N * per of the step kernel: x [N, per] in place; mo [N, cout_per] (eps, then the variance
+// channels when learned); noise [N, per] or null.
+ROBUQ_HD void step_thread(int64_t i, const Scalars& sc, float* x, const float* mo, int64_t per, int64_t cout_per,
+                          const float* noise) {
+  const int64_t n = i / per, j = i % per;
+  const float* eps = mo + n * cout_per;
+  const float v = sc.learn_sigma ? eps[per + j] : 0.0f;
+  x[i] = update(sc, x[i], eps[j], v, noise != nullptr ? noise[i] : 0.0f);
+}
+
 }  // namespace step
 }  // namespace robuq

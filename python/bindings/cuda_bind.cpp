@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "../../kernels/cuda/robuq_hd.h"
+#include "diffusion.h"
 #include "array_util.h"
 #include "engine_calls.h"
 #include "robuq/hadamard.h"
@@ -432,6 +433,51 @@ class PyCudaEngine {
 
 }  // namespace
 
+// The CUDA engine's reverse-process loop (CudaEngine::sample) with the device kernels' thread bodies run on
+// the host (engine/sampler_step.h) and a Python model callback in place of the device forward: x_T from
+// the noise kernel, per step the model, the step's noise (key 1 + i) where the sampler adds one, and the
+// update kernel. tests/test_cuda_host.py compares it with the CPU sample_loop.
+py::array_t<float> py_host_sample_loop(const py::function& model, int64_t N, int64_t C, int64_t H, int64_t W,
+                                       const std::string& steps, const std::string& sampler, double eta,
+                                       bool clip_denoised, bool learn_sigma, uint64_t seed,
+                                       const std::optional<std::vector<uint64_t>>& seeds) {
+  if (N < 1 || C < 1 || H < 1 || W < 1) throw std::invalid_argument("N, C, H, W must be positive");
+  if (seeds && static_cast<int64_t>(seeds->size()) != N) throw std::invalid_argument("one seed per sample");
+  robuq::SampleOptions opt;
+  if (sampler != "ddpm" && sampler != "ddim") throw std::invalid_argument("sampler must be 'ddpm' or 'ddim'");
+  opt.sampler = sampler == "ddpm" ? robuq::Sampler::DDPM : robuq::Sampler::DDIM;
+  opt.eta = eta;
+  opt.clip_denoised = clip_denoised;
+  opt.learn_sigma = learn_sigma;
+  opt.seed = seed;
+  const uint64_t* sd = seeds ? seeds->data() : nullptr;
+  const robuq::SpacedSchedule sched = robuq::make_schedule(1000, steps);
+  const int64_t per = C * H * W, cout_per = (learn_sigma ? 2 * C : C) * H * W, K = sched.size();
+  std::vector<float> x(static_cast<size_t>(N * per)), noise(static_cast<size_t>(N * per));
+  const auto draw = [&](uint64_t key, float* dst) {
+    for (int64_t i = 0; i < robuq::step::gaussian_threads(sd, N, per); ++i)
+      robuq::step::gaussian_thread(i, seed, sd, key, N, per, dst);
+  };
+  draw(0, x.data());
+  for (int64_t i = 0; i < K; ++i) {
+    const int64_t t = K - 1 - i;
+    py::array_t<float> xa({N, C, H, W});
+    std::memcpy(xa.mutable_data(), x.data(), sizeof(float) * x.size());
+    py::array_t<int64_t> ta(N);
+    for (int64_t n = 0; n < N; ++n) ta.mutable_data()[n] = sched.timestep_map[t];
+    auto mo = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(model(xa, ta));
+    if (!mo || mo.size() != N * cout_per) throw std::invalid_argument("model callback returned the wrong shape");
+    const bool need_noise = t > 0 && (opt.sampler == robuq::Sampler::DDPM || eta != 0.0);
+    if (need_noise) draw(static_cast<uint64_t>(1 + i), noise.data());
+    const robuq::step::Scalars sc = robuq::step_scalars(sched, t, opt);
+    for (int64_t e = 0; e < N * per; ++e)
+      robuq::step::step_thread(e, sc, x.data(), mo.data(), per, cout_per, need_noise ? noise.data() : nullptr);
+  }
+  py::array_t<float> out({N, C, H, W});
+  std::memcpy(out.mutable_data(), x.data(), sizeof(float) * x.size());
+  return out;
+}
+
 void bind_cuda(py::module_& m) {
   m.def("cuda_compiled", [] {
 #ifdef ROBUQ_HAVE_CUDA
@@ -462,6 +508,12 @@ void bind_cuda(py::module_& m) {
       "cuda_host",
       "The CUDA kernels' per-thread arithmetic (kernels/cuda/robuq_hd.h) compiled for the host, arranged as\n"
       "the device kernels arrange it; tests/test_cuda_host.py checks it against the CPU reference kernels.");
+  h.def("sample_loop", &py_host_sample_loop, py::arg("model"), py::arg("N"), py::arg("C"), py::arg("H"),
+        py::arg("W"), py::arg("steps") = "250", py::arg("sampler") = "ddpm", py::arg("eta") = 0.0,
+        py::arg("clip_denoised") = false, py::arg("learn_sigma") = true, py::arg("seed") = 0,
+        py::arg("seeds") = py::none(),
+        "The CUDA engine's sampling loop arranged as on the device (noise and update kernels' thread bodies),\n"
+        "with a model callback; the same arguments as robuq._C.sample_loop, plus per-sample seeds.");
   h.def("quantize_rows", &py_quantize_rows, py::arg("x"), py::arg("bits"), py::arg("clip_k"),
         "quantize_rows(x float32 [T, n], bits, clip_k) -> (codes uint8 [T, n], scale [T], zero [T])");
   h.def("hadamard_quantize", &py_hadamard_quantize, py::arg("x"), py::arg("bits"), py::arg("clip_k"),
