@@ -14,13 +14,7 @@
 #include <cmath>
 #endif
 
-#ifndef ROBUQ_HD
-#ifdef __CUDACC__
-#define ROBUQ_HD __host__ __device__ __forceinline__
-#else
-#define ROBUQ_HD inline
-#endif
-#endif
+#include "robuq/hd.h"
 
 namespace robuq {
 namespace step {

@@ -300,28 +300,14 @@ struct CudaEngine::Impl {
   }
 
   // Inputs of one forward into the workspace: x (N samples; when dup, also copied to samples N..2N-1), t, y.
-  void upload_inputs(const float* xh, int64_t nx, bool dup, const int64_t* t, const int64_t* y, int64_t N) {
+  // x is a host array (kind cudaMemcpyHostToDevice) or, in the sampler's loop, a device one
+  // (cudaMemcpyDeviceToDevice).
+  void load_inputs(const float* x, cudaMemcpyKind kind, int64_t nx, bool dup, const int64_t* t, const int64_t* y,
+                   int64_t N) {
     const ModelConfig& m = spec.model;
     const size_t per = static_cast<size_t>(m.in_channels * m.input_size * m.input_size);
-    check(cudaMemcpyAsync(xin.get(), xh, sizeof(float) * per * nx, cudaMemcpyHostToDevice, stream), "upload x");
-    if (dup)
-      check(cudaMemcpyAsync(xin.get() + per * nx, xh, sizeof(float) * per * nx, cudaMemcpyHostToDevice, stream),
-            "upload x");
-    ops::timestep_embedding(t, N, host_tfreq.data());
-    check(cudaMemcpyAsync(tfreq.get(), host_tfreq.data(), sizeof(float) * host_tfreq.size(), cudaMemcpyHostToDevice,
-                          stream),
-          "upload t");
-    check(cudaMemcpyAsync(labels.get(), y, sizeof(int64_t) * N, cudaMemcpyHostToDevice, stream), "upload y");
-  }
-
-  // As upload_inputs, with x already on the device (the sampler's loop): a device-to-device copy.
-  void load_inputs_device(const float* xd, int64_t nx, bool dup, const int64_t* t, const int64_t* y, int64_t N) {
-    const ModelConfig& m = spec.model;
-    const size_t per = static_cast<size_t>(m.in_channels * m.input_size * m.input_size);
-    check(cudaMemcpyAsync(xin.get(), xd, sizeof(float) * per * nx, cudaMemcpyDeviceToDevice, stream), "copy x");
-    if (dup)
-      check(cudaMemcpyAsync(xin.get() + per * nx, xd, sizeof(float) * per * nx, cudaMemcpyDeviceToDevice, stream),
-            "copy x");
+    check(cudaMemcpyAsync(xin.get(), x, sizeof(float) * per * nx, kind, stream), "load x");
+    if (dup) check(cudaMemcpyAsync(xin.get() + per * nx, x, sizeof(float) * per * nx, kind, stream), "load x");
     ops::timestep_embedding(t, N, host_tfreq.data());
     check(cudaMemcpyAsync(tfreq.get(), host_tfreq.data(), sizeof(float) * host_tfreq.size(), cudaMemcpyHostToDevice,
                           stream),
@@ -456,7 +442,7 @@ void CudaEngine::forward(const float* x, int64_t N, const int64_t* t, const int6
   if (N == 0) return;
   check(cudaSetDevice(m.device), "cudaSetDevice");
   m.ensure_workspace(N);
-  m.upload_inputs(x, N, false, t, y, N);
+  m.load_inputs(x, cudaMemcpyHostToDevice, N, false, t, y, N);
   m.device_forward(N);
   const ModelConfig& c = m.spec.model;
   m.download(out, m.out.get(), static_cast<size_t>(N * c.out_channels() * c.input_size * c.input_size));
@@ -551,7 +537,7 @@ void CudaEngine::sample(const int64_t* classes, int64_t n, const SampleParams& p
       check(cudaSetDevice(m.device), "cudaSetDevice");
       m.ensure_workspace(B);  // a forward of another batch size in between may have resized it
       std::fill(tb.begin(), tb.end(), plan.sched.timestep_map[t]);
-      m.load_inputs_device(x.get(), n, cfg, tb.data(), plan.labels.data(), B);
+      m.load_inputs(x.get(), cudaMemcpyDeviceToDevice, n, cfg, tb.data(), plan.labels.data(), B);
       m.device_forward(B);
       const float* res = m.out.get();
       if (cfg) {

@@ -15,13 +15,7 @@
 #include <cmath>
 #endif
 
-#ifndef ROBUQ_HD  // (engine/sampler_step.h defines it the same way)
-#ifdef __CUDACC__
-#define ROBUQ_HD __host__ __device__ __forceinline__
-#else
-#define ROBUQ_HD inline
-#endif
-#endif
+#include "robuq/hd.h"
 
 namespace robuq {
 namespace hd {
