@@ -28,6 +28,8 @@ import sys
 import time
 from pathlib import Path
 
+from robuq.cli_paths import output_path_problem
+
 from . import report
 
 MODELS = ("DiT-S/2", "DiT-B/2", "DiT-XL/2")
@@ -329,18 +331,9 @@ class BenchUsageError(Exception):
 
 
 def _check_output(path: str | None, what: str, directory: bool = False) -> None:
-    if not path:
-        return
-    p = Path(path)
-    if p.exists() and p.is_dir() != directory:
-        raise BenchUsageError(f"{what} {path}: " + ("is not a directory" if directory else "is a directory"))
-    parent = p if directory else p.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise BenchUsageError(f"{what} {path}: {parent} is not a directory")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise BenchUsageError(f"{what} {path}: directory {parent} is not writable")
+    problem = output_path_problem(path, what, directory)
+    if problem:
+        raise BenchUsageError(problem)
 
 
 def _check_args(args) -> dict | None:

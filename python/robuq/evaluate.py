@@ -40,6 +40,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import ampn, diffusion, rng
+from .cli_paths import output_path_problem
 from .data import load_dataset
 from .quant import QuantConfig
 from .train import CHECKPOINT_FORMAT, UsageError, load_checkpoint, load_model
@@ -789,20 +790,10 @@ def _check_opts(opts) -> None:
 
 
 def _check_output(path: str | None, what: str, directory: bool = False) -> None:
-    """An output path (a file, or with ``directory`` a folder to create) must be writable: checked before
-    any work, so that a bad path costs nothing and leaves nothing behind."""
-    if not path:
-        return
-    p = Path(path)
-    if p.exists() and p.is_dir() != directory:
-        raise UsageError(f"{what} {path}: " + ("is not a directory" if directory else "is a directory"))
-    parent = p if directory else p.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise UsageError(f"{what} {path}: {parent} is not a directory")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"{what} {path}: directory {parent} is not writable")
+    """An output path (a file, or with ``directory`` a folder to create) must be writable."""
+    problem = output_path_problem(path, what, directory)
+    if problem:
+        raise UsageError(problem)
 
 
 def _read_spec(path: str) -> list[dict]:

@@ -31,6 +31,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from . import ampn
+from .cli_paths import output_path_problem
 from .data import load_dataset
 from .diffusion import GaussianDiffusion
 from .models import CONFIGS, DiT, DiTConfig, create
@@ -407,16 +408,9 @@ def _validate(args) -> None:
 
 def _check_out_dir(out: str) -> None:
     """--out must be a directory or creatable as one, and writable; checked before anything is written."""
-    path = Path(out)
-    if path.exists() and not path.is_dir():
-        raise UsageError(f"--out {out}: exists and is not a directory")
-    parent = path
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise UsageError(f"--out {out}: {parent} is not a directory")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"--out {out}: directory {parent} is not writable")
+    problem = output_path_problem(out, "--out", directory=True)
+    if problem:
+        raise UsageError(problem)
 
 
 def _merge_resume_args(args, parser, ck_args: dict):
