@@ -44,23 +44,28 @@ Engine::Engine(const std::string& path, int threads) : impl_(std::make_unique<Im
   check_rq_tensors(*m.file, m.spec);
   m.model = std::make_unique<DiT>(*m.file, m.spec);
 
-  EngineInfo& i = m.info;
+  m.info = make_engine_info(path, *m.file, m.spec, m.threads);
+}
+
+EngineInfo make_engine_info(const std::string& path, const RqFile& file, const RqSpec& spec, int threads) {
+  EngineInfo i;
   i.path = path;
-  i.format_version = m.spec.format_version;
-  i.source = m.spec.source;
-  i.file_size = m.file->file_size();
-  i.mapped = m.file->mapped();
-  i.threads = m.threads;
-  i.model = m.spec.model;
-  i.attention_bits = m.spec.attention_bits;
-  i.linears = dit_linears(m.spec.model);
-  i.layers = m.spec.layers;
+  i.format_version = spec.format_version;
+  i.source = spec.source;
+  i.file_size = file.file_size();
+  i.mapped = file.mapped();
+  i.threads = threads;
+  i.model = spec.model;
+  i.attention_bits = spec.attention_bits;
+  i.linears = dit_linears(spec.model);
+  i.layers = spec.layers;
   for (LayerQuantSpec& l : i.layers)
     if (l.hadamard == HadamardForm::Block)
       l.hadamard_block = make_hadamard_plan(l.in, l.hadamard, l.hadamard_block).block;
-  i.has_sampling = m.spec.has_sampling;
-  i.clip_denoised = m.spec.clip_denoised;
-  i.cfg_mode = m.spec.cfg_mode;
+  i.has_sampling = spec.has_sampling;
+  i.clip_denoised = spec.clip_denoised;
+  i.cfg_mode = spec.cfg_mode;
+  return i;
 }
 
 Engine::~Engine() = default;

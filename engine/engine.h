@@ -61,6 +61,10 @@ struct SamplePlan {
   int64_t guided = 0;     // guided eps channels: min(3, C) for "dit", C for "all"
   std::vector<int64_t> labels;  // [classes; null] with cfg, else classes
 };
+class RqFile;
+// EngineInfo of a validated file (both engines): block Hadamard sizes resolved as the kernels use them.
+EngineInfo make_engine_info(const std::string& path, const RqFile& file, const RqSpec& spec, int threads);
+
 SamplePlan plan_sample(const RqSpec& spec, const int64_t* classes, int64_t n, const SampleParams& params);
 // The file's sampling defaults (without a "sampling" entry: "dit", and clip for pixel models only).
 std::string default_cfg_mode(const RqSpec& spec);

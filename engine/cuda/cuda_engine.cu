@@ -210,6 +210,26 @@ struct CudaEngine::Impl {
     ws_n = N;
   }
 
+  // The fused Hadamard + quantize pass of layer L over x [T, L.in] into the scratch's codes / scales / zeros
+  // (no rotated output; the caller sets a.rotated when it needs one).
+  static cuda::HadamardQuantArgs hadamard_quant_args(const DevLinear& L, const float* x, int64_t T, Scratch& s) {
+    cuda::HadamardQuantArgs a;
+    a.T = T;
+    a.n = L.in;
+    a.form = L.form;
+    a.K = L.K;
+    a.M = L.M;
+    a.norm = L.norm;
+    a.base = L.base.get();
+    a.bits = L.act_bits;
+    a.clip_k = L.clip_k;
+    a.x = x;
+    a.codes = s.codes.get();
+    a.scale = s.sx.get();
+    a.zero = s.zx.get();
+    return a;
+  }
+
   // y = L(x) [+ GELU] or x_resid += gate * L(x) (gate non-null: y is the residual stream, updated in place).
   void run_linear(const DevLinear& L, const float* xd, int64_t T, float* y, Scratch& s, bool gelu = false,
                   const float* gate = nullptr, int64_t gate_stride = 0, int64_t rows_per_gate = 1) {
@@ -230,20 +250,7 @@ struct CudaEngine::Impl {
     e.rank = L.rank;
     e.up = L.up.get();
     const float* rot = xd;  // the rotated input (x itself without a Hadamard)
-    cuda::HadamardQuantArgs a;
-    a.T = T;
-    a.n = L.in;
-    a.form = L.form;
-    a.K = L.K;
-    a.M = L.M;
-    a.norm = L.norm;
-    a.base = L.base.get();
-    a.bits = L.act_bits;
-    a.clip_k = L.clip_k;
-    a.x = xd;
-    a.codes = s.codes.get();
-    a.scale = s.sx.get();
-    a.zero = s.zx.get();
+    cuda::HadamardQuantArgs a = hadamard_quant_args(L, xd, T, s);
     if (L.form != 0 && (L.rank > 0 || L.act_bits == 0)) {
       a.rotated = s.rot.get();
       rot = s.rot.get();
@@ -348,20 +355,7 @@ CudaEngine::CudaEngine(const std::string& path, int device) : impl_(std::make_un
   { DiT validate(*m.file, m.spec); }  // the CPU model's checks: weight codes, row sums, plans (FormatError)
 
   const ModelConfig& c = m.spec.model;
-  EngineInfo& i = m.info;
-  i.path = path;
-  i.format_version = m.spec.format_version;
-  i.source = m.spec.source;
-  i.file_size = m.file->file_size();
-  i.mapped = m.file->mapped();
-  i.threads = 1;
-  i.model = c;
-  i.attention_bits = m.spec.attention_bits;
-  i.linears = dit_linears(c);
-  i.layers = m.spec.layers;
-  i.has_sampling = m.spec.has_sampling;
-  i.clip_denoised = m.spec.clip_denoised;
-  i.cfg_mode = m.spec.cfg_mode;
+  m.info = make_engine_info(path, *m.file, m.spec, 1);
 
   RqFile& f = *m.file;
   auto entry = [&](const std::string& name) -> const TensorEntry& {
@@ -377,7 +371,7 @@ CudaEngine::CudaEngine(const std::string& path, int device) : impl_(std::make_un
   up_f32(m.patch_b, "x_embedder.proj.bias");
   up_f32(m.pos, "pos_embed");
   up_f32(m.table, "y_embedder.embedding_table.weight");
-  for (const LinearShape& s : i.linears) {
+  for (const LinearShape& s : m.info.linears) {
     auto L = std::make_unique<DevLinear>();
     L->name = s.name;
     L->in = s.in;
@@ -475,20 +469,7 @@ void CudaEngine::quantize_input(const std::string& name, const float* x, int64_t
   xd.upload(x, static_cast<size_t>(T * L.in));
   Scratch s;
   s.ensure(T, m.max_in, m.max_rank);
-  cuda::HadamardQuantArgs a;
-  a.T = T;
-  a.n = L.in;
-  a.form = L.form;
-  a.K = L.K;
-  a.M = L.M;
-  a.norm = L.norm;
-  a.base = L.base.get();
-  a.bits = L.act_bits;
-  a.clip_k = L.clip_k;
-  a.x = xd.get();
-  a.codes = s.codes.get();
-  a.scale = s.sx.get();
-  a.zero = s.zx.get();
+  const cuda::HadamardQuantArgs a = Impl::hadamard_quant_args(L, xd.get(), T, s);
   cuda::hadamard_quantize(a, m.stream);
   const int64_t ld = cuda::codes_ld(L.in);
   check(cudaMemcpy2DAsync(codes, static_cast<size_t>(L.in), s.codes.get(), static_cast<size_t>(ld),
