@@ -1,14 +1,20 @@
-"""GPU benchmark of the CUDA engine (docs/cuda.md): one DiT CFG step (a forward at batch 2) of a random
-W1.58 model on the CUDA engine against PyTorch bf16 eager on the same GPU, and against TensorRT (an fp16
-engine built from our ONNX export of the same weights) where ``tensorrt`` is importable.
+"""GPU benchmark of the CUDA engine (docs/cuda.md) on a random W1.58 DiT:
 
-  python -m robuq.bench.gpu [--model XL/2] [--bits W1.58A2] [--rank 8] [--warmup 5] [--repeats 20]
+1. the block linears' GEMMs at M = --tokens rows (DiT-XL/2: 1152->3456, 1152->1152, 1152->4608,
+   4608->1152): the engine's ternary GEMM kernel alone and the whole layer (Hadamard + quantize, low-rank,
+   GEMM) against cuBLAS bf16 (torch.matmul) and cuBLAS int8 (torch._int_mm), in tera-ops per second;
+2. a whole DiT forward at each --batches size (batch 2 = one CFG step) on the engine (CUDA graph replay, and
+   plain launches) against PyTorch bf16 eager, torch.compile (with --compile) and TensorRT fp16 from our ONNX
+   export where ``tensorrt`` is importable; with the engine's per-part times (quantize, low-rank, GEMM,
+   attention, norms) from one profiled forward.
+
+  python -m robuq.bench.gpu [--model XL/2] [--bits W1.58A2] [--rank 8] [--batches 2,32] [--tokens 512]
+                            [--compile] [--gemm-variants] [--warmup 5] [--repeats 20]
                             [--workdir DIR] [--json PATH] [--no-trt] [-q]
 
-Times are device times per step (CUDA events around the device work, inputs already on the device for all
-three; the engine's host-device copies of x and the output, 2 x 4 x 32 x 32 floats for XL/2, are left
-out), medians of --repeats runs after --warmup runs. Without a usable GPU, or in a build without the CUDA
-backend, it prints one line saying so and why, and exits 0 (nothing is measured, nothing is written).
+Times are device times (CUDA events around back-to-back device work, inputs already on the device), medians
+of --repeats runs after --warmup runs. Without a usable GPU, or in a build without the CUDA backend, it
+prints one line saying so and why, and exits 0 (nothing is measured, nothing is written).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import argparse
 import json
 import statistics
 import sys
+import time
 from pathlib import Path
 
 from robuq import _C
@@ -35,6 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default=str(Path.home() / ".cache" / "robuq-bench"))
     p.add_argument("--json", help="write the results here")
     p.add_argument("--no-trt", dest="trt", action="store_false", help="skip TensorRT")
+    p.add_argument("--batches", default="2,32", help="forward batch sizes (default 2,32; 2 = one CFG step)")
+    p.add_argument("--tokens", type=int, default=512, help="rows of the GEMM measurements (default 512)")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile (minutes of compilation)")
+    p.add_argument("--gemm-variants", action="store_true", help="time every GEMM kernel variant")
+    p.add_argument("--skip", default="", help="comma list of parts to skip: gemm,forward")
     p.add_argument("-q", "--quiet", action="store_true")
     return p
 
@@ -48,49 +60,141 @@ def skip_reason() -> str | None:
     return None
 
 
-def time_robuq(path: Path, warmup: int, repeats: int) -> dict:
-    from robuq.engine import Engine
-
-    from .worker import sample_inputs
-
-    eng = Engine(path, device="cuda")
-    c = eng.info["model_config"]
-    x, t, y = sample_inputs(c)
-    for _ in range(warmup):
-        eng.forward(x, t, y)
-    ms = [eng._engine.time_forward(x.shape[0], 1) for _ in range(repeats)]
-    return {"ms": statistics.median(ms), "device": eng._engine.device_name}
+GEMM_LAYERS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
 
 
-def time_torch_bf16(model: str, seed: int, warmup: int, repeats: int) -> dict:
+def median_ms(fn, warmup: int, repeats: int, inner: int = 1) -> float:
+    """Median over `repeats` of the device time of `inner` back-to-back calls of fn, per call."""
     import torch
 
-    if not torch.cuda.is_available():
-        return {"skipped": f"this PyTorch ({torch.__version__}) has no CUDA device"}
-    from .worker import random_torch_model, sample_inputs
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        for _ in range(inner):
+            fn()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b) / inner)
+    return statistics.median(times)
 
-    m = random_torch_model(model, seed).to("cuda", torch.bfloat16)
+
+def gemm_table(eng, tokens: int, warmup: int, repeats: int, variants: bool, log) -> list[dict]:
+    """Per block linear of block 0: engine GEMM alone, engine layer, cuBLAS bf16 and int8."""
+    import torch
+
+    rows = []
+    for short in GEMM_LAYERS:
+        name = f"blocks.0.{short}"
+        layer = eng.info["linears"][name]
+        k, n, m = layer["in_features"], layer["out_features"], tokens
+        ops = 2.0 * m * n * k
+        inner = 20
+        row = {"layer": short, "M": m, "K": k, "N": n}
+        e = eng._engine
+        e.time_linear(name, m, 3, True)
+        row["robuq_gemm_us"] = 1e3 * statistics.median(
+            e.time_linear(name, m, inner, True) for _ in range(repeats)
+        )
+        row["robuq_layer_us"] = 1e3 * statistics.median(
+            e.time_linear(name, m, inner, False) for _ in range(repeats)
+        )
+        if variants:
+            row["variants_us"] = {}
+            for v in range(1, 8):
+                _C.cuda_set_gemm_variant(v)
+                try:
+                    e.time_linear(name, m, 3, True)
+                    row["variants_us"][v] = 1e3 * statistics.median(
+                        e.time_linear(name, m, inner, True) for _ in range(repeats)
+                    )
+                finally:
+                    _C.cuda_set_gemm_variant(0)
+        g = torch.Generator(device="cuda").manual_seed(k + n)
+        a16 = torch.randn(m, k, device="cuda", generator=g, dtype=torch.bfloat16)
+        w16 = torch.randn(k, n, device="cuda", generator=g, dtype=torch.bfloat16)
+        row["bf16_us"] = 1e3 * median_ms(
+            lambda a16=a16, w16=w16: torch.matmul(a16, w16), warmup, repeats, inner
+        )
+        a8 = torch.randint(-127, 128, (m, k), device="cuda", dtype=torch.int8, generator=g)
+        w8 = torch.randint(-127, 128, (k, n), device="cuda", dtype=torch.int8, generator=g)
+        try:
+            row["int8_us"] = 1e3 * median_ms(
+                lambda a8=a8, w8=w8: torch._int_mm(a8, w8), warmup, repeats, inner
+            )
+        except RuntimeError as err:
+            row["int8_skipped"] = str(err)[:200]
+        for key in ("robuq_gemm_us", "robuq_layer_us", "bf16_us", "int8_us"):
+            if key in row:
+                row[key.replace("_us", "_tops")] = ops / (row[key] * 1e-6) / 1e12
+        log(
+            f"GEMM {short} {m}x{k}->{n}: "
+            + ", ".join(f"{k2} {v:.1f}" for k2, v in row.items() if k2.endswith("_us"))
+        )
+        rows.append(row)
+    return rows
+
+
+def step_inputs(c: dict, n: int):
+    """x, t, y of a forward at batch n (classes and the null class alternating, as in CFG)."""
+    import numpy as np
+
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal((n, c["in_channels"], c["input_size"], c["input_size"])).astype(np.float32)
+    t = np.full(n, 500, np.int64)
+    y = np.array([207 if i % 2 == 0 else c["num_classes"] for i in range(n)], np.int64)
+    return x, t, y
+
+
+def time_robuq(eng, n: int, warmup: int, repeats: int) -> dict:
+    x, t, y = step_inputs(eng.info["model_config"], n)
+    e = eng._engine
+    res = {}
+    for graphs in (True, False):
+        e.set_graphs(graphs)
+        for _ in range(warmup):
+            eng.forward(x, t, y)
+        ms = [e.time_forward(n, 5) for _ in range(repeats)]
+        res["ms" if graphs else "ms_no_graphs"] = statistics.median(ms)
+    e.set_graphs(True)
+    res["graph_status"] = e.graph_status or "ok"
+    res["parts_ms"] = e.profile_forward(n)
+    return res
+
+
+def torch_model(model: str, seed: int):
+    import torch
+
+    from .worker import random_torch_model
+
+    return random_torch_model(model, seed).to("cuda", torch.bfloat16).eval()
+
+
+def time_torch(m, n: int, warmup: int, repeats: int, compiled: bool) -> dict:
+    import torch
+
     c = m.config
-    x, t, y = sample_inputs(
-        {"in_channels": c.in_channels, "input_size": c.input_size, "num_classes": c.num_classes}
+    x, t, y = step_inputs(
+        {"in_channels": c.in_channels, "input_size": c.input_size, "num_classes": c.num_classes}, n
     )
     xt = torch.from_numpy(x).to("cuda", torch.bfloat16)
     tt, yt = torch.from_numpy(t).cuda(), torch.from_numpy(y).cuda()
-    times = []
+    fn = m
+    t0 = time.time()
+    if compiled:
+        fn = torch.compile(m)
     with torch.inference_mode():
-        for i in range(warmup + repeats):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            m(xt, tt, yt)
-            b.record()
-            torch.cuda.synchronize()
-            if i >= warmup:
-                times.append(a.elapsed_time(b))
-    return {"ms": statistics.median(times), "torch": torch.__version__}
+        ms = median_ms(lambda: fn(xt, tt, yt), warmup, repeats)
+    res = {"ms": ms, "torch": torch.__version__}
+    if compiled:
+        res["compile_and_warmup_s"] = round(time.time() - t0, 1)
+    return res
 
 
-def time_tensorrt(onnx_path: Path, warmup: int, repeats: int) -> dict:
-    """An fp16 TensorRT engine of the ONNX graph (explicit batch 2), timed with execute_async_v3."""
+def time_tensorrt(onnx_path: Path, n: int, warmup: int, repeats: int) -> dict:
+    """An fp16 TensorRT engine of the ONNX graph (explicit batch n), timed with execute_async_v3."""
     try:
         import tensorrt as trt
     except ImportError:
@@ -112,7 +216,7 @@ def time_tensorrt(onnx_path: Path, warmup: int, repeats: int) -> dict:
         inp = network.get_input(i)
         if any(d < 0 for d in inp.shape):
             profile = profile or builder.create_optimization_profile()
-            fixed = tuple(2 if d < 0 else d for d in inp.shape)
+            fixed = tuple(n if d < 0 else d for d in inp.shape)
             profile.set_shape(inp.name, fixed, fixed, fixed)
     if profile is not None:
         config.add_optimization_profile(profile)
@@ -121,29 +225,21 @@ def time_tensorrt(onnx_path: Path, warmup: int, repeats: int) -> dict:
         return {"skipped": "TensorRT failed to build the fp16 engine"}
     engine = trt.Runtime(logger).deserialize_cuda_engine(blob)
     ctx = engine.create_execution_context()
-    buffers = {}
     for i in range(engine.num_io_tensors):
         name = engine.get_tensor_name(i)
-        shape = tuple(2 if d < 0 else d for d in engine.get_tensor_shape(name))
+        shape = tuple(n if d < 0 else d for d in engine.get_tensor_shape(name))
         if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
             ctx.set_input_shape(name, shape)
         dtype = torch.from_numpy(np.zeros(1, trt.nptype(engine.get_tensor_dtype(name)))).dtype
         buf = torch.zeros(shape, dtype=dtype, device="cuda")
         if name == "t":
             buf.fill_(500)
-        buffers[name] = buf
         ctx.set_tensor_address(name, buf.data_ptr())
-    stream = torch.cuda.Stream()
-    times = []
-    for i in range(warmup + repeats):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record(stream)
-        ctx.execute_async_v3(stream.cuda_stream)
-        b.record(stream)
-        stream.synchronize()
-        if i >= warmup:
-            times.append(a.elapsed_time(b))
-    return {"ms": statistics.median(times), "tensorrt": trt.__version__}
+    stream = torch.cuda.current_stream()
+    return {
+        "ms": median_ms(lambda: ctx.execute_async_v3(stream.cuda_stream), warmup, repeats),
+        "tensorrt": trt.__version__,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,43 +248,104 @@ def main(argv: list[str] | None = None) -> int:
     if why is not None:
         print(f"robuq GPU benchmark skipped: no usable CUDA GPU ({why})")
         return 0
+    from robuq.engine import Engine
+
     run = Runner(args.quiet)
     model = model_name(args.model)
+    batches = [int(b) for b in args.batches.split(",") if b.strip()]
+    skip = {p.strip() for p in args.skip.split(",") if p.strip()}
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    res: dict = {"model": model, "bits": args.bits, "rank": args.rank, "batch": 2}
-    res["robuq"] = time_robuq(
-        rq_file(run, workdir, model, args.bits, args.rank, args.seed), args.warmup, args.repeats
-    )
-    try:
-        res["torch_bf16"] = time_torch_bf16(model, args.seed, args.warmup, args.repeats)
-    except ImportError:
-        res["torch_bf16"] = {"skipped": "torch is not installed"}
-    if args.trt:
+    res: dict = {"model": model, "bits": args.bits, "rank": args.rank, "tokens": args.tokens}
+    path = rq_file(run, workdir, model, args.bits, args.rank, args.seed)
+    eng = Engine(path, device="cuda")
+    res["device"] = eng._engine.device_name
+    res["gemm"] = []
+    if "gemm" not in skip:
         try:
-            onnx_path, _ = onnx_files(run, workdir, model, args.seed, need_int8=False)
-            res["tensorrt_fp16"] = time_tensorrt(onnx_path, args.warmup, args.repeats)
-        except Exception as e:  # a missing onnx / a failed export: report, keep the other numbers
-            res["tensorrt_fp16"] = {"skipped": f"{type(e).__name__}: {e}"[:500]}
-    else:
-        res["tensorrt_fp16"] = {"skipped": "--no-trt"}
+            import torch  # noqa: F401
 
-    print(f"{model} {args.bits} rank {args.rank}, one CFG step (batch 2) on {res['robuq']['device']}:")
-    base = res["robuq"]["ms"]
-    for key, label in (
-        ("robuq", "robuq CUDA engine"),
-        ("torch_bf16", "PyTorch bf16 eager"),
-        ("tensorrt_fp16", "TensorRT fp16"),
-    ):
-        r = res[key]
-        if "ms" in r:
-            ratio = "" if key == "robuq" else f"  (robuq {r['ms'] / base:.2f}x faster)"
-            print(f"  {label:<20} {r['ms']:9.3f} ms{ratio}")
-        else:
-            print(f"  {label:<20} skipped: {r['skipped']}")
+            res["gemm"] = gemm_table(eng, args.tokens, args.warmup, args.repeats, args.gemm_variants, run.log)
+        except ImportError:
+            res["gemm_skipped"] = "torch is not installed"
+    res["forward"] = {}
+    tm = None
+    if "forward" not in skip:
+        for n in batches:
+            r = {"robuq": time_robuq(eng, n, args.warmup, args.repeats)}
+            run.log(f"forward batch {n}: robuq {r['robuq']['ms']:.3f} ms")
+            try:
+                tm = tm if tm is not None else torch_model(model, args.seed)
+                r["torch_bf16"] = time_torch(tm, n, args.warmup, args.repeats, False)
+                if args.compile:
+                    r["torch_compile"] = time_torch(tm, n, args.warmup, args.repeats, True)
+            except ImportError:
+                r["torch_bf16"] = {"skipped": "torch is not installed"}
+            if args.trt:
+                try:
+                    onnx_path, _ = onnx_files(run, workdir, model, args.seed, need_int8=False)
+                    r["tensorrt_fp16"] = time_tensorrt(onnx_path, n, args.warmup, args.repeats)
+                except Exception as e:  # a missing onnx / a failed export: report, keep the other numbers
+                    r["tensorrt_fp16"] = {"skipped": f"{type(e).__name__}: {e}"[:500]}
+            res["forward"][str(n)] = r
+
+    print(report_text(res))
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
     return 0
+
+
+def report_text(res: dict) -> str:
+    lines = [f"{res['model']} {res['bits']} rank {res['rank']} on {res['device']}"]
+    if res["gemm"]:
+        lines.append(f"GEMMs at M = {res['tokens']} (us; TOPS):")
+        head = (
+            "layer",
+            "K->N",
+            "robuq gemm",
+            "robuq layer",
+            "cuBLAS bf16",
+            "cuBLAS int8",
+            "x bf16",
+            "x int8",
+        )
+        lines.append("  {:<10} {:<10} {:>15} {:>15} {:>15} {:>15} {:>7} {:>7}".format(*head))
+
+        def cell(r, key):
+            us = r.get(f"{key}_us")
+            return f"{us:7.1f} ({r[f'{key}_tops']:5.0f})" if us is not None else "-"
+
+        for r in res["gemm"]:
+            xi8 = f"{r['int8_us'] / r['robuq_gemm_us']:.2f}" if "int8_us" in r else "-"
+            cells = [cell(r, k) for k in ("robuq_gemm", "robuq_layer", "bf16", "int8")]
+            lines.append(
+                "  {:<10} {:<10} {:>15} {:>15} {:>15} {:>15} {:>7} {:>7}".format(
+                    r["layer"], f"{r['K']}->{r['N']}", *cells, f"{r['bf16_us'] / r['robuq_gemm_us']:.2f}", xi8
+                )
+            )
+            if "variants_us" in r:
+                lines.append(
+                    "    variants (us): " + "  ".join(f"{v}:{t:.1f}" for v, t in r["variants_us"].items())
+                )
+    for n, r in res["forward"].items():
+        rb = r["robuq"]
+        lines.append(f"forward, batch {n}:")
+        lines.append(
+            f"  {'robuq CUDA engine':<22} {rb['ms']:9.3f} ms  (plain launches {rb['ms_no_graphs']:.3f} ms)"
+        )
+        for key, label in (("torch_bf16", "PyTorch bf16 eager"), ("torch_compile", "torch.compile bf16"),
+                           ("tensorrt_fp16", "TensorRT fp16")):  # fmt: skip
+            if key not in r:
+                continue
+            if "ms" in r[key]:
+                lines.append(
+                    f"  {label:<22} {r[key]['ms']:9.3f} ms  (robuq {r[key]['ms'] / rb['ms']:.2f}x faster)"
+                )
+            else:
+                lines.append(f"  {label:<22} skipped: {r[key]['skipped']}")
+        parts = ", ".join(f"{k} {v:.3f}" for k, v in rb["parts_ms"].items())
+        lines.append(f"  robuq parts (ms, one profiled forward): {parts}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,36 @@ TINY_VARIANTS = {
     "latent": (dict(in_channels=4, input_size=8, learn_sigma=False), lambda d: Q.preset(d, 3), 3),
     # no null class (class_dropout_prob 0): no classifier-free guidance
     "nonull": (dict(class_dropout_prob=0.0), lambda d: Q.preset(d, 4), 4),
+    # widths that are multiples of 64 (the CUDA engine's fast ternary GEMM; docs/cuda.md): hidden 128
+    "h128": (dict(hidden_size=128, num_heads=2), lambda d: Q.preset(d, 2, rank=4), 5),
+    # every weight format, Hadamard form and activation width A2..A8 (and float activations) in one model,
+    # hidden 192 (Paley K = 12 full transforms), attention at 6 bits
+    "mix": (dict(hidden_size=192, num_heads=3), lambda d: mixed_config(d), 6),
 }
+
+
+def mixed_config(depth: int) -> Q.QuantConfig:
+    L = Q.LayerQuant
+    per_block = [
+        {
+            "attn.qkv": L("ternary", 2, "gauss", "full", 0, 4),
+            "attn.proj": L("ternary", 3, "minmax", "block", 64, 0),
+            "mlp.fc1": L("int8", 8, "minmax", "none", 0, 0),
+            "mlp.fc2": L("int4", 5, "gauss", "full", 0, 2),
+        },
+        {
+            "attn.qkv": L("ternary", 6, "gauss", "block", 0, 0),
+            "attn.proj": L("int4", 7, "gauss", "none", 0, 0),
+            "mlp.fc1": L("ternary", None, "gauss", "full", 0, 0),
+            "mlp.fc2": L("ternary", 4, "minmax", "full", 0, 3),
+        },
+    ]
+    layers = {}
+    for i in range(depth):
+        for name, lq in per_block[i % 2].items():
+            layers[f"blocks.{i}.{name}"] = lq
+        layers[f"blocks.{i}.adaLN_modulation.1"] = L("int4", 4, "minmax", "none", 0, 0)
+    return Q.QuantConfig(layers=layers, attention_bits=6)
 
 
 @dataclass

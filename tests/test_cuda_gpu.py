@@ -23,7 +23,7 @@ GPU = pytest.mark.skipif(
     not _C.cuda_available(), reason=f"no usable CUDA GPU: {_C.cuda_unavailable_reason()}"
 )
 ASSETS = ["digits-w158a2.rq", "digits-w158a4.rq", "digits-fp.rq"]
-TINY = ["a2", "fp", "latent", "nonull"]
+TINY = ["a2", "fp", "latent", "nonull", "h128", "mix"]
 REL_TOL = 1e-3
 
 
@@ -88,7 +88,7 @@ def test_linears_bit_identical_to_cpu_reference(tiny, reference_tier):
 @pytest.mark.gpu
 @GPU
 @pytest.mark.parametrize("n", [1, 3, 8])
-def test_forward_matches_cpu(tiny, n):
+def test_forward_matches_cpu(tiny, reference_tier, n):
     for path in model_paths(tiny):
         cpu, gpu = Engine(path, threads=2), Engine(path, device="cuda")
         x, t, y = inputs(cpu, n, seed=n)
@@ -98,16 +98,60 @@ def test_forward_matches_cpu(tiny, n):
 
 @pytest.mark.gpu
 @GPU
-@pytest.mark.parametrize(("sampler", "steps", "cfg"), [("ddim", "ddim10", 4.0), ("ddpm", "8", 1.0)])
-def test_sampling_parity(sampler, steps, cfg):
-    path = str(ship.ASSETS_DIR / "digits-w158a2.rq")
+def test_graphs_and_gemm_variants_bit_identical(tiny):
+    """The forward replayed from a CUDA graph equals plain launches bit for bit, and every GEMM kernel variant
+    (the general kernel, each tile shape of the fast ternary kernel) gives the same bits: integer sums are
+    exact and the epilogue is per output."""
+    for name in ("h128", "mix", "a2"):
+        path = tiny(name).rq
+        gpu = Engine(path, device="cuda")
+        x, t, y = inputs(gpu, 5, seed=11)
+        want = gpu.forward(x, t, y)
+        np.testing.assert_array_equal(gpu.forward(x, t, y), want, err_msg=f"{name}: graph replay")
+        gpu._engine.set_graphs(False)
+        np.testing.assert_array_equal(gpu.forward(x, t, y), want, err_msg=f"{name}: without graphs")
+        assert gpu._engine.graph_status == ""
+        try:
+            for v in range(1, 8):
+                _C.cuda_set_gemm_variant(v)
+                np.testing.assert_array_equal(gpu.forward(x, t, y), want, err_msg=f"{name}: variant {v}")
+        finally:
+            _C.cuda_set_gemm_variant(0)
+
+
+def psnr(a, b, peak=2.0) -> float:
+    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(peak**2 / mse)
+
+
+@pytest.mark.gpu
+@GPU
+@pytest.mark.parametrize(
+    ("model", "sampler", "steps", "cfg", "mode"),
+    [
+        ("digits-w158a2", "ddim", "ddim10", 4.0, None),
+        ("digits-w158a2", "ddpm", "8", 1.0, None),
+        ("latent", "ddpm", "6", 4.0, "dit"),
+        ("latent", "ddim", "ddim6", 3.0, "all"),
+    ],
+)
+def test_sampling_parity(tiny, reference_tier, model, sampler, steps, cfg, mode):
+    """GPU samples against the CPU reference tier's. Samplings are reproducible per tier, not across tiers
+    or devices (docs/reliability.md): a quantizer code that flips on one side changes the rest of the
+    trajectory a little, and the GPU's exp differs from glibc's by a few ulp. So the bound is the CPU
+    engine's own parity bound against the PyTorch reference sampler (PSNR >= 40 dB on x0 in [-1, 1]), and
+    as images at most 1 % of the pixels may differ, by at most 2 levels of 255."""
+    path = str(ship.ASSETS_DIR / f"{model}.rq") if model.startswith("digits") else tiny(model).rq
     cpu, gpu = Engine(path, threads=2), Engine(path, device="cuda")
     kw = dict(steps=steps, cfg_scale=cfg, seed=3, sampler=sampler, output="latent")
+    if mode is not None:
+        kw["cfg_mode"] = mode
     a, b = gpu.sample([1, 4, 7], **kw), cpu.sample([1, 4, 7], **kw)
-    err = rel_err(a, b)
-    assert err <= REL_TOL, f"x0 relative error {err:.2e}"
-    # as images: the same pixels except where a value lies within the error of a rounding boundary
-    assert np.abs(to_uint8(a).astype(np.int16) - to_uint8(b).astype(np.int16)).max() <= 1
+    assert np.isfinite(a).all()
+    assert psnr(a, b) >= 40, f"x0 PSNR {psnr(a, b):.1f} dB"
+    if a.shape[1] in (1, 3):
+        d = np.abs(to_uint8(a).astype(np.int16) - to_uint8(b).astype(np.int16))
+        assert d.max() <= 2 and (d > 0).mean() <= 0.01, f"max {d.max()}, share {(d > 0).mean():.4f}"
 
 
 @pytest.mark.gpu

@@ -142,6 +142,24 @@ def test_gemm_fragments_exact(fmt, t, n_in, out):
     np.testing.assert_array_equal(got.astype(np.int64), want)
 
 
+@pytest.mark.parametrize(("t", "n_in", "out"), [(1, 64, 8), (37, 128, 13), (16, 1152, 24), (50, 4608, 9)])
+def test_gemm_fast_fragments_exact(t, n_in, out):
+    """The fast ternary GEMM (qgemm_fast_kernel): codes in the interleave16 layout, one 16-byte activation
+    load and one 4-byte weight load per lane and 64-code step, unsigned weight codes with the row sum
+    subtracted: exactly the integer matmul, row and column tails included, for 8-bit codes (the full u8 range)."""
+    rng = np.random.default_rng(t * 11 + n_in)
+    codes = rng.integers(0, 256, size=(t, n_in)).astype(np.uint8)
+    w = random_codes(rng, out, n_in, "ternary")
+    got = H.gemm_fast(codes, pack_codes(w, "ternary"), n_in)
+    want = codes.astype(np.int64) @ w.astype(np.int64).T
+    np.testing.assert_array_equal(got.astype(np.int64), want)
+
+
+def test_gemm_fast_refuses_other_widths():
+    with pytest.raises(ValueError, match="% 64"):
+        H.gemm_fast(np.zeros((2, 96), np.uint8), np.zeros((3, 24), np.uint8), 96)
+
+
 # ------------------------------------------------------------------------------- the whole layer
 LAYER_CASES = [
     # fmt, n_in, out, act_bits, clip, hadamard, block, rank

@@ -63,6 +63,8 @@ std::string cuda_device_name(int device) {
          std::to_string(p.totalGlobalMem >> 20) + " MiB)";
 }
 
+void cuda_set_gemm_variant(int v) { cuda::set_gemm_variant(v); }
+
 namespace {
 
 // Device memory owned by one object.
@@ -132,9 +134,11 @@ struct Scratch {
   int64_t rows = 0;
   DevBuf<uint8_t> codes;
   DevBuf<float> sx, zx, rot, u;
+  DevBuf<int32_t> rowsum;
   void ensure(int64_t r, int64_t max_in, int64_t max_rank) {
     if (r <= rows) return;
     codes.alloc(static_cast<size_t>(r * cuda::codes_ld(max_in)));
+    rowsum.alloc(static_cast<size_t>(r));
     sx.alloc(static_cast<size_t>(r));
     zx.alloc(static_cast<size_t>(r));
     rot.alloc(static_cast<size_t>(r * max_in));
@@ -173,6 +177,7 @@ struct CudaEngine::Impl {
   std::vector<float> host_tfreq;
 
   ~Impl() {
+    drop_graph();
     if (stream != nullptr) cudaStreamDestroy(stream);
   }
 
@@ -184,6 +189,7 @@ struct CudaEngine::Impl {
 
   void ensure_workspace(int64_t N) {
     if (ws_n == N) return;
+    drop_graph();
     const ModelConfig& m = spec.model;
     const int64_t T = m.num_patches(), D = m.hidden_size, NT = N * T;
     auto z = [](int64_t v) { return static_cast<size_t>(v); };
@@ -255,15 +261,41 @@ struct CudaEngine::Impl {
       a.rotated = s.rot.get();
       rot = s.rot.get();
     }
+    const bool fast = L.act_bits > 0 && cuda::qgemm_fast_applies(L.format, L.in);
+    if (fast) {
+      a.interleave = 1;
+      a.rowsum = s.rowsum.get();
+    }
     if (L.act_bits > 0 || a.rotated != nullptr) cuda::hadamard_quantize(a, stream);
+    mark(Part::Quantize);
     if (L.rank > 0) {
       cuda::rowdot_f32(rot, T, L.in, L.down.get(), L.rank, s.u.get(), stream);
       e.u = s.u.get();
+      mark(Part::LowRank);
     }
-    if (L.act_bits > 0)
+    if (fast)
+      cuda::qgemm_ternary_fast(s.codes.get(), s.rowsum.get(), T, L.in, L.packed.get(), L.pc, L.out, s.sx.get(),
+                               s.zx.get(), e, y, stream);
+    else if (L.act_bits > 0)
       cuda::qgemm(L.format, s.codes.get(), T, L.in, L.packed.get(), L.pc, L.out, s.sx.get(), s.zx.get(), e, y, stream);
     else
       cuda::qlinear_float_act(L.format, rot, T, L.in, L.packed.get(), L.pc, L.out, e, y, stream);
+    mark(T > 64 ? Part::Gemm : Part::SmallGemm);
+  }
+
+  // ---- per-part timing (CudaEngine::profile_forward): an event after each launch, when enabled
+  enum class Part { Quantize, LowRank, Gemm, SmallGemm, Attention, Norm, Other, Count };
+  struct Mark {
+    cudaEvent_t ev;
+    Part part;
+  };
+  std::vector<Mark>* marks = nullptr;
+  void mark(Part p) {
+    if (marks == nullptr) return;
+    cudaEvent_t ev;
+    check(cudaEventCreate(&ev), "cudaEventCreate");
+    check(cudaEventRecord(ev, stream), "cudaEventRecord");
+    marks->push_back({ev, p});
   }
 
   // The forward of engine/dit.cpp on the workspace: xin, tfreq, labels -> out (batch N).
@@ -275,21 +307,27 @@ struct CudaEngine::Impl {
     pe.bias = patch_b.get();
     cuda::linear_f32(patches.get(), NT, m.patch_features(), patch_w.get(), D, pe, x.get(), stream);
     cuda::add_pos_embed(x.get(), pos.get(), NT, T, D, stream);
+    mark(Part::Other);
     run_linear(*t_fc1, tfreq.get(), N, temb_h.get(), scratch);
     cuda::silu_inplace(temb_h.get(), N * D, stream);
+    mark(Part::Other);
     run_linear(*t_fc2, temb_h.get(), N, temb.get(), scratch);
     cuda::label_embed_silu(temb.get(), table.get(), labels.get(), N, D, c.get(), silu_c.get(), stream);
+    mark(Part::Other);
 
     const int64_t st = 6 * D;
     for (const Block& b : blocks) {
       run_linear(*b.ada, silu_c.get(), N, mod.get(), scratch);
       const float* md = mod.get();
       cuda::layernorm_modulate(x.get(), N, T, D, md + 0 * D, md + 1 * D, st, h.get(), stream);
+      mark(Part::Norm);
       run_linear(*b.qkv, h.get(), NT, qkv.get(), scratch);
       cuda::attention(qkv.get(), N, T, m.num_heads, m.head_dim(), spec.attention_bits, att.get(), attwork.get(),
                       stream);
+      mark(Part::Attention);
       run_linear(*b.proj, att.get(), NT, x.get(), scratch, false, md + 2 * D, st, T);  // x += gate_msa * proj
       cuda::layernorm_modulate(x.get(), N, T, D, md + 3 * D, md + 4 * D, st, h.get(), stream);
+      mark(Part::Norm);
       run_linear(*b.fc1, h.get(), NT, mlp.get(), scratch, true);  // GELU fused
       run_linear(*b.fc2, mlp.get(), NT, x.get(), scratch, false, md + 5 * D, st, T);  // x += gate_mlp * fc2
     }
@@ -297,7 +335,55 @@ struct CudaEngine::Impl {
     cuda::layernorm_modulate(x.get(), N, T, D, mod.get(), mod.get() + D, 2 * D, h.get(), stream);
     run_linear(*final_linear, h.get(), NT, feats.get(), scratch);
     cuda::unpatchify(feats.get(), N, m.grid_size(), p, m.out_channels(), out.get(), stream);
+    mark(Part::Other);
   }
+
+  // ---- CUDA graph of device_forward(N) (docs/cuda.md): captured once per workspace, replayed per call; the
+  // kernels read the workspace's fixed buffers, inputs are copied in before the launch. Capture problems
+  // (an old driver, say) fall back to plain launches for good.
+  cudaGraphExec_t graph_exec = nullptr;
+  int64_t graph_n = -1;
+  bool graphs_ok = true;
+  void drop_graph() {
+    if (graph_exec != nullptr) cudaGraphExecDestroy(graph_exec);
+    graph_exec = nullptr;
+    graph_n = -1;
+  }
+  void run_forward(int64_t N) {
+    if (use_graphs && graphs_ok && graph_n != N) {
+      drop_graph();
+      cudaGraph_t g = nullptr;
+      cudaError_t err = cudaStreamBeginCapture(stream, cudaStreamCaptureModeRelaxed);
+      if (err == cudaSuccess) {
+        try {
+          device_forward(N);
+        } catch (...) {
+          cudaStreamEndCapture(stream, &g);
+          if (g != nullptr) cudaGraphDestroy(g);
+          cudaGetLastError();
+          throw;
+        }
+        err = cudaStreamEndCapture(stream, &g);
+      }
+      if (err == cudaSuccess) err = cudaGraphInstantiate(&graph_exec, g, 0);
+      if (g != nullptr) cudaGraphDestroy(g);
+      if (err == cudaSuccess) {
+        graph_n = N;
+      } else {
+        cudaGetLastError();
+        graph_exec = nullptr;
+        graphs_ok = false;
+        graph_fallback_reason = cudaGetErrorString(err);
+      }
+    }
+    if (graphs_ok && graph_exec != nullptr && use_graphs) {
+      check(cudaGraphLaunch(graph_exec, stream), "cudaGraphLaunch");
+    } else {
+      device_forward(N);
+    }
+  }
+  bool use_graphs = true;
+  std::string graph_fallback_reason;
 
   void check_labels(const int64_t* y, int64_t N) const {
     for (int64_t n = 0; n < N; ++n)
@@ -437,7 +523,7 @@ void CudaEngine::forward(const float* x, int64_t N, const int64_t* t, const int6
   check(cudaSetDevice(m.device), "cudaSetDevice");
   m.ensure_workspace(N);
   m.load_inputs(x, cudaMemcpyHostToDevice, N, false, t, y, N);
-  m.device_forward(N);
+  m.run_forward(N);
   const ModelConfig& c = m.spec.model;
   m.download(out, m.out.get(), static_cast<size_t>(N * c.out_channels() * c.input_size * c.input_size));
 }
@@ -519,7 +605,7 @@ void CudaEngine::sample(const int64_t* classes, int64_t n, const SampleParams& p
       m.ensure_workspace(B);  // a forward of another batch size in between may have resized it
       std::fill(tb.begin(), tb.end(), plan.sched.timestep_map[t]);
       m.load_inputs(x.get(), cudaMemcpyDeviceToDevice, n, cfg, tb.data(), plan.labels.data(), B);
-      m.device_forward(B);
+      m.run_forward(B);
       const float* res = m.out.get();
       if (cfg) {
         cuda::cfg_combine(m.out.get(), n, cout * HW, guided, static_cast<float>(p.cfg_scale), m.cfg_out.get(),
@@ -551,9 +637,107 @@ double CudaEngine::time_forward(int64_t N, int iters) {
     ~Event() { cudaEventDestroy(e); }
   } a, b;
   check(cudaEventRecord(a.e, m.stream), "cudaEventRecord");
-  for (int i = 0; i < iters; ++i) m.device_forward(N);
+  m.run_forward(N);  // capture (when graphs are on) outside the timed region
+  check(cudaEventRecord(a.e, m.stream), "cudaEventRecord");
+  for (int i = 0; i < iters; ++i) m.run_forward(N);
   check(cudaEventRecord(b.e, m.stream), "cudaEventRecord");
   check(cudaEventSynchronize(b.e), "forward");
+  float ms = 0.0f;
+  check(cudaEventElapsedTime(&ms, a.e, b.e), "cudaEventElapsedTime");
+  return static_cast<double>(ms) / iters;
+}
+
+void CudaEngine::set_graphs(bool on) {
+  Impl& m = *impl_;
+  std::lock_guard<std::mutex> lock(m.mutex);
+  m.use_graphs = on;
+  if (!on) m.drop_graph();
+}
+
+std::string CudaEngine::graph_status() const {
+  const Impl& m = *impl_;
+  return m.graphs_ok ? std::string() : m.graph_fallback_reason;
+}
+
+std::vector<std::pair<std::string, double>> CudaEngine::profile_forward(int64_t N) {
+  Impl& m = *impl_;
+  std::lock_guard<std::mutex> lock(m.mutex);
+  if (m.ws_n != N) throw std::invalid_argument("profile_forward: run forward() on a batch of this size first");
+  check(cudaSetDevice(m.device), "cudaSetDevice");
+  std::vector<Impl::Mark> marks;
+  cudaEvent_t start;
+  check(cudaEventCreate(&start), "cudaEventCreate");
+  check(cudaEventRecord(start, m.stream), "cudaEventRecord");
+  m.marks = &marks;
+  try {
+    m.device_forward(N);
+  } catch (...) {
+    m.marks = nullptr;
+    for (auto& k : marks) cudaEventDestroy(k.ev);
+    cudaEventDestroy(start);
+    throw;
+  }
+  m.marks = nullptr;
+  check(cudaStreamSynchronize(m.stream), "profile_forward");
+  static const char* names[] = {"quantize", "lowrank", "gemm", "small_gemm", "attention", "norm", "other"};
+  double sums[static_cast<int>(Impl::Part::Count)] = {};
+  cudaEvent_t prev = start;
+  for (const auto& k : marks) {
+    float ms = 0.0f;
+    check(cudaEventElapsedTime(&ms, prev, k.ev), "cudaEventElapsedTime");
+    sums[static_cast<int>(k.part)] += ms;
+    prev = k.ev;
+  }
+  for (auto& k : marks) cudaEventDestroy(k.ev);
+  cudaEventDestroy(start);
+  std::vector<std::pair<std::string, double>> res;
+  for (int i = 0; i < static_cast<int>(Impl::Part::Count); ++i) res.emplace_back(names[i], sums[i]);
+  return res;
+}
+
+double CudaEngine::time_linear(const std::string& name, int64_t T, int iters, bool gemm_only) {
+  Impl& m = *impl_;
+  std::lock_guard<std::mutex> lock(m.mutex);
+  DevLinear& L = *m.find(name);
+  if (T < 1 || iters < 1) throw std::invalid_argument("time_linear: T and iters must be >= 1");
+  check(cudaSetDevice(m.device), "cudaSetDevice");
+  std::vector<float> host(static_cast<size_t>(T * L.in));
+  uint64_t st = 0x9e3779b97f4a7c15ull;
+  for (float& v : host) {  // a fixed pseudo-random input (xorshift), roughly unit scale
+    st ^= st << 13;
+    st ^= st >> 7;
+    st ^= st << 17;
+    v = static_cast<float>(static_cast<int64_t>(st >> 40) - (int64_t{1} << 23)) / static_cast<float>(1 << 22);
+  }
+  DevBuf<float> xd, yd;
+  xd.upload(host.data(), host.size());
+  yd.alloc(static_cast<size_t>(T * L.out));
+  Scratch s;
+  m.run_linear(L, xd.get(), T, yd.get(), s);  // warm-up; leaves the codes for gemm_only
+  const bool fast = L.quant && L.act_bits > 0 && cuda::qgemm_fast_applies(L.format, L.in);
+  if (gemm_only && !(L.quant && L.act_bits > 0)) throw std::invalid_argument("gemm_only needs a layer with quantized activations");
+  struct Event {
+    cudaEvent_t e = nullptr;
+    Event() { check(cudaEventCreate(&e), "cudaEventCreate"); }
+    ~Event() { cudaEventDestroy(e); }
+  } a, b;
+  cuda::Epilogue e;
+  e.bias = L.bias.get();
+  e.wscale = L.wscale.get();
+  e.wsum = L.wsum.get();
+  check(cudaEventRecord(a.e, m.stream), "cudaEventRecord");
+  for (int i = 0; i < iters; ++i) {
+    if (!gemm_only)
+      m.run_linear(L, xd.get(), T, yd.get(), s);
+    else if (fast)
+      cuda::qgemm_ternary_fast(s.codes.get(), s.rowsum.get(), T, L.in, L.packed.get(), L.pc, L.out, s.sx.get(),
+                               s.zx.get(), e, yd.get(), m.stream);
+    else
+      cuda::qgemm(L.format, s.codes.get(), T, L.in, L.packed.get(), L.pc, L.out, s.sx.get(), s.zx.get(), e, yd.get(),
+                  m.stream);
+  }
+  check(cudaEventRecord(b.e, m.stream), "cudaEventRecord");
+  check(cudaEventSynchronize(b.e), "time_linear");
   float ms = 0.0f;
   check(cudaEventElapsedTime(&ms, a.e, b.e), "cudaEventElapsedTime");
   return static_cast<double>(ms) / iters;

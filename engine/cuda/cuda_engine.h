@@ -11,6 +11,8 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "diffusion.h"
 #include "engine.h"
@@ -23,6 +25,8 @@ bool cuda_compiled();
 bool cuda_device_available(std::string* reason);
 // "name (sm_XY, N MiB)" of a device, for messages and the benchmark.
 std::string cuda_device_name(int device);
+// The GEMM kernel choice of kernels/cuda (cuda::set_gemm_variant), for measurements.
+void cuda_set_gemm_variant(int v);
 
 class CudaEngine {
  public:
@@ -49,6 +53,16 @@ class CudaEngine {
   // Waits for the device and returns the milliseconds of `iters` forward calls on a batch already
   // uploaded by a previous forward (the benchmark's timing, CUDA events around the device work only).
   double time_forward(int64_t N, int iters);
+  // CUDA graphs for the forward (default on): each batch size's forward is captured once and replayed.
+  void set_graphs(bool on);
+  // "" when graphs work, else why capture fell back to plain launches.
+  std::string graph_status() const;
+  // One forward (batch N, inputs from the previous forward) with an event after every launch, without graphs:
+  // milliseconds per part (quantize, lowrank, gemm, small_gemm, attention, norm, other).
+  std::vector<std::pair<std::string, double>> profile_forward(int64_t N);
+  // Milliseconds per call of layer `name` on T random rows already on the device (iters calls after a warm-up):
+  // the fused Hadamard + quantize, low-rank and GEMM passes; gemm_only: the GEMM kernel alone.
+  double time_linear(const std::string& name, int64_t T, int iters, bool gemm_only);
 
  private:
   struct Impl;

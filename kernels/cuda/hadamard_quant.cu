@@ -33,6 +33,7 @@ __device__ __forceinline__ float warp_max(float v) {
 __global__ void __launch_bounds__(kThreads) hadamard_quantize_kernel(HadamardQuantArgs a) {
   extern __shared__ float smem[];
   __shared__ float red_min[kThreads / 32], red_max[kThreads / 32];
+  __shared__ int red_sum[kThreads / 32];
   __shared__ double lanes[hd::kLanes];
   __shared__ hd::QuantParams qp;
 
@@ -113,7 +114,22 @@ __global__ void __launch_bounds__(kThreads) hadamard_quantize_kernel(HadamardQua
   const hd::QuantParams p = qp;
   const int ld = static_cast<int>(codes_ld(a.n));
   uint8_t* codes = a.codes + t * ld;
-  for (int i = tid; i < ld; i += kThreads) codes[i] = i < n ? static_cast<uint8_t>(hd::quant_code(row[i], p)) : 0;
+  int sum = 0;
+  for (int i = tid; i < ld; i += kThreads) {
+    const int c = i < n ? hd::quant_code(row[i], p) : 0;
+    sum += c;
+    codes[a.interleave ? hd::interleave16(i) : i] = static_cast<uint8_t>(c);
+  }
+  if (a.rowsum != nullptr) {  // exact integer sum, any order
+    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    if ((tid & 31) == 0) red_sum[tid >> 5] = sum;
+    __syncthreads();
+    if (tid == 0) {
+      int total = 0;
+      for (int w = 0; w < kThreads / 32; ++w) total += red_sum[w];
+      a.rowsum[t] = total;
+    }
+  }
   if (tid == 0) {
     a.scale[t] = p.scale;
     a.zero[t] = p.zero;

@@ -5,6 +5,12 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include <map>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <utility>
+
 namespace robuq {
 namespace cuda {
 
@@ -14,19 +20,36 @@ void check(cudaError_t err, const char* what);
 // A block may use 48 KB of shared memory, static and dynamic together, unless the kernel opts in to more.
 // Opt in when the kernel's static shared memory plus `dynamic` bytes exceed that (comparing `dynamic` alone
 // would miss a dynamic size of exactly 48 KB next to a few static bytes).
+// The device's limit is checked first (a clear error instead of a failed launch). Sizes already granted on a
+// device are remembered, so the steady state makes no attribute calls (once per kernel, not per launch).
 template <class Kernel>
 void allow_dynamic_smem(Kernel kernel, size_t dynamic, const char* what) {
+  static std::mutex mu;
+  static std::map<std::pair<int, const void*>, size_t> granted;  // (device, kernel) -> largest size checked
+  int dev = 0;
+  check(cudaGetDevice(&dev), what);
+  const std::pair<int, const void*> key(dev, reinterpret_cast<const void*>(kernel));
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = granted.find(key);
+  if (it != granted.end() && it->second >= dynamic) return;
   cudaFuncAttributes attr{};
   check(cudaFuncGetAttributes(&attr, kernel), what);
+  int optin = 0;
+  check(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev), what);
+  if (attr.sharedSizeBytes + dynamic > static_cast<size_t>(optin))
+    throw std::invalid_argument(std::string(what) + ": needs " + std::to_string(attr.sharedSizeBytes + dynamic) +
+                                " bytes of shared memory per block, the device allows " + std::to_string(optin));
   if (attr.sharedSizeBytes + dynamic > 48 * 1024)
     check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(dynamic)),
           what);
+  granted[key] = dynamic;
 }
 
-// Activation codes of a quantized layer are stored with rows of ld bytes, ld = in rounded up to the GEMM's
-// k tile (32); columns in .. ld - 1 hold code 0.
+// Activation codes of a quantized layer are stored with rows of ld bytes, ld = in rounded up to 64 (the fast
+// ternary GEMM's k step; the general GEMM steps by kKTile = 32); columns in .. ld - 1 hold code 0.
 constexpr int kKTile = 32;
-__host__ __device__ inline int64_t codes_ld(int64_t in) { return (in + kKTile - 1) / kKTile * kKTile; }
+constexpr int kCodesAlign = 64;
+__host__ __device__ inline int64_t codes_ld(int64_t in) { return (in + kCodesAlign - 1) / kCodesAlign * kCodesAlign; }
 
 // --------------------------------------------------------------------- fused Hadamard + quantize
 struct HadamardQuantArgs {
@@ -42,6 +65,8 @@ struct HadamardQuantArgs {
   float* scale = nullptr;        // [T]
   float* zero = nullptr;         // [T]
   float* rotated = nullptr;      // [T, n] or null
+  int interleave = 0;            // 1: code k stored at hd::interleave16(k) (the fast ternary GEMM's layout)
+  int32_t* rowsum = nullptr;     // [T] sum of each row's codes, or null
 };
 // Largest row width the fused kernel takes (the row and its K-mix scratch live in shared memory).
 constexpr int64_t kMaxHadamardWidth = 12288;
@@ -69,6 +94,18 @@ struct Epilogue {
 void qgemm(int format, const uint8_t* codes, int64_t T, int64_t in, const uint8_t* packed, int64_t pc,
            int64_t out, const float* scale_x, const float* zero_x, const Epilogue& e, float* y,
            cudaStream_t stream);
+
+// The ternary fast path (docs/cuda.md): weights ternary, in % 64 == 0, codes written by hadamard_quantize
+// with interleave = 1 and their row sums. qgemm_fast_applies says whether qgemm_ternary_fast takes a layer
+// (so the engine knows which code layout to ask for).
+bool qgemm_fast_applies(int format, int64_t in);
+void qgemm_ternary_fast(const uint8_t* codes, const int32_t* rowsum, int64_t T, int64_t in, const uint8_t* packed,
+                        int64_t pc, int64_t out, const float* scale_x, const float* zero_x, const Epilogue& e,
+                        float* y, cudaStream_t stream);
+// GEMM kernel choice, for measurements (python -m robuq.bench.gpu --gemm-variants): 0 automatic (default),
+// 1 the general kernel for every layer, 2.. a fixed tile shape of the fast kernel (see qgemm.cu). Process-wide.
+void set_gemm_variant(int v);
+int gemm_variant();
 
 // Float activations with quantized weights: y = s[r] * sum_k xr[t, k] code[r, k] (k ascending) + epilogue.
 void qlinear_float_act(int format, const float* xr, int64_t T, int64_t in, const uint8_t* packed, int64_t pc,

@@ -115,6 +115,101 @@ __global__ void __launch_bounds__(kWarps * 32)
       }
 }
 
+// The ternary fast path (robuq_hd.h, "the ternary fast path"; docs/cuda.md): k in steps of 64; per step a lane
+// makes one 16-byte load per activation row and one 4-byte load per weight row, both from the rows it owns
+// (rows past T and outputs past `out` are clamped to the last one and never stored), and the next step's
+// loads are issued before this step's mma. Warps tile WARPS_M x WARPS_N, each WM x WN mma tiles of 16 x 8.
+template <int WM, int WN, int WARPS_M, int WARPS_N>
+__global__ void __launch_bounds__(WARPS_M* WARPS_N * 32)
+    qgemm_fast_kernel(const uint8_t* __restrict__ codes, const int32_t* __restrict__ rowsum, int T, int ld,
+                      const uint8_t* __restrict__ packed, int pc, int out, const float* __restrict__ scale_x,
+                      const float* __restrict__ zero_x, Epilogue e, float* y) {
+  constexpr int BM = WARPS_M * WM * 16, BN = WARPS_N * WN * 8;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, q = lane & 3;
+  const int row0 = blockIdx.y * BM + (warp / WARPS_N) * WM * 16;
+  const int col0 = blockIdx.x * BN + (warp % WARPS_N) * WN * 8;
+
+  const uint4* ap[WM][2];
+#pragma unroll
+  for (int mi = 0; mi < WM; ++mi)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int r = min(row0 + mi * 16 + g + 8 * h, T - 1);
+      ap[mi][h] = reinterpret_cast<const uint4*>(codes + static_cast<int64_t>(r) * ld) + q;
+    }
+  const uint32_t* bp[WN];
+#pragma unroll
+  for (int ni = 0; ni < WN; ++ni) {
+    const int c = min(col0 + ni * 8 + g, out - 1);
+    bp[ni] = reinterpret_cast<const uint32_t*>(packed + static_cast<int64_t>(c) * pc) + q;
+  }
+
+  int32_t acc[WM][WN][4];
+#pragma unroll
+  for (int mi = 0; mi < WM; ++mi)
+#pragma unroll
+    for (int ni = 0; ni < WN; ++ni)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[mi][ni][i] = 0;
+
+  uint4 a_cur[WM][2], a_nxt[WM][2];
+  uint32_t b_cur[WN], b_nxt[WN];
+#pragma unroll
+  for (int mi = 0; mi < WM; ++mi)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) a_cur[mi][h] = __ldg(ap[mi][h]);
+#pragma unroll
+  for (int ni = 0; ni < WN; ++ni) b_cur[ni] = __ldg(bp[ni]);
+
+  const int steps = ld / 64;
+  for (int st = 0; st < steps; ++st) {
+    const int nx = st + 1 < steps ? st + 1 : st;  // the last step reloads itself (in bounds, unused)
+#pragma unroll
+    for (int mi = 0; mi < WM; ++mi)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) a_nxt[mi][h] = __ldg(ap[mi][h] + 4 * nx);
+#pragma unroll
+    for (int ni = 0; ni < WN; ++ni) b_nxt[ni] = __ldg(bp[ni] + 4 * nx);
+#pragma unroll
+    for (int m = 0; m < 2; ++m) {
+      uint32_t a[WM][4], b[WN][2];
+#pragma unroll
+      for (int mi = 0; mi < WM; ++mi) {
+        const uint32_t lo[4] = {a_cur[mi][0].x, a_cur[mi][0].y, a_cur[mi][0].z, a_cur[mi][0].w};
+        const uint32_t hi[4] = {a_cur[mi][1].x, a_cur[mi][1].y, a_cur[mi][1].z, a_cur[mi][1].w};
+        hd::fast_a_frag(lo, hi, m, a[mi]);
+      }
+#pragma unroll
+      for (int ni = 0; ni < WN; ++ni) hd::fast_b_frag(b_cur[ni], m, b[ni]);
+#pragma unroll
+      for (int mi = 0; mi < WM; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < WN; ++ni) mma_u8s8(acc[mi][ni], a[mi], b[ni]);
+    }
+#pragma unroll
+    for (int mi = 0; mi < WM; ++mi)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) a_cur[mi][h] = a_nxt[mi][h];
+#pragma unroll
+    for (int ni = 0; ni < WN; ++ni) b_cur[ni] = b_nxt[ni];
+  }
+
+#pragma unroll
+  for (int mi = 0; mi < WM; ++mi)
+#pragma unroll
+    for (int ni = 0; ni < WN; ++ni)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int t = row0 + mi * 16 + hd::frag_c_row(lane, i);
+        const int r = col0 + ni * 8 + hd::frag_c_col(lane, i);
+        if (t < T && r < out) {
+          const float v = hd::epilogue_quant(acc[mi][ni][i] - rowsum[t], scale_x[t], zero_x[t], e.wscale[r], e.wsum[r]);
+          finish(e, t, r, out, v, y);
+        }
+      }
+}
+
 // One thread per output: x row t (broadcast across the block's threads), weight row r.
 constexpr int kRowThreads = 128;
 
@@ -168,6 +263,8 @@ void qgemm(int format, const uint8_t* codes, int64_t T, int64_t in, const uint8_
   const int64_t ld = codes_ld(in);
   check_int_range(T * ld, "T * ld");
   check_int_range(out * pc, "out * packed_cols");
+  if ((T + kBlockM - 1) / kBlockM > 65535)
+    throw std::invalid_argument("qgemm: T = " + std::to_string(T) + " exceeds the grid limit (65535 * 64 rows)");
   const dim3 grid(static_cast<unsigned>((out + kBlockN - 1) / kBlockN), static_cast<unsigned>((T + kBlockM - 1) / kBlockM));
   const int Ti = static_cast<int>(T), ini = static_cast<int>(in), ldi = static_cast<int>(ld), pci = static_cast<int>(pc),
             oi = static_cast<int>(out);
@@ -178,6 +275,52 @@ void qgemm(int format, const uint8_t* codes, int64_t T, int64_t in, const uint8_
     default: throw std::invalid_argument("qgemm: unknown weight format " + std::to_string(format));
   }
   check(cudaGetLastError(), "qgemm launch");
+}
+
+namespace {
+int g_gemm_variant = 0;
+
+template <int WM, int WN, int WARPS_M, int WARPS_N>
+void launch_fast(const uint8_t* codes, const int32_t* rowsum, int64_t T, int64_t ld, const uint8_t* packed,
+                 int64_t pc, int64_t out, const float* scale_x, const float* zero_x, const Epilogue& e, float* y,
+                 cudaStream_t stream) {
+  constexpr int BM = WARPS_M * WM * 16, BN = WARPS_N * WN * 8;
+  const int64_t gy = (T + BM - 1) / BM;
+  if (gy > 65535) throw std::invalid_argument("qgemm: T = " + std::to_string(T) + " exceeds the grid limit");
+  const dim3 grid(static_cast<unsigned>((out + BN - 1) / BN), static_cast<unsigned>(gy));
+  qgemm_fast_kernel<WM, WN, WARPS_M, WARPS_N><<<grid, WARPS_M * WARPS_N * 32, 0, stream>>>(
+      codes, rowsum, static_cast<int>(T), static_cast<int>(ld), packed, static_cast<int>(pc), static_cast<int>(out),
+      scale_x, zero_x, e, y);
+}
+}  // namespace
+
+void set_gemm_variant(int v) {
+  if (v < 0 || v > 7) throw std::invalid_argument("GEMM variant must be 0..7");
+  g_gemm_variant = v;
+}
+int gemm_variant() { return g_gemm_variant; }
+
+bool qgemm_fast_applies(int format, int64_t in) { return format == 0 && in % 64 == 0 && g_gemm_variant != 1; }
+
+void qgemm_ternary_fast(const uint8_t* codes, const int32_t* rowsum, int64_t T, int64_t in, const uint8_t* packed,
+                        int64_t pc, int64_t out, const float* scale_x, const float* zero_x, const Epilogue& e,
+                        float* y, cudaStream_t stream) {
+  if (T == 0 || out == 0) return;
+  if (in % 64 != 0 || pc * 4 != in) throw std::invalid_argument("qgemm_ternary_fast: in must be a multiple of 64");
+  const int64_t ld = codes_ld(in);
+  check_int_range(T * ld, "T * ld");
+  check_int_range(out * pc, "out * packed_cols");
+  switch (g_gemm_variant) {
+    case 0:
+    case 2: launch_fast<2, 4, 2, 2>(codes, rowsum, T, ld, packed, pc, out, scale_x, zero_x, e, y, stream); break;
+    case 3: launch_fast<2, 4, 4, 2>(codes, rowsum, T, ld, packed, pc, out, scale_x, zero_x, e, y, stream); break;
+    case 4: launch_fast<2, 4, 1, 2>(codes, rowsum, T, ld, packed, pc, out, scale_x, zero_x, e, y, stream); break;
+    case 5: launch_fast<2, 2, 2, 2>(codes, rowsum, T, ld, packed, pc, out, scale_x, zero_x, e, y, stream); break;
+    case 6: launch_fast<4, 4, 2, 2>(codes, rowsum, T, ld, packed, pc, out, scale_x, zero_x, e, y, stream); break;
+    case 7: launch_fast<1, 4, 2, 2>(codes, rowsum, T, ld, packed, pc, out, scale_x, zero_x, e, y, stream); break;
+    default: throw std::invalid_argument("qgemm_ternary_fast: variant " + std::to_string(g_gemm_variant));
+  }
+  check(cudaGetLastError(), "qgemm_ternary_fast launch");
 }
 
 void qlinear_float_act(int format, const float* xr, int64_t T, int64_t in, const uint8_t* packed, int64_t pc,

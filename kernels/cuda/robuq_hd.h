@@ -327,5 +327,30 @@ ROBUQ_HD uint32_t load_b_reg(int format, const uint8_t* row_bytes, int64_t in, i
   return w;
 }
 
+
+// ------------------------------------------------------- the ternary fast path (docs/cuda.md, "GEMM")
+// The k order inside an integer dot product does not change it, so the fast ternary GEMM pairs activation
+// and weight codes in the order that makes both loads wide. A lane with t = lane % 4 takes the 16 codes of
+// k group 16 t (of each 64-code step): one 32-bit word of the packed weight row (byte b holds codes
+// 16 t + 4 b + s in bits 2 s) and one 16-byte load of the activation row. Register s of the weight word is
+// (w >> 2 s) & 0x03030303: byte b = code of k = 16 t + 4 b + s, unsigned 0..2 (= weight + 1). The
+// activation codes are stored with the two 2-bit fields of k inside its 16-group swapped
+// (interleave16, its own inverse), so word s of the 16-byte load holds the same four k. Sub-step m (0, 1)
+// of the 64-code step feeds registers 2m and 2m + 1 to one mma.sync m16n8k32. Unsigned weight codes count
+// every activation once more: the kernel subtracts the row sum of the codes, written by the quantizer.
+ROBUQ_HD int64_t interleave16(int64_t k) { return (k & ~int64_t{15}) | ((k & 3) << 2) | ((k >> 2) & 3); }
+ROBUQ_HD uint32_t ternary_word_u8x4(uint32_t w, int s) { return (w >> (2 * s)) & 0x03030303u; }
+// A fragment of sub-step m from the 16-byte loads of rows g (lo) and g + 8 (hi).
+ROBUQ_HD void fast_a_frag(const uint32_t lo[4], const uint32_t hi[4], int m, uint32_t a[4]) {
+  a[0] = lo[2 * m];
+  a[1] = hi[2 * m];
+  a[2] = lo[2 * m + 1];
+  a[3] = hi[2 * m + 1];
+}
+ROBUQ_HD void fast_b_frag(uint32_t w, int m, uint32_t b[2]) {
+  b[0] = ternary_word_u8x4(w, 2 * m);
+  b[1] = ternary_word_u8x4(w, 2 * m + 1);
+}
+
 }  // namespace hd
 }  // namespace robuq

@@ -190,6 +190,64 @@ std::vector<int32_t> gemm_emulate(const uint8_t* codes, int64_t T, int64_t in, c
   return y;
 }
 
+// The fast ternary GEMM (qgemm_fast_kernel) one 16 x 8 tile at a time: codes written in the interleave16
+// layout with row sums as hadamard_quantize writes them, per 64-code step each lane's 16-byte activation loads
+// and 4-byte weight load, the fragments of sub-steps 0 and 1 (hd::fast_a_frag / fast_b_frag), the emulated mma,
+// then the row sum subtracted. Needs in % 64 == 0.
+std::vector<int32_t> gemm_fast_emulate(const uint8_t* codes, int64_t T, int64_t in, const uint8_t* packed,
+                                       int64_t pc, int64_t out) {
+  const int64_t ld = (in + 63) / 64 * 64;
+  std::vector<uint8_t> il(static_cast<size_t>(T * ld), 0);
+  std::vector<int32_t> rowsum(static_cast<size_t>(T), 0);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t k = 0; k < in; ++k) {
+      il[static_cast<size_t>(t * ld + hd::interleave16(k))] = codes[t * in + k];
+      rowsum[static_cast<size_t>(t)] += codes[t * in + k];
+    }
+  std::vector<int32_t> y(static_cast<size_t>(T * out), 0);
+  for (int64_t row0 = 0; row0 < T; row0 += 16)
+    for (int64_t col0 = 0; col0 < out; col0 += 8) {
+      int32_t C[32][4] = {};
+      for (int64_t k0 = 0; k0 < ld; k0 += 64) {
+        uint32_t lo[32][4] = {}, hi[32][4] = {}, w[32] = {};
+        for (int lane = 0; lane < 32; ++lane) {
+          const int g = lane / 4, q = lane % 4;
+          const int64_t r0 = row0 + g, r1 = row0 + g + 8, c = col0 + g;
+          if (r0 < T) std::memcpy(lo[lane], il.data() + r0 * ld + k0 + 16 * q, 16);
+          if (r1 < T) std::memcpy(hi[lane], il.data() + r1 * ld + k0 + 16 * q, 16);
+          if (c < out) std::memcpy(&w[lane], packed + c * pc + k0 / 4 + 4 * q, 4);
+        }
+        for (int m = 0; m < 2; ++m) {
+          uint32_t A[32][4], B[32][2];
+          for (int lane = 0; lane < 32; ++lane) {
+            hd::fast_a_frag(lo[lane], hi[lane], m, A[lane]);
+            hd::fast_b_frag(w[lane], m, B[lane]);
+          }
+          mma_emulate(A, B, C);
+        }
+      }
+      for (int lane = 0; lane < 32; ++lane)
+        for (int i = 0; i < 4; ++i) {
+          const int64_t t = row0 + hd::frag_c_row(lane, i), r = col0 + hd::frag_c_col(lane, i);
+          if (t < T && r < out) y[static_cast<size_t>(t * out + r)] = C[lane][i] - rowsum[static_cast<size_t>(t)];
+        }
+    }
+  return y;
+}
+
+py::array_t<int32_t> py_gemm_fast(const py::object& codes_obj, const py::object& packed_obj, int64_t in) {
+  CArray<uint8_t> codes = input_array<uint8_t>(codes_obj, "codes", "uint8", 2, "[T, in]");
+  CArray<uint8_t> packed = input_array<uint8_t>(packed_obj, "packed", "uint8", 2, "[out, in / 4]");
+  if (in % 64 != 0) throw std::invalid_argument("the fast ternary GEMM needs in_features % 64 == 0");
+  if (codes.shape(1) != in || packed.shape(1) != in / 4)
+    throw std::invalid_argument("codes must be [T, in] and packed [out, in / 4]");
+  const int64_t T = codes.shape(0), out = packed.shape(0);
+  const std::vector<int32_t> y = gemm_fast_emulate(codes.data(), T, in, packed.data(), in / 4, out);
+  auto res = new_array<int32_t>({ss(T), ss(out)});
+  std::memcpy(res.mutable_data(), y.data(), sizeof(int32_t) * y.size());
+  return res;
+}
+
 py::array_t<int32_t> py_gemm(const py::object& codes_obj, const py::object& packed_obj, int64_t in,
                              const std::string& weight) {
   CArray<uint8_t> codes = input_array<uint8_t>(codes_obj, "codes", "uint8", 2, "[T, in]");
@@ -422,6 +480,24 @@ class PyCudaEngine {
     return e_->time_forward(N, iters);
   }
 
+  py::dict profile_forward(int64_t N) {
+    std::vector<std::pair<std::string, double>> parts;
+    {
+      py::gil_scoped_release release;
+      parts = e_->profile_forward(N);
+    }
+    py::dict d;
+    for (const auto& p : parts) d[py::str(p.first)] = p.second;
+    return d;
+  }
+
+  double time_linear(const std::string& name, int64_t T, int iters, bool gemm_only) {
+    py::gil_scoped_release release;
+    return e_->time_linear(name, T, iters, gemm_only);
+  }
+
+  void set_graphs(bool on) { e_->set_graphs(on); }
+  std::string graph_status() const { return e_->graph_status(); }
   std::string device_name() const { return e_->device_name(); }
   std::string default_cfg_mode() const { return e_->default_cfg_mode(); }
   bool default_clip_denoised() const { return e_->default_clip_denoised(); }
@@ -526,6 +602,9 @@ void bind_cuda(py::module_& m) {
   h.def("gemm", &py_gemm, py::arg("codes"), py::arg("packed"), py::arg("in_features"), py::arg("weight") = "ternary",
         "gemm(codes uint8 [T, in], packed uint8 [out, packed_cols], in_features, weight) -> int32 [T, out]:\n"
         "the mma.sync GEMM's fragments, loaded as the kernel loads them and multiplied by an emulated mma.");
+  h.def("gemm_fast", &py_gemm_fast, py::arg("codes"), py::arg("packed"), py::arg("in_features"),
+        "gemm_fast(codes uint8 [T, in], packed ternary uint8 [out, in / 4], in_features) -> int32 [T, out]:\n"
+        "the fast ternary GEMM's loads, fragments and row-sum correction, with an emulated mma (in % 64 == 0).");
   h.def("qlinear", &py_qlinear, py::arg("weight"), py::arg("in_features"), py::arg("packed"), py::arg("scale"),
         py::arg("wsum"), py::arg("bias") = py::none(), py::arg("down") = py::none(), py::arg("up") = py::none(),
         py::arg("act_bits") = 0, py::arg("clip_k") = 0.0f, py::arg("hadamard") = "none", py::arg("hadamard_block") = 0,
@@ -557,10 +636,19 @@ void bind_cuda(py::module_& m) {
            py::arg("clip_denoised") = py::none(), py::arg("progress") = py::none(), py::arg("seeds") = py::none())
       .def("time_forward", &PyCudaEngine::time_forward, py::arg("N"), py::arg("iters"),
            "time_forward(N, iters) -> ms per forward (CUDA events; after a forward of batch N)")
+      .def("profile_forward", &PyCudaEngine::profile_forward, py::arg("N"),
+           "profile_forward(N) -> {part: ms}: one forward without graphs, an event after every launch")
+      .def("time_linear", &PyCudaEngine::time_linear, py::arg("name"), py::arg("T"), py::arg("iters"),
+           py::arg("gemm_only") = false,
+           "time_linear(name, T, iters, gemm_only=False) -> ms per call of one layer on T rows on the device")
+      .def("set_graphs", &PyCudaEngine::set_graphs, py::arg("on"), "CUDA graphs for the forward (default on)")
+      .def_property_readonly("graph_status", &PyCudaEngine::graph_status)
       .def_property_readonly("device_name", &PyCudaEngine::device_name)
       .def_property_readonly("default_cfg_mode", &PyCudaEngine::default_cfg_mode)
       .def_property_readonly("default_clip_denoised", &PyCudaEngine::default_clip_denoised)
       .def_property_readonly("threads", [](const PyCudaEngine&) { return 1; });
+  m.def("cuda_set_gemm_variant", &robuq::cuda_set_gemm_variant, py::arg("variant"),
+        "GEMM kernel choice for measurements: 0 automatic, 1 the general kernel only, 2.. fixed fast tiles");
 #else
   m.attr("CudaEngine") = py::none();
 #endif
