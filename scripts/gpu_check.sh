@@ -47,7 +47,7 @@ CUDA_LAUNCH_BLOCKING=1 step tests 300 $PY -m pytest -q -m gpu -p no:cacheprovide
 
 # compute-sanitizer on small models, in processes without torch: the digits model (general GEMM, hidden 96)
 # and a hidden-128 model (the fast ternary GEMM), forward and a short sampling run.
-SAN="$OUTDIR/san"
+SAN=${TMPDIR:-/tmp}/robuq-gpu-check-models
 mkdir -p "$SAN"
 step make-models 120 $PY - "$SAN" <<'PYEOF'
 import sys
