@@ -82,7 +82,7 @@ fi
 if [ "$MODE" != quick ]; then
   step bench 240 $PY -m robuq.bench.gpu --model XL/2 --batches 2,32 --gemm-variants --warmup 3 --repeats 10 \
     --workdir /tmp/robuq-gpu-bench --json "$OUTDIR/bench.json" --no-trt
-  [ "${COMPILE:-0}" = 1 ] && step bench-compile 300 $PY -m robuq.bench.gpu --model XL/2 --batches 2,32 \
+  [ "${COMPILE:-0}" = 1 ] && step bench-compile ${COMPILE_LIMIT:-300} $PY -m robuq.bench.gpu --model XL/2 --batches 2,32 \
     --skip gemm --compile --warmup 3 --repeats 10 --workdir /tmp/robuq-gpu-bench --json "$OUTDIR/bench_compile.json" --no-trt
 fi
 echo "=== gpu_check done in $(($(date +%s) - START))s, failed steps: $FAILED"

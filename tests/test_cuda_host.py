@@ -146,7 +146,7 @@ def test_gemm_fragments_exact(fmt, t, n_in, out):
 def test_gemm_fast_fragments_exact(t, n_in, out):
     """The fast ternary GEMM (qgemm_fast_kernel): codes in the interleave16 layout, one 16-byte activation
     load and one 4-byte weight load per lane and 64-code step, unsigned weight codes with the row sum
-    subtracted: exactly the integer matmul, row and column tails included, for 8-bit codes (the full u8 range)."""
+    subtracted: exactly the integer matmul, row and column tails included, for 8-bit codes (full u8 range)."""
     rng = np.random.default_rng(t * 11 + n_in)
     codes = rng.integers(0, 256, size=(t, n_in)).astype(np.uint8)
     w = random_codes(rng, out, n_in, "ternary")

@@ -100,57 +100,90 @@ __global__ void attention_fake_quant_kernel(const float* qkv, int64_t rows, int6
 
 constexpr int kAttThreads = 128;
 
-// One block per (sample, head, query row): scores, softmax (max subtraction, sequential sum), optional
-// probability grid, output row. Dynamic shared memory: T scores + hd query values.
+// One block per (sample, head, kAttRows query rows): scores, softmax (max subtraction, sequential sum),
+// optional probability grid, output rows. Each key and value row is read once for the block's query rows,
+// and each thread carries kAttRows independent sums; every output is still computed by one thread in the
+// reference's order (d ascending for scores, j ascending for the softmax sum and the output), so the
+// results are those of one row per block. Dynamic shared memory: kAttRows x (T scores + hd query values).
+constexpr int kAttRows = 4;
 __global__ void __launch_bounds__(kAttThreads)
     attention_kernel(const float* qkv, int64_t T, int64_t H, int64_t hd_, float score_scale, float levels,
                      float* out) {
   extern __shared__ float sm[];
-  __shared__ float red[kAttThreads / 32];
-  __shared__ float inv_sum;
-  float* s = sm;
-  float* q = sm + T;
-  const int64_t i = blockIdx.x, h = blockIdx.y, n = blockIdx.z;
+  __shared__ float red[kAttRows][kAttThreads / 32];
+  __shared__ float inv_sum[kAttRows];
+  const int64_t i0 = static_cast<int64_t>(blockIdx.x) * kAttRows, h = blockIdx.y, n = blockIdx.z;
+  const int rows = static_cast<int>(T - i0 < kAttRows ? T - i0 : kAttRows);
   const int tid = threadIdx.x;
   const int64_t D = H * hd_, row3 = 3 * D;
-  const float* qrow = qkv + (n * T + i) * row3 + h * hd_;
-  for (int64_t d = tid; d < hd_; d += kAttThreads) q[d] = qrow[d];
+  float* s = sm;                 // [kAttRows][T]
+  float* q = sm + kAttRows * T;  // [kAttRows][hd]
+  for (int r = 0; r < kAttRows; ++r) {
+    const int64_t ir = i0 + (r < rows ? r : 0);  // rows past T repeat the first one (never stored)
+    const float* qrow = qkv + (n * T + ir) * row3 + h * hd_;
+    for (int64_t d = tid; d < hd_; d += kAttThreads) q[r * hd_ + d] = qrow[d];
+  }
   __syncthreads();
-  float mx = -INFINITY;
+  float mx[kAttRows];
+#pragma unroll
+  for (int r = 0; r < kAttRows; ++r) mx[r] = -INFINITY;
   for (int64_t j = tid; j < T; j += kAttThreads) {
     const float* k = qkv + (n * T + j) * row3 + D + h * hd_;
-    float acc = 0.0f;
-    for (int64_t d = 0; d < hd_; ++d) acc = acc + q[d] * k[d];
-    const float v = acc * score_scale;
-    s[j] = v;
-    mx = hd::fmax_hd(mx, v);
+    float acc[kAttRows];
+#pragma unroll
+    for (int r = 0; r < kAttRows; ++r) acc[r] = 0.0f;
+    for (int64_t d = 0; d < hd_; ++d) {
+      const float kd = k[d];
+#pragma unroll
+      for (int r = 0; r < kAttRows; ++r) acc[r] = acc[r] + q[r * hd_ + d] * kd;
+    }
+#pragma unroll
+    for (int r = 0; r < kAttRows; ++r) {
+      const float v = acc[r] * score_scale;
+      s[r * T + j] = v;
+      mx[r] = hd::fmax_hd(mx[r], v);
+    }
   }
-  for (int o = 16; o > 0; o >>= 1) mx = hd::fmax_hd(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-  if ((tid & 31) == 0) red[tid >> 5] = mx;
+#pragma unroll
+  for (int r = 0; r < kAttRows; ++r) {
+    for (int o = 16; o > 0; o >>= 1) mx[r] = hd::fmax_hd(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], o));
+    if ((tid & 31) == 0) red[r][tid >> 5] = mx[r];
+  }
   __syncthreads();
-  mx = red[0];
-  for (int w = 1; w < kAttThreads / 32; ++w) mx = hd::fmax_hd(mx, red[w]);
-  for (int64_t j = tid; j < T; j += kAttThreads) s[j] = hd::exp_hd(s[j] - mx);
+#pragma unroll
+  for (int r = 0; r < kAttRows; ++r) {
+    mx[r] = red[r][0];
+    for (int w = 1; w < kAttThreads / 32; ++w) mx[r] = hd::fmax_hd(mx[r], red[r][w]);
+  }
+  for (int64_t j = tid; j < T; j += kAttThreads)
+#pragma unroll
+    for (int r = 0; r < kAttRows; ++r) s[r * T + j] = hd::exp_hd(s[r * T + j] - mx[r]);
   __syncthreads();
-  if (tid == 0) {
+  if (tid < kAttRows) {
     float sum = 0.0f;
-    for (int64_t j = 0; j < T; ++j) sum = sum + s[j];
-    inv_sum = 1.0f / sum;
+    for (int64_t j = 0; j < T; ++j) sum = sum + s[tid * T + j];
+    inv_sum[tid] = 1.0f / sum;
   }
   __syncthreads();
-  const float inv = inv_sum;
-  for (int64_t j = tid; j < T; j += kAttThreads) {
-    float p = s[j] * inv;
-    if (levels > 0.0f) p = hd::prob_grid(p, levels);
-    s[j] = p;
-  }
+  for (int64_t j = tid; j < T; j += kAttThreads)
+#pragma unroll
+    for (int r = 0; r < kAttRows; ++r) {
+      float p = s[r * T + j] * inv_sum[r];
+      if (levels > 0.0f) p = hd::prob_grid(p, levels);
+      s[r * T + j] = p;
+    }
   __syncthreads();
-  float* orow = out + (n * T + i) * D + h * hd_;
   for (int64_t d = tid; d < hd_; d += kAttThreads) {
     const float* v = qkv + n * T * row3 + 2 * D + h * hd_ + d;
-    float acc = 0.0f;
-    for (int64_t j = 0; j < T; ++j) acc = acc + s[j] * v[j * row3];
-    orow[d] = acc;
+    float acc[kAttRows];
+#pragma unroll
+    for (int r = 0; r < kAttRows; ++r) acc[r] = 0.0f;
+    for (int64_t j = 0; j < T; ++j) {
+      const float vj = v[j * row3];
+#pragma unroll
+      for (int r = 0; r < kAttRows; ++r) acc[r] = acc[r] + s[r * T + j] * vj;
+    }
+    for (int r = 0; r < rows; ++r) out[(n * T + i0 + r) * D + h * hd_ + d] = acc[r];
   }
 }
 
@@ -223,9 +256,10 @@ void attention(const float* qkv, int64_t N, int64_t T, int64_t H, int64_t hd_, i
   }
   const float score_scale = static_cast<float>(std::pow(static_cast<double>(hd_), -0.5));
   const float levels = bits > 0 ? static_cast<float>((1 << bits) - 1) : 0.0f;
-  const size_t smem = sizeof(float) * static_cast<size_t>(T + hd_);
+  const size_t smem = sizeof(float) * static_cast<size_t>(kAttRows * (T + hd_));
   allow_dynamic_smem(attention_kernel, smem, "attention (shared memory)");
-  const dim3 grid(static_cast<unsigned>(T), static_cast<unsigned>(H), static_cast<unsigned>(N));
+  const dim3 grid(static_cast<unsigned>((T + kAttRows - 1) / kAttRows), static_cast<unsigned>(H),
+                  static_cast<unsigned>(N));
   attention_kernel<<<grid, kAttThreads, smem, stream>>>(src, T, H, hd_, score_scale, levels, out);
   check(cudaGetLastError(), "attention launch");
 }

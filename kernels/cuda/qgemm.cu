@@ -349,9 +349,42 @@ void linear_f32(const float* x, int64_t T, int64_t in, const float* W, int64_t o
   check(cudaGetLastError(), "linear_f32 launch");
 }
 
+namespace {
+// u[t, j] = sum_k x[t, k] w[j, k], k ascending (the reference's order, so the bits are linear_f32's): one
+// thread per (t, j), flattened over small blocks so that the few rows of a low-rank branch (rank 1..32)
+// spread over many multiprocessors. The chain of additions is inherently serial; loads run 8 ahead of it
+// (products do not depend on the sum), so its length is the additions' latency, not the loads'.
+constexpr int kRowdotThreads = 32;
+__global__ void __launch_bounds__(kRowdotThreads)
+    rowdot_kernel(const float* __restrict__ x, int T, int in, const float* __restrict__ w, int out, float* u) {
+  const int64_t o = static_cast<int64_t>(blockIdx.x) * kRowdotThreads + threadIdx.x;
+  if (o >= static_cast<int64_t>(T) * out) return;
+  const int64_t t = o / out, j = o % out;
+  const float* xt = x + t * in;
+  const float* wj = w + j * in;
+  float acc = 0.0f;
+  int k = 0;
+  for (; k + 8 <= in; k += 8) {
+    float p[8];
+#pragma unroll
+    for (int q = 0; q < 8; ++q) p[q] = __ldg(xt + k + q) * __ldg(wj + k + q);
+#pragma unroll
+    for (int q = 0; q < 8; ++q) acc = acc + p[q];
+  }
+  for (; k < in; ++k) acc = acc + xt[k] * wj[k];
+  u[o] = acc;
+}
+}  // namespace
+
 void rowdot_f32(const float* x, int64_t T, int64_t in, const float* w, int64_t out, float* u, cudaStream_t stream) {
-  Epilogue plain;  // no bias, no post op: u = x @ w^T
-  linear_f32(x, T, in, w, out, plain, u, stream);
+  if (T == 0 || out == 0) return;
+  check_int_range(T * in, "T * in");
+  check_int_range(out * in, "out * in");
+  check_int_range(T * out, "T * out");
+  const int64_t blocks = (T * out + kRowdotThreads - 1) / kRowdotThreads;
+  rowdot_kernel<<<static_cast<unsigned>(blocks), kRowdotThreads, 0, stream>>>(x, static_cast<int>(T), static_cast<int>(in),
+                                                                              w, static_cast<int>(out), u);
+  check(cudaGetLastError(), "rowdot_f32 launch");
 }
 
 }  // namespace cuda
