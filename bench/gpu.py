@@ -103,7 +103,7 @@ def gemm_table(eng, tokens: int, warmup: int, repeats: int, variants: bool, log)
         )
         if variants:
             row["variants_us"] = {}
-            for v in range(1, 8):
+            for v in range(1, _C.CUDA_GEMM_VARIANTS + 1):
                 _C.cuda_set_gemm_variant(v)
                 try:
                     e.time_linear(name, m, 3, True)
@@ -150,10 +150,25 @@ def step_inputs(c: dict, n: int):
     return x, t, y
 
 
-def time_robuq(eng, n: int, warmup: int, repeats: int) -> dict:
+def time_robuq(eng, n: int, warmup: int, repeats: int, variants: list[int] | None = None) -> dict:
     x, t, y = step_inputs(eng.info["model_config"], n)
     e = eng._engine
     res = {}
+    if variants:  # the whole forward with each GEMM kernel variant forced (graphs on)
+        res["ms_by_variant"] = {}
+        for v in variants:
+            _C.cuda_set_gemm_variant(v)
+            try:
+                eng.forward(x, t, y)  # re-captures the graph (the variant is read at capture)
+                e.set_graphs(False)
+                e.set_graphs(True)
+                eng.forward(x, t, y)
+                res["ms_by_variant"][v] = statistics.median(
+                    e.time_forward(n, 5) for _ in range(max(3, repeats // 2))
+                )
+            finally:
+                _C.cuda_set_gemm_variant(0)
+        e.set_graphs(False)
     for graphs in (True, False):
         e.set_graphs(graphs)
         for _ in range(warmup):
@@ -285,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     tm = None
     if "forward" not in skip:
         for n in batches:
-            r = {"robuq": time_robuq(eng, n, args.warmup, args.repeats)}
+            fv = list(range(1, _C.CUDA_GEMM_VARIANTS + 1)) if args.gemm_variants else None
+            r = {"robuq": time_robuq(eng, n, args.warmup, args.repeats, fv)}
             run.log(f"forward batch {n}: robuq {r['robuq']['ms']:.3f} ms")
             try:
                 tm = tm if tm is not None else torch_model(model, args.seed)
@@ -356,6 +372,11 @@ def report_text(res: dict) -> str:
                 )
             else:
                 lines.append(f"  {label:<22} skipped: {r[key]['skipped']}")
+        if "ms_by_variant" in rb:
+            lines.append(
+                "  robuq by GEMM variant (ms): "
+                + "  ".join(f"{v}:{ms:.3f}" for v, ms in rb["ms_by_variant"].items())
+            )
         parts = ", ".join(f"{k} {v:.3f}" for k, v in rb["parts_ms"].items())
         lines.append(f"  robuq parts (ms, one profiled forward): {parts}")
     return "\n".join(lines)

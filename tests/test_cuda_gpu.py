@@ -81,10 +81,11 @@ def test_linears_bit_identical_to_cpu_reference(tiny, reference_tier):
     for path in model_paths(tiny):
         cpu, gpu = Engine(path, threads=1), Engine(path, device="cuda")
         for name, lin in cpu.info["linears"].items():
-            x = np.random.default_rng(lin["in_features"]).standard_normal((70, lin["in_features"]))
-            x = x.astype(np.float32)
-            a, b = gpu.linear(name, x), cpu.linear(name, x)
-            np.testing.assert_array_equal(a.view(np.uint32), b.view(np.uint32), err_msg=f"{path}: {name}")
+            for rows in (70, 3):  # the tiled GEMMs and the few-row GEMV
+                x = np.random.default_rng(lin["in_features"]).standard_normal((rows, lin["in_features"]))
+                x = x.astype(np.float32)
+                a, b = gpu.linear(name, x), cpu.linear(name, x)
+                np.testing.assert_array_equal(a.view(np.uint32), b.view(np.uint32), err_msg=f"{path}: {name}")
 
 
 @pytest.mark.gpu
@@ -114,7 +115,7 @@ def test_graphs_and_gemm_variants_bit_identical(tiny):
         np.testing.assert_array_equal(gpu.forward(x, t, y), want, err_msg=f"{name}: without graphs")
         assert gpu._engine.graph_status == ""
         try:
-            for v in range(1, 8):
+            for v in range(1, _C.CUDA_GEMM_VARIANTS + 1):
                 _C.cuda_set_gemm_variant(v)
                 np.testing.assert_array_equal(gpu.forward(x, t, y), want, err_msg=f"{name}: variant {v}")
         finally:

@@ -64,6 +64,7 @@ std::string cuda_device_name(int device) {
 }
 
 void cuda_set_gemm_variant(int v) { cuda::set_gemm_variant(v); }
+int cuda_gemm_variants() { return cuda::kGemmVariants; }
 
 namespace {
 
@@ -261,7 +262,8 @@ struct CudaEngine::Impl {
       a.rotated = s.rot.get();
       rot = s.rot.get();
     }
-    const bool fast = L.act_bits > 0 && cuda::qgemm_fast_applies(L.format, L.in);
+    const bool gemv = L.act_bits > 0 && cuda::qgemv_applies(T);
+    const bool fast = L.act_bits > 0 && !gemv && cuda::qgemm_fast_applies(L.format, L.in);
     if (fast) {
       a.interleave = 1;
       a.rowsum = s.rowsum.get();
@@ -273,7 +275,9 @@ struct CudaEngine::Impl {
       e.u = s.u.get();
       mark(Part::LowRank);
     }
-    if (fast)
+    if (gemv)
+      cuda::qgemv(L.format, s.codes.get(), T, L.in, L.packed.get(), L.pc, L.out, s.sx.get(), s.zx.get(), e, y, stream);
+    else if (fast)
       cuda::qgemm_ternary_fast(s.codes.get(), s.rowsum.get(), T, L.in, L.packed.get(), L.pc, L.out, s.sx.get(),
                                s.zx.get(), e, y, stream);
     else if (L.act_bits > 0)
@@ -714,7 +718,8 @@ double CudaEngine::time_linear(const std::string& name, int64_t T, int iters, bo
   yd.alloc(static_cast<size_t>(T * L.out));
   Scratch s;
   m.run_linear(L, xd.get(), T, yd.get(), s);  // warm-up; leaves the codes for gemm_only
-  const bool fast = L.quant && L.act_bits > 0 && cuda::qgemm_fast_applies(L.format, L.in);
+  const bool gemv = L.quant && L.act_bits > 0 && cuda::qgemv_applies(T);
+  const bool fast = L.quant && L.act_bits > 0 && !gemv && cuda::qgemm_fast_applies(L.format, L.in);
   if (gemm_only && !(L.quant && L.act_bits > 0)) throw std::invalid_argument("gemm_only needs a layer with quantized activations");
   struct Event {
     cudaEvent_t e = nullptr;
@@ -729,6 +734,9 @@ double CudaEngine::time_linear(const std::string& name, int64_t T, int iters, bo
   for (int i = 0; i < iters; ++i) {
     if (!gemm_only)
       m.run_linear(L, xd.get(), T, yd.get(), s);
+    else if (gemv)
+      cuda::qgemv(L.format, s.codes.get(), T, L.in, L.packed.get(), L.pc, L.out, s.sx.get(), s.zx.get(), e, yd.get(),
+                  m.stream);
     else if (fast)
       cuda::qgemm_ternary_fast(s.codes.get(), s.rowsum.get(), T, L.in, L.packed.get(), L.pc, L.out, s.sx.get(),
                                s.zx.get(), e, yd.get(), m.stream);

@@ -27,6 +27,7 @@ bool cuda_device_available(std::string* reason);
 std::string cuda_device_name(int device);
 // The GEMM kernel choice of kernels/cuda (cuda::set_gemm_variant), for measurements.
 void cuda_set_gemm_variant(int v);
+int cuda_gemm_variants();  // the largest variant number
 
 class CudaEngine {
  public:

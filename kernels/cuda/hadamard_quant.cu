@@ -43,6 +43,10 @@ __global__ void __launch_bounds__(kThreads) hadamard_quantize_kernel(HadamardQua
   float* row = smem;
   const float* src = a.x + t * a.n;
   for (int i = tid; i < n; i += kThreads) row[i] = src[i];
+  if (a.form != 0 && a.K > 1) {
+    int8_t* H = reinterpret_cast<int8_t*>(smem + 2 * n);
+    for (int i = tid; i < a.K * a.K; i += kThreads) H[i] = a.base[i];
+  }
   __syncthreads();
 
   if (a.form != 0) {
@@ -59,7 +63,30 @@ __global__ void __launch_bounds__(kThreads) hadamard_quantize_kernel(HadamardQua
     if (a.K > 1) {
       float* mix = smem + n;
       const int K = static_cast<int>(a.K);
-      for (int i = tid; i < n; i += kThreads) mix[i] = hd::kmix_value(row, a.base, K, M, i / M, i % M);
+      // hd::kmix_value for four outputs at a time (four independent chains, each in kmix_value's order),
+      // with H_K in shared memory (loaded at the start, after row and mix)
+      const int8_t* H = reinterpret_cast<const int8_t*>(smem + 2 * n);
+      for (int i0 = 0; i0 < n; i0 += 4 * kThreads) {
+        float y[4];
+        int cc[4], bb[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int i = i0 + tid + e * kThreads;
+          cc[e] = i < n ? i / M : 0;
+          bb[e] = i < n ? i % M : 0;
+          y[e] = H[cc[e]] > 0 ? row[bb[e]] : -row[bb[e]];
+        }
+        for (int aa = 1; aa < K; ++aa) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const float v = row[aa * M + bb[e]];
+            y[e] = H[aa * K + cc[e]] > 0 ? y[e] + v : y[e] - v;
+          }
+        }
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          if (i0 + tid + e * kThreads < n) mix[i0 + tid + e * kThreads] = y[e];
+      }
       __syncthreads();
       for (int i = tid; i < n; i += kThreads) row[i] = mix[i] * a.norm;
     } else {
@@ -146,7 +173,8 @@ void hadamard_quantize(const HadamardQuantArgs& a, cudaStream_t stream) {
   if (a.bits == 0 && a.rotated == nullptr) throw std::invalid_argument("hadamard_quantize: nothing to write");
   if (a.form != 0 && (a.n % a.M != 0 || (a.form == 1 && a.K * a.M != a.n)))
     throw std::invalid_argument("hadamard_quantize: plan does not match the width");
-  const size_t smem = sizeof(float) * static_cast<size_t>(a.K > 1 ? 2 * a.n : a.n);
+  const size_t smem = a.K > 1 ? sizeof(float) * static_cast<size_t>(2 * a.n) + static_cast<size_t>(a.K * a.K)
+                              : sizeof(float) * static_cast<size_t>(a.n);
   allow_dynamic_smem(hadamard_quantize_kernel, smem, "hadamard_quantize (shared memory)");
   hadamard_quantize_kernel<<<static_cast<unsigned>(a.T), kThreads, smem, stream>>>(a);
   check(cudaGetLastError(), "hadamard_quantize launch");

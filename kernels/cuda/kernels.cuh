@@ -102,8 +102,16 @@ bool qgemm_fast_applies(int format, int64_t in);
 void qgemm_ternary_fast(const uint8_t* codes, const int32_t* rowsum, int64_t T, int64_t in, const uint8_t* packed,
                         int64_t pc, int64_t out, const float* scale_x, const float* zero_x, const Epilogue& e,
                         float* y, cudaStream_t stream);
+// Few rows (T <= kGemvMaxRows, codes in the plain layout): one warp per output, dp4a. qgemv_applies says
+// whether the engine uses it for T rows.
+constexpr int kGemvMaxRows = 16;
+bool qgemv_applies(int64_t T);
+void qgemv(int format, const uint8_t* codes, int64_t T, int64_t in, const uint8_t* packed, int64_t pc, int64_t out,
+           const float* scale_x, const float* zero_x, const Epilogue& e, float* y, cudaStream_t stream);
 // GEMM kernel choice, for measurements (python -m robuq.bench.gpu --gemm-variants): 0 automatic (default),
-// 1 the general kernel for every layer, 2.. a fixed tile shape of the fast kernel (see qgemm.cu). Process-wide.
+// 1 the general kernel for every layer (and no GEMV), 2..kGemmVariants a fixed tile shape of the fast kernel
+// (see qgemm.cu). Process-wide.
+constexpr int kGemmVariants = 16;
 void set_gemm_variant(int v);
 int gemm_variant();
 

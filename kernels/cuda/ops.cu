@@ -187,6 +187,116 @@ __global__ void __launch_bounds__(kAttThreads)
   }
 }
 
+// The attention kernel used for head dims up to 2 * kAttThreads: one block per (sample, head, kAttRows2
+// query rows); keys and values go through shared memory in chunks of kAttChunk rows (coalesced loads, row
+// stride hd + 1 so that the threads of a warp, one key each, hit distinct banks). Every output is computed
+// by one thread in the reference's order, as in attention_kernel: scores d ascending (one thread per (key,
+// 2 query rows)), max over any order, exp, the sum j ascending (one thread per query row), probabilities,
+// the output j ascending (one thread per (d, all query rows)). So its results are attention_kernel's bits.
+constexpr int kAttRows2 = 8;
+constexpr int kAttChunk = 32;
+__global__ void __launch_bounds__(kAttThreads)
+    attention_chunked_kernel(const float* qkv, int T, int H, int hd_, float score_scale, float levels,
+                             float* out) {
+  static_assert(kAttThreads == 4 * 32 && kAttRows2 == 8, "4 warps x 2 query rows");
+  extern __shared__ float sm[];
+  const int64_t i0 = static_cast<int64_t>(blockIdx.x) * kAttRows2, h = blockIdx.y, n = blockIdx.z;
+  const int rows = static_cast<int>(T - i0 < kAttRows2 ? T - i0 : kAttRows2);
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int64_t D = static_cast<int64_t>(H) * hd_, row3 = 3 * D;
+  const int ld = hd_ + 1;
+  float* q = sm;                       // [kAttRows2][hd]
+  float* s = q + kAttRows2 * hd_;      // [kAttRows2][T]
+  float* kv = s + kAttRows2 * T;       // [kAttChunk][hd + 1]
+  const float* base = qkv + n * static_cast<int64_t>(T) * row3 + h * hd_;
+  for (int idx = tid; idx < kAttRows2 * hd_; idx += kAttThreads) {
+    const int r = idx / hd_, d = idx % hd_;
+    const int64_t ir = i0 + (r < rows ? r : 0);  // rows past T repeat the first one (never stored)
+    q[idx] = base[ir * row3 + d];
+  }
+  const int r0 = 2 * warp, r1 = 2 * warp + 1;
+  for (int c0 = 0; c0 < T; c0 += kAttChunk) {
+    const int nk = T - c0 < kAttChunk ? T - c0 : kAttChunk;
+    __syncthreads();  // q written / the previous chunk consumed
+    for (int idx = tid; idx < nk * hd_; idx += kAttThreads) {
+      const int jj = idx / hd_, d = idx % hd_;
+      kv[jj * ld + d] = base[static_cast<int64_t>(c0 + jj) * row3 + D + d];
+    }
+    __syncthreads();
+    if (lane < nk) {
+      float a0 = 0.0f, a1 = 0.0f;
+      const float* kr = kv + lane * ld;
+      for (int d = 0; d < hd_; ++d) {
+        const float kd = kr[d];
+        a0 = a0 + q[r0 * hd_ + d] * kd;
+        a1 = a1 + q[r1 * hd_ + d] * kd;
+      }
+      s[r0 * T + c0 + lane] = a0 * score_scale;
+      s[r1 * T + c0 + lane] = a1 * score_scale;
+    }
+  }
+  __syncwarp();
+  // softmax of the warp's two rows
+  for (int rr = 0; rr < 2; ++rr) {
+    float* sr = s + (r0 + rr) * T;
+    float mx = -INFINITY;
+    for (int j = lane; j < T; j += 32) mx = hd::fmax_hd(mx, sr[j]);
+    for (int o = 16; o > 0; o >>= 1) mx = hd::fmax_hd(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    for (int j = lane; j < T; j += 32) sr[j] = hd::exp_hd(sr[j] - mx);
+  }
+  __syncwarp();
+  float inv = 0.0f;
+  if (lane < 2) {
+    const float* sr = s + (r0 + lane) * T;
+    float sum = 0.0f;
+    for (int j = 0; j < T; ++j) sum = sum + sr[j];
+    inv = 1.0f / sum;
+  }
+  const float inv0 = __shfl_sync(0xffffffffu, inv, 0), inv1 = __shfl_sync(0xffffffffu, inv, 1);
+  for (int rr = 0; rr < 2; ++rr) {
+    float* sr = s + (r0 + rr) * T;
+    const float iv = rr == 0 ? inv0 : inv1;
+    for (int j = lane; j < T; j += 32) {
+      float p = sr[j] * iv;
+      if (levels > 0.0f) p = hd::prob_grid(p, levels);
+      sr[j] = p;
+    }
+  }
+  // output: thread d (and d + kAttThreads) for every query row
+  float acc[2][kAttRows2];
+#pragma unroll
+  for (int e = 0; e < 2; ++e)
+#pragma unroll
+    for (int r = 0; r < kAttRows2; ++r) acc[e][r] = 0.0f;
+  for (int c0 = 0; c0 < T; c0 += kAttChunk) {
+    const int nk = T - c0 < kAttChunk ? T - c0 : kAttChunk;
+    __syncthreads();  // probabilities written / the previous chunk consumed
+    for (int idx = tid; idx < nk * hd_; idx += kAttThreads) {
+      const int jj = idx / hd_, d = idx % hd_;
+      kv[jj * ld + d] = base[static_cast<int64_t>(c0 + jj) * row3 + 2 * D + d];
+    }
+    __syncthreads();
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int d = tid + e * kAttThreads;
+      if (d >= hd_) continue;
+      for (int jj = 0; jj < nk; ++jj) {
+        const float vj = kv[jj * ld + d];
+#pragma unroll
+        for (int r = 0; r < kAttRows2; ++r) acc[e][r] = acc[e][r] + s[r * T + c0 + jj] * vj;
+      }
+    }
+  }
+#pragma unroll
+  for (int e = 0; e < 2; ++e) {
+    const int d = tid + e * kAttThreads;
+    if (d >= hd_) continue;
+#pragma unroll
+    for (int r = 0; r < kAttRows2; ++r)
+      if (r < rows) out[(n * T + i0 + r) * D + h * hd_ + d] = acc[e][r];
+  }
+}
+
 __global__ void cfg_combine_kernel(const float* ob, int64_t n, int64_t per, int64_t guided, float scale, float* out) {
   const int64_t o = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (o >= n * per) return;
@@ -256,6 +366,17 @@ void attention(const float* qkv, int64_t N, int64_t T, int64_t H, int64_t hd_, i
   }
   const float score_scale = static_cast<float>(std::pow(static_cast<double>(hd_), -0.5));
   const float levels = bits > 0 ? static_cast<float>((1 << bits) - 1) : 0.0f;
+  if (hd_ <= 2 * kAttThreads) {
+    const size_t smem2 =
+        sizeof(float) * static_cast<size_t>(kAttRows2 * (hd_ + T) + kAttChunk * (hd_ + 1));
+    allow_dynamic_smem(attention_chunked_kernel, smem2, "attention (shared memory)");
+    const dim3 grid2(static_cast<unsigned>((T + kAttRows2 - 1) / kAttRows2), static_cast<unsigned>(H),
+                     static_cast<unsigned>(N));
+    attention_chunked_kernel<<<grid2, kAttThreads, smem2, stream>>>(src, static_cast<int>(T), static_cast<int>(H),
+                                                                    static_cast<int>(hd_), score_scale, levels, out);
+    check(cudaGetLastError(), "attention launch");
+    return;
+  }
   const size_t smem = sizeof(float) * static_cast<size_t>(kAttRows * (T + hd_));
   allow_dynamic_smem(attention_kernel, smem, "attention (shared memory)");
   const dim3 grid(static_cast<unsigned>((T + kAttRows - 1) / kAttRows), static_cast<unsigned>(H),

@@ -114,17 +114,26 @@ ROBUQ_HD double combine_lanes(const double* l) {
   return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
 }
 
-// Lane `lane`'s partial sum: elements k = lane, lane + 8, ... ascending (v = x, or (x - m)^2).
+// Lane `lane`'s partial sum: elements k = lane, lane + 8, ... ascending (v = x, or (x - m)^2). The loads
+// go eight at a time ahead of the (serial, in-order) additions: on the GPU one thread runs this chain, and
+// a load per addition would put the memory latency on it.
+ROBUQ_HD double lane_term(float x, double m, bool square) {
+  double v = static_cast<double>(x);
+  if (square) {
+    v = v - m;
+    v = v * v;
+  }
+  return v;
+}
 ROBUQ_HD double lane_partial(const float* x, int64_t n, int lane, double m, bool square) {
   double s = 0.0;
-  for (int64_t k = lane; k < n; k += kLanes) {
-    double v = static_cast<double>(x[k]);
-    if (square) {
-      v = v - m;
-      v = v * v;
-    }
-    s = s + v;
+  int64_t k = lane;
+  for (; k + 7 * kLanes < n; k += 8 * kLanes) {
+    float v[8];
+    for (int e = 0; e < 8; ++e) v[e] = x[k + e * kLanes];
+    for (int e = 0; e < 8; ++e) s = s + lane_term(v[e], m, square);
   }
+  for (; k < n; k += kLanes) s = s + lane_term(x[k], m, square);
   return s;
 }
 

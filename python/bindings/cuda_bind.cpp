@@ -649,6 +649,7 @@ void bind_cuda(py::module_& m) {
       .def_property_readonly("threads", [](const PyCudaEngine&) { return 1; });
   m.def("cuda_set_gemm_variant", &robuq::cuda_set_gemm_variant, py::arg("variant"),
         "GEMM kernel choice for measurements: 0 automatic, 1 the general kernel only, 2.. fixed fast tiles");
+  m.attr("CUDA_GEMM_VARIANTS") = robuq::cuda_gemm_variants();
 #else
   m.attr("CudaEngine") = py::none();
 #endif
