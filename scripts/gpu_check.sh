@@ -42,7 +42,7 @@ step build 300 $PY -m pip install --no-build-isolation --no-deps --no-index -q -
 $PY -c 'from robuq import _C; print("cuda_available", _C.cuda_available(), _C.cuda_unavailable_reason())'
 
 # GPU tests: the first run of a kernel on hardware, so launches are synchronous (a fault names its launch).
-CUDA_LAUNCH_BLOCKING=1 step tests 300 $PY -m pytest -q -m gpu -p no:cacheprovider --timeout=200 \
+CUDA_LAUNCH_BLOCKING=1 step tests ${TESTS_LIMIT:-300} $PY -m pytest -q -m gpu -p no:cacheprovider --timeout=${TEST_TIMEOUT:-200} \
   --junitxml="$OUTDIR/gpu_tests.xml" tests/test_cuda_gpu.py -rfE
 
 # compute-sanitizer on small models, in processes without torch: the digits model (general GEMM, hidden 96)
@@ -80,7 +80,7 @@ else
 fi
 
 if [ "$MODE" != quick ]; then
-  step bench 240 $PY -m robuq.bench.gpu --model XL/2 --batches 2,32 --gemm-variants --warmup 3 --repeats 10 \
+  step bench ${BENCH_LIMIT:-240} $PY -m robuq.bench.gpu --model XL/2 --batches 2,32 --gemm-variants --warmup 3 --repeats 10 \
     --workdir /tmp/robuq-gpu-bench --json "$OUTDIR/bench.json" --no-trt
   [ "${COMPILE:-0}" = 1 ] && step bench-compile ${COMPILE_LIMIT:-300} $PY -m robuq.bench.gpu --model XL/2 --batches 2,32 \
     --skip gemm --compile --warmup 3 --repeats 10 --workdir /tmp/robuq-gpu-bench --json "$OUTDIR/bench_compile.json" --no-trt
