@@ -63,12 +63,24 @@ def skip_reason() -> str | None:
 GEMM_LAYERS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
 
 
-def median_ms(fn, warmup: int, repeats: int, inner: int = 1) -> float:
-    """Median over `repeats` of the device time of `inner` back-to-back calls of fn, per call."""
+def median_ms(fn, warmup: int, repeats: int, inner: int = 1, graph: bool = False) -> float:
+    """Median over `repeats` of the device time of `inner` back-to-back calls of fn, per call. graph: the
+    `inner` calls captured once in a CUDA graph and replayed, so that Python's launch cost (~10 us a call,
+    more than a small GEMM takes) stays out of the device time."""
     import torch
 
     for _ in range(warmup):
         fn()
+    if graph:
+        torch.cuda.synchronize()
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            for _ in range(inner):
+                fn()
+        fn = g.replay
+        inner_calls, inner = inner, 1
+    else:
+        inner_calls = inner
     times = []
     for _ in range(repeats):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -77,7 +89,7 @@ def median_ms(fn, warmup: int, repeats: int, inner: int = 1) -> float:
             fn()
         b.record()
         torch.cuda.synchronize()
-        times.append(a.elapsed_time(b) / inner)
+        times.append(a.elapsed_time(b) / inner_calls)
     return statistics.median(times)
 
 
@@ -116,13 +128,13 @@ def gemm_table(eng, tokens: int, warmup: int, repeats: int, variants: bool, log)
         a16 = torch.randn(m, k, device="cuda", generator=g, dtype=torch.bfloat16)
         w16 = torch.randn(k, n, device="cuda", generator=g, dtype=torch.bfloat16)
         row["bf16_us"] = 1e3 * median_ms(
-            lambda a16=a16, w16=w16: torch.matmul(a16, w16), warmup, repeats, inner
+            lambda a16=a16, w16=w16: torch.matmul(a16, w16), warmup, repeats, inner, graph=True
         )
         a8 = torch.randint(-127, 128, (m, k), device="cuda", dtype=torch.int8, generator=g)
         w8 = torch.randint(-127, 128, (k, n), device="cuda", dtype=torch.int8, generator=g)
         try:
             row["int8_us"] = 1e3 * median_ms(
-                lambda a8=a8, w8=w8: torch._int_mm(a8, w8), warmup, repeats, inner
+                lambda a8=a8, w8=w8: torch._int_mm(a8, w8), warmup, repeats, inner, graph=True
             )
         except RuntimeError as err:
             row["int8_skipped"] = str(err)[:200]
@@ -274,7 +286,10 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     res: dict = {"model": model, "bits": args.bits, "rank": args.rank, "tokens": args.tokens}
-    try:  # an idle GPU runs at a low clock: a second of large matrix products first
+    path = rq_file(run, workdir, model, args.bits, args.rank, args.seed)
+    eng = Engine(path, device="cuda")
+    res["device"] = eng._engine.device_name
+    try:  # an idle GPU runs at a low clock (345 MHz on an H200): a second of large matrix products first
         import torch
 
         a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
@@ -285,9 +300,6 @@ def main(argv: list[str] | None = None) -> int:
         del a
     except ImportError:
         pass
-    path = rq_file(run, workdir, model, args.bits, args.rank, args.seed)
-    eng = Engine(path, device="cuda")
-    res["device"] = eng._engine.device_name
     res["gemm"] = []
     if "gemm" not in skip:
         try:
@@ -300,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     tm = None
     if "forward" not in skip:
         for n in batches:
-            fv = list(range(1, _C.CUDA_GEMM_VARIANTS + 1)) if args.gemm_variants else None
+            # whole-forward times per GEMM variant at the first batch size only (minutes at batch 32)
+            fv = list(range(1, _C.CUDA_GEMM_VARIANTS + 1)) if args.gemm_variants and n == batches[0] else None
             r = {"robuq": time_robuq(eng, n, args.warmup, args.repeats, fv)}
             run.log(f"forward batch {n}: robuq {r['robuq']['ms']:.3f} ms")
             try:

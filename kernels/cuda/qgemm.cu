@@ -554,45 +554,29 @@ void linear_f32(const float* x, int64_t T, int64_t in, const float* W, int64_t o
 
 namespace {
 // u[t, j] = sum_k x[t, k] w[j, k], k ascending (the reference's order, so the bits are linear_f32's): one
-// thread per (t, j); a block takes kRowdotTokens tokens and (up to kRowdotMaxOut) all outputs, staging
-// chunks of kRowdotChunk columns of x and w in shared memory (coalesced loads, rows padded by one float),
-// so each thread's serial chain of additions reads only shared memory and runs at the additions' latency.
-constexpr int kRowdotChunk = 128;
-constexpr int kRowdotMaxOut = 32;
-constexpr int kRowdotThreads = 128;
+// thread per (t, j), flattened over small blocks so that the few rows of a low-rank branch (rank 1..32)
+// spread over many multiprocessors. The chain of additions is inherently serial; loads run 8 ahead of it
+// (products do not depend on the sum). Measured on an H200 (docs/cuda.md): latency-bound all the same
+// (~75 us per call at T = 512); a version staging 128-column chunks in shared memory was slower (~120 us).
+constexpr int kRowdotThreads = 32;
 __global__ void __launch_bounds__(kRowdotThreads)
-    rowdot_kernel(const float* __restrict__ x, int T, int in, const float* __restrict__ w, int out, int tokens,
-                  float* u) {
-  extern __shared__ float sm[];
-  constexpr int ld = kRowdotChunk + 1;
-  float* xs = sm;                // [tokens][ld]
-  float* ws = sm + tokens * ld;  // [out][ld]
-  const int tid = threadIdx.x;
-  const int t0 = blockIdx.x * tokens;
-  const int nt = T - t0 < tokens ? T - t0 : tokens;
-  const int tt = tid / out, j = tid % out;
-  const bool active = tt < nt;
+    rowdot_kernel(const float* __restrict__ x, int T, int in, const float* __restrict__ w, int out, float* u) {
+  const int64_t o = static_cast<int64_t>(blockIdx.x) * kRowdotThreads + threadIdx.x;
+  if (o >= static_cast<int64_t>(T) * out) return;
+  const int64_t t = o / out, j = o % out;
+  const float* xt = x + t * in;
+  const float* wj = w + j * in;
   float acc = 0.0f;
-  for (int k0 = 0; k0 < in; k0 += kRowdotChunk) {
-    const int kc = in - k0 < kRowdotChunk ? in - k0 : kRowdotChunk;
-    __syncthreads();
-    for (int idx = tid; idx < nt * kRowdotChunk; idx += kRowdotThreads) {
-      const int r = idx / kRowdotChunk, c = idx % kRowdotChunk;
-      if (c < kc) xs[r * ld + c] = x[static_cast<int64_t>(t0 + r) * in + k0 + c];
-    }
-    for (int idx = tid; idx < out * kRowdotChunk; idx += kRowdotThreads) {
-      const int r = idx / kRowdotChunk, c = idx % kRowdotChunk;
-      if (c < kc) ws[r * ld + c] = w[static_cast<int64_t>(r) * in + k0 + c];
-    }
-    __syncthreads();
-    if (active) {
-      const float* xr = xs + tt * ld;
-      const float* wr = ws + j * ld;
-#pragma unroll 16
-      for (int c = 0; c < kc; ++c) acc = acc + xr[c] * wr[c];
-    }
+  int k = 0;
+  for (; k + 8 <= in; k += 8) {
+    float p[8];
+#pragma unroll
+    for (int q = 0; q < 8; ++q) p[q] = __ldg(xt + k + q) * __ldg(wj + k + q);
+#pragma unroll
+    for (int q = 0; q < 8; ++q) acc = acc + p[q];
   }
-  if (active) u[static_cast<int64_t>(t0 + tt) * out + j] = acc;
+  for (; k < in; ++k) acc = acc + xt[k] * wj[k];
+  u[o] = acc;
 }
 }  // namespace
 
@@ -601,16 +585,9 @@ void rowdot_f32(const float* x, int64_t T, int64_t in, const float* w, int64_t o
   check_int_range(T * in, "T * in");
   check_int_range(out * in, "out * in");
   check_int_range(T * out, "T * out");
-  if (out > kRowdotMaxOut) {  // wide outputs: the plain float kernel (same bits)
-    Epilogue plain;
-    linear_f32(x, T, in, w, out, plain, u, stream);
-    return;
-  }
-  const int tokens = std::min(kRowdotThreads / static_cast<int>(out), 64);  // <= 33.5 KB of shared memory
-  const size_t smem = sizeof(float) * static_cast<size_t>((tokens + out) * (kRowdotChunk + 1));
-  const int64_t blocks = (T + tokens - 1) / tokens;
-  rowdot_kernel<<<static_cast<unsigned>(blocks), kRowdotThreads, smem, stream>>>(
-      x, static_cast<int>(T), static_cast<int>(in), w, static_cast<int>(out), tokens, u);
+  const int64_t blocks = (T * out + kRowdotThreads - 1) / kRowdotThreads;
+  rowdot_kernel<<<static_cast<unsigned>(blocks), kRowdotThreads, 0, stream>>>(x, static_cast<int>(T), static_cast<int>(in),
+                                                                              w, static_cast<int>(out), u);
   check(cudaGetLastError(), "rowdot_f32 launch");
 }
 
