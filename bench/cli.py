@@ -1,5 +1,5 @@
-"""robuq-bench: the RobuQ engine against PyTorch fp32 and onnxruntime (fp32 and int8 dynamic quantization) on
-this machine, in one run.
+"""robuq-bench: the RobuQ engine against the runtimes a CPU user would pick instead (PyTorch, onnxruntime,
+OpenVINO; float and int8) on this machine, in one run.
 
   robuq-bench [--models S/2,B/2,XL/2] [--configs W1.58A2,W1.58A3,W1.58A4,AMPN] [--quick]
               [--json PATH] [--png PATH] [--readme README.md] [--workdir DIR]
@@ -10,10 +10,16 @@ Measured, each in its own subprocess (so every peak RSS is that runtime's alone)
   2. the block linears of each model (qkv, proj, fc1, fc2) at T = 512 tokens: robuq._C.QLinear (W1.58, full
      Hadamard, gauss clipping; A2 and A4) against torch.matmul fp32, multiply-adds per second;
   3. a whole forward at batch 2 (one CFG step) of each model: the engine on random .rq files
-     (robuq-export --random, W1.58A2 / A3 / A4 / AMPN, rank --rank) against PyTorch fp32 eager,
-     onnxruntime fp32 and onnxruntime int8 (quantize_dynamic of the fp32 ONNX export of the same weights);
+     (robuq-export --random, W1.58A2 / A3 / A4 / AMPN, rank --rank) on its kernel tier (and, on an AVX-512
+     machine, the forced avx2 tier too) against, on the same random weights: PyTorch fp32 and bf16 (bf16
+     only where the CPU has AVX512_BF16) eager; onnxruntime fp32, int8 dynamic (quantize_dynamic) and int8
+     static (QDQ, per-channel weights, u8 activations with MinMax ranges from --calib random inputs) of our
+     ONNX export; OpenVINO (2024+) on the same ONNX at its default precision (bf16 where the CPU has it), at
+     f32, and int8 from NNCF post-training quantization (--calib random inputs);
   4. peak resident memory (VmHWM) of each, model file sizes, and 1 thread against all threads.
-Warm-up runs first, then repeats; times are medians. Model files are cached in --workdir.
+Warm-up runs first, then repeats; times are medians (min and max beside them). Model files, ONNX exports,
+quantized models and OpenVINO IRs are cached in --workdir. A baseline whose package is missing is skipped
+and the results say why (`pip install robuq[bench]` installs them all).
 """
 
 from __future__ import annotations
@@ -34,7 +40,18 @@ from . import report
 
 MODELS = ("DiT-S/2", "DiT-B/2", "DiT-XL/2")
 CONFIGS = ("W1.58A2", "W1.58A3", "W1.58A4", "AMPN")
-RUNTIMES = ("torch", "ort", "ort-int8")
+# baseline name -> (runtime, config) of its rows
+BASELINES = {
+    "torch": ("torch", "fp32"),
+    "torch-bf16": ("torch", "bf16"),
+    "ort": ("ort", "fp32"),
+    "ort-int8": ("ort", "int8"),
+    "ort-int8-static": ("ort", "int8-static"),
+    "ov": ("ov", "default"),
+    "ov-f32": ("ov", "f32"),
+    "ov-int8": ("ov", "int8"),
+}
+RUNTIMES = tuple(BASELINES)
 
 
 def model_name(text: str) -> str:
@@ -54,7 +71,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--configs", default=",".join(CONFIGS), help="engine configs (default all: " + ",".join(CONFIGS) + ")"
     )
-    p.add_argument("--baselines", default=",".join(RUNTIMES), help="torch,ort,ort-int8 (default all)")
+    p.add_argument(
+        "--baselines", default=",".join(RUNTIMES), help=f"comma list of {','.join(RUNTIMES)} (default all)"
+    )
+    p.add_argument(
+        "--tiers",
+        help="engine kernel tiers to run (default: the active tier, plus avx2 when the active one is avx512)",
+    )
+    p.add_argument(
+        "--calib", type=int, default=8, help="random calibration inputs of the static int8 baselines"
+    )
     p.add_argument(
         "--quick",
         action="store_true",
@@ -119,17 +145,27 @@ def machine_info() -> dict:
                 break
     except OSError:
         pass
+    flags: set[str] = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
     info = {
         "cpu": cpu,
         "cores": len(os.sched_getaffinity(0)),
         "features": [k for k, v in _C.cpu_features().items() if v],
+        # the vector features that decide kernel tiers here and in the peers
+        "vector": [f for f in VECTOR_FLAGS if f in flags],
         "tier": _C.active_tier(),
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
         "robuq": __version__,
         "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
     }
-    for mod in ("numpy", "torch", "onnxruntime"):
+    for mod in ("numpy", "torch", "onnxruntime", "openvino", "nncf"):
         try:
             info[mod] = __import__(mod).__version__
         except ImportError:
@@ -145,6 +181,9 @@ def machine_info() -> dict:
     except (OSError, subprocess.CalledProcessError):
         info["git"] = None
     return info
+
+
+VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512vbmi", "avx512_vnni", "avx512_bf16")
 
 
 def rq_file(run: Runner, workdir: Path, model: str, config: str, rank: int, seed: int) -> Path:
@@ -181,17 +220,86 @@ def rq_file(run: Runner, workdir: Path, model: str, config: str, rank: int, seed
 def onnx_files(
     run: Runner, workdir: Path, model: str, seed: int, need_int8: bool
 ) -> tuple[Path, Path | None]:
-    base = workdir / f"{model.replace('/', '_')}-fp32-s{seed}.onnx"
+    """The fp32 ONNX export of a model's random weights and (need_int8) its dynamic int8 quantization."""
+    base = baseline_file(run, workdir, model, seed, "ort", None)
+    return base, baseline_file(run, workdir, model, seed, "ort-int8", None) if need_int8 else None
+
+
+def baseline_file(
+    run: Runner, workdir: Path, model: str, seed: int, baseline: str, inputs: dict | None, calib: int = 8
+) -> Path | None:
+    """The model file a baseline runs (made once and cached in workdir): the fp32 ONNX export for "ort",
+    its int8 versions for "ort-int8" / "ort-int8-static", the OpenVINO IR of it for "ov" / "ov-f32", the
+    NNCF int8 IR for "ov-int8"; None for PyTorch (weights are made in the worker)."""
+    tag = model.replace("/", "_")
+    if baseline in ("torch", "torch-bf16"):
+        return None
+    base = workdir / f"{tag}-fp32-s{seed}.onnx"
     if not base.exists():
         run.log(f"ONNX export {base.name}")
         run.worker({"kind": "export-onnx", "model": model, "seed": seed, "path": str(base)})
-    int8 = None
-    if need_int8:
-        int8 = workdir / f"{model.replace('/', '_')}-int8-s{seed}.onnx"
-        if not int8.exists():
-            run.log(f"ONNX int8 dynamic quantization {int8.name}")
-            run.worker({"kind": "quantize-onnx", "src": str(base), "dst": str(int8)})
-    return base, int8
+    if baseline == "ort":
+        return base
+    big = (workdir / (base.name + ".data")).exists()
+    if baseline == "ort-int8":
+        dst = workdir / f"{tag}-int8-s{seed}.onnx"
+        if not dst.exists():
+            run.log(f"ONNX int8 dynamic quantization {dst.name}")
+            run.worker({"kind": "quantize-onnx", "src": str(base), "dst": str(dst)})
+        return dst
+    if baseline == "ort-int8-static":
+        dst = workdir / f"{tag}-int8qdq-c{calib}-s{seed}.onnx"
+        if not dst.exists():
+            run.log(f"ONNX int8 static quantization (QDQ, {calib} calibration inputs) {dst.name}")
+            spec = {"kind": "quantize-onnx-static", "src": str(base), "dst": str(dst), "inputs": inputs}
+            run.worker({**spec, "calib": calib, "external": big})
+        return dst
+    ir = workdir / f"{tag}-fp32-s{seed}.xml"
+    if not ir.exists():
+        run.log(f"OpenVINO IR {ir.name}")
+        run.worker({"kind": "ov-convert", "src": str(base), "dst": str(ir)})
+    if baseline in ("ov", "ov-f32"):
+        return ir
+    if baseline == "ov-int8":
+        dst = workdir / f"{tag}-int8nncf-c{calib}-s{seed}.xml"
+        if not dst.exists():
+            run.log(f"NNCF int8 post-training quantization ({calib} calibration inputs) {dst.name}")
+            spec = {"kind": "ov-quantize", "src": str(ir), "dst": str(dst), "inputs": inputs, "calib": calib}
+            run.worker(spec)
+        return dst
+    raise ValueError(f"unknown baseline {baseline!r}")
+
+
+def baseline_unavailable(baseline: str, vector: list[str]) -> str | None:
+    """Why a baseline cannot run here (a package missing, no bf16 on this CPU), or None."""
+    need = {
+        "torch": "torch",
+        "torch-bf16": "torch",
+        "ov": "openvino",
+        "ov-f32": "openvino",
+        "ov-int8": "nncf",
+    }
+    mod = need.get(baseline, "onnxruntime")
+    try:
+        __import__(mod)
+        if baseline.startswith("ov") or baseline.startswith("ort"):
+            __import__("onnx")  # the baselines start from our ONNX export
+        if baseline == "ov-int8":
+            __import__("openvino")
+    except ImportError as e:
+        return f"{e.name or mod} is not installed (pip install robuq[bench])"
+    if baseline == "torch-bf16" and "avx512_bf16" not in vector:
+        return "this CPU has no AVX512_BF16 (PyTorch bf16 would run emulated)"
+    return None
+
+
+def model_file_mb(path: Path | None) -> float:
+    """A model file's size with its companions: ONNX external data, an OpenVINO IR's .bin."""
+    if path is None:
+        return 0.0
+    if path.suffix == ".xml":
+        return (path.stat().st_size + path.with_suffix(".bin").stat().st_size) / 1e6
+    return onnx_size_mb(path)
 
 
 def onnx_size_mb(path: Path) -> float:
@@ -236,6 +344,7 @@ def measure(args) -> dict:
             "tokens": args.tokens,
             "rank": args.rank,
             "seed": args.seed,
+            "calib": args.calib,
             "quick": args.quick,
             "command": "robuq-bench " + " ".join(sys.argv[1:])
             if sys.argv and sys.argv[0].endswith("robuq-bench")
@@ -245,6 +354,14 @@ def measure(args) -> dict:
         "linears": [],
         "forward": [],
     }
+    from robuq import _C
+
+    tiers = [t.strip() for t in (args.tiers or "").split(",") if t.strip()]
+    if not tiers:
+        tiers = [_C.active_tier()]
+        if tiers[0] == "avx512" and _C.tier_available("avx2"):
+            tiers.append("avx2")
+    results["settings"]["tiers"] = tiers
     if "ceilings" not in skip:
         run.log("instruction ceilings")
         results["ceilings"] = run.worker(
@@ -253,11 +370,12 @@ def measure(args) -> dict:
     if "linears" not in skip:
         bits = [2] if args.quick else [2, 4]
         for threads in sorted({1, threads_all}):
-            for side in ("robuq", "torch"):
-                run.log(f"block linears: {side}, {threads} thread(s)")
+            for side, tier in [("robuq", t) for t in tiers] + [("torch", None)]:
+                run.log(f"block linears: {side}{f' [{tier}]' if tier else ''}, {threads} thread(s)")
                 spec = {
                     "kind": "linears",
                     "side": side,
+                    "tier": tier,
                     "models": models,
                     "tokens": args.tokens,
                     "bits": bits,
@@ -267,11 +385,18 @@ def measure(args) -> dict:
                 }
                 results["linears"] += run.worker(spec, threads)["linears"]
     if "forward" not in skip:
+        vector = results["machine"].get("vector", [])
+        results["skipped"] = []
+        runnable = []
+        for b in baselines:
+            why = baseline_unavailable(b, vector)
+            if why:
+                run.log(f"skip {b}: {why}")
+                results["skipped"].append({"baseline": b, "reason": why})
+            else:
+                runnable.append(b)
         for model in models:
             rq = {c: rq_file(run, workdir, model, c, args.rank, args.seed) for c in configs}
-            fp32 = int8 = None
-            if "ort" in baselines or "ort-int8" in baselines:
-                fp32, int8 = onnx_files(run, workdir, model, args.seed, "ort-int8" in baselines)
             from robuq.models import CONFIGS as DIT_CONFIGS
             from robuq.models import DiT, DiTConfig
 
@@ -281,25 +406,36 @@ def measure(args) -> dict:
                 "input_size": cfg.input_size,
                 "num_classes": cfg.num_classes,
             }
-            jobs = []  # (runtime, config, path, file size MB)
-            for c in configs:
-                jobs.append(("robuq", c, rq[c], rq[c].stat().st_size / 1e6))
-            if "torch" in baselines:
-                import torch
+            jobs = []  # (runtime, config, tier, path, precision, file size MB)
+            for tier in tiers:
+                for c in configs:
+                    jobs.append(("robuq", c, tier, rq[c], None, rq[c].stat().st_size / 1e6))
+            for b in runnable:
+                runtime, config = BASELINES[b]
+                try:
+                    path = baseline_file(run, workdir, model, args.seed, b, inputs, args.calib)
+                except RuntimeError as e:  # a peer that fails on this model: say so, keep the rest
+                    run.log(f"skip {b} on {model}: {e}")
+                    results["skipped"].append({"baseline": b, "model": model, "reason": str(e)[-500:]})
+                    continue
+                if runtime == "torch":
+                    import torch
 
-                with torch.device("meta"):
-                    n_params = sum(p.numel() for p in DiT(cfg).parameters())
-                jobs.append(("torch", "fp32", None, n_params * 4 / 1e6))
-            if "ort" in baselines:
-                jobs.append(("ort", "fp32", fp32, onnx_size_mb(fp32)))
-            if "ort-int8" in baselines:
-                jobs.append(("ort", "int8", int8, onnx_size_mb(int8)))
-            for runtime, config, path, size in jobs:
+                    with torch.device("meta"):
+                        n_params = sum(p.numel() for p in DiT(cfg).parameters())
+                    size = n_params * (2 if config == "bf16" else 4) / 1e6
+                else:
+                    size = model_file_mb(path)
+                precision = {"bf16": "bf16", "f32": "f32"}.get(config)
+                jobs.append((runtime, config, None, path, precision, size))
+            for runtime, config, tier, path, precision, size in jobs:
+                # one thread: the engine (the scaling target) and PyTorch fp32; --quick: the first config only
                 one_thread = (
-                    not args.quick or (runtime == "robuq" and config == configs[0]) or runtime == "torch"
-                )
+                    runtime == "robuq" and tier == tiers[0] and (not args.quick or config == configs[0])
+                ) or ((runtime, config) == ("torch", "fp32"))
                 for threads in sorted({threads_all} | ({1} if one_thread else set())):
-                    run.log(f"forward {model} {runtime} {config}, {threads} thread(s)")
+                    what = f"{runtime} {config}" + (f" [{tier}]" if tier else "")
+                    run.log(f"forward {model} {what}, {threads} thread(s)")
                     spec = {
                         "kind": "forward",
                         "runtime": runtime,
@@ -310,18 +446,19 @@ def measure(args) -> dict:
                         "seed": args.seed,
                         "inputs": inputs,
                         "path": str(path) if path else None,
+                        "tier": tier,
+                        "precision": precision,
                     }
-                    r = run.worker(spec, threads)
-                    results["forward"].append(
-                        {
-                            "model": model,
-                            "runtime": runtime,
-                            "config": config,
-                            "threads": threads,
-                            "file_mb": size,
-                            **r,
-                        }
-                    )
+                    try:
+                        r = run.worker(spec, threads)
+                    except RuntimeError as e:
+                        run.log(f"skip {what} on {model}: {e}")
+                        results["skipped"].append({"baseline": what, "model": model, "reason": str(e)[-500:]})
+                        continue
+                    row = {"model": model, "runtime": runtime, "config": config, "threads": threads}
+                    if tier:
+                        row["tier"] = tier
+                    results["forward"].append({**row, "file_mb": size, **r})
     results["load_after"] = list(os.getloadavg())
     return results
 

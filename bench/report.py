@@ -8,49 +8,79 @@ from pathlib import Path
 BEGIN = "<!-- robuq-bench:begin -->"
 END = "<!-- robuq-bench:end -->"
 
-BASELINES = (("torch", "fp32", "PyTorch fp32"), ("ort", "fp32", "ORT fp32"), ("ort", "int8", "ORT int8"))
+NAMES = {"torch": "PyTorch", "ort": "ORT", "ov": "OpenVINO"}
+CONFIG_NAMES = {
+    ("ort", "int8"): "int8 dynamic",
+    ("ort", "int8-static"): "int8 static",
+    ("ov", "default"): "default",
+}
 
 
-def label(runtime: str, config: str) -> str:
+def label(runtime: str, config: str, tier: str | None = None) -> str:
     if runtime == "robuq":
-        return f"robuq {config}"
-    return {"torch": "PyTorch", "ort": "ORT"}[runtime] + f" {config}"
+        return f"robuq {config}" + (f" [{tier}]" if tier else "")
+    return f"{NAMES.get(runtime, runtime)} {CONFIG_NAMES.get((runtime, config), config)}"
 
 
 def _threads_all(res: dict) -> int:
     return res["settings"]["threads"]
 
 
-def forward_time(res: dict, model: str, runtime: str, config: str, threads: int) -> dict | None:
+def _key(r: dict) -> tuple:
+    return (r["model"], r["runtime"], r["config"], r.get("tier"))
+
+
+def forward_time(
+    res: dict, model: str, runtime: str, config: str, threads: int, tier: str | None = None
+) -> dict | None:
+    """The forward row of (model, runtime, config) at `threads`; for the engine, of `tier` (default: the
+    first tier measured, the machine's own)."""
+    if runtime == "robuq" and tier is None:
+        tiers = res["settings"].get("tiers") or [None]
+        tier = tiers[0]
     for r in res["forward"]:
         if (r["model"], r["runtime"], r["config"], r["threads"]) == (model, runtime, config, threads):
-            return r
+            if runtime != "robuq" or r.get("tier") == tier:
+                return r
     return None
 
 
+def fastest_peer(res: dict, model: str) -> dict | None:
+    """The fastest non-robuq row of a model at all threads (the runtime a user would pick instead)."""
+    ta = _threads_all(res)
+    peers = [
+        r for r in res["forward"] if r["model"] == model and r["runtime"] != "robuq" and r["threads"] == ta
+    ]
+    return min(peers, key=lambda r: r["median_s"]) if peers else None
+
+
 def forward_rows(res: dict) -> list[dict]:
-    """One row per (model, runtime, config) at all threads, with its ratios."""
+    """One row per (model, runtime, config, tier) at all threads, with min / median / max and ratios."""
     ta = _threads_all(res)
     rows = []
     seen = set()
     for r in res["forward"]:
-        key = (r["model"], r["runtime"], r["config"])
-        if key in seen or r["threads"] != ta:
+        if _key(r) in seen or r["threads"] != ta:
             continue
-        seen.add(key)
+        seen.add(_key(r))
+        times = r.get("times") or [r["median_s"]]
         row = {
             "model": r["model"],
             "runtime": r["runtime"],
             "config": r["config"],
+            "tier": r.get("tier"),
+            "label": label(r["runtime"], r["config"], r.get("tier")),
             "time": r["median_s"],
+            "min": min(times),
+            "max": max(times),
             "rss": r["peak_rss_mb"],
             "file": r["file_mb"],
-            "other": r.get("other_load"),
         }
-        for rt, cf, name in BASELINES:
-            b = forward_time(res, r["model"], rt, cf, ta)
-            row[name] = b["median_s"] / r["median_s"] if b else None
-        one = forward_time(res, r["model"], r["runtime"], r["config"], 1)
+        t = forward_time(res, r["model"], "torch", "fp32", ta)
+        row["vs_torch"] = t["median_s"] / r["median_s"] if t else None
+        peer = fastest_peer(res, r["model"])
+        row["vs_peer"] = peer["median_s"] / r["median_s"] if peer else None
+        one = forward_time(res, r["model"], r["runtime"], r["config"], 1, r.get("tier"))
         row["scaling"] = one["median_s"] / r["median_s"] if one and ta > 1 else None
         row["time_1"] = one["median_s"] if one else None
         loads = [x.get("other_load") for x in (r, one) if x is not None and x.get("other_load") is not None]
@@ -62,70 +92,108 @@ def forward_rows(res: dict) -> list[dict]:
 def linear_rows(res: dict) -> list[dict]:
     rows = []
     torch = {(r["model"], r["layer"], r["threads"]): r for r in res["linears"] if r["side"] == "torch"}
+    robuq = {(r["model"], r["layer"], r["threads"], r["bits"], r.get("tier")): r for r in res["linears"]}
     for r in res["linears"]:
         if r["side"] != "robuq":
             continue
         t = torch.get((r["model"], r["layer"], r["threads"]))
+        a2 = robuq.get((r["model"], r["layer"], r["threads"], r["bits"], "avx2"))
         rows.append(
-            {**r, "torch_gmacs": t["gmacs"] if t else None, "ratio": r["gmacs"] / t["gmacs"] if t else None}
+            {
+                **r,
+                "torch_gmacs": t["gmacs"] if t else None,
+                "ratio": r["gmacs"] / t["gmacs"] if t else None,
+                "vs_avx2": r["gmacs"] / a2["gmacs"] if a2 and r.get("tier") not in (None, "avx2") else None,
+            }
         )
     return rows
 
 
+def _target(text: str, measured: str, met: bool) -> dict:
+    return {"target": text, "measured": measured, "met": met}
+
+
 def targets(res: dict) -> list[dict]:
-    """The issue's targets, judged on DiT-XL/2 (the engine's first config) when it was measured."""
+    """Issue 20's targets, judged on what was measured (the engine's first config and first tier)."""
     out = []
     ta = _threads_all(res)
+    configs = res["settings"].get("configs") or []
+    cfg = configs[0] if configs else None
+    for model, goal in (("DiT-XL/2", 2.0), ("DiT-B/2", 1.5), ("DiT-S/2", 1.5)):
+        eng = forward_time(res, model, "robuq", cfg, ta) if cfg else None
+        peer = fastest_peer(res, model)
+        if eng and peer:
+            ratio = peer["median_s"] / eng["median_s"]
+            out.append(
+                _target(
+                    f"{model} CFG step >= {goal:g}x faster than the fastest peer",
+                    f"{ratio:.2f}x ({eng['median_s']:.3f} s vs {label(peer['runtime'], peer['config'])} "
+                    f"{peer['median_s']:.3f} s)",
+                    ratio >= goal,
+                )
+            )
     model = "DiT-XL/2"
+    eng = forward_time(res, model, "robuq", cfg, ta) if cfg else None
+    if eng:
+        b = forward_time(res, model, "torch", "fp32", ta)
+        if b:
+            ratio = b["median_s"] / eng["median_s"]
+            out.append(
+                _target(f"{model} CFG step >= 5x faster than PyTorch fp32", f"{ratio:.2f}x", ratio >= 5.0)
+            )
     lin = [
-        r for r in linear_rows(res) if r["model"] == model and r["threads"] == ta and r["ratio"] is not None
+        r for r in linear_rows(res) if r["model"] == model and r["threads"] == ta and r["vs_avx2"] is not None
     ]
     if lin:
-        worst = min(lin, key=lambda r: r["ratio"])
+        worst = min(lin, key=lambda r: r["vs_avx2"])
         out.append(
-            {
-                "target": f"block linears >= 3x torch.matmul fp32 ({model} shapes, {ta} threads)",
-                "measured": f"min {worst['ratio']:.2f}x ({worst['layer']}, A{worst['bits']})",
-                "met": worst["ratio"] >= 3.0,
-            }
-        )
-    configs = res["settings"].get("configs") or []
-    if configs:
-        cfg = configs[0]
-        eng = forward_time(res, model, "robuq", cfg, ta)
-        if eng:
-            for rt, cf, name, goal in (
-                ("torch", "fp32", "PyTorch fp32", 3.0),
-                ("ort", "int8", "ORT int8", 1.5),
-            ):
-                b = forward_time(res, model, rt, cf, ta)
-                if b:
-                    ratio = b["median_s"] / eng["median_s"]
-                    out.append(
-                        {
-                            "target": f"{model} CFG step (batch 2) >= {goal:g}x faster than {name}",
-                            "measured": f"{ratio:.2f}x ({eng['median_s']:.3f} s vs "
-                            f"{b['median_s']:.3f} s, {cfg})",
-                            "met": ratio >= goal,
-                        }
-                    )
-            one = forward_time(res, model, "robuq", cfg, 1)
-            if one and ta > 1:
-                s = one["median_s"] / eng["median_s"]
-                out.append(
-                    {
-                        "target": f"{ta} threads >= 1.8x faster than 1 ({model}, {cfg})",
-                        "measured": f"{s:.2f}x ({one['median_s']:.3f} s -> {eng['median_s']:.3f} s)",
-                        "met": s >= 1.8,
-                    }
-                )
-            out.append(
-                {
-                    "target": f"engine peak RSS {model} <= 400 MB",
-                    "measured": f"{eng['peak_rss_mb']:.0f} MB ({cfg}, {ta} threads)",
-                    "met": eng["peak_rss_mb"] <= 400,
-                }
+            _target(
+                f"block linears >= 2x the avx2 tier's G MAC/s ({model}, T = {worst['tokens']}, {ta} threads)",
+                f"min {worst['vs_avx2']:.2f}x ({worst['layer']}, A{worst['bits']})",
+                worst["vs_avx2"] >= 2.0,
             )
+        )
+    a2, a4 = (
+        forward_time(res, model, "robuq", "W1.58A2", ta),
+        forward_time(res, model, "robuq", "W1.58A4", ta),
+    )
+    if a2 and a4:
+        ratio = a4["median_s"] / a2["median_s"]
+        out.append(
+            _target(
+                f"{model} step at A2 >= 1.3x faster than at A4",
+                f"{ratio:.2f}x ({a2['median_s']:.3f} s vs {a4['median_s']:.3f} s)",
+                ratio >= 1.3,
+            )
+        )
+    if eng:
+        one = forward_time(res, model, "robuq", cfg, 1)
+        if one and ta > 1:
+            sc = one["median_s"] / eng["median_s"]
+            out.append(
+                _target(
+                    f"{ta} threads >= 1.8x faster than 1 ({model}, {cfg})",
+                    f"{sc:.2f}x ({one['median_s']:.3f} s -> {eng['median_s']:.3f} s)",
+                    sc >= 1.8,
+                )
+            )
+        times = eng.get("times") or []
+        if len(times) >= 3:
+            spread = max(times) / min(times) - 1
+            out.append(
+                _target(
+                    f"{ta}-thread max within 15 % of its min ({model}, {cfg}, {len(times)} runs)",
+                    f"+{100 * spread:.1f} % ({min(times):.3f} .. {max(times):.3f} s)",
+                    spread <= 0.15,
+                )
+            )
+        out.append(
+            _target(
+                f"engine peak RSS {model} <= 400 MB",
+                f"{eng['peak_rss_mb']:.0f} MB ({cfg}, {ta} threads)",
+                eng["peak_rss_mb"] <= 400,
+            )
+        )
     return out
 
 
@@ -154,10 +222,11 @@ def machine_line(res: dict) -> str:
     load = ""
     if lb:
         load = f"; load average {lb[0]:.2f} before the run" + (f", {la[0]:.2f} after" if la else "")
+    feats = m.get("vector") or m["features"]
+    versions = ", ".join(f"{k} {m[k]}" for k in ("torch", "onnxruntime", "openvino", "nncf") if m.get(k))
     return (
-        f"{m['cpu']}, {m['cores']} cores ({', '.join(m['features'])}), {m.get('memory_gb', '?')} GB, "
-        f"{m['os']}; {res['date']}{load}; robuq {m['robuq']} ({m.get('git') or 'no git'}), torch "
-        f"{m.get('torch')}, onnxruntime {m.get('onnxruntime')}"
+        f"{m['cpu']}, {m['cores']} cores ({', '.join(feats)}), {m.get('memory_gb', '?')} GB, "
+        f"{m['os']}; {res['date']}{load}; robuq {m['robuq']} ({m.get('git') or 'no git'}), {versions}"
     )
 
 
@@ -168,19 +237,46 @@ def sections(res: dict, markdown: bool) -> list[tuple[str, str]]:
     rows = []
     for r in forward_rows(res):
         rows.append(
-            [r["model"], label(r["runtime"], r["config"]), f"{r['time']:.3f}"]
-            + [_f(r[name], ".2f") for _, _, name in BASELINES]
+            [r["model"], r["label"], f"{r['time']:.3f}", f"{r['min']:.3f}", f"{r['max']:.3f}"]
+            + [_f(r["vs_torch"], ".2f"), _f(r["vs_peer"], ".2f")]
             + [_f(r["time_1"], ".3f"), _f(r["scaling"], ".2f"), f"{r['rss']:.0f}", f"{r['file']:.1f}"]
             + [_f(None if r["other"] is None else 100 * r["other"], ".0f")]
         )
     if rows:
-        head = ["model", "runtime", f"time {ta}T (s)"] + [f"x vs {n}" for _, _, n in BASELINES]
+        head = [
+            "model",
+            "runtime",
+            f"median {ta}T (s)",
+            "min",
+            "max",
+            "x vs PyTorch fp32",
+            "x vs fastest peer",
+        ]
         head += ["time 1T (s)", f"1T/{ta}T", "peak RSS (MB)", "file (MB)", "others' CPU %"]
+        models = list(dict.fromkeys(r["model"] for r in res["forward"]))
+        peers = []
+        for m in models:
+            p = fastest_peer(res, m)
+            if p:
+                peers.append(f"{m}: {label(p['runtime'], p['config'])} {p['median_s']:.3f} s")
+        body = _table(head, rows, markdown)
+        if peers:
+            body += "\n\nFastest peer: " + "; ".join(peers) + "."
+        skipped = res.get("skipped") or []
+        if skipped:
+            body += (
+                "\n\nNot measured: "
+                + "; ".join(
+                    f"{x['baseline']}{' (' + x['model'] + ')' if x.get('model') else ''}: {x['reason']}"
+                    for x in skipped
+                )
+                + "."
+            )
         out.append(
             (
-                f"Whole forward, batch 2 (one CFG step), median of {s['repeats']} after "
+                f"Whole forward, batch 2 (one CFG step), median / min / max of {s['repeats']} after "
                 f"{s['warmup']} warm-up",
-                _table(head, rows, markdown),
+                body,
             )
         )
     rows = []
@@ -191,14 +287,17 @@ def sections(res: dict, markdown: bool) -> list[tuple[str, str]]:
                 r["layer"],
                 f"{r['in']}->{r['out']}",
                 f"A{r['bits']}",
+                r.get("tier") or "-",
                 str(r["threads"]),
                 f"{r['gmacs']:.0f}",
                 _f(r["torch_gmacs"], ".0f"),
                 _f(r["ratio"], ".2f"),
+                _f(r["vs_avx2"], ".2f"),
             ]
         )
     if rows:
-        head = ["model", "layer", "in->out", "bits", "threads", "robuq G MAC/s", "torch G MAC/s", "ratio"]
+        head = ["model", "layer", "in->out", "bits", "tier", "threads", "robuq G MAC/s", "torch G MAC/s"]
+        head += ["x torch", "x avx2 tier"]
         out.append(
             (
                 f"Block linears, T = {s['tokens']} tokens: robuq._C.QLinear (W1.58, full Hadamard + "
@@ -242,11 +341,15 @@ def readme_section(res: dict, png: str | None = None, json_path: str | None = No
     lines.append(
         f"Measured by `robuq-bench` in one run on: {machine_line(res)}. Latent DiT at 256x256 (256 "
         f"tokens); the engine runs random `.rq` files from `robuq-export --random` (low-rank rank "
-        f"{s['rank']}); PyTorch is fp32 eager and onnxruntime runs the fp32 ONNX export of the same "
-        "weights and its `quantize_dynamic` int8 version. Peak RSS is the VmHWM of a process that only "
-        'loads and runs that one model. "others\' CPU %": the share of the machine that other processes '
-        "used during the timed runs (median; a run during which they took more than 15% is repeated, up to "
-        "twice the repeat count)."
+        f"{s['rank']}) on its kernel tier (in brackets); every peer runs the same random weights: PyTorch "
+        "eager (fp32, and bf16 where the CPU has AVX512_BF16), onnxruntime on our fp32 ONNX export and its "
+        "int8 versions (dynamic; static QDQ with per-channel weights and u8 activations calibrated on "
+        f"{s.get('calib', 8)} random inputs), OpenVINO on the same ONNX at its default precision (bf16 on "
+        "AVX512_BF16 CPUs), at f32, and int8 after NNCF post-training quantization (same calibration "
+        "inputs). \"x vs fastest peer\" divides the fastest peer's time by the row's. Peak RSS is the "
+        'VmHWM of a process that only loads and runs that one model. "others\' CPU %": the share of the '
+        "machine that other processes used during the timed runs (median; a run during which they took "
+        "more than 15% is repeated, up to twice the repeat count)."
     )
     for title, body in sections(res, markdown=True):
         lines += ["", f"### {title}", "", body]
@@ -277,7 +380,7 @@ def update_readme(path: str, res: dict, png: str | None = None, json_path: str |
 
 
 # ----------------------------------------------------------------------------------------------- chart
-COLORS = {"torch": (150, 150, 150), "ort": (110, 110, 110), "ort-int8": (70, 70, 70), "robuq": (40, 110, 200)}
+COLORS = {"torch": (160, 160, 160), "ort": (115, 115, 115), "ov": (70, 70, 70), "robuq": (40, 110, 200)}
 
 
 def chart(res: dict, path: str) -> None:
@@ -288,7 +391,7 @@ def chart(res: dict, path: str) -> None:
     rows = forward_rows(res)
     models = list(dict.fromkeys(r["model"] for r in rows))
     font = ImageFont.load_default()
-    row_h, gap, left, width, right = 20, 28, 170, 1000, 230
+    row_h, gap, left, width, right = 20, 28, 230, 1000, 230
     height = 50 + sum(gap + row_h * sum(1 for r in rows if r["model"] == m) for m in models) + 20
     img = Image.new("RGB", (left + width + right, height), "white")
     d = ImageDraw.Draw(img)
@@ -306,11 +409,11 @@ def chart(res: dict, path: str) -> None:
         d.text((10, y + 6), m, fill="black", font=font)
         y += gap - 8
         for r in group:
-            key = "ort-int8" if (r["runtime"], r["config"]) == ("ort", "int8") else r["runtime"]
+            key = r["runtime"] if r["runtime"] in COLORS else "ort"
             w = max(1, int(width * r["time"] / slowest))
             d.rectangle([left, y, left + w, y + row_h - 4], fill=COLORS[key])
-            d.text((20, y + 3), label(r["runtime"], r["config"]), fill="black", font=font)
-            vs = r.get("PyTorch fp32")
+            d.text((20, y + 3), r["label"], fill="black", font=font)
+            vs = r.get("vs_torch")
             txt = f"{r['time']:.3f} s" + (
                 f"  ({vs:.2f}x vs PyTorch)" if vs and r["runtime"] != "torch" else ""
             )

@@ -4,10 +4,17 @@ Kinds (the spec's "kind"):
   ceilings      instruction-throughput ceilings (robuq._C.measure_ceiling), 1 thread and `threads`
   linears       block-linear shapes at T tokens: robuq._C.QLinear (side "robuq") or torch.matmul fp32
                 (side "torch"), multiply-adds per second
-  forward       whole forward of one runtime at batch 2 (one CFG step): "robuq" (.rq file), "torch" (fp32
-                eager, random weights), "ort" (an ONNX file, fp32 or int8); times and peak RSS of this process
+  forward       whole forward of one runtime at batch 2 (one CFG step): "robuq" (.rq file, optional kernel
+                tier), "torch" (eager, random weights, fp32 or bf16), "ort" (an ONNX file: fp32, int8
+                dynamic or int8 static QDQ), "ov" (OpenVINO: an IR at its default precision, f32, or the
+                NNCF-quantized int8 IR); times and peak RSS of this process
   export-onnx   the full-precision DiT (random weights, same init as the exporter's --random) -> ONNX
   quantize-onnx onnxruntime.quantization.quantize_dynamic (int8 weights, MatMulInteger) of an ONNX file
+  quantize-onnx-static  onnxruntime.quantization.quantize_static: QDQ, per-channel int8 weights, int8
+                activations with MinMax ranges from `calib` random inputs
+  ov-convert    OpenVINO IR (.xml + .bin, fp32 weights) of an ONNX file
+  ov-quantize   NNCF post-training quantization of an OpenVINO IR (int8 weights and activations, ranges from
+                `calib` random inputs) -> IR
 The parent sets OMP_NUM_THREADS to the thread count before starting the process.
 """
 
@@ -76,6 +83,24 @@ def timed(
     return times, others, redone
 
 
+def calibration_inputs(shape: dict, n: int, seed: int = 1):
+    """n random (x, t, y) batches of one CFG step for the static quantizers' ranges: x ~ N(0, 1) (a noisy
+    latent), t uniform over the 1000 steps, y a random class and the null class."""
+    rng = np.random.default_rng(seed)
+    c, s = shape["in_channels"], shape["input_size"]
+    out = []
+    for _ in range(n):
+        x = rng.standard_normal((BATCH, c, s, s)).astype(np.float32)
+        t = rng.integers(0, 1000, BATCH).astype(np.int64)
+        y = np.array([int(rng.integers(0, shape["num_classes"])), shape["num_classes"]][:BATCH], np.int64)
+        out.append((x, t, y))
+    return out
+
+
+def onnx_feed(x, t, y) -> dict:
+    return {"x": x, "t": t.astype(np.float32), "y": y}
+
+
 def model_config(name: str):
     from robuq.models import CONFIGS, DiTConfig
 
@@ -134,6 +159,10 @@ def block_linear_shapes(name: str) -> list[tuple[str, int, int]]:
 
 def run_linears(spec: dict) -> dict:
     tokens, threads, side = spec["tokens"], spec["threads"], spec["side"]
+    if spec.get("tier"):
+        from robuq import _C
+
+        _C.set_tier(spec["tier"])
     rng = np.random.default_rng(0)
     rows = []
     for name in spec["models"]:
@@ -181,6 +210,7 @@ def run_linears(spec: dict) -> dict:
                         "bits": bits,
                         "threads": threads,
                         "side": side,
+                        "tier": spec.get("tier"),
                         "median_s": med,
                         "gmacs": tokens * n_in * n_out / med / 1e9,
                         "other_load": statistics.median(others),
@@ -196,7 +226,10 @@ def run_forward(spec: dict) -> dict:
     t0 = time.perf_counter()
     if runtime == "robuq":
         import robuq
+        from robuq import _C
 
+        if spec.get("tier"):
+            _C.set_tier(spec["tier"])
         eng = robuq.Engine(spec["path"], threads=threads)
 
         def fn():
@@ -207,6 +240,8 @@ def run_forward(spec: dict) -> dict:
         torch.set_num_threads(threads)
         model = random_torch_model(spec["model"], spec["seed"])
         xt, tt, yt = torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(y)
+        if spec.get("precision") == "bf16":
+            model, xt = model.to(torch.bfloat16), xt.to(torch.bfloat16)
 
         def fn():
             with torch.inference_mode():
@@ -219,10 +254,22 @@ def run_forward(spec: dict) -> dict:
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         sess = ort.InferenceSession(spec["path"], so, providers=["CPUExecutionProvider"])
-        feed = {"x": x, "t": t.astype(np.float32), "y": y}
+        feed = onnx_feed(x, t, y)
 
         def fn():
             sess.run(None, feed)
+    elif runtime == "ov":
+        import openvino as ov
+
+        config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+        if spec.get("precision") == "f32":
+            config["INFERENCE_PRECISION_HINT"] = "f32"
+        compiled = ov.Core().compile_model(spec["path"], "CPU", config)
+        request = compiled.create_infer_request()
+        feed = onnx_feed(x, t, y)
+
+        def fn():
+            request.infer(feed)
     else:
         raise ValueError(f"unknown runtime {runtime!r}")
     load_s = time.perf_counter() - t0
@@ -276,12 +323,67 @@ def run_quantize_onnx(spec: dict) -> dict:
     return {}
 
 
+def run_quantize_onnx_static(spec: dict) -> dict:
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter([onnx_feed(*b) for b in calibration_inputs(spec["inputs"], spec["calib"])])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    quantize_static(
+        spec["src"],
+        spec["dst"],
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax,
+        use_external_data_format=spec.get("external", False),
+    )
+    return {}
+
+
+def run_ov_convert(spec: dict) -> dict:
+    import openvino as ov
+
+    model = ov.Core().read_model(spec["src"])
+    ov.save_model(model, spec["dst"], compress_to_fp16=False)
+    return {}
+
+
+def run_ov_quantize(spec: dict) -> dict:
+    import nncf
+    import openvino as ov
+
+    model = ov.Core().read_model(spec["src"])
+    data = nncf.Dataset([onnx_feed(*b) for b in calibration_inputs(spec["inputs"], spec["calib"])])
+    kwargs = {"subset_size": spec["calib"]}
+    if spec.get("model_type") == "transformer":
+        kwargs["model_type"] = nncf.ModelType.TRANSFORMER
+    q = nncf.quantize(model, data, **kwargs)
+    ov.save_model(q, spec["dst"], compress_to_fp16=False)
+    return {}
+
+
 KINDS = {
     "ceilings": run_ceilings,
     "linears": run_linears,
     "forward": run_forward,
     "export-onnx": run_export_onnx,
     "quantize-onnx": run_quantize_onnx,
+    "quantize-onnx-static": run_quantize_onnx_static,
+    "ov-convert": run_ov_convert,
+    "ov-quantize": run_ov_quantize,
 }
 
 

@@ -11,30 +11,33 @@ from robuq.bench import cli, report
 
 def fake_results():
     fwd = []
-    for runtime, config, t2, t1, rss in (
-        ("robuq", "W1.58A2", 1.0, 1.9, 350.0),
-        ("robuq", "AMPN", 0.98, None, 351.0),
-        ("torch", "fp32", 3.5, 6.8, 3100.0),
-        ("ort", "fp32", 3.2, None, 2900.0),
-        ("ort", "int8", 1.7, None, 900.0),
+    for runtime, config, tier, t2, t1, rss in (
+        ("robuq", "W1.58A2", "avx512", 0.30, 0.57, 350.0),
+        ("robuq", "W1.58A4", "avx512", 0.42, None, 351.0),
+        ("robuq", "W1.58A2", "avx2", 0.90, None, 352.0),
+        ("torch", "fp32", None, 3.5, 6.8, 3100.0),
+        ("ort", "fp32", None, 3.2, None, 2900.0),
+        ("ort", "int8", None, 1.0, None, 900.0),
+        ("ov", "int8", None, 0.7, None, 800.0),
     ):
         for threads, t in ((2, t2), (1, t1)):
             if t is not None:
-                fwd.append(
-                    {
-                        "model": "DiT-XL/2",
-                        "runtime": runtime,
-                        "config": config,
-                        "threads": threads,
-                        "median_s": t,
-                        "times": [t],
-                        "load_s": 1.0,
-                        "peak_rss_mb": rss,
-                        "file_mb": 260.0,
-                    }
-                )
+                row = {
+                    "model": "DiT-XL/2",
+                    "runtime": runtime,
+                    "config": config,
+                    "threads": threads,
+                    "median_s": t,
+                    "times": [t * 0.97, t, t * 1.05],
+                    "load_s": 1.0,
+                    "peak_rss_mb": rss,
+                    "file_mb": 260.0,
+                }
+                if tier:
+                    row["tier"] = tier
+                fwd.append(row)
     lin = []
-    for side, g in (("robuq", 380.0), ("torch", 85.0)):
+    for side, tier, g in (("robuq", "avx512", 800.0), ("robuq", "avx2", 380.0), ("torch", None, 85.0)):
         for layer in ("attn.qkv", "mlp.fc2"):
             lin.append(
                 {
@@ -46,6 +49,7 @@ def fake_results():
                     "bits": 2 if side == "robuq" else None,
                     "threads": 2,
                     "side": side,
+                    "tier": tier,
                     "median_s": 0.01,
                     "gmacs": g,
                 }
@@ -57,7 +61,8 @@ def fake_results():
         "machine": {
             "cpu": "Test CPU",
             "cores": 2,
-            "features": ["avx2"],
+            "features": ["avx2", "avx512f"],
+            "vector": ["avx2", "avx512f", "avx512_vnni"],
             "os": "Linux",
             "robuq": "0.1.0",
             "memory_gb": 8,
@@ -69,7 +74,8 @@ def fake_results():
         "load_after": [0.2, 0.1, 0.1],
         "settings": {
             "models": ["DiT-XL/2"],
-            "configs": ["W1.58A2", "AMPN"],
+            "configs": ["W1.58A2", "W1.58A4"],
+            "tiers": ["avx512", "avx2"],
             "warmup": 2,
             "repeats": 5,
             "threads": 2,
@@ -88,20 +94,30 @@ def fake_results():
 
 def test_ratios_and_targets():
     res = fake_results()
-    rows = {(r["runtime"], r["config"]): r for r in report.forward_rows(res)}
-    a2 = rows[("robuq", "W1.58A2")]
-    assert a2["PyTorch fp32"] == pytest.approx(3.5) and a2["ORT int8"] == pytest.approx(1.7)
-    assert a2["scaling"] == pytest.approx(1.9) and rows[("robuq", "AMPN")]["scaling"] is None
-    met = {t["target"].split(" ")[0] + t["target"][-12:]: t["met"] for t in report.targets(res)}
-    assert all(met.values()), met
+    rows = {r["label"]: r for r in report.forward_rows(res)}
+    a2 = rows["robuq W1.58A2 [avx512]"]
+    assert a2["vs_torch"] == pytest.approx(3.5 / 0.3) and a2["vs_peer"] == pytest.approx(0.7 / 0.3)
+    assert a2["scaling"] == pytest.approx(1.9) and rows["robuq W1.58A4 [avx512]"]["scaling"] is None
+    assert (a2["min"], a2["max"]) == (pytest.approx(0.291), pytest.approx(0.315))
+    assert report.fastest_peer(res, "DiT-XL/2")["runtime"] == "ov"
+    assert rows["robuq W1.58A2 [avx2]"]["vs_peer"] == pytest.approx(0.7 / 0.9)
+    tg = {t["target"]: t for t in report.targets(res)}
+    assert all(t["met"] for t in tg.values()), tg
+    assert any("fastest peer" in k for k in tg) and any("avx2 tier" in k for k in tg)
+    assert any("A2 >= 1.3x" in k for k in tg) and any("within 15 %" in k for k in tg)
+    lin = [r for r in report.linear_rows(res) if r["tier"] == "avx512"]
+    assert lin and all(r["vs_avx2"] == pytest.approx(800 / 380) for r in lin)
     res["forward"][0]["peak_rss_mb"] = 450.0
     assert [t["met"] for t in report.targets(res) if "RSS" in t["target"]] == [False]
+    res["forward"][0]["times"] = [0.2, 0.3, 0.4]
+    assert [t["met"] for t in report.targets(res) if "within 15 %" in t["target"]] == [False]
 
 
 def test_text_readme_and_chart(tmp_path):
     res = fake_results()
     text = report.text_table(res)
-    assert "Test CPU" in text and "robuq W1.58A2" in text and "Targets" in text
+    assert "Test CPU" in text and "robuq W1.58A2 [avx512]" in text and "Targets" in text
+    assert "Fastest peer: DiT-XL/2: OpenVINO int8 0.700 s" in text and "avx512_vnni" in text
     readme = tmp_path / "README.md"
     readme.write_text("# Title\n\nintro\n")
     report.update_readme(str(readme), res, png="docs/performance.png", json_path="docs/performance.json")
