@@ -30,10 +30,10 @@ int team(int threads, int64_t work) {
   return by_work < threads ? static_cast<int>(by_work) : threads;
 }
 
-// The avx2 tier's kernels (robuq/avx2.h) run these ops when that tier is active.
+// The avx2 tier's kernels (robuq/avx2.h) run these ops when that tier or the avx512 tier is active.
 bool use_avx2() {
 #ifdef ROBUQ_HAVE_AVX2
-  return active_tier() == Tier::Avx2;
+  return tier_uses_avx2_kernels(active_tier());
 #else
   return false;
 #endif

@@ -98,6 +98,12 @@ struct QEpilogue {
   }
 };
 
+// Out-of-line QEpilogue::block_begin / tile, compiled for AVX2: what the avx512 files call, so that no copy
+// of the inline members built with AVX-512 flags can stand in for the AVX2 one (one definition per program).
+void epilogue_block_begin(const QEpilogue& e, int64_t r0, int64_t nr, float* scratch);
+void epilogue_tile(const QEpilogue& e, int64_t t0, int64_t mt, int64_t r0, int64_t nr, const int32_t* a, int64_t lda,
+                   float* scratch);
+
 // Makes row t of the activation codes (and whatever else the epilogue reads of token t) on thread `tid`
 // (< the GEMM's thread count). Lets a GEMM quantize each token in the parallel pass that first reads it.
 struct RowPrep {
