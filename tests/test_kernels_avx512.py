@@ -105,7 +105,7 @@ def test_ternary_matmul_thread_and_batch_invariance(bits):
     np.testing.assert_array_equal(mm(q[5:18], 2), one[5:18])
 
 
-def _layer(n_in, out, bits, rank, seed):
+def _layer(n_in, out, bits, rank, seed, hadamard="full"):
     rng = np.random.default_rng(seed)
     w = rng.integers(-1, 2, (out, n_in), dtype=np.int8)
     kw = {}
@@ -123,16 +123,25 @@ def _layer(n_in, out, bits, rank, seed):
         rng.normal(0, 0.1, out).astype(np.float32),
         act_bits=bits,
         clip_k=Q.clip_constant("gauss", bits),
-        hadamard="full",
+        hadamard=hadamard,
         **kw,
     )
 
 
 @pytest.mark.parametrize(
-    "n_in,out,bits,rank", [(1152, 203, 2, 8), (384, 97, 3, 0), (96, 37, 4, 4), (384, 40, 8, 0)]
+    "n_in,out,bits,rank,hadamard",
+    [
+        (1152, 203, 2, 8, "full"),  # K = 36, M = 32: the AVX-512 Hadamard
+        (4608, 50, 3, 0, "full"),  # K = 36, M = 128
+        (384, 97, 3, 0, "block"),  # block of 128
+        (256, 33, 2, 0, "full"),  # a power of two (K = 1)
+        (96, 37, 4, 4, "full"),  # M = 8: the avx2 Hadamard
+        (384, 40, 8, 0, "full"),  # 8 bits: the avx2 GEMM
+    ],
 )
-def test_qlinear_avx512_equals_avx2(restore_tier, n_in, out, bits, rank):
-    lin = _layer(n_in, out, bits, rank, n_in + out + bits)
+def test_qlinear_avx512_equals_avx2(restore_tier, n_in, out, bits, rank, hadamard):
+    """Hadamard + quantize, GEMM and epilogue of the avx512 tier give the avx2 tier's bits."""
+    lin = _layer(n_in, out, bits, rank, n_in + out + bits, hadamard)
     x = np.random.default_rng(bits).standard_t(3, (45, n_in)).astype(np.float32)
     _C.set_tier("avx2")
     want = lin.forward(x, 1)

@@ -65,15 +65,6 @@ T* grow(std::vector<T>& v, size_t n) {
 
 }  // namespace
 
-void epilogue_block_begin(const QEpilogue& e, int64_t r0, int64_t nr, float* scratch) {
-  e.block_begin(r0, nr, scratch);
-}
-
-void epilogue_tile(const QEpilogue& e, int64_t t0, int64_t mt, int64_t r0, int64_t nr, const int32_t* a, int64_t lda,
-                   float* scratch) {
-  e.tile(t0, mt, r0, nr, a, lda, scratch);
-}
-
 void qlinear_forward(const QLinearDesc& d, const generic::Prepared& p, const float* x, int64_t T, float* y,
                      int threads, PostOp post, bool avx512) {
   if (!p.direct) {
@@ -106,11 +97,15 @@ void qlinear_forward(const QLinearDesc& d, const generic::Prepared& p, const flo
     uint8_t* codes;
     int64_t per;
     double share;  // profiling: a thread-second counts 1 / threads of a second of wall time
+    bool avx512;   // the avx512 tier's Hadamard transform (bit-identical)
     void operator()(int64_t t, int tid) const override {
       const double t0 = profile::enabled() ? profile::now() : -1.0;
       const int64_t n = d->in;
       float* rot = rows + tid * per;
-      (*transform)(x + t * n, rot, rot + n);
+#ifdef ROBUQ_HAVE_AVX512
+      if (!avx512 || !avx512::hadamard_row(d->plan, transform->signs(), x + t * n, rot, rot + n))
+#endif
+        (*transform)(x + t * n, rot, rot + n);
       quantize_row(rot, n, d->act_bits, d->clip_k, codes + t * n, scale + t, zero + t);
       if (d->rank > 0) down_project(rot, n, d->down, d->rank, u + t * d->rank);
       if (t0 >= 0) profile::add(profile::HadamardQuantize, (profile::now() - t0) * share);
@@ -126,6 +121,7 @@ void qlinear_forward(const QLinearDesc& d, const generic::Prepared& p, const flo
   prep.codes = codes;
   prep.per = per;
   prep.share = 1.0 / nt1;
+  prep.avx512 = avx512;
   const bool fused = d.format == WeightFormat::Ternary;
   if (!fused) {
     const int nt = detail::useful_threads(threads, T * n, kMinRowWorkPerThread);

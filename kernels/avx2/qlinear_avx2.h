@@ -14,6 +14,8 @@
 namespace robuq {
 namespace avx2 {
 
+// (kernels/avx512/ reads these fields and has its own copy of the arithmetic: it must never call the inline
+// members, whose copies built with AVX-512 flags could then stand in for these.)
 // What an integer GEMM does with the exact sums acc[t, r] = sum_k q[t, k] w[r, k] of a tile:
 //  acc mode (acc != null): store them.
 //  y mode: y[t, r] = float(scale_x[t] * s_w[r] * (acc - zero_x[t] * wsum[r]))   (float64: the shared epilogue,
@@ -97,12 +99,6 @@ struct QEpilogue {
     return _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_mul_pd(sx, sw), d));
   }
 };
-
-// Out-of-line QEpilogue::block_begin / tile, compiled for AVX2: what the avx512 files call, so that no copy
-// of the inline members built with AVX-512 flags can stand in for the AVX2 one (one definition per program).
-void epilogue_block_begin(const QEpilogue& e, int64_t r0, int64_t nr, float* scratch);
-void epilogue_tile(const QEpilogue& e, int64_t t0, int64_t mt, int64_t r0, int64_t nr, const int32_t* a, int64_t lda,
-                   float* scratch);
 
 // Makes row t of the activation codes (and whatever else the epilogue reads of token t) on thread `tid`
 // (< the GEMM's thread count). Lets a GEMM quantize each token in the parallel pass that first reads it.

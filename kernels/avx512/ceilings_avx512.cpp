@@ -7,7 +7,7 @@
 //   vpdpbusd_zmm: u8 x s8 multiply-adds, 64 per instruction;  vpdpbusd_ymm: 32 per instruction
 //   pshufb_zmm:   16-entry lookups per 128-bit lane (vpshufb zmm + vpaddb)
 //   tl3_step:     the ternary micro kernel's inner step, in multiply-adds (192 per vpermb)
-#include <immintrin.h>
+#include "avx512_common.h"  // first
 
 #include <chrono>
 #include <cstdint>

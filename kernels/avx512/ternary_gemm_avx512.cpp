@@ -33,7 +33,7 @@
 // adding into the block's int32 sums (TB x out, L2); then the epilogue (qlinear_avx2.h, shared with the avx2
 // tier) turns the sums into outputs. Every token's result is computed by one thread in one fixed order, so
 // any thread count and any split give the same bits.
-#include <immintrin.h>
+#include "avx512_common.h"  // first
 
 #include <cstdint>
 #include <cstdlib>
@@ -48,13 +48,6 @@
 #include "../avx2/qlinear_avx2.h"
 #include "robuq/avx512.h"
 #include "robuq/ternary_gemm.h"
-
-// GCC 12's AVX-512 headers fill the unused pass-through operand of vpermb with _mm512_undefined_epi32(), whose
-// self-initialisation -W(maybe-)uninitialized reports once inlined; nothing here reads an undefined value.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#endif
 
 namespace robuq {
 namespace {
@@ -312,6 +305,103 @@ struct Buffer {
 };
 thread_local Buffer tl_idx, tl_work;
 
+// ------------------------------------------------------------------------------------------ epilogue
+// The avx2 tier's QEpilogue (kernels/avx2/qlinear_avx2.h) 16 outputs at a time, with the same operations per
+// output in the same order, so the bits are the same:
+//   f = float(scale_x[t] * s_w[r] * (acc - zero_x[t] * wsum[r]))   in float64 (mul, mul, mul, sub; no FMA)
+//   f = f + v, v = one fused-multiply-add chain over j ascending from +0 of u[t, j] up[r, j] (gemm_panels' order)
+//   f = f + bias[r];  then GELU as simd::gelu8 (exp256's steps) when asked.
+// up is packed once per call into panels of 16 outputs x rank (zero-padded), like pack_panels_rows.
+inline __m512 exp512(__m512 x) {
+  const __m512 lo = _mm512_set1_ps(-87.33654475f), hi = _mm512_set1_ps(88.72283906f);
+  const __m512 xc = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-88.0f)), _mm512_set1_ps(88.75f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), xc);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  const __m512 r2 = _mm512_mul_ps(r, r);
+  __m512 y = _mm512_add_ps(_mm512_fmadd_ps(p, r2, r), _mm512_set1_ps(1.0f));
+  const __m512i ni = _mm512_cvtps_epi32(n);
+  const __m512i na = _mm512_srai_epi32(ni, 1);
+  const __m512i nb = _mm512_sub_epi32(ni, na);
+  const __m512i bias = _mm512_set1_epi32(127);
+  y = _mm512_mul_ps(y, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(na, bias), 23)));
+  y = _mm512_mul_ps(y, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(nb, bias), 23)));
+  y = _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ), _mm512_setzero_ps());
+  y = _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask(x, hi, _CMP_GT_OQ), _mm512_set1_ps(__builtin_inff()));
+  return _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), x);
+}
+
+inline __m512 gelu16(__m512 v) {
+  const __m512 beta = _mm512_set1_ps(static_cast<float>(0.7978845608028654));
+  const __m512 kappa = _mm512_set1_ps(0.044715f);
+  const __m512 v3 = _mm512_mul_ps(_mm512_mul_ps(v, v), v);
+  const __m512 u = _mm512_mul_ps(beta, _mm512_add_ps(v, _mm512_mul_ps(kappa, v3)));
+  const __m512 e = exp512(_mm512_mul_ps(u, _mm512_set1_ps(-2.0f)));
+  return _mm512_div_ps(v, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+}
+
+// up [out, rank] -> panels[p][j][16] for the 16-output panels p0 .. p1 - 1.
+void pack_up(const float* up, int64_t out, int64_t rank, int64_t p0, int64_t p1, float* panels) {
+  for (int64_t p = p0; p < p1; ++p) {
+    float* dst = panels + p * rank * 16;
+    for (int64_t j = 0; j < rank; ++j)
+      for (int64_t i = 0; i < 16; ++i) {
+        const int64_t r = p * 16 + i;
+        dst[j * 16 + i] = r < out ? up[r * rank + j] : 0.0f;
+      }
+  }
+}
+
+// Rows t0 .. t0 + nt - 1 of the output from their exact sums C[(t - t0) * ldc + r] (centring undone).
+void epilogue_rows(const avx2::QEpilogue& e, int64_t t0, int64_t nt, const int32_t* C, int64_t ldc,
+                   const float* panels) {
+  const int64_t out = e.out;
+  if (e.acc != nullptr) {
+    for (int64_t i = 0; i < nt; ++i)
+      std::memcpy(e.acc + (t0 + i) * out, C + i * ldc, sizeof(int32_t) * static_cast<size_t>(out));
+    return;
+  }
+  for (int64_t r = 0; r < out; r += 16) {
+    const __mmask16 m = r + 16 <= out ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (out - r)) - 1);
+    const __m512i ws = _mm512_maskz_loadu_epi32(m, e.wsum + r);
+    const __m512d ws0 = _mm512_cvtepi32_pd(_mm512_castsi512_si256(ws));
+    const __m512d ws1 = _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(ws, 1));
+    const __m512 swf = _mm512_maskz_loadu_ps(m, e.s_w + r);
+    const __m512d sw0 = _mm512_cvtps_pd(_mm512_castps512_ps256(swf));
+    const __m512d sw1 = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(swf), 1)));
+    const __m512 bias = e.bias != nullptr ? _mm512_maskz_loadu_ps(m, e.bias + r) : _mm512_setzero_ps();
+    const float* panel = e.u != nullptr ? panels + (r / 16) * e.rank * 16 : nullptr;
+    for (int64_t i = 0; i < nt; ++i) {
+      const int64_t t = t0 + i;
+      const __m512d sx = _mm512_set1_pd(static_cast<double>(e.scale_x[t]));
+      const __m512d zx = _mm512_set1_pd(static_cast<double>(e.zero_x[t]));
+      const __m512i a = _mm512_maskz_loadu_epi32(m, C + i * ldc + r);
+      const __m512d d0 = _mm512_sub_pd(_mm512_cvtepi32_pd(_mm512_castsi512_si256(a)), _mm512_mul_pd(zx, ws0));
+      const __m512d d1 = _mm512_sub_pd(_mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(a, 1)), _mm512_mul_pd(zx, ws1));
+      const __m256 f0 = _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_mul_pd(sx, sw0), d0));
+      const __m256 f1 = _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_mul_pd(sx, sw1), d1));
+      __m512 f = _mm512_castpd_ps(
+          _mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(f0)), _mm256_castps_pd(f1), 1));
+      if (panel != nullptr) {
+        const float* ut = e.u + t * e.rank;
+        __m512 v = _mm512_setzero_ps();
+        for (int64_t j = 0; j < e.rank; ++j) v = _mm512_fmadd_ps(_mm512_set1_ps(ut[j]), _mm512_loadu_ps(panel + j * 16), v);
+        f = _mm512_add_ps(f, v);
+      }
+      if (e.bias != nullptr) f = _mm512_add_ps(f, bias);
+      if (e.gelu) f = gelu16(f);
+      _mm512_mask_storeu_ps(e.y + t * out + r, m, f);
+    }
+  }
+}
+
 void check_args(int bits, int64_t T, int64_t out, int64_t in, int threads) {
   if (bits < 1 || bits > 6) throw std::invalid_argument("avx512::ternary_gemm: bits must be in 1..6");
   if (T < 0 || out < 0 || in < 0) throw std::invalid_argument("avx512::ternary_gemm: negative shape");
@@ -349,15 +439,17 @@ void ternary_gemm(const uint8_t* q, int64_t T, int bits, const uint8_t* packed, 
   const int64_t items = (T + TB - 1) / TB;
   // Buffers, allocated here so that nothing inside the parallel region throws: the decoded weights (shared),
   // and per thread the token block's int32 sums, its tables for one k-block and the epilogue's scratch.
-  constexpr int64_t kEpiBlock = 256;  // outputs per epilogue block (the low-rank panels of up)
   const int64_t idx_bytes = n_mb * chunks * OV * 64;
-  const int64_t c_bytes = TB * ldc * 4, tab_bytes = TB * KB * 64;
-  const int64_t epi_bytes = imax(1, e.block_scratch(kEpiBlock)) * 4;
-  const int64_t per_thread = (c_bytes + tab_bytes + epi_bytes + 3 * 63) / 64 * 64 + 128;
+  const bool lowrank = e.y != nullptr && e.u != nullptr && e.rank > 0;
+  const int64_t n_panels = (out + 15) / 16, panel_bytes = lowrank ? (n_panels * e.rank * 16 * 4 + 63) / 64 * 64 : 0;
+  const int64_t c_bytes = (TB * ldc * 4 + 63) / 64 * 64, tab_bytes = TB * KB * 64;
+  const int64_t per_thread = c_bytes + tab_bytes;
   const int nt = static_cast<int>(imax(1, imin(threads, items)));
-  uint8_t* const idx = tl_idx.get(static_cast<size_t>(idx_bytes));
+  uint8_t* const idx = tl_idx.get(static_cast<size_t>(idx_bytes + panel_bytes));
+  float* const panels = lowrank ? reinterpret_cast<float*>(idx + (idx_bytes + 63) / 64 * 64) : nullptr;
   uint8_t* const work = tl_work.get(static_cast<size_t>(per_thread * nt));
   decode_all(packed, out, in, idx, threads);
+  if (lowrank) pack_up(e.up, out, e.rank, 0, n_panels, panels);
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt) if (nt > 1)
 #endif
@@ -369,8 +461,7 @@ void ternary_gemm(const uint8_t* q, int64_t T, int bits, const uint8_t* packed, 
 #endif
     uint8_t* base = work + tid * per_thread;
     int32_t* const C = reinterpret_cast<int32_t*>(base);
-    int8_t* const tabs = reinterpret_cast<int8_t*>(base + (c_bytes + 63) / 64 * 64);
-    float* const escr = reinterpret_cast<float*>(base + (c_bytes + 63) / 64 * 64 + (tab_bytes + 63) / 64 * 64);
+    int8_t* const tabs = reinterpret_cast<int8_t*>(base + c_bytes);
 #ifdef _OPENMP
 #pragma omp for schedule(dynamic, 1)
 #endif
@@ -407,13 +498,7 @@ void ternary_gemm(const uint8_t* q, int64_t T, int bits, const uint8_t* packed, 
           _mm512_storeu_si512(row + r, _mm512_add_epi32(load512(row + r), _mm512_mullo_epi32(vz, load512(wsum + r))));
         for (; r < out; ++r) row[r] += z * wsum[r];
       }
-      for (int64_t r0 = 0; r0 < out; r0 += kEpiBlock) {
-        const int64_t nr = imin(kEpiBlock, out - r0);
-        avx2::epilogue_block_begin(e, r0, nr, escr);
-        for (int64_t i = 0; i < nt_; i += avx2::QEpilogue::kTileRows)
-          avx2::epilogue_tile(e, t0 + i, imin(avx2::QEpilogue::kTileRows, nt_ - i), r0, nr, C + i * ldc + r0, ldc,
-                              escr);
-      }
+      epilogue_rows(e, t0, nt_, C, ldc, panels);
     }
   }
 }

@@ -32,6 +32,7 @@ class RowTransform {
  public:
   explicit RowTransform(const HadamardPlan& plan);
   void operator()(const float* x, float* rot, float* scratch) const;
+  const float* signs() const { return sgn_.data(); }  // sgn[a * K + c] = +0.0f or -0.0f (full form, K > 1)
 
  private:
   const HadamardPlan& plan_;

@@ -13,7 +13,15 @@ struct QEpilogue;
 struct RowPrep;
 }  // namespace avx2
 
+struct HadamardPlan;
+
 namespace avx512 {
+
+// rot = x @ H for one row (x and rot must not alias; scratch: plan.scratch_size() floats; sgn: the plan's K x K
+// sign table as avx2::RowTransform holds it), bit-identical to ref::hadamard_transform_row. Returns false, doing
+// nothing, for plans it does not take (butterfly segments under 16 floats, the identity): the caller then runs
+// the avx2 transform.
+bool hadamard_row(const HadamardPlan& plan, const float* sgn, const float* x, float* rot, float* scratch);
 
 // Activation bit widths the AVX-512 ternary GEMM takes (1..6; 7 and 8 bits run the avx2 kernel).
 bool ternary_gemm_supported(int bits);
