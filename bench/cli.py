@@ -250,14 +250,18 @@ def measure(args) -> dict:
         results["ceilings"] = run.worker(
             {"kind": "ceilings", "threads": threads_all, "seconds": 0.1 if args.quick else 0.3}, threads_all
         )["ceilings"]
+    # the engine on its default tier and, on an AVX-512 machine, on the avx2 tier too (one table for both)
+    tier = results["machine"]["tier"]
+    tiers = [tier] + (["avx2"] if tier == "avx512" else [])
     if "linears" not in skip:
-        bits = [2] if args.quick else [2, 4]
+        bits = [2] if args.quick else [2, 3, 4]
         for threads in sorted({1, threads_all}):
-            for side in ("robuq", "torch"):
-                run.log(f"block linears: {side}, {threads} thread(s)")
+            for side, tr in [("robuq", t) for t in tiers] + [("torch", None)]:
+                run.log(f"block linears: {side}{' ' + tr if tr else ''}, {threads} thread(s)")
                 spec = {
                     "kind": "linears",
                     "side": side,
+                    "tier": tr,
                     "models": models,
                     "tokens": args.tokens,
                     "bits": bits,
@@ -281,20 +285,22 @@ def measure(args) -> dict:
                 "input_size": cfg.input_size,
                 "num_classes": cfg.num_classes,
             }
-            jobs = []  # (runtime, config, path, file size MB)
+            jobs = []  # (runtime, config, path, file size MB, tier)
             for c in configs:
-                jobs.append(("robuq", c, rq[c], rq[c].stat().st_size / 1e6))
+                for tr in tiers:  # a forced lower tier's rows are named "<config> @<tier>"
+                    name = c if tr == tier else f"{c} @{tr}"
+                    jobs.append(("robuq", name, rq[c], rq[c].stat().st_size / 1e6, tr))
             if "torch" in baselines:
                 import torch
 
                 with torch.device("meta"):
                     n_params = sum(p.numel() for p in DiT(cfg).parameters())
-                jobs.append(("torch", "fp32", None, n_params * 4 / 1e6))
+                jobs.append(("torch", "fp32", None, n_params * 4 / 1e6, None))
             if "ort" in baselines:
-                jobs.append(("ort", "fp32", fp32, onnx_size_mb(fp32)))
+                jobs.append(("ort", "fp32", fp32, onnx_size_mb(fp32), None))
             if "ort-int8" in baselines:
-                jobs.append(("ort", "int8", int8, onnx_size_mb(int8)))
-            for runtime, config, path, size in jobs:
+                jobs.append(("ort", "int8", int8, onnx_size_mb(int8), None))
+            for runtime, config, path, size, tr in jobs:
                 one_thread = (
                     not args.quick or (runtime == "robuq" and config == configs[0]) or runtime == "torch"
                 )
@@ -303,6 +309,7 @@ def measure(args) -> dict:
                     spec = {
                         "kind": "forward",
                         "runtime": runtime,
+                        "tier": tr,
                         "model": model,
                         "threads": threads,
                         "warmup": warmup,

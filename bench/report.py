@@ -46,6 +46,10 @@ def forward_rows(res: dict) -> list[dict]:
             "rss": r["peak_rss_mb"],
             "file": r["file_mb"],
             "other": r.get("other_load"),
+            "tier": r.get("tier"),
+            "profile": r.get("profile"),
+            "min": r.get("min_s"),
+            "max": r.get("max_s"),
         }
         for rt, cf, name in BASELINES:
             b = forward_time(res, r["model"], rt, cf, ta)
@@ -72,13 +76,42 @@ def linear_rows(res: dict) -> list[dict]:
     return rows
 
 
+def _default_tier(res: dict, tier: str | None) -> bool:
+    """Rows of the engine's default tier (older results have no tier: they count as default)."""
+    return tier is None or tier == res["machine"].get("tier", tier)
+
+
+def tier_speedups(res: dict, model: str, threads: int) -> dict:
+    """bits -> (G MAC/s of the machine's tier, of the avx2 tier) over the block linears of `model`, when the
+    results hold both tiers (an AVX-512 machine)."""
+    tier = res["machine"].get("tier")
+    sums: dict = {}
+    for r in res["linears"]:
+        if r["side"] != "robuq" or r["model"] != model or r["threads"] != threads or not r.get("tier"):
+            continue
+        macs = r["tokens"] * r["in"] * r["out"]
+        m, t = sums.setdefault((r["tier"], r["bits"]), [0.0, 0.0])
+        sums[(r["tier"], r["bits"])] = [m + macs, t + r["median_s"]]
+    out = {}
+    for (tr, bits), (m, t) in sums.items():
+        if tr == tier and tier != "avx2" and ("avx2", bits) in sums:
+            m2, t2 = sums[("avx2", bits)]
+            out[bits] = (m / t / 1e9, m2 / t2 / 1e9)
+    return out
+
+
 def targets(res: dict) -> list[dict]:
     """The issue's targets, judged on DiT-XL/2 (the engine's first config) when it was measured."""
     out = []
     ta = _threads_all(res)
     model = "DiT-XL/2"
     lin = [
-        r for r in linear_rows(res) if r["model"] == model and r["threads"] == ta and r["ratio"] is not None
+        r
+        for r in linear_rows(res)
+        if r["model"] == model
+        and r["threads"] == ta
+        and r["ratio"] is not None
+        and _default_tier(res, r.get("tier"))
     ]
     if lin:
         worst = min(lin, key=lambda r: r["ratio"])
@@ -87,6 +120,25 @@ def targets(res: dict) -> list[dict]:
                 "target": f"block linears >= 3x torch.matmul fp32 ({model} shapes, {ta} threads)",
                 "measured": f"min {worst['ratio']:.2f}x ({worst['layer']}, A{worst['bits']})",
                 "met": worst["ratio"] >= 3.0,
+            }
+        )
+    for bits, (g, g2) in sorted(tier_speedups(res, model, ta).items()):
+        out.append(
+            {
+                "target": f"block linears A{bits} >= 2x the avx2 tier ({model} shapes, {ta} threads)",
+                "measured": f"{g / g2:.2f}x ({g:.0f} vs {g2:.0f} G MAC/s, {res['machine'].get('tier')})",
+                "met": g >= 2.0 * g2,
+            }
+        )
+    a2 = forward_time(res, model, "robuq", "W1.58A2", ta)
+    a4 = forward_time(res, model, "robuq", "W1.58A4", ta)
+    if a2 and a4:
+        r = a4["median_s"] / a2["median_s"]
+        out.append(
+            {
+                "target": f"{model} step at A2 >= 1.3x faster than at A4 ({ta} threads)",
+                "measured": f"{r:.2f}x ({a2['median_s']:.3f} s vs {a4['median_s']:.3f} s)",
+                "met": r >= 1.3,
             }
         )
     configs = res["settings"].get("configs") or []
@@ -167,14 +219,20 @@ def sections(res: dict, markdown: bool) -> list[tuple[str, str]]:
     out = []
     rows = []
     for r in forward_rows(res):
+        name = label(r["runtime"], r["config"])
+        if r["tier"] and "@" not in r["config"]:
+            name += f" ({r['tier']})"
+        spread = f"{r['time']:.3f}"
+        if r["min"] is not None and r["max"] is not None:
+            spread += f" [{r['min']:.3f}-{r['max']:.3f}]"
         rows.append(
-            [r["model"], label(r["runtime"], r["config"]), f"{r['time']:.3f}"]
+            [r["model"], name, spread]
             + [_f(r[name], ".2f") for _, _, name in BASELINES]
             + [_f(r["time_1"], ".3f"), _f(r["scaling"], ".2f"), f"{r['rss']:.0f}", f"{r['file']:.1f}"]
             + [_f(None if r["other"] is None else 100 * r["other"], ".0f")]
         )
     if rows:
-        head = ["model", "runtime", f"time {ta}T (s)"] + [f"x vs {n}" for _, _, n in BASELINES]
+        head = ["model", "runtime", f"time {ta}T (s) [min-max]"] + [f"x vs {n}" for _, _, n in BASELINES]
         head += ["time 1T (s)", f"1T/{ta}T", "peak RSS (MB)", "file (MB)", "others' CPU %"]
         out.append(
             (
@@ -191,6 +249,7 @@ def sections(res: dict, markdown: bool) -> list[tuple[str, str]]:
                 r["layer"],
                 f"{r['in']}->{r['out']}",
                 f"A{r['bits']}",
+                r.get("tier") or "-",
                 str(r["threads"]),
                 f"{r['gmacs']:.0f}",
                 _f(r["torch_gmacs"], ".0f"),
@@ -198,7 +257,8 @@ def sections(res: dict, markdown: bool) -> list[tuple[str, str]]:
             ]
         )
     if rows:
-        head = ["model", "layer", "in->out", "bits", "threads", "robuq G MAC/s", "torch G MAC/s", "ratio"]
+        head = ["model", "layer", "in->out", "bits", "tier", "threads"]
+        head += ["robuq G MAC/s", "torch G MAC/s", "ratio"]
         out.append(
             (
                 f"Block linears, T = {s['tokens']} tokens: robuq._C.QLinear (W1.58, full Hadamard + "
@@ -206,11 +266,31 @@ def sections(res: dict, markdown: bool) -> list[tuple[str, str]]:
                 _table(head, rows, markdown),
             )
         )
+    parts = ("linears", "hadamard_quantize", "attention", "elementwise", "float_linears", "other")
+    rows = []
+    for r in forward_rows(res):
+        p = r.get("profile")
+        if r["runtime"] == "robuq" and p:
+            name = r["config"] + (f" ({r['tier']})" if r["tier"] and "@" not in r["config"] else "")
+            rows.append([r["model"], name] + [f"{p.get(k, 0.0):.3f}" for k in parts] + [f"{p['total']:.3f}"])
+    if rows:
+        out.append(
+            (
+                f"Where a forward's time goes (seconds, one profiled forward, {ta} threads; Engine.profile)",
+                _table(["model", "config"] + list(parts) + ["total"], rows, markdown),
+            )
+        )
     rows = []
     names = {
         "fma_f32": "fp32 FMA (multiply-adds)",
         "maddubs": "int8 vpmaddubsw (u8 x s8 multiply-adds)",
         "pshufb": "vpshufb 16-entry lookups",
+        "vpermb": "vpermb 64-entry lookups (zmm)",
+        "vpermi2b": "vpermi2b 128-entry lookups (zmm)",
+        "vpdpbusd_zmm": "vpdpbusd zmm (u8 x s8 multiply-adds)",
+        "vpdpbusd_ymm": "vpdpbusd ymm (u8 x s8 multiply-adds)",
+        "pshufb_zmm": "vpshufb zmm 16-entry lookups",
+        "tl3_step": "ternary micro-kernel step (multiply-adds)",
     }
     by = {(c["kind"], c["threads"]): c["gops"] for c in res["ceilings"]}
     for kind in dict.fromkeys(c["kind"] for c in res["ceilings"]):

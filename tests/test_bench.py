@@ -130,3 +130,44 @@ def test_ceilings_run():
         assert _C.measure_ceiling(kind, 1, 0.01) > 1e8
     with pytest.raises(ValueError, match="unknown ceiling"):
         _C.measure_ceiling("nope", 1, 0.01)
+
+
+def test_tier_rows_targets_and_breakdown():
+    """On an AVX-512 machine the engine rows come for the default tier and the forced avx2 tier: the report
+    names the tier, judges avx512 >= 2x avx2 over the block linears and A2 >= 1.3x A4, and shows the
+    per-part breakdown of each engine row."""
+    res = fake_results()
+    res["machine"]["tier"] = "avx512"
+    res["linears"] = [r for r in res["linears"] if r["side"] == "torch"]
+    for tier, secs in (("avx512", 0.004), ("avx2", 0.009)):
+        for layer, n_in, n_out in (("attn.qkv", 1152, 3456), ("mlp.fc2", 4608, 1152)):
+            res["linears"].append(
+                {
+                    "model": "DiT-XL/2",
+                    "layer": layer,
+                    "in": n_in,
+                    "out": n_out,
+                    "tokens": 512,
+                    "bits": 2,
+                    "threads": 2,
+                    "side": "robuq",
+                    "tier": tier,
+                    "median_s": secs,
+                    "gmacs": 512 * n_in * n_out / secs / 1e9,
+                }
+            )
+    parts = {"linears": 0.3, "hadamard_quantize": 0.1, "attention": 0.2, "elementwise": 0.05}
+    parts |= {"float_linears": 0.01, "other": 0.04, "total": 0.7}
+    for r in res["forward"]:
+        if r["runtime"] == "robuq":
+            r |= {"tier": "avx512", "profile": parts, "min_s": r["median_s"], "max_s": r["median_s"] * 1.1}
+    a4 = {**res["forward"][0], "config": "W1.58A4", "median_s": 1.2}
+    res["forward"].append(a4)
+    got = {t["target"]: t for t in report.targets(res)}
+    lin = got["block linears A2 >= 2x the avx2 tier (DiT-XL/2 shapes, 2 threads)"]
+    assert lin["met"] and lin["measured"].startswith("2.25x")
+    step = got["DiT-XL/2 step at A2 >= 1.3x faster than at A4 (2 threads)"]
+    assert not step["met"] and step["measured"].startswith("1.20x")
+    text = report.text_table(res)
+    assert "robuq W1.58A2 (avx512)" in text and "hadamard_quantize" in text and "vpermb" not in text
+    assert "| avx2 |" not in text and " avx2 " in text

@@ -378,26 +378,37 @@ void epilogue_rows(const avx2::QEpilogue& e, int64_t t0, int64_t nt, const int32
     const __m512d sw1 = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(swf), 1)));
     const __m512 bias = e.bias != nullptr ? _mm512_maskz_loadu_ps(m, e.bias + r) : _mm512_setzero_ps();
     const float* panel = e.u != nullptr ? panels + (r / 16) * e.rank * 16 : nullptr;
-    for (int64_t i = 0; i < nt; ++i) {
-      const int64_t t = t0 + i;
-      const __m512d sx = _mm512_set1_pd(static_cast<double>(e.scale_x[t]));
-      const __m512d zx = _mm512_set1_pd(static_cast<double>(e.zero_x[t]));
-      const __m512i a = _mm512_maskz_loadu_epi32(m, C + i * ldc + r);
-      const __m512d d0 = _mm512_sub_pd(_mm512_cvtepi32_pd(_mm512_castsi512_si256(a)), _mm512_mul_pd(zx, ws0));
-      const __m512d d1 = _mm512_sub_pd(_mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(a, 1)), _mm512_mul_pd(zx, ws1));
-      const __m256 f0 = _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_mul_pd(sx, sw0), d0));
-      const __m256 f1 = _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_mul_pd(sx, sw1), d1));
-      __m512 f = _mm512_castpd_ps(
-          _mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(f0)), _mm256_castps_pd(f1), 1));
+    for (int64_t i0 = 0; i0 < nt; i0 += 4) {
+      // the low-rank terms of 4 tokens: 4 independent chains (one chain is latency-bound)
+      __m512 v[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
       if (panel != nullptr) {
-        const float* ut = e.u + t * e.rank;
-        __m512 v = _mm512_setzero_ps();
-        for (int64_t j = 0; j < e.rank; ++j) v = _mm512_fmadd_ps(_mm512_set1_ps(ut[j]), _mm512_loadu_ps(panel + j * 16), v);
-        f = _mm512_add_ps(f, v);
+        const float* ut[4];
+        for (int k = 0; k < 4; ++k) ut[k] = e.u + (t0 + (i0 + k < nt ? i0 + k : i0)) * e.rank;
+        for (int64_t j = 0; j < e.rank; ++j) {
+          const __m512 pj = _mm512_loadu_ps(panel + j * 16);
+          v[0] = _mm512_fmadd_ps(_mm512_set1_ps(ut[0][j]), pj, v[0]);
+          v[1] = _mm512_fmadd_ps(_mm512_set1_ps(ut[1][j]), pj, v[1]);
+          v[2] = _mm512_fmadd_ps(_mm512_set1_ps(ut[2][j]), pj, v[2]);
+          v[3] = _mm512_fmadd_ps(_mm512_set1_ps(ut[3][j]), pj, v[3]);
+        }
       }
-      if (e.bias != nullptr) f = _mm512_add_ps(f, bias);
-      if (e.gelu) f = gelu16(f);
-      _mm512_mask_storeu_ps(e.y + t * out + r, m, f);
+      for (int64_t k = 0; k < 4 && i0 + k < nt; ++k) {
+        const int64_t i = i0 + k, t = t0 + i;
+        const __m512d sx = _mm512_set1_pd(static_cast<double>(e.scale_x[t]));
+        const __m512d zx = _mm512_set1_pd(static_cast<double>(e.zero_x[t]));
+        const __m512i a = _mm512_maskz_loadu_epi32(m, C + i * ldc + r);
+        const __m512d d0 = _mm512_sub_pd(_mm512_cvtepi32_pd(_mm512_castsi512_si256(a)), _mm512_mul_pd(zx, ws0));
+        const __m512d d1 =
+            _mm512_sub_pd(_mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(a, 1)), _mm512_mul_pd(zx, ws1));
+        const __m256 f0 = _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_mul_pd(sx, sw0), d0));
+        const __m256 f1 = _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_mul_pd(sx, sw1), d1));
+        __m512 f = _mm512_castpd_ps(
+            _mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(f0)), _mm256_castps_pd(f1), 1));
+        if (panel != nullptr) f = _mm512_add_ps(f, v[k]);
+        if (e.bias != nullptr) f = _mm512_add_ps(f, bias);
+        if (e.gelu) f = gelu16(f);
+        _mm512_mask_storeu_ps(e.y + t * out + r, m, f);
+      }
     }
   }
 }
