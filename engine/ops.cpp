@@ -120,7 +120,8 @@ void layernorm_modulate(const float* x, int64_t N, int64_t T, int64_t D, const f
   const int64_t rows = N * T;
   const int nt = team(threads, rows * D);
   const bool vec = use_avx2();
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+  // dynamic chunks of rows: a core slowed by another tenant takes fewer (each row's result is the same)
+#pragma omp parallel for schedule(dynamic, 16) num_threads(nt) if (nt > 1)
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t n = r / T;
     const float* xr = x + r * D;
@@ -144,7 +145,7 @@ void gated_residual(float* x, const float* b, const float* gate, int64_t stride,
   const int64_t rows = N * T;
   const int nt = team(threads, rows * D);
   const bool vec = use_avx2();
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+#pragma omp parallel for schedule(dynamic, 16) num_threads(nt) if (nt > 1)
   for (int64_t r = 0; r < rows; ++r) {
     const float* g = gate + (r / T) * stride;
     float* xr = x + r * D;
@@ -236,7 +237,9 @@ void attention(const float* qkv, int64_t N, int64_t T, int64_t H, int64_t hd, in
   const int64_t tasks = N * H;
   const int nt = std::min<int64_t>(team(threads, tasks * T * T * hd), tasks);
   const bool vec = use_avx2();
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+  // heads from a shared counter: a thread slowed by another tenant takes fewer (each head is one task, so the
+  // results are the same for any split)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt) if (nt > 1)
   for (int64_t task = 0; task < tasks; ++task) {
     float* s = scratch + static_cast<size_t>(thread_index()) * per;
     if (vec)
