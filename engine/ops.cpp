@@ -11,6 +11,7 @@
 #endif
 
 #include "robuq/avx2.h"
+#include "robuq/avx512.h"
 #include "robuq/cpu.h"
 #include "robuq/qlinear.h"
 #include "robuq/quant.h"
@@ -237,11 +238,22 @@ void attention(const float* qkv, int64_t N, int64_t T, int64_t H, int64_t hd, in
   const int64_t tasks = N * H;
   const int nt = std::min<int64_t>(team(threads, tasks * T * T * hd), tasks);
   const bool vec = use_avx2();
+#ifdef ROBUQ_HAVE_AVX512
+  const bool vec512 = active_tier() == Tier::Avx512;  // the same bits as avx2, 16 wide
+#else
+  const bool vec512 = false;
+#endif
   // heads from a shared counter: a thread slowed by another tenant takes fewer (each head is one task, so the
   // results are the same for any split)
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt) if (nt > 1)
   for (int64_t task = 0; task < tasks; ++task) {
     float* s = scratch + static_cast<size_t>(thread_index()) * per;
+#ifdef ROBUQ_HAVE_AVX512
+    if (vec512) {
+      avx512::attention_head(qkv, task / H, task % H, T, H, hd, bits, out, s);
+      continue;
+    }
+#endif
     if (vec)
       avx2::attention_head(qkv, task / H, task % H, T, H, hd, bits, out, s);
     else

@@ -175,6 +175,19 @@ def test_fused_gelu_on_avx512(restore_tier):
     np.testing.assert_array_equal(_C.qlinear_forward_post(**args, x=x, threads=1), fused)
 
 
+@pytest.mark.parametrize("bits", [0, 8])
+@pytest.mark.parametrize("t,heads,hd", [(64, 6, 64), (37, 4, 72), (256, 2, 72), (9, 1, 20)])
+def test_attention_avx512_equals_avx2(restore_tier, bits, t, heads, hd):
+    """The AVX-512 attention head (16-wide panels, softmax) gives the avx2 bits, for any thread count."""
+    n = 2
+    qkv = np.random.default_rng(t + hd + bits).normal(0, 1.5, (n * t, 3 * heads * hd)).astype(np.float32)
+    _C.set_tier("avx2")
+    want = _C.attention(qkv, n, heads, bits)
+    _C.set_tier("avx512")
+    np.testing.assert_array_equal(_C.attention(qkv, n, heads, bits), want)
+    np.testing.assert_array_equal(_C.attention(qkv, n, heads, bits, threads=2), want)
+
+
 def test_tier_selection():
     """avx512 is the default where available; the environment variable forces it or a lower tier."""
     features = _C.cpu_features()

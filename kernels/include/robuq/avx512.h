@@ -23,6 +23,11 @@ namespace avx512 {
 // the avx2 transform.
 bool hadamard_row(const HadamardPlan& plan, const float* sgn, const float* x, float* rot, float* scratch);
 
+// One (sample n, head h) of ops::attention, bit-identical to avx2::attention_head (same scratch size:
+// avx2::attention_scratch_floats).
+void attention_head(const float* qkv, int64_t n, int64_t h, int64_t T, int64_t H, int64_t hd, int bits, float* out,
+                    float* scratch);
+
 // Activation bit widths the AVX-512 ternary GEMM takes (1..6; 7 and 8 bits run the avx2 kernel).
 bool ternary_gemm_supported(int bits);
 
