@@ -45,6 +45,40 @@ def packed_with_garbage_padding(rng, out, n_in):
     return w, p
 
 
+def _rows(t, n, seed, kind):
+    rng = np.random.default_rng(seed)
+    if kind == "heavy":
+        x = rng.standard_t(3, (t, n)) * rng.uniform(0.2, 3, (t, 1)) + rng.normal(0, 1, (t, 1))
+    elif kind == "zeros":  # signed zeros and ties for min / max
+        x = rng.choice([0.0, -0.0, 1.0, -1.0, 0.5], (t, n))
+    else:
+        x = np.full((t, n), 0.25)
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+@pytest.mark.parametrize(
+    "n,form,block",
+    [(1152, "full", 0), (4608, "full", 0), (384, "full", 0), (640, "full", 0), (256, "full", 0)]
+    + [(96, "full", 0), (1152, "block", 0), (384, "block", 16), (384, "block", 8)],
+)
+def test_hadamard_bit_identical_to_reference(n, form, block):
+    x = _rows(5, n, n + block, "heavy")
+    got = _C.hadamard_transform(x, form, block, tier="avx512")
+    np.testing.assert_array_equal(got.view(np.uint32), _C.hadamard_transform(x, form, block).view(np.uint32))
+
+
+@pytest.mark.parametrize("n", [1, 7, 16, 33, 384, 1152, 4608])
+@pytest.mark.parametrize("kind", ["heavy", "zeros", "const"])
+def test_quantize_bit_identical_to_reference(n, kind):
+    x = _rows(6, n, n, kind)
+    for bits in (1, 2, 3, 4, 8):
+        for k in (0.0, Q.clip_constant("gauss", bits)):
+            got = _C.quantize_tokens(x, bits, k, tier="avx512")
+            want = _C.quantize_tokens(x, bits, k)
+            for g, w in zip(got, want, strict=True):
+                np.testing.assert_array_equal(np.asarray(g).view(np.uint8), np.asarray(w).view(np.uint8))
+
+
 SHAPES = [
     (1, 1, 1),
     (5, 17, 3),

@@ -103,10 +103,16 @@ void qlinear_forward(const QLinearDesc& d, const generic::Prepared& p, const flo
       const int64_t n = d->in;
       float* rot = rows + tid * per;
 #ifdef ROBUQ_HAVE_AVX512
-      if (!avx512 || !avx512::hadamard_row(d->plan, transform->signs(), x + t * n, rot, rot + n))
+      if (avx512) {
+        if (!avx512::hadamard_row(d->plan, transform->signs(), x + t * n, rot, rot + n))
+          (*transform)(x + t * n, rot, rot + n);
+        avx512::quantize_row(rot, n, d->act_bits, d->clip_k, codes + t * n, scale + t, zero + t);
+      } else
 #endif
+      {
         (*transform)(x + t * n, rot, rot + n);
-      quantize_row(rot, n, d->act_bits, d->clip_k, codes + t * n, scale + t, zero + t);
+        quantize_row(rot, n, d->act_bits, d->clip_k, codes + t * n, scale + t, zero + t);
+      }
       if (d->rank > 0) down_project(rot, n, d->down, d->rank, u + t * d->rank);
       if (t0 >= 0) profile::add(profile::HadamardQuantize, (profile::now() - t0) * share);
     }

@@ -2,6 +2,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <stdexcept>
@@ -11,6 +12,7 @@
 #include "array_util.h"
 #include "ops.h"
 #include "robuq/avx2.h"
+#include "robuq/avx512.h"
 #include "robuq/cpu.h"
 #include "robuq/hadamard.h"
 #include "robuq/pack.h"
@@ -76,7 +78,18 @@ py::array_t<float> py_hadamard_transform(const py::object& x_obj, const std::str
     std::memcpy(dst, src, sizeof(float) * static_cast<size_t>(T * n));
     if (vec) {
       std::vector<float> scratch(static_cast<size_t>(plan.scratch_size()));
-      for (int64_t t = 0; t < T; ++t) robuq::avx2::hadamard_transform_row(plan, dst + t * n, scratch.data());
+#ifdef ROBUQ_HAVE_AVX512
+      if (robuq::parse_tier(tier) == robuq::Tier::Avx512) {  // the avx512 row transform where it applies
+        const robuq::avx2::RowTransform transform(plan);
+        std::vector<float> row(static_cast<size_t>(n)), scr(static_cast<size_t>(std::max<int64_t>(n, 1)));
+        for (int64_t t = 0; t < T; ++t) {
+          std::memcpy(row.data(), dst + t * n, sizeof(float) * static_cast<size_t>(n));
+          if (!robuq::avx512::hadamard_row(plan, transform.signs(), row.data(), dst + t * n, scr.data()))
+            transform(row.data(), dst + t * n, scratch.data());
+        }
+      } else
+#endif
+        for (int64_t t = 0; t < T; ++t) robuq::avx2::hadamard_transform_row(plan, dst + t * n, scratch.data());
     } else {
       robuq::ref::hadamard_transform(plan, dst, T);
     }
@@ -101,6 +114,11 @@ py::tuple py_quantize_tokens(const py::object& x_obj, int bits, float clip_k, co
   float* z = zero.mutable_data();
   {
     py::gil_scoped_release release;
+#ifdef ROBUQ_HAVE_AVX512
+    if (robuq::parse_tier(tier) == robuq::Tier::Avx512)
+      for (int64_t t = 0; t < T; ++t) robuq::avx512::quantize_row(src + t * n, n, bits, clip_k, c + t * n, s + t, z + t);
+    else
+#endif
     if (vec)
       for (int64_t t = 0; t < T; ++t) robuq::avx2::quantize_row(src + t * n, n, bits, clip_k, c + t * n, s + t, z + t);
     else

@@ -28,6 +28,9 @@ bool hadamard_row(const HadamardPlan& plan, const float* sgn, const float* x, fl
 void attention_head(const float* qkv, int64_t n, int64_t h, int64_t T, int64_t H, int64_t hd, int bits, float* out,
                     float* scratch);
 
+// Per-token quantization of one row: the contract of ref::quantize_row / avx2::quantize_row, bit-identical.
+void quantize_row(const float* x, int64_t n, int bits, float clip_k, uint8_t* codes, float* scale, float* zero);
+
 // Activation bit widths the AVX-512 ternary GEMM takes (1..6; 7 and 8 bits run the avx2 kernel).
 bool ternary_gemm_supported(int bits);
 
