@@ -356,6 +356,7 @@ def measure(args) -> dict:
     }
     from robuq import _C
 
+    # the engine on its default tier and, on an AVX-512 machine, on the avx2 tier too (one table for both)
     tiers = [t.strip() for t in (args.tiers or "").split(",") if t.strip()]
     if not tiers:
         tiers = [_C.active_tier()]
@@ -368,7 +369,7 @@ def measure(args) -> dict:
             {"kind": "ceilings", "threads": threads_all, "seconds": 0.1 if args.quick else 0.3}, threads_all
         )["ceilings"]
     if "linears" not in skip:
-        bits = [2] if args.quick else [2, 4]
+        bits = [2] if args.quick else [2, 3, 4]
         for threads in sorted({1, threads_all}):
             for side, tier in [("robuq", t) for t in tiers] + [("torch", None)]:
                 run.log(f"block linears: {side}{f' [{tier}]' if tier else ''}, {threads} thread(s)")

@@ -75,6 +75,7 @@ def forward_rows(res: dict) -> list[dict]:
             "max": max(times),
             "rss": r["peak_rss_mb"],
             "file": r["file_mb"],
+            "profile": r.get("profile"),
         }
         t = forward_time(res, r["model"], "torch", "fp32", ta)
         row["vs_torch"] = t["median_s"] / r["median_s"] if t else None
@@ -305,11 +306,32 @@ def sections(res: dict, markdown: bool) -> list[tuple[str, str]]:
                 _table(head, rows, markdown),
             )
         )
+    parts = ("linears", "hadamard_quantize", "attention", "elementwise", "float_linears", "other")
+    rows = []
+    for r in forward_rows(res):
+        p = r.get("profile")
+        if r["runtime"] == "robuq" and p:
+            rows.append(
+                [r["model"], r["label"]] + [f"{p.get(k, 0.0):.3f}" for k in parts] + [f"{p['total']:.3f}"]
+            )
+    if rows:
+        out.append(
+            (
+                f"Where a forward's time goes (seconds, one profiled forward, {ta} threads; Engine.profile)",
+                _table(["model", "runtime"] + list(parts) + ["total"], rows, markdown),
+            )
+        )
     rows = []
     names = {
         "fma_f32": "fp32 FMA (multiply-adds)",
         "maddubs": "int8 vpmaddubsw (u8 x s8 multiply-adds)",
         "pshufb": "vpshufb 16-entry lookups",
+        "vpermb": "vpermb 64-entry lookups (zmm)",
+        "vpermi2b": "vpermi2b 128-entry lookups (zmm)",
+        "vpdpbusd_zmm": "vpdpbusd zmm (u8 x s8 multiply-adds)",
+        "vpdpbusd_ymm": "vpdpbusd ymm (u8 x s8 multiply-adds)",
+        "pshufb_zmm": "vpshufb zmm 16-entry lookups",
+        "tl3_step": "ternary micro-kernel step (multiply-adds)",
     }
     by = {(c["kind"], c["threads"]): c["gops"] for c in res["ceilings"]}
     for kind in dict.fromkeys(c["kind"] for c in res["ceilings"]):

@@ -159,10 +159,13 @@ def block_linear_shapes(name: str) -> list[tuple[str, int, int]]:
 
 def run_linears(spec: dict) -> dict:
     tokens, threads, side = spec["tokens"], spec["threads"], spec["side"]
-    if spec.get("tier"):
+    tier = None
+    if side == "robuq":
         from robuq import _C
 
-        _C.set_tier(spec["tier"])
+        if spec.get("tier"):
+            _C.set_tier(spec["tier"])
+        tier = _C.active_tier()
     rng = np.random.default_rng(0)
     rows = []
     for name in spec["models"]:
@@ -210,7 +213,7 @@ def run_linears(spec: dict) -> dict:
                         "bits": bits,
                         "threads": threads,
                         "side": side,
-                        "tier": spec.get("tier"),
+                        "tier": tier,
                         "median_s": med,
                         "gmacs": tokens * n_in * n_out / med / 1e9,
                         "other_load": statistics.median(others),
@@ -224,12 +227,14 @@ def run_forward(spec: dict) -> dict:
     threads, runtime = spec["threads"], spec["runtime"]
     x, t, y = sample_inputs(spec["inputs"])
     t0 = time.perf_counter()
+    tier = None
     if runtime == "robuq":
         import robuq
         from robuq import _C
 
         if spec.get("tier"):
             _C.set_tier(spec["tier"])
+        tier = _C.active_tier()
         eng = robuq.Engine(spec["path"], threads=threads)
 
         def fn():
@@ -274,8 +279,14 @@ def run_forward(spec: dict) -> dict:
         raise ValueError(f"unknown runtime {runtime!r}")
     load_s = time.perf_counter() - t0
     times, others, redone = timed(fn, spec["warmup"], spec["repeats"])
+    # seconds per part of one more forward (Engine.profile: linears, hadamard_quantize, attention, ...)
+    parts = eng.profile(x, t, y) if runtime == "robuq" else None
     return {
+        "tier": tier,
+        "profile": parts,
         "times": times,
+        "min_s": min(times),
+        "max_s": max(times),
         "median_s": statistics.median(times),
         "other_load": statistics.median(others),
         "redone": redone,

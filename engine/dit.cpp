@@ -7,6 +7,7 @@
 
 #include "errors.h"
 #include "ops.h"
+#include "robuq/profile.h"
 
 namespace robuq {
 
@@ -61,11 +62,20 @@ LinearLayer::LinearLayer(RqFile& file, const RqSpec& spec, const LinearShape& sh
   }
 }
 
-void LinearLayer::forward(const float* x, int64_t T, float* y, int threads) const {
-  if (q_)
-    q_->forward(x, T, y, threads);
-  else
+void LinearLayer::forward(const float* x, int64_t T, float* y, int threads, PostOp post) const {
+  if (q_) {
+    profile::Scope timed(profile::Linears);
+    q_->forward(x, T, y, threads, post);
+    return;
+  }
+  {
+    profile::Scope timed(profile::FloatLinears);
     linear_f32(x, T, in_, weight_, bias_, out_, y, threads);
+  }
+  if (post == PostOp::GeluTanh) {
+    profile::Scope timed(profile::Elementwise);
+    ops::gelu_tanh(y, T * out_, threads);
+  }
 }
 
 // -------------------------------------------------------------------------------------------- workspace
@@ -148,7 +158,10 @@ void DiT::forward(const float* x, int64_t N, const int64_t* t, const int64_t* y,
 
   // Embeddings: x = patch_embed(x) + pos_embed; c = t_embedder(t) + y_embedder(y).
   ops::patchify(x, N, cfg_.in_channels, cfg_.input_size, p, w.patches.data());
-  linear_f32(w.patches.data(), NT, cfg_.patch_features(), patch_w_, patch_b_, D, w.x.data(), threads);
+  {
+    profile::Scope timed(profile::FloatLinears);
+    linear_f32(w.patches.data(), NT, cfg_.patch_features(), patch_w_, patch_b_, D, w.x.data(), threads);
+  }
   for (int64_t r = 0; r < NT; ++r) {
     float* xr = w.x.data() + r * D;
     const float* pe = pos_embed_ + (r % T) * D;
@@ -166,29 +179,40 @@ void DiT::forward(const float* x, int64_t N, const int64_t* t, const int64_t* y,
   }
   ops::silu(w.c.data(), N * D, w.silu_c.data());  // every adaLN_modulation starts with SiLU
 
-  const int64_t H = cfg_.num_heads, hd = cfg_.head_dim(), Hm = cfg_.mlp_hidden();
+  const int64_t H = cfg_.num_heads, hd = cfg_.head_dim();
   for (const Block& b : blocks_) {
     // mod [N, 6D]: shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp
     b.ada->forward(w.silu_c.data(), N, w.mod.data(), threads);
     const float* mod = w.mod.data();
     const int64_t st = 6 * D;
-    ops::layernorm_modulate(w.x.data(), N, T, D, mod + 0 * D, mod + 1 * D, st, w.h.data(), threads);
+    {
+      profile::Scope timed(profile::Elementwise);
+      ops::layernorm_modulate(w.x.data(), N, T, D, mod + 0 * D, mod + 1 * D, st, w.h.data(), threads);
+    }
     b.qkv->forward(w.h.data(), NT, w.qkv.data(), threads);
-    ops::attention(w.qkv.data(), N, T, H, hd, attention_bits_, w.att.data(), w.att_scratch.data(), threads);
+    {
+      profile::Scope timed(profile::Attention);
+      ops::attention(w.qkv.data(), N, T, H, hd, attention_bits_, w.att.data(), w.att_scratch.data(), threads);
+    }
     b.proj->forward(w.att.data(), NT, w.branch.data(), threads);
-    ops::gated_residual(w.x.data(), w.branch.data(), mod + 2 * D, st, N, T, D, threads);
-
-    ops::layernorm_modulate(w.x.data(), N, T, D, mod + 3 * D, mod + 4 * D, st, w.h.data(), threads);
-    b.fc1->forward(w.h.data(), NT, w.mlp.data(), threads);
-    ops::gelu_tanh(w.mlp.data(), NT * Hm, threads);
+    {
+      profile::Scope timed(profile::Elementwise);
+      ops::gated_residual(w.x.data(), w.branch.data(), mod + 2 * D, st, N, T, D, threads);
+      ops::layernorm_modulate(w.x.data(), N, T, D, mod + 3 * D, mod + 4 * D, st, w.h.data(), threads);
+    }
+    // GELU in fc1's epilogue (PostOp): the mlp activations make one trip through memory
+    b.fc1->forward(w.h.data(), NT, w.mlp.data(), threads, PostOp::GeluTanh);
     b.fc2->forward(w.mlp.data(), NT, w.branch.data(), threads);
-    ops::gated_residual(w.x.data(), w.branch.data(), mod + 5 * D, st, N, T, D, threads);
+    {
+      profile::Scope timed(profile::Elementwise);
+      ops::gated_residual(w.x.data(), w.branch.data(), mod + 5 * D, st, N, T, D, threads);
+    }
   }
 
   // Final layer: shift, scale = chunks of adaLN(c); linear(modulate(norm_final(x))); unpatchify.
   final_ada_->forward(w.silu_c.data(), N, w.mod.data(), threads);
   ops::layernorm_modulate(w.x.data(), N, T, D, w.mod.data(), w.mod.data() + D, 2 * D, w.h.data(), threads);
-  final_linear_->forward(w.h.data(), NT, w.feats.data(), threads);
+  final_linear_->forward(w.h.data(), NT, w.feats.data(), threads);  // (its own Scope)
   ops::unpatchify(w.feats.data(), N, cfg_.grid_size(), p, cfg_.out_channels(), out);
 }
 

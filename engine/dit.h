@@ -17,7 +17,9 @@ class LinearLayer {
  public:
   LinearLayer(RqFile& file, const RqSpec& spec, const LinearShape& shape);
   // x [T, in] -> y [T, out] (y must not alias x).
-  void forward(const float* x, int64_t T, float* y, int threads) const;
+  // post: applied to every output (PostOp::GeluTanh: the MLP's GELU, fused into the quantized GEMM's epilogue;
+  // the same bits as a separate ops::gelu_tanh pass on the active tier).
+  void forward(const float* x, int64_t T, float* y, int threads, PostOp post = PostOp::None) const;
 
   const std::string& name() const { return name_; }
   int64_t in() const { return in_; }

@@ -11,6 +11,7 @@
 #endif
 
 #include "robuq/avx2.h"
+#include "robuq/avx512.h"
 #include "robuq/cpu.h"
 #include "robuq/qlinear.h"
 #include "robuq/quant.h"
@@ -30,10 +31,10 @@ int team(int threads, int64_t work) {
   return by_work < threads ? static_cast<int>(by_work) : threads;
 }
 
-// The avx2 tier's kernels (robuq/avx2.h) run these ops when that tier is active.
+// The avx2 tier's kernels (robuq/avx2.h) run these ops when that tier or the avx512 tier is active.
 bool use_avx2() {
 #ifdef ROBUQ_HAVE_AVX2
-  return active_tier() == Tier::Avx2;
+  return tier_uses_avx2_kernels(active_tier());
 #else
   return false;
 #endif
@@ -120,7 +121,8 @@ void layernorm_modulate(const float* x, int64_t N, int64_t T, int64_t D, const f
   const int64_t rows = N * T;
   const int nt = team(threads, rows * D);
   const bool vec = use_avx2();
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+  // dynamic chunks of rows: a core slowed by another tenant takes fewer (each row's result is the same)
+#pragma omp parallel for schedule(dynamic, 16) num_threads(nt) if (nt > 1)
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t n = r / T;
     const float* xr = x + r * D;
@@ -144,7 +146,7 @@ void gated_residual(float* x, const float* b, const float* gate, int64_t stride,
   const int64_t rows = N * T;
   const int nt = team(threads, rows * D);
   const bool vec = use_avx2();
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+#pragma omp parallel for schedule(dynamic, 16) num_threads(nt) if (nt > 1)
   for (int64_t r = 0; r < rows; ++r) {
     const float* g = gate + (r / T) * stride;
     float* xr = x + r * D;
@@ -236,9 +238,22 @@ void attention(const float* qkv, int64_t N, int64_t T, int64_t H, int64_t hd, in
   const int64_t tasks = N * H;
   const int nt = std::min<int64_t>(team(threads, tasks * T * T * hd), tasks);
   const bool vec = use_avx2();
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+#ifdef ROBUQ_HAVE_AVX512
+  const bool vec512 = active_tier() == Tier::Avx512;  // the same bits as avx2, 16 wide
+#else
+  const bool vec512 = false;
+#endif
+  // heads from a shared counter: a thread slowed by another tenant takes fewer (each head is one task, so the
+  // results are the same for any split)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt) if (nt > 1)
   for (int64_t task = 0; task < tasks; ++task) {
     float* s = scratch + static_cast<size_t>(thread_index()) * per;
+#ifdef ROBUQ_HAVE_AVX512
+    if (vec512) {
+      avx512::attention_head(qkv, task / H, task % H, T, H, hd, bits, out, s);
+      continue;
+    }
+#endif
     if (vec)
       avx2::attention_head(qkv, task / H, task % H, T, H, hd, bits, out, s);
     else

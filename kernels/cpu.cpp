@@ -20,6 +20,14 @@ const CpuFeatures& cpu_features() {
     // f16c through cpuid: clang before 16 does not know the "f16c" name in __builtin_cpu_supports.
     unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
     r.f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) != 0 && (ecx & bit_F16C) != 0;
+    // __builtin_cpu_supports reports an AVX-512 feature only when the OS saves the zmm state (XCR0).
+    r.avx512f = __builtin_cpu_supports("avx512f");
+    r.avx512bw = __builtin_cpu_supports("avx512bw");
+    r.avx512vl = __builtin_cpu_supports("avx512vl");
+    r.avx512vbmi = __builtin_cpu_supports("avx512vbmi");
+    r.avx512vnni = __builtin_cpu_supports("avx512vnni");
+    // AVX512_BF16: cpuid leaf 7, subleaf 1, eax bit 5 (older compilers lack the builtin name).
+    r.avx512bf16 = r.avx512f && __get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx) != 0 && (eax & (1u << 5)) != 0;
 #endif
     return r;
   }();
@@ -37,15 +45,25 @@ bool tier_available(Tier t) {
 #else
       return false;
 #endif
+    case Tier::Avx512:
+#if defined(ROBUQ_HAVE_AVX2) && defined(ROBUQ_HAVE_AVX512)
+      return tier_available(Tier::Avx2) && cpu_features().avx512f && cpu_features().avx512bw &&
+             cpu_features().avx512vl && cpu_features().avx512vbmi && cpu_features().avx512vnni;
+#else
+      return false;
+#endif
   }
   return false;
 }
+
+bool tier_uses_avx2_kernels(Tier t) { return t == Tier::Avx2 || t == Tier::Avx512; }
 
 Tier parse_tier(const std::string& name) {
   if (name == "reference" || name == "ref") return Tier::Reference;
   if (name == "generic") return Tier::Generic;
   if (name == "avx2") return Tier::Avx2;
-  throw std::invalid_argument("unknown kernel tier '" + name + "' (expected reference, generic or avx2)");
+  if (name == "avx512") return Tier::Avx512;
+  throw std::invalid_argument("unknown kernel tier '" + name + "' (expected reference, generic, avx2 or avx512)");
 }
 
 const char* tier_name(Tier t) {
@@ -53,6 +71,7 @@ const char* tier_name(Tier t) {
     case Tier::Reference: return "reference";
     case Tier::Generic: return "generic";
     case Tier::Avx2: return "avx2";
+    case Tier::Avx512: return "avx512";
   }
   return "?";
 }
@@ -61,6 +80,7 @@ namespace {
 std::atomic<int> g_forced{-1};
 
 Tier best_tier() {
+  if (tier_available(Tier::Avx512)) return Tier::Avx512;
   if (tier_available(Tier::Avx2)) return Tier::Avx2;
   return Tier::Generic;
 }

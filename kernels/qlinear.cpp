@@ -198,7 +198,7 @@ QLinear::QLinear(const QLinearDesc& desc) : desc_(desc) {
   validate(desc_);
   impl_ = std::make_unique<Impl>();
   const Tier t = active_tier();
-  if (t != Tier::Reference) impl_->get(desc_, t == Tier::Avx2 && generic::avx2_direct(desc_));
+  if (t != Tier::Reference) impl_->get(desc_, tier_uses_avx2_kernels(t) && generic::avx2_direct(desc_));
 }
 
 QLinear::~QLinear() = default;
@@ -225,7 +225,8 @@ void QLinear::forward(const float* x, int64_t T, float* y, int threads, PostOp p
   if (threads < 1) throw std::invalid_argument("QLinear::forward: threads must be >= 1");
   if (post != PostOp::None && post != PostOp::GeluTanh) throw std::invalid_argument("QLinear::forward: bad post op");
   if (T == 0) return;
-  switch (active_tier()) {
+  const Tier tier = active_tier();
+  switch (tier) {
     case Tier::Reference:
       ref::qlinear_forward(desc_, x, T, y);
       apply_post(post, y, T * desc_.out, 1);
@@ -235,10 +236,12 @@ void QLinear::forward(const float* x, int64_t T, float* y, int threads, PostOp p
       apply_post(post, y, T * desc_.out, threads);
       return;
     case Tier::Avx2:
+    case Tier::Avx512:
 #ifdef ROBUQ_HAVE_AVX2
       // ternary (table lookups) and int4 weights with quantized activations from the file layout; the
-      // rest on the generic kernels
-      avx2::qlinear_forward(desc_, impl_->get(desc_, generic::avx2_direct(desc_)), x, T, y, threads, post);
+      // rest on the generic kernels. The avx512 tier differs only in the ternary GEMM's integer core.
+      avx2::qlinear_forward(desc_, impl_->get(desc_, generic::avx2_direct(desc_)), x, T, y, threads, post,
+                            tier == Tier::Avx512);
 #else
       generic::qlinear_forward(desc_, impl_->get(desc_, false), x, T, y, threads);
       apply_post(post, y, T * desc_.out, threads);
@@ -262,6 +265,7 @@ void linear_f32(const float* x, int64_t T, int64_t in, const float* W, const flo
       generic::linear_f32(x, T, in, W, b, out, y, threads);
       return;
     case Tier::Avx2:
+    case Tier::Avx512:
 #ifdef ROBUQ_HAVE_AVX2
       avx2::linear_f32(x, T, in, W, b, out, y, threads);
 #else

@@ -13,7 +13,7 @@ from robuq import models
 from robuq import quant as Q
 
 #: the CPU kernel tiers (robuq._C.set_tier); see the `tier` fixture
-TIERS = ["reference", "generic", "avx2"]
+TIERS = ["reference", "generic", "avx2", "avx512"]
 
 TINY = dict(depth=2, hidden_size=96, num_heads=3, input_size=16, in_channels=1, num_classes=10)
 
@@ -137,7 +137,8 @@ def tier(request):
 
     name = request.param
     if not _C.tier_available(name):
-        pytest.skip(f"kernel tier {name!r} is not available on this CPU / build (needs AVX2, FMA and F16C)")
+        needs = "AVX-512 F/BW/VL/VBMI/VNNI and AVX2" if name == "avx512" else "AVX2, FMA and F16C"
+        pytest.skip(f"kernel tier {name!r} is not available on this CPU / build (needs {needs})")
     before = _C.active_tier()
     _C.set_tier(name)
     yield name

@@ -146,3 +146,20 @@ def test_ceilings_run():
         assert _C.measure_ceiling(kind, 1, 0.01) > 1e8
     with pytest.raises(ValueError, match="unknown ceiling"):
         _C.measure_ceiling("nope", 1, 0.01)
+
+
+def test_tier_rows_and_breakdown():
+    """Engine rows carry their tier in the label, and each engine row's per-part breakdown (Engine.profile)
+    is shown."""
+    res = fake_results()
+    parts = {"linears": 0.3, "hadamard_quantize": 0.1, "attention": 0.2, "elementwise": 0.05}
+    parts |= {"float_linears": 0.01, "other": 0.04, "total": 0.7}
+    for r in res["forward"]:
+        if r["runtime"] == "robuq":
+            r["profile"] = parts
+    text = report.text_table(res)
+    assert "robuq W1.58A2 [avx512]" in text and "robuq W1.58A2 [avx2]" in text
+    assert "Where a forward's time goes" in text and "hadamard_quantize" in text
+    lin = {t["target"]: t for t in report.targets(res)}
+    assert any(k.startswith("block linears >= 2x the avx2 tier") and v["measured"].startswith("min 2.11x")
+               for k, v in lin.items())  # fmt: skip

@@ -480,3 +480,18 @@ def test_exporter_padding_entries_are_accepted_only_as_padding(valid, tmp_path):
     h["__pad99"] = {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]}
     with pytest.raises(robuq.FormatError, match="unexpected tensor '__pad99'"):
         robuq.Engine(write_rq(tmp_path / "pad2.rq", h, data), threads=1)
+
+
+def test_profile_breakdown(exported):
+    """Engine.profile: one forward timed per part (robuq/profile.h); the parts add up to the total."""
+    eng = robuq.Engine(str(exported["w158a2-r4"][1]), threads=2)
+    c = eng.info["model_config"]
+    x = np.random.default_rng(5).standard_normal((2, c["in_channels"], c["input_size"], c["input_size"]))
+    x = x.astype(np.float32)
+    t, y = np.array([10, 900]), np.array([3, c["num_classes"]])
+    parts = eng.profile(x, t, y)
+    names = {"linears", "hadamard_quantize", "attention", "elementwise", "float_linears", "other"}
+    assert set(parts) == names | {"total"}
+    assert abs(sum(parts[k] for k in names) - parts["total"]) < 1e-6
+    assert parts["total"] > 0 and parts["linears"] > 0 and parts["attention"] > 0
+    assert parts["hadamard_quantize"] > 0

@@ -243,7 +243,7 @@ def test_gil_is_released_during_compute(shipped):
     try:
         for what, fn in (
             ("forward", lambda: [eng.forward(x, t, y) for _ in range(3)]),
-            ("linear", lambda: [eng.linear("blocks.1.mlp.fc1", a) for _ in range(10)]),
+            ("linear", lambda: [eng.linear("blocks.1.mlp.fc1", a) for _ in range(30)]),
             ("sample", lambda: eng.sample(list(range(8)), steps="ddim20", seed=0)),
         ):
             solo, during, secs = _spin_rate(fn)
@@ -298,7 +298,7 @@ def test_in_process_thread_counts_and_repeats(shipped):
 
 
 def _tiers():
-    return [t for t in ("reference", "generic", "avx2") if _C.tier_available(t)]
+    return [t for t in ("reference", "generic", "avx2", "avx512") if _C.tier_available(t)]
 
 
 def test_tiers_compute_the_same_integers():
@@ -320,8 +320,11 @@ def test_tiers_compute_the_same_integers():
     codes = rng.integers(0, 16, (37, 200), dtype=np.uint8)
     w = rng.integers(-1, 2, (50, 200)).astype(np.int8)
     packed = _C.pack_ternary(w)
-    got = _C.ternary_matmul(codes, packed, 200, 4, threads=2)
-    np.testing.assert_array_equal(got, (codes.astype(np.float64) @ w.T.astype(np.float64)).astype(np.int32))
+    want = (codes.astype(np.float64) @ w.T.astype(np.float64)).astype(np.int32)
+    for name in ("avx2", "avx512"):
+        if name in _tiers():
+            got = _C.ternary_matmul(codes, packed, 200, 4, threads=2, tier=name)
+            np.testing.assert_array_equal(got, want)
 
 
 def test_tiers_differ_only_in_float_rounding(shipped):

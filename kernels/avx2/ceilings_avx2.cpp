@@ -6,6 +6,9 @@
 //   pshufb:   6 x (vpshufb with the index from L1, vpaddb) -> 32 table lookups per vpshufb
 #include "robuq/ceilings.h"
 
+#include "robuq/avx512.h"
+#include "robuq/cpu.h"
+
 #include <immintrin.h>
 
 #include <algorithm>
@@ -154,9 +157,35 @@ double run_one(const Loop& l, double seconds) {
 
 }  // namespace
 
-std::vector<std::string> ceiling_kinds() { return {"fma_f32", "maddubs", "pshufb"}; }
+std::vector<std::string> ceiling_kinds() {
+  std::vector<std::string> v = {"fma_f32", "maddubs", "pshufb"};
+#ifdef ROBUQ_HAVE_AVX512
+  if (tier_available(Tier::Avx512))
+    for (int i = 0; i < avx512::ceiling_count(); ++i) v.emplace_back(avx512::ceiling_name(i));
+#endif
+  return v;
+}
 
 double measure_ceiling(const std::string& kind, int threads, double seconds) {
+#ifdef ROBUQ_HAVE_AVX512
+  if (const int i = avx512::ceiling_find(kind.c_str()); i >= 0) {
+    if (!tier_available(Tier::Avx512)) throw std::invalid_argument("ceiling '" + kind + "' needs the avx512 tier");
+    if (threads < 1) throw std::invalid_argument("measure_ceiling: threads must be >= 1");
+    if (!(seconds > 0)) throw std::invalid_argument("measure_ceiling: seconds must be > 0");
+    std::vector<double> rates(static_cast<size_t>(threads), 0.0);
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+      int tid = 0;
+#ifdef _OPENMP
+      tid = omp_get_thread_num();
+#endif
+      rates[static_cast<size_t>(tid)] = avx512::ceiling_one_thread(i, seconds);
+    }
+    double total = 0;
+    for (double r : rates) total += r;
+    return total;
+  }
+#endif
   const Loop l = loop_for(kind);
   if (threads < 1) throw std::invalid_argument("measure_ceiling: threads must be >= 1");
   if (!(seconds > 0)) throw std::invalid_argument("measure_ceiling: seconds must be > 0");

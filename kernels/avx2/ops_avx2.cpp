@@ -141,8 +141,8 @@ size_t attention_scratch_floats(int64_t T, int64_t hd) {
   return static_cast<size_t>(T * hd + round16(T) * hd + round16(hd) * T + T * hd + kQueryRows * T + hd);
 }
 
-void attention_head(const float* qkv, int64_t n, int64_t h, int64_t T, int64_t H, int64_t hd, int bits, float* out,
-                    float* scratch) {
+AttentionBuffers attention_prepare(const float* qkv, int64_t n, int64_t h, int64_t T, int64_t H, int64_t hd,
+                                   int bits, float* scratch) {
   const int64_t D = H * hd;
   float* Q = scratch;
   float* Kp = Q + T * hd;
@@ -158,13 +158,20 @@ void attention_head(const float* qkv, int64_t n, int64_t h, int64_t T, int64_t H
   pack_panels_rows(stage, hd, T, hd, Kp);  // S[i, j] = sum_d Q[i, d] K[j, d]
   for (int64_t i = 0; i < T; ++i) load_head_row(base + i * 3 * D + 2 * D, hd, bits, codes, stage + i * hd);
   pack_panels_cols(stage, hd, hd, T, Vp);  // O[i, d] = sum_j P[i, j] V[j, d]
+  return {Q, Kp, Vp, S, kQueryRows};
+}
+
+void attention_head(const float* qkv, int64_t n, int64_t h, int64_t T, int64_t H, int64_t hd, int bits, float* out,
+                    float* scratch) {
+  const AttentionBuffers b = attention_prepare(qkv, n, h, T, H, hd, bits, scratch);
+  const int64_t D = H * hd;
   const float scale = static_cast<float>(std::pow(static_cast<double>(hd), -0.5));
   const int levels = bits > 0 ? (1 << bits) - 1 : 0;
   for (int64_t i0 = 0; i0 < T; i0 += kQueryRows) {
     const int64_t nb = std::min(kQueryRows, T - i0);
-    gemm_panels(Q + i0 * hd, hd, nb, Kp, T, hd, S, T);
-    for (int64_t i = 0; i < nb; ++i) softmax_row(S + i * T, T, scale, levels);
-    gemm_panels(S, T, nb, Vp, hd, T, out + (n * T + i0) * D + h * hd, D);
+    gemm_panels(b.Q + i0 * hd, hd, nb, b.Kp, T, hd, b.S, T);  // S[i, j] = sum_d Q[i, d] K[j, d]
+    for (int64_t i = 0; i < nb; ++i) softmax_row(b.S + i * T, T, scale, levels);
+    gemm_panels(b.S, T, nb, b.Vp, hd, T, out + (n * T + i0) * D + h * hd, D);  // O[i, d] = sum_j P[i, j] V[j, d]
   }
 }
 

@@ -11,6 +11,8 @@
 #include <vector>
 
 #include "qlinear_avx2.h"
+#include "robuq/avx512.h"
+#include "robuq/profile.h"
 #include "robuq/avx2.h"
 #include "simd_avx2.h"
 
@@ -64,7 +66,7 @@ T* grow(std::vector<T>& v, size_t n) {
 }  // namespace
 
 void qlinear_forward(const QLinearDesc& d, const generic::Prepared& p, const float* x, int64_t T, float* y,
-                     int threads, PostOp post) {
+                     int threads, PostOp post, bool avx512) {
   if (!p.direct) {
     generic::qlinear_forward(d, p, x, T, y, threads);
     if (post == PostOp::GeluTanh) {
@@ -94,12 +96,25 @@ void qlinear_forward(const QLinearDesc& d, const generic::Prepared& p, const flo
     float *rows, *scale, *zero, *u;
     uint8_t* codes;
     int64_t per;
+    double share;  // profiling: a thread-second counts 1 / threads of a second of wall time
+    bool avx512;   // the avx512 tier's Hadamard transform (bit-identical)
     void operator()(int64_t t, int tid) const override {
+      const double t0 = profile::enabled() ? profile::now() : -1.0;
       const int64_t n = d->in;
       float* rot = rows + tid * per;
-      (*transform)(x + t * n, rot, rot + n);
-      quantize_row(rot, n, d->act_bits, d->clip_k, codes + t * n, scale + t, zero + t);
+#ifdef ROBUQ_HAVE_AVX512
+      if (avx512) {
+        if (!avx512::hadamard_row(d->plan, transform->signs(), x + t * n, rot, rot + n))
+          (*transform)(x + t * n, rot, rot + n);
+        avx512::quantize_row(rot, n, d->act_bits, d->clip_k, codes + t * n, scale + t, zero + t);
+      } else
+#endif
+      {
+        (*transform)(x + t * n, rot, rot + n);
+        quantize_row(rot, n, d->act_bits, d->clip_k, codes + t * n, scale + t, zero + t);
+      }
       if (d->rank > 0) down_project(rot, n, d->down, d->rank, u + t * d->rank);
+      if (t0 >= 0) profile::add(profile::HadamardQuantize, (profile::now() - t0) * share);
     }
   } prep;
   prep.d = &d;
@@ -111,6 +126,8 @@ void qlinear_forward(const QLinearDesc& d, const generic::Prepared& p, const flo
   prep.u = u;
   prep.codes = codes;
   prep.per = per;
+  prep.share = 1.0 / nt1;
+  prep.avx512 = avx512;
   const bool fused = d.format == WeightFormat::Ternary;
   if (!fused) {
     const int nt = detail::useful_threads(threads, T * n, kMinRowWorkPerThread);
@@ -137,6 +154,14 @@ void qlinear_forward(const QLinearDesc& d, const generic::Prepared& p, const flo
   e.rank = R;
   e.up = d.up;
   e.gelu = post == PostOp::GeluTanh;
+#ifdef ROBUQ_HAVE_AVX512
+  if (avx512 && d.format == WeightFormat::Ternary && avx512::ternary_gemm_supported(d.act_bits)) {
+    avx512::ternary_gemm(codes, T, d.act_bits, d.packed, d.out, n, d.wsum, e, threads, &prep);
+    return;
+  }
+#else
+  (void)avx512;
+#endif
   if (d.format == WeightFormat::Ternary)
     ternary_gemm(codes, T, d.act_bits, d.packed, d.out, n, d.wsum, e, threads, &prep);
   else

@@ -14,6 +14,8 @@
 namespace robuq {
 namespace avx2 {
 
+// (kernels/avx512/ reads these fields and has its own copy of the arithmetic: it must never call the inline
+// members, whose copies built with AVX-512 flags could then stand in for these.)
 // What an integer GEMM does with the exact sums acc[t, r] = sum_k q[t, k] w[r, k] of a tile:
 //  acc mode (acc != null): store them.
 //  y mode: y[t, r] = float(scale_x[t] * s_w[r] * (acc - zero_x[t] * wsum[r]))   (float64: the shared epilogue,

@@ -53,6 +53,7 @@
 #endif
 
 #include "qlinear_avx2.h"
+#include "robuq/avx512.h"
 #include "robuq/ternary_gemm.h"
 
 namespace robuq {
@@ -506,6 +507,21 @@ void ternary_gemm_avx2(const uint8_t* q, int64_t T, int bits, const uint8_t* pac
   e.acc = acc;
   avx2::ternary_gemm(q, T, bits, packed, out, in, wsum, e, threads, nullptr);
 }
+
+#ifdef ROBUQ_HAVE_AVX512
+// Here, not in kernels/avx512/: QEpilogue's inline members are then only ever built for AVX2.
+void ternary_gemm_avx512(const uint8_t* q, int64_t T, int bits, const uint8_t* packed, int64_t out, int64_t in,
+                         const int32_t* wsum, int32_t* acc, int threads) {
+  if (!avx512::ternary_gemm_supported(bits)) {  // 7 and 8 bits: the avx2 kernel (exact as well)
+    ternary_gemm_avx2(q, T, bits, packed, out, in, wsum, acc, threads);
+    return;
+  }
+  avx2::QEpilogue e;
+  e.out = out;
+  e.acc = acc;
+  avx512::ternary_gemm(q, T, bits, packed, out, in, wsum, e, threads, nullptr);
+}
+#endif
 
 void ternary_lut_indices_avx2(const uint8_t* packed, int64_t out, int64_t in, uint8_t* idx) {
   if (out < 0 || in < 0) throw std::invalid_argument("ternary_lut_indices_avx2: negative shape");

@@ -19,6 +19,7 @@
 #include "engine.h"
 #include "half.h"
 #include "json.h"
+#include "robuq/profile.h"
 #include "robuq/qlinear.h"
 
 namespace py = pybind11;
@@ -255,6 +256,34 @@ class PyEngine {
     return robuq_bind::linear_call(*e_, e_->linear_shape(name), name, x);
   }
 
+  // One forward with robuq/profile.h switched on: seconds per part (and "total"). The counters are global, so
+  // another forward running at the same time in this process would be counted too.
+  py::dict profile(const py::object& x, const py::object& t, const py::object& y) {
+    namespace pf = robuq::profile;
+    pf::reset();
+    pf::set_enabled(true);
+    const double t0 = pf::now();
+    try {
+      robuq_bind::forward_call(*e_, x, t, y);
+    } catch (...) {
+      pf::set_enabled(false);
+      throw;
+    }
+    const double wall = pf::now() - t0;
+    pf::set_enabled(false);
+    double parts[pf::kParts] = {};
+    for (int p = 0; p < pf::kParts; ++p) parts[p] = pf::total(p);
+    parts[pf::Linears] -= parts[pf::HadamardQuantize];  // the linears' wall time contains their prep
+    double known = 0;
+    for (int p = 0; p < pf::kParts; ++p)
+      if (p != pf::Other) known += parts[p];
+    parts[pf::Other] = wall - known;
+    py::dict d;
+    for (int p = 0; p < pf::kParts; ++p) d[pf::part_name(p)] = parts[p];
+    d["total"] = wall;
+    return d;
+  }
+
   // robuq::Engine::sample with Python arguments (engine_calls.h: GIL, progress, Ctrl-C).
   py::array_t<float> sample(const py::object& classes, const std::string& steps, double cfg_scale, uint64_t seed,
                             const std::string& sampler, double eta, const std::optional<std::string>& cfg_mode,
@@ -300,6 +329,9 @@ void bind_engine(py::module_& m) {
       .def("info", &PyEngine::info, "info() -> dict: format version, model_config, quantized layers, linears")
       .def("forward", &PyEngine::forward, py::arg("x"), py::arg("t"), py::arg("y"),
            "forward(x float32 [N, C, S, S], t int64 [N], y int64 [N]) -> float32 [N, out_channels, S, S]")
+      .def("profile", &PyEngine::profile, py::arg("x"), py::arg("t"), py::arg("y"),
+           "profile(x, t, y) -> dict: seconds per part of one forward (linears, hadamard_quantize, attention,\n"
+           "elementwise, float_linears, other; total), see robuq/profile.h")
       .def("linear", &PyEngine::linear, py::arg("name"), py::arg("x"),
            "linear(name, x float32 [tokens, in]) -> float32 [tokens, out]")
       .def("sample", &PyEngine::sample, py::arg("classes"), py::arg("steps") = "250", py::arg("cfg_scale") = 4.0,

@@ -2,6 +2,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <stdexcept>
@@ -11,6 +12,7 @@
 #include "array_util.h"
 #include "ops.h"
 #include "robuq/avx2.h"
+#include "robuq/avx512.h"
 #include "robuq/cpu.h"
 #include "robuq/hadamard.h"
 #include "robuq/pack.h"
@@ -26,15 +28,17 @@ using robuq_bind::CArray;
 using robuq_bind::input_array;
 using robuq_bind::new_array;
 
-// kernel tier argument of the Hadamard / quantization bindings: "reference" (default) or "avx2" (which must
-// be available: these kernels are bit-identical, so tests compare them).
+// kernel tier argument of the Hadamard / quantization bindings: "reference" (default), "avx2" or "avx512" (which
+// must be available: these kernels are bit-identical, so tests compare them; the avx512 tier runs the avx2
+// ones).
 bool use_avx2_tier(const std::string& tier) {
   const robuq::Tier t = robuq::parse_tier(tier);
   if (t == robuq::Tier::Generic)
-    throw std::invalid_argument("tier must be 'reference' or 'avx2' (the generic tier runs the reference kernels here)");
-  if (t == robuq::Tier::Avx2 && !robuq::tier_available(t))
-    throw std::invalid_argument("the avx2 tier is not available on this CPU / build");
-  return t == robuq::Tier::Avx2;
+    throw std::invalid_argument(
+        "tier must be 'reference', 'avx2' or 'avx512' (the generic tier runs the reference kernels here)");
+  if (t != robuq::Tier::Reference && !robuq::tier_available(t))
+    throw std::invalid_argument(std::string("the ") + robuq::tier_name(t) + " tier is not available on this CPU / build");
+  return robuq::tier_uses_avx2_kernels(t);
 }
 
 py::array_t<int8_t> py_hadamard_base(int64_t K) {
@@ -74,7 +78,18 @@ py::array_t<float> py_hadamard_transform(const py::object& x_obj, const std::str
     std::memcpy(dst, src, sizeof(float) * static_cast<size_t>(T * n));
     if (vec) {
       std::vector<float> scratch(static_cast<size_t>(plan.scratch_size()));
-      for (int64_t t = 0; t < T; ++t) robuq::avx2::hadamard_transform_row(plan, dst + t * n, scratch.data());
+#ifdef ROBUQ_HAVE_AVX512
+      if (robuq::parse_tier(tier) == robuq::Tier::Avx512) {  // the avx512 row transform where it applies
+        const robuq::avx2::RowTransform transform(plan);
+        std::vector<float> row(static_cast<size_t>(n)), scr(static_cast<size_t>(std::max<int64_t>(n, 1)));
+        for (int64_t t = 0; t < T; ++t) {
+          std::memcpy(row.data(), dst + t * n, sizeof(float) * static_cast<size_t>(n));
+          if (!robuq::avx512::hadamard_row(plan, transform.signs(), row.data(), dst + t * n, scr.data()))
+            transform(row.data(), dst + t * n, scratch.data());
+        }
+      } else
+#endif
+        for (int64_t t = 0; t < T; ++t) robuq::avx2::hadamard_transform_row(plan, dst + t * n, scratch.data());
     } else {
       robuq::ref::hadamard_transform(plan, dst, T);
     }
@@ -99,6 +114,11 @@ py::tuple py_quantize_tokens(const py::object& x_obj, int bits, float clip_k, co
   float* z = zero.mutable_data();
   {
     py::gil_scoped_release release;
+#ifdef ROBUQ_HAVE_AVX512
+    if (robuq::parse_tier(tier) == robuq::Tier::Avx512)
+      for (int64_t t = 0; t < T; ++t) robuq::avx512::quantize_row(src + t * n, n, bits, clip_k, c + t * n, s + t, z + t);
+    else
+#endif
     if (vec)
       for (int64_t t = 0; t < T; ++t) robuq::avx2::quantize_row(src + t * n, n, bits, clip_k, c + t * n, s + t, z + t);
     else
@@ -174,9 +194,11 @@ py::array_t<int8_t> py_unpack_ternary(const py::object& p_obj, int64_t cols) {
 
 // ---------------------------------------------------------------------- ternary GEMM (avx2 tier)
 py::array_t<int32_t> py_ternary_matmul(const py::object& q_obj, const py::object& p_obj, int64_t in, int bits,
-                                       int threads) {
-  if (!robuq::tier_available(robuq::Tier::Avx2))
-    throw std::invalid_argument("ternary_matmul needs the avx2 tier (AVX2, FMA, F16C)");
+                                       int threads, const std::string& tier) {
+  const robuq::Tier t = robuq::parse_tier(tier);
+  if (!robuq::tier_uses_avx2_kernels(t)) throw std::invalid_argument("ternary_matmul: tier must be 'avx2' or 'avx512'");
+  if (!robuq::tier_available(t))
+    throw std::invalid_argument(std::string("ternary_matmul: the ") + tier + " tier is not available on this CPU / build");
   CArray<uint8_t> q = input_array<uint8_t>(q_obj, "codes", "uint8", 2, "[T, in]");
   CArray<uint8_t> p = input_array<uint8_t>(p_obj, "packed", "uint8", 2, "[out, ceil(in / 4)]");
   const int64_t T = q.shape(0), out = p.shape(0);
@@ -197,6 +219,12 @@ py::array_t<int32_t> py_ternary_matmul(const py::object& q_obj, const py::object
   int32_t* a = acc.mutable_data();
   {
     py::gil_scoped_release release;
+#ifdef ROBUQ_HAVE_AVX512
+    if (t == robuq::Tier::Avx512) {
+      robuq::ternary_gemm_avx512(qs, T, bits, ps, out, in, wsum.data(), a, threads);
+      return acc;
+    }
+#endif
     robuq::ternary_gemm_avx2(qs, T, bits, ps, out, in, wsum.data(), a, threads);
   }
   return acc;
@@ -364,11 +392,12 @@ void bind_kernels(py::module_& m) {
         "unpack_ternary(packed, cols) -> int8 array [R, cols]\n\n"
         "Inverse of pack_ternary for packed (uint8, [R, ceil(cols / 4)]). ValueError on code 3.");
   m.def("ternary_matmul", &py_ternary_matmul, py::arg("codes"), py::arg("packed"), py::arg("in_features"),
-        py::arg("bits"), py::arg("threads") = 1,
-        "ternary_matmul(codes uint8 [T, in], packed uint8 [out, ceil(in / 4)], in_features, bits, threads=1)\n"
-        "    -> int32 [T, out]\n\n"
-        "Exact sum_k codes[t, k] * w[r, k] by the avx2 table-lookup GEMM, weights in the .rq 2-bit layout\n"
-        "(padding positions may hold any code). Needs the avx2 tier.");
+        py::arg("bits"), py::arg("threads") = 1, py::arg("tier") = "avx2",
+        "ternary_matmul(codes uint8 [T, in], packed uint8 [out, ceil(in / 4)], in_features, bits, threads=1,\n"
+        "               tier='avx2') -> int32 [T, out]\n\n"
+        "Exact sum_k codes[t, k] * w[r, k] by the table-lookup GEMM of the named tier ('avx2': vpshufb,\n"
+        "'avx512': vpermb, bits 7 and 8 on the avx2 kernel), weights in the .rq 2-bit layout (padding positions\n"
+        "may hold any code). The tier must be available.");
   m.def("ternary_lut_indices", &py_ternary_lut_indices, py::arg("packed"), py::arg("in_features"),
         py::arg("tier") = "reference",
         "ternary_lut_indices(packed, in_features, tier='reference') -> uint8 [ceil(out / 16), ceil(in / 4), 32]\n\n"

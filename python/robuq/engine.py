@@ -220,6 +220,18 @@ class Engine:
             raise ValueError(f"class label {bad} is out of range 0..{self._label_rows - 1}{null}")
         return self._engine.forward(x, t, y)
 
+    def profile(self, x: np.ndarray, t: Any, y: Any) -> dict[str, float]:
+        """One forward (as :meth:`forward`) timed per part: seconds of ``linears`` (quantized GEMMs and their
+        epilogues), ``hadamard_quantize`` (the quantized linears' Hadamard + per-token quantization, their
+        share of wall time), ``attention``, ``elementwise`` (LayerNorm / modulate, gated residuals),
+        ``float_linears`` (patch embedding, timestep MLP, final linear), ``other``, and ``total``.
+        CPU engine only."""
+        if not hasattr(self._engine, "profile"):
+            raise NotImplementedError(f"profile() is not available on the {self._device} engine")
+        self.forward(x, t, y)  # the argument checks of forward(), and a warm-up run
+        x = _as_float32("x", x, 4, "[N, C, H, W]")
+        return dict(self._engine.profile(x, _as_labels("t", t, x.shape[0]), _as_labels("y", y, x.shape[0])))
+
     def linear(self, name: str, x: np.ndarray) -> np.ndarray:
         """Run one linear layer of the model.
 

@@ -1,0 +1,209 @@
+// AVX-512 Hadamard transform and per-token quantization of one row, bit-identical to the reference tier (and so
+// to the avx2 tier, kernels/avx2/hadamard_quant_avx2.cpp).
+//
+// Hadamard: the
+// avx2 kernels' mapping of every reference operation onto vectors (kernels/avx2/hadamard_quant_avx2.cpp), 16
+// floats wide:
+//  * butterflies: stages h = 1, 2, 4, 8 inside a vector (lane permutation p of v, then p + (v ^ sign): u + v in
+//    the lower and u - v == u + (-v) in the upper lane of each pair), stages h >= 16 pair whole vectors;
+//  * K x K step: Y[c, b..b+16) = sum_a H_K[a, c] X[a, b..b+16), a ascending, first term +-X[0], then
+//    y + (x ^ sign); up to 18 outputs c per pass in registers; then the product with the float32 normaliser.
+// Quantization (avx2::quantize_row's operations): min / max per lane (a zero result takes the sign of the row's
+// first zero, as the sequential scan does), the "gauss" statistics in float64 over the reference's 8 interleaved
+// lanes (one 8-double vector), then (x - lo) / scale, round to nearest even, clamp, to bytes.
+#include "avx512_common.h"  // first
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "robuq/avx512.h"
+#include "robuq/hadamard.h"
+#include "robuq/quant.h"
+
+namespace robuq {
+namespace {
+
+inline __m512 sign_lanes(int bit) {
+  alignas(64) float s[16];
+  for (int i = 0; i < 16; ++i) s[i] = (i & bit) ? -0.0f : 0.0f;
+  return _mm512_load_ps(s);
+}
+
+inline __m512 xorps(__m512 a, __m512 b) {
+  return _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(a), _mm512_castps_si512(b)));
+}
+
+// dst = Walsh-Hadamard butterflies of src over consecutive segments of M floats (M a power of two >= 16, n a
+// multiple of M). src may equal dst.
+void butterflies(const float* src, float* dst, int64_t n, int64_t M) {
+  const __m512 s1 = sign_lanes(1), s2 = sign_lanes(2), s4 = sign_lanes(4), s8 = sign_lanes(8);
+  for (int64_t i = 0; i < n; i += 16) {
+    __m512 v = _mm512_loadu_ps(src + i);
+    v = _mm512_add_ps(_mm512_permute_ps(v, 0xB1), xorps(v, s1));       // lanes [1, 0, 3, 2, ...]
+    v = _mm512_add_ps(_mm512_permute_ps(v, 0x4E), xorps(v, s2));       // lanes [2, 3, 0, 1, ...]
+    v = _mm512_add_ps(_mm512_shuffle_f32x4(v, v, 0xB1), xorps(v, s4));  // 128-bit blocks [1, 0, 3, 2]
+    v = _mm512_add_ps(_mm512_shuffle_f32x4(v, v, 0x4E), xorps(v, s8));  // 128-bit blocks [2, 3, 0, 1]
+    _mm512_storeu_ps(dst + i, v);
+  }
+  for (int64_t h = 16; h < M; h *= 2)
+    for (int64_t start = 0; start < n; start += 2 * h)
+      for (int64_t i = start; i < start + h; i += 16) {
+        const __m512 u = _mm512_loadu_ps(dst + i);
+        const __m512 v = _mm512_loadu_ps(dst + i + h);
+        _mm512_storeu_ps(dst + i, _mm512_add_ps(u, v));
+        _mm512_storeu_ps(dst + i + h, _mm512_sub_ps(u, v));
+      }
+}
+
+void scale_row(float* x, int64_t n, float norm) {
+  const __m512 vn = _mm512_set1_ps(norm);
+  for (int64_t i = 0; i < n; i += 16) _mm512_storeu_ps(x + i, _mm512_mul_ps(_mm512_loadu_ps(x + i), vn));
+}
+
+// Y[c, :] = norm * sum_a H_K[a, c] X[a, :] for c = c0 .. c0 + NC - 1; sgn[a * K + c] = +0.0f or -0.0f.
+template <int NC>
+void kxk_group(const float* X, int64_t M, int64_t K, const float* sgn, int64_t c0, float norm, float* Y) {
+  const __m512 vn = _mm512_set1_ps(norm);
+  for (int64_t b = 0; b < M; b += 16) {
+    __m512 acc[NC];
+    const __m512 x0 = _mm512_loadu_ps(X + b);
+#pragma GCC unroll 18
+    for (int j = 0; j < NC; ++j) acc[j] = xorps(x0, _mm512_set1_ps(sgn[c0 + j]));
+    for (int64_t a = 1; a < K; ++a) {
+      const __m512 x = _mm512_loadu_ps(X + a * M + b);
+      const float* s = sgn + a * K + c0;
+#pragma GCC unroll 18
+      for (int j = 0; j < NC; ++j) acc[j] = _mm512_add_ps(acc[j], xorps(x, _mm512_set1_ps(s[j])));
+    }
+#pragma GCC unroll 18
+    for (int j = 0; j < NC; ++j) _mm512_storeu_ps(Y + (c0 + j) * M + b, _mm512_mul_ps(acc[j], vn));
+  }
+}
+
+constexpr int kMaxGroup = 18;  // outputs c per pass: 18 accumulators + x + temporaries in 32 registers
+
+void kxk(const float* X, int64_t M, int64_t K, const float* sgn, float norm, float* Y) {
+  using Fn = void (*)(const float*, int64_t, int64_t, const float*, int64_t, float, float*);
+  static constexpr Fn fns[kMaxGroup] = {kxk_group<1>,  kxk_group<2>,  kxk_group<3>,  kxk_group<4>,  kxk_group<5>,
+                                        kxk_group<6>,  kxk_group<7>,  kxk_group<8>,  kxk_group<9>,  kxk_group<10>,
+                                        kxk_group<11>, kxk_group<12>, kxk_group<13>, kxk_group<14>, kxk_group<15>,
+                                        kxk_group<16>, kxk_group<17>, kxk_group<18>};
+  // equal groups (36 = 2 x 18, 20 = 2 x 10, ...): as few passes as the registers allow
+  const int64_t passes = (K + kMaxGroup - 1) / kMaxGroup, per = (K + passes - 1) / passes;
+  for (int64_t c0 = 0; c0 < K; c0 += per) {
+    const int64_t nc = K - c0 < per ? K - c0 : per;
+    fns[nc - 1](X, M, K, sgn, c0, norm, Y);
+  }
+}
+
+float first_zero(const float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i)
+    if (x[i] == 0.0f) return x[i];
+  return 0.0f;
+}
+
+void min_max(const float* x, int64_t n, float* mn_out, float* mx_out) {
+  __m512 vmn = _mm512_set1_ps(x[0]), vmx = vmn;
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 v = _mm512_loadu_ps(x + i);
+    vmn = _mm512_min_ps(v, vmn);  // v < m ? v : m  (std::min(m, v))
+    vmx = _mm512_max_ps(v, vmx);  // v > m ? v : m  (std::max(m, v))
+  }
+  alignas(64) float a[16], b[16];
+  _mm512_store_ps(a, vmn);
+  _mm512_store_ps(b, vmx);
+  float mn = a[0], mx = b[0];
+  for (int l = 1; l < 16; ++l) {
+    mn = a[l] < mn ? a[l] : mn;
+    mx = b[l] > mx ? b[l] : mx;
+  }
+  for (; i < n; ++i) {
+    mn = x[i] < mn ? x[i] : mn;
+    mx = x[i] > mx ? x[i] : mx;
+  }
+  if (mn == 0.0f) mn = first_zero(x, n);
+  if (mx == 0.0f) mx = first_zero(x, n);
+  *mn_out = mn;
+  *mx_out = mx;
+}
+
+// sum_k v_k in float64 over 8 interleaved lanes merged pairwise (simd::lane_sum's order); v_k = x_k, or
+// (x_k - m)^2 with square.
+double lane_sum(const float* x, int64_t n, double m, bool square) {
+  __m512d s = _mm512_setzero_pd();
+  const __m512d vm = _mm512_set1_pd(m);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m512d d = _mm512_cvtps_pd(_mm256_loadu_ps(x + i));
+    if (square) {
+      d = _mm512_sub_pd(d, vm);
+      d = _mm512_mul_pd(d, d);
+    }
+    s = _mm512_add_pd(s, d);
+  }
+  alignas(64) double l[8];
+  _mm512_store_pd(l, s);
+  for (; i < n; ++i) {
+    double v = static_cast<double>(x[i]);
+    if (square) {
+      v = v - m;
+      v = v * v;
+    }
+    l[i % 8] += v;
+  }
+  return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+}
+
+}  // namespace
+
+namespace avx512 {
+
+void quantize_row(const float* x, int64_t n, int bits, float clip_k, uint8_t* codes, float* scale, float* zero) {
+  float lo, hi;
+  min_max(x, n, &lo, &hi);
+  if (clip_k > 0.0f) {
+    const double m = lane_sum(x, n, 0.0, false) / static_cast<double>(n);
+    const double ss = lane_sum(x, n, m, true);
+    const double sigma = std::sqrt(ss / static_cast<double>(n));
+    const double ks = static_cast<double>(clip_k) * sigma;
+    const double mn = static_cast<double>(lo), mx = static_cast<double>(hi);
+    const double l = m - ks, h = m + ks;
+    lo = static_cast<float>(mn < l ? l : mn);  // std::max(mn, m - ks)
+    hi = static_cast<float>(h < mx ? h : mx);  // std::min(mx, m + ks)
+  }
+  const float qmax = static_cast<float>((1 << bits) - 1);
+  const float range = hi - lo;
+  const float s = (range < 1e-8f ? 1e-8f : range) / qmax;  // std::max(hi - lo, 1e-8f)
+  const __m512 vlo = _mm512_set1_ps(lo), vs = _mm512_set1_ps(s), vq = _mm512_set1_ps(qmax);
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = i + 16 <= n ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (n - i)) - 1);
+    const __m512 t = _mm512_div_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), vlo), vs);
+    __m512 q = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    q = _mm512_max_ps(q, _mm512_setzero_ps());  // q > 0 ? q : 0, so NaN -> 0 like the reference
+    q = _mm512_min_ps(q, vq);
+    _mm_mask_storeu_epi8(codes + i, m, _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(q)));
+  }
+  *scale = s;
+  *zero = -lo / s;
+}
+
+bool hadamard_row(const HadamardPlan& p, const float* sgn, const float* x, float* rot, float* scratch) {
+  const int64_t n = p.n;
+  if (p.form == HadamardForm::Full && p.K > 1 && p.M >= 16) {
+    butterflies(x, scratch, n, p.M);
+    kxk(scratch, p.M, p.K, sgn, p.norm, rot);
+    return true;
+  }
+  const int64_t seg = p.form == HadamardForm::Block ? p.block : p.form == HadamardForm::Full ? p.M : 0;
+  if (seg >= 16 && (p.form == HadamardForm::Block || p.K == 1)) {
+    butterflies(x, rot, n, seg);
+    scale_row(rot, n, p.norm);
+    return true;
+  }
+  return false;
+}
+
+}  // namespace avx512
+}  // namespace robuq

@@ -1,0 +1,524 @@
+// AVX-512 table-lookup GEMM for ternary weights x 1..6-bit activation codes (robuq/avx512.h).
+//
+// Why this design (numbers in docs/performance.md, measured by robuq-bench's ceilings on Zen 4/5):
+//  * vpermb looks up 64 lanes in a 64-byte table per instruction, non-destructively, at about the rate of
+//    vpdpbusd zmm; a lookup that stands for 3 multiply-adds per lane does 192 per instruction, a vpdpbusd 64.
+//  * One 64-byte table holds two groups of 3 inputs: the 27 weight patterns of group A in bytes 0..26, those
+//    of group B in bytes 32..58. So one table per (token, chunk of 6 inputs), and one lookup serves 32 outputs
+//    x 6 inputs; the adjacent (A, B) bytes of an output are then added by vpmaddubsw(ones, .) into int16.
+//
+// Arithmetic (all exact):
+//  * Activation codes are centred, q' = q - z with z = 2^(bits-1), so |q'| <= z; the sums get + z * wsum[r].
+//  * Chunk j = inputs 6j .. 6j+5, group A = 6j .. 6j+2, group B = 6j+3 .. 6j+5. Pattern of a group:
+//    p = c0 + 3 c1 + 9 c2 with c = w + 1 in {0, 1, 2}. Table byte p = sum_i q'_i (c_i(p) - 1) for group A,
+//    byte 32 + p the same with group B's activations; inputs >= in count as q' = 0.
+//  * int8 lookups are summed in int8 for N chunks: |entry| <= 3 z, so N = floor(127 / (3 z)) (bits 1..6: 42,
+//    21, 10, 5, 2, 1) keeps them from wrapping; then vpmaddubsw(ones, .) folds A + B into int16 (|.| <= 6 z,
+//    no saturation) and adds them up over a k-block of KB = 32 chunks: |sum| <= 192 z <= 6144 < 32767;
+//    then int32 (exact for in < 8.4e6).
+//  * Cost per lookup: vpermb + vpaddb, plus the fold every N lookups: fewer activation bits, longer int8 runs.
+//
+// Weights: read from the file layout (2 bits per weight; nothing is copied at load time). At the start of each
+// call the weight matrix is decoded (threads share the work) into the index layout
+//     idx[((m * chunks) + j) * 3 + v][64],  m = output block of 96, v = 32-output vector of it,
+//     byte 2i = group-A pattern of output 96 m + 32 v + i, byte 2i+1 = 32 + its group-B pattern,
+// one third of a byte per weight (an XL/2 fc1: 1.8 MB, L3-resident; freed with the thread's buffer). Decoding:
+// per row, vpermb + vpmultishiftqb cut the 6-bit groups out of the packed bytes, vpermb maps them to patterns
+// (code 3, only in padding, reads as weight 0), and 32 rows x 32 chunks are transposed as 16-bit words.
+//
+// Work: after the decoding, threads take token blocks (TB tokens, a multiple of TT = 4) from a dynamic
+// schedule: for its block a thread makes the activation codes (prep: Hadamard + quantize, while the rows are in
+// its cache), then per k-block it builds the TB tokens' tables (TB x KB x 64 bytes, L2) and runs the micro
+// kernel (4 tokens x 96 outputs over the k-block, all 24 accumulators in registers) over every output block,
+// adding into the block's int32 sums (TB x out, L2); then the epilogue (qlinear_avx2.h, shared with the avx2
+// tier) turns the sums into outputs. Every token's result is computed by one thread in one fixed order, so
+// any thread count and any split give the same bits.
+#include "avx512_common.h"  // first
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <stdexcept>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "../avx2/qlinear_avx2.h"
+#include "robuq/avx512.h"
+#include "robuq/ternary_gemm.h"
+
+namespace robuq {
+namespace {
+
+// Plain helpers instead of std:: templates: this file is compiled with AVX-512 flags, and an out-of-line
+// template instance from here must never stand in for the generic one (one definition per program).
+inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
+inline int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
+
+constexpr int TT = 4;                 // tokens per micro tile
+constexpr int OV = 3;                 // 32-output vectors per micro tile
+constexpr int64_t MBO = 32 * OV;      // outputs per output block (96)
+constexpr int64_t KB = 32;            // chunks (6 inputs) per k-block; the int16 bound above needs KB <= 85
+constexpr int64_t kCBytes = 256 << 10;  // int32 sums of one token block (per thread; L2)
+
+struct Consts {
+  uint8_t sel[3][64];    // lanes 0..31: input i of the chunk, lanes 32..63: input 3 + i
+  uint64_t pos[3], neg[3];  // lanes whose pattern has weight +1 / -1 at position i
+  uint8_t pat[64];       // 6-bit group c0 | c1 << 2 | c2 << 4 -> pattern (code 3 read as 1)
+  uint8_t group_add[64];  // + 32 for the group-B byte (odd triple) of each chunk
+  uint8_t row_perm[64];  // qword lane L gets packed bytes 6L .. 6L+7 (8 triples = 48 bits)
+  uint8_t shift_ctl[64];  // triple i of a lane starts at bit 6i
+  uint16_t tr_lo[5][32], tr_hi[5][32];  // 32 x 32 word transpose, round k = 16 >> s
+  constexpr Consts() : sel(), pos(), neg(), pat(), group_add(), row_perm(), shift_ctl(), tr_lo(), tr_hi() {
+    for (int i = 0; i < 3; ++i)
+      for (int l = 0; l < 64; ++l) sel[i][l] = static_cast<uint8_t>(l < 32 ? i : 3 + i);
+    for (int l = 0; l < 64; ++l) {
+      const int p = l & 31;
+      if (p >= 27) continue;
+      const int c[3] = {p % 3, (p / 3) % 3, p / 9};
+      for (int i = 0; i < 3; ++i) {
+        if (c[i] == 2) pos[i] |= uint64_t(1) << l;
+        if (c[i] == 0) neg[i] |= uint64_t(1) << l;
+      }
+    }
+    for (int u = 0; u < 64; ++u) {
+      int p = 0, m = 1;
+      for (int i = 0; i < 3; ++i, m *= 3) {
+        const int code = (u >> (2 * i)) & 3;
+        p += (code == 3 ? 1 : code) * m;
+      }
+      pat[u] = static_cast<uint8_t>(p);
+    }
+    for (int l = 0; l < 64; ++l) {
+      const int L = l / 8, i = l % 8;
+      group_add[l] = static_cast<uint8_t>((i & 1) * 32);
+      row_perm[l] = static_cast<uint8_t>(6 * L + i);
+      shift_ctl[l] = static_cast<uint8_t>(6 * i);
+    }
+    for (int s = 0; s < 5; ++s) {
+      const int k = 16 >> s;
+      for (int c = 0; c < 32; ++c) {
+        tr_lo[s][c] = static_cast<uint16_t>((c & k) == 0 ? c : 32 + c - k);
+        tr_hi[s][c] = static_cast<uint16_t>((c & k) == 0 ? c + k : 32 + c);
+      }
+    }
+  }
+};
+alignas(64) constexpr Consts kC{};
+
+inline __m512i load512(const void* p) { return _mm512_loadu_si512(p); }
+
+// ------------------------------------------------------------------------------------------ decoding
+// r[i] = row i's 32 words (chunk j: low byte group-A pattern, high byte 32 + group-B pattern) -> r[j] = chunk
+// j's 32 words (word i = row i): recursive swap of off-diagonal blocks, 5 rounds of vpermt2w.
+void transpose32x32_epi16(__m512i r[32]) {
+  for (int s = 0; s < 5; ++s) {
+    const int k = 16 >> s;
+    const __m512i lo = load512(kC.tr_lo[s]), hi = load512(kC.tr_hi[s]);
+    for (int a = 0; a < 32; ++a) {
+      if (a & k) continue;
+      const __m512i x = r[a], y = r[a + k];
+      r[a] = _mm512_permutex2var_epi16(x, lo, y);
+      r[a + k] = _mm512_permutex2var_epi16(x, hi, y);
+    }
+  }
+}
+
+// Rows 32 g .. 32 g + 31, chunks 32 kg .. 32 kg + 31 (of `chunks`) into idx (layout above).
+void decode_group(const uint8_t* packed, int64_t out, int64_t pc, int64_t chunks, int64_t g, int64_t kg,
+                  uint8_t* idx) {
+  const int64_t b0 = kg * 48, nb = imin(48, pc - b0);
+  const __mmask64 m = (uint64_t(1) << nb) - 1;  // nb <= 48
+  const __m512i perm = load512(kC.row_perm), ctl = load512(kC.shift_ctl), pat = load512(kC.pat);
+  const __m512i gadd = load512(kC.group_add), six = _mm512_set1_epi8(0x3F);
+  __m512i r[32];
+  for (int i = 0; i < 32; ++i) {
+    const int64_t row = g * 32 + i;
+    __m512i x = row < out ? _mm512_maskz_loadu_epi8(m, packed + row * pc + b0) : _mm512_setzero_si512();
+    x = _mm512_permutexvar_epi8(perm, x);
+    x = _mm512_and_si512(_mm512_multishift_epi64_epi8(ctl, x), six);
+    r[i] = _mm512_add_epi8(_mm512_permutexvar_epi8(x, pat), gadd);
+  }
+  transpose32x32_epi16(r);
+  const int64_t mb = g / OV, v = g % OV, nj = imin(32, chunks - kg * 32);
+  for (int64_t j = 0; j < nj; ++j)
+    _mm512_storeu_si512(idx + ((mb * chunks + kg * 32 + j) * OV + v) * 64, r[j]);
+}
+
+// ------------------------------------------------------------------------------------------- tables
+// Tables of chunks j0 .. j0 + nj - 1 of one token (codes q, `in` of them): chunk j's 64 bytes at
+// dst + (j - j0) * stride.
+void build_tables(const uint8_t* q, int64_t in, int64_t j0, int64_t nj, int z, int8_t* dst, int64_t stride) {
+  const __m512i vz = _mm512_set1_epi8(static_cast<char>(z));
+  const __m512i s0 = load512(kC.sel[0]), s1 = load512(kC.sel[1]), s2 = load512(kC.sel[2]);
+  for (int64_t j = j0; j < j0 + nj; ++j) {
+    const int64_t k = 6 * j;
+    long long bytes;
+    if (k + 8 <= in) {
+      std::memcpy(&bytes, q + k, 8);
+    } else {
+      uint8_t b[8];
+      std::memset(b, z, 8);  // centres to q' = 0
+      std::memcpy(b, q + k, static_cast<size_t>(imin(8, in - k)));
+      std::memcpy(&bytes, b, 8);
+    }
+    const __m512i v = _mm512_sub_epi8(_mm512_set1_epi64(bytes), vz);
+    const __m512i a0 = _mm512_permutexvar_epi8(s0, v), a1 = _mm512_permutexvar_epi8(s1, v);
+    const __m512i a2 = _mm512_permutexvar_epi8(s2, v);
+    __m512i t = _mm512_maskz_mov_epi8(kC.pos[0], a0);
+    t = _mm512_mask_sub_epi8(t, kC.neg[0], t, a0);
+    t = _mm512_mask_add_epi8(t, kC.pos[1], t, a1);
+    t = _mm512_mask_sub_epi8(t, kC.neg[1], t, a1);
+    t = _mm512_mask_add_epi8(t, kC.pos[2], t, a2);
+    t = _mm512_mask_sub_epi8(t, kC.neg[2], t, a2);
+    _mm512_storeu_si512(dst + (j - j0) * stride, t);
+  }
+}
+
+// --------------------------------------------------------------------------------------- micro kernel
+// TT tokens x 96 outputs over nj chunks: tab [nj][TT][64], idx [nj][OV][64] (consecutive chunks of one output
+// block); adds the exact (centred) sums into C[t * ldc + o], t < TT, o < 96. N: chunks per int8 run.
+//
+// Inline assembly: GCC's allocation of the intrinsic version copies every int8 accumulator once per chunk
+// (12 extra register moves per 12 lookups), as it did in the avx2 kernel. Fixed registers here: zmm0-11 int8
+// accumulators (token t, vector v: 3 t + v), zmm12-23 their int16 sums, zmm24-26 the chunk's 3 index
+// vectors, zmm27/28 a token's table, zmm29/30 lookups, zmm31 bytes of 1. One STEP = one chunk = 12 lookups
+// (vpermb table, index -> the 64 pattern sums of 32 outputs x 2 groups) added with vpaddb; a FOLD adds each
+// int8 accumulator's (A, B) byte pairs into its int16 sums (vpmaddubsw with ones) and clears it.
+#define ROBUQ_TOK(off, a, b, c, tr)                                                   \
+  "vmovdqu64 " #off "(%[tp]), %%zmm" #tr "\n\t"                                       \
+  "vpermb %%zmm" #tr ", %%zmm24, %%zmm29\n\t"                                         \
+  "vpermb %%zmm" #tr ", %%zmm25, %%zmm30\n\t"                                         \
+  "vpaddb %%zmm29, %%zmm" #a ", %%zmm" #a "\n\t"                                      \
+  "vpermb %%zmm" #tr ", %%zmm26, %%zmm29\n\t"                                         \
+  "vpaddb %%zmm30, %%zmm" #b ", %%zmm" #b "\n\t"                                      \
+  "vpaddb %%zmm29, %%zmm" #c ", %%zmm" #c "\n\t"
+#define ROBUQ_STEP                                                                    \
+  "vmovdqu64 0(%[ip]), %%zmm24\n\t"                                                   \
+  "vmovdqu64 64(%[ip]), %%zmm25\n\t"                                                  \
+  "vmovdqu64 128(%[ip]), %%zmm26\n\t"                                                 \
+  ROBUQ_TOK(0, 0, 1, 2, 27) ROBUQ_TOK(64, 3, 4, 5, 28) ROBUQ_TOK(128, 6, 7, 8, 27)    \
+  ROBUQ_TOK(192, 9, 10, 11, 28)                                                       \
+  "add $192, %[ip]\n\t"                                                               \
+  "add $256, %[tp]\n\t"
+#define ROBUQ_FOLD1(a, s, tmp)                                                        \
+  "vpmaddubsw %%zmm" #a ", %%zmm31, %%zmm" #tmp "\n\t"                                \
+  "vpaddw %%zmm" #tmp ", %%zmm" #s ", %%zmm" #s "\n\t"                                \
+  "vpxord %%zmm" #a ", %%zmm" #a ", %%zmm" #a "\n\t"
+#define ROBUQ_FOLD                                                                    \
+  ROBUQ_FOLD1(0, 12, 29) ROBUQ_FOLD1(1, 13, 30) ROBUQ_FOLD1(2, 14, 29)                \
+  ROBUQ_FOLD1(3, 15, 30) ROBUQ_FOLD1(4, 16, 29) ROBUQ_FOLD1(5, 17, 30)                \
+  ROBUQ_FOLD1(6, 18, 29) ROBUQ_FOLD1(7, 19, 30) ROBUQ_FOLD1(8, 20, 29)                \
+  ROBUQ_FOLD1(9, 21, 30) ROBUQ_FOLD1(10, 22, 29) ROBUQ_FOLD1(11, 23, 30)
+#define ROBUQ_ZERO(a) "vpxord %%zmm" #a ", %%zmm" #a ", %%zmm" #a "\n\t"
+#define ROBUQ_STORE(a, off) "vmovdqu64 %%zmm" #a ", " #off "(%[out])\n\t"
+
+// The int16 sums of TT x 96 outputs over nj chunks into out[TT * OV][32] (vector 3 t + v).
+template <int N>
+void micro_sums(const int8_t* tp, const uint8_t* ip, int64_t nj, int16_t* out) {
+  int64_t nfull = nj / N, rem = nj % N, cnt;
+  asm volatile(
+      ROBUQ_ZERO(0) ROBUQ_ZERO(1) ROBUQ_ZERO(2) ROBUQ_ZERO(3) ROBUQ_ZERO(4) ROBUQ_ZERO(5) ROBUQ_ZERO(6)
+      ROBUQ_ZERO(7) ROBUQ_ZERO(8) ROBUQ_ZERO(9) ROBUQ_ZERO(10) ROBUQ_ZERO(11) ROBUQ_ZERO(12) ROBUQ_ZERO(13)
+      ROBUQ_ZERO(14) ROBUQ_ZERO(15) ROBUQ_ZERO(16) ROBUQ_ZERO(17) ROBUQ_ZERO(18) ROBUQ_ZERO(19)
+      ROBUQ_ZERO(20) ROBUQ_ZERO(21) ROBUQ_ZERO(22) ROBUQ_ZERO(23)
+      "vpternlogd $0xff, %%zmm31, %%zmm31, %%zmm31\n\t"
+      "vpabsb %%zmm31, %%zmm31\n\t"
+      "test %[nfull], %[nfull]\n\t"
+      "jz 2f\n"
+      "1:\n\t"
+      "mov %[n], %[cnt]\n"
+      "5:\n\t" ROBUQ_STEP
+      "dec %[cnt]\n\t"
+      "jnz 5b\n\t" ROBUQ_FOLD
+      "dec %[nfull]\n\t"
+      "jnz 1b\n"
+      "2:\n\t"
+      "test %[rem], %[rem]\n\t"
+      "jz 4f\n"
+      "3:\n\t" ROBUQ_STEP
+      "dec %[rem]\n\t"
+      "jnz 3b\n\t" ROBUQ_FOLD
+      "4:\n\t"
+      ROBUQ_STORE(12, 0) ROBUQ_STORE(13, 64) ROBUQ_STORE(14, 128) ROBUQ_STORE(15, 192) ROBUQ_STORE(16, 256)
+      ROBUQ_STORE(17, 320) ROBUQ_STORE(18, 384) ROBUQ_STORE(19, 448) ROBUQ_STORE(20, 512) ROBUQ_STORE(21, 576)
+      ROBUQ_STORE(22, 640) ROBUQ_STORE(23, 704)
+      "vzeroupper\n\t"
+      : [ip] "+r"(ip), [tp] "+r"(tp), [nfull] "+r"(nfull), [rem] "+r"(rem), [cnt] "=&r"(cnt)
+      : [out] "r"(out), [n] "i"(N)
+      : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12",
+        "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22", "xmm23", "xmm24",
+        "xmm25", "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31", "cc", "memory");
+}
+#undef ROBUQ_TOK
+#undef ROBUQ_STEP
+#undef ROBUQ_FOLD1
+#undef ROBUQ_FOLD
+#undef ROBUQ_ZERO
+#undef ROBUQ_STORE
+
+template <int N>
+void micro(const int8_t* tab, const uint8_t* idx, int64_t nj, int32_t* C, int64_t ldc) {
+  alignas(64) int16_t sums[TT * OV * 32];
+  micro_sums<N>(tab, idx, nj, sums);
+  for (int t = 0; t < TT; ++t)
+    for (int v = 0; v < OV; ++v) {
+      const __m512i a = load512(sums + (t * OV + v) * 32);
+      int32_t* c = C + t * ldc + v * 32;
+      _mm512_storeu_si512(c, _mm512_add_epi32(load512(c), _mm512_cvtepi16_epi32(_mm512_castsi512_si256(a))));
+      _mm512_storeu_si512(c + 16,
+                          _mm512_add_epi32(load512(c + 16), _mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64(a, 1))));
+    }
+}
+
+using MicroFn = void (*)(const int8_t*, const uint8_t*, int64_t, int32_t*, int64_t);
+
+MicroFn micro_for(int bits) {
+  switch (bits) {
+    case 1: return micro<42>;
+    case 2: return micro<21>;
+    case 3: return micro<10>;
+    case 4: return micro<5>;
+    case 5: return micro<2>;
+    default: return micro<1>;
+  }
+}
+
+// A 64-byte aligned buffer per thread and purpose, kept between calls (no page faults per call).
+struct Buffer {
+  uint8_t* p = nullptr;
+  size_t n = 0;
+  ~Buffer() { std::free(p); }
+  uint8_t* get(size_t bytes) {
+    if (bytes < 64) bytes = 64;
+    if (n < bytes) {
+      std::free(p);
+      n = 0;
+      p = static_cast<uint8_t*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64));
+      if (p == nullptr) throw std::bad_alloc();
+      n = bytes;
+    }
+    return p;
+  }
+};
+thread_local Buffer tl_idx, tl_work;
+
+// ------------------------------------------------------------------------------------------ epilogue
+// The avx2 tier's QEpilogue (kernels/avx2/qlinear_avx2.h) 16 outputs at a time, with the same operations per
+// output in the same order, so the bits are the same:
+//   f = float(scale_x[t] * s_w[r] * (acc - zero_x[t] * wsum[r]))   in float64 (mul, mul, mul, sub; no FMA)
+//   f = f + v, v = one fused-multiply-add chain over j ascending from +0 of u[t, j] up[r, j] (gemm_panels' order)
+//   f = f + bias[r];  then GELU as simd::gelu8 (exp256's steps) when asked.
+// up is packed once per call into panels of 16 outputs x rank (zero-padded), like pack_panels_rows.
+inline __m512 exp512(__m512 x) {
+  const __m512 lo = _mm512_set1_ps(-87.33654475f), hi = _mm512_set1_ps(88.72283906f);
+  const __m512 xc = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-88.0f)), _mm512_set1_ps(88.75f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), xc);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  const __m512 r2 = _mm512_mul_ps(r, r);
+  __m512 y = _mm512_add_ps(_mm512_fmadd_ps(p, r2, r), _mm512_set1_ps(1.0f));
+  const __m512i ni = _mm512_cvtps_epi32(n);
+  const __m512i na = _mm512_srai_epi32(ni, 1);
+  const __m512i nb = _mm512_sub_epi32(ni, na);
+  const __m512i bias = _mm512_set1_epi32(127);
+  y = _mm512_mul_ps(y, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(na, bias), 23)));
+  y = _mm512_mul_ps(y, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(nb, bias), 23)));
+  y = _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ), _mm512_setzero_ps());
+  y = _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask(x, hi, _CMP_GT_OQ), _mm512_set1_ps(__builtin_inff()));
+  return _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), x);
+}
+
+inline __m512 gelu16(__m512 v) {
+  const __m512 beta = _mm512_set1_ps(static_cast<float>(0.7978845608028654));
+  const __m512 kappa = _mm512_set1_ps(0.044715f);
+  const __m512 v3 = _mm512_mul_ps(_mm512_mul_ps(v, v), v);
+  const __m512 u = _mm512_mul_ps(beta, _mm512_add_ps(v, _mm512_mul_ps(kappa, v3)));
+  const __m512 e = exp512(_mm512_mul_ps(u, _mm512_set1_ps(-2.0f)));
+  return _mm512_div_ps(v, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+}
+
+// up [out, rank] -> panels[p][j][16] for the 16-output panels p0 .. p1 - 1.
+void pack_up(const float* up, int64_t out, int64_t rank, int64_t p0, int64_t p1, float* panels) {
+  for (int64_t p = p0; p < p1; ++p) {
+    float* dst = panels + p * rank * 16;
+    for (int64_t j = 0; j < rank; ++j)
+      for (int64_t i = 0; i < 16; ++i) {
+        const int64_t r = p * 16 + i;
+        dst[j * 16 + i] = r < out ? up[r * rank + j] : 0.0f;
+      }
+  }
+}
+
+// Rows t0 .. t0 + nt - 1 of the output from their exact sums C[(t - t0) * ldc + r] (centring undone).
+void epilogue_rows(const avx2::QEpilogue& e, int64_t t0, int64_t nt, const int32_t* C, int64_t ldc,
+                   const float* panels) {
+  const int64_t out = e.out;
+  if (e.acc != nullptr) {
+    for (int64_t i = 0; i < nt; ++i)
+      std::memcpy(e.acc + (t0 + i) * out, C + i * ldc, sizeof(int32_t) * static_cast<size_t>(out));
+    return;
+  }
+  for (int64_t r = 0; r < out; r += 16) {
+    const __mmask16 m = r + 16 <= out ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (out - r)) - 1);
+    const __m512i ws = _mm512_maskz_loadu_epi32(m, e.wsum + r);
+    const __m512d ws0 = _mm512_cvtepi32_pd(_mm512_castsi512_si256(ws));
+    const __m512d ws1 = _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(ws, 1));
+    const __m512 swf = _mm512_maskz_loadu_ps(m, e.s_w + r);
+    const __m512d sw0 = _mm512_cvtps_pd(_mm512_castps512_ps256(swf));
+    const __m512d sw1 = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(swf), 1)));
+    const __m512 bias = e.bias != nullptr ? _mm512_maskz_loadu_ps(m, e.bias + r) : _mm512_setzero_ps();
+    const float* panel = e.u != nullptr ? panels + (r / 16) * e.rank * 16 : nullptr;
+    for (int64_t i0 = 0; i0 < nt; i0 += 4) {
+      // the low-rank terms of 4 tokens: 4 independent chains (one chain is latency-bound)
+      __m512 v[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+      if (panel != nullptr) {
+        const float* ut[4];
+        for (int k = 0; k < 4; ++k) ut[k] = e.u + (t0 + (i0 + k < nt ? i0 + k : i0)) * e.rank;
+        for (int64_t j = 0; j < e.rank; ++j) {
+          const __m512 pj = _mm512_loadu_ps(panel + j * 16);
+          v[0] = _mm512_fmadd_ps(_mm512_set1_ps(ut[0][j]), pj, v[0]);
+          v[1] = _mm512_fmadd_ps(_mm512_set1_ps(ut[1][j]), pj, v[1]);
+          v[2] = _mm512_fmadd_ps(_mm512_set1_ps(ut[2][j]), pj, v[2]);
+          v[3] = _mm512_fmadd_ps(_mm512_set1_ps(ut[3][j]), pj, v[3]);
+        }
+      }
+      for (int64_t k = 0; k < 4 && i0 + k < nt; ++k) {
+        const int64_t i = i0 + k, t = t0 + i;
+        const __m512d sx = _mm512_set1_pd(static_cast<double>(e.scale_x[t]));
+        const __m512d zx = _mm512_set1_pd(static_cast<double>(e.zero_x[t]));
+        const __m512i a = _mm512_maskz_loadu_epi32(m, C + i * ldc + r);
+        const __m512d d0 = _mm512_sub_pd(_mm512_cvtepi32_pd(_mm512_castsi512_si256(a)), _mm512_mul_pd(zx, ws0));
+        const __m512d d1 =
+            _mm512_sub_pd(_mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(a, 1)), _mm512_mul_pd(zx, ws1));
+        const __m256 f0 = _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_mul_pd(sx, sw0), d0));
+        const __m256 f1 = _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_mul_pd(sx, sw1), d1));
+        __m512 f = _mm512_castpd_ps(
+            _mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(f0)), _mm256_castps_pd(f1), 1));
+        if (panel != nullptr) f = _mm512_add_ps(f, v[k]);
+        if (e.bias != nullptr) f = _mm512_add_ps(f, bias);
+        if (e.gelu) f = gelu16(f);
+        _mm512_mask_storeu_ps(e.y + t * out + r, m, f);
+      }
+    }
+  }
+}
+
+void check_args(int bits, int64_t T, int64_t out, int64_t in, int threads) {
+  if (bits < 1 || bits > 6) throw std::invalid_argument("avx512::ternary_gemm: bits must be in 1..6");
+  if (T < 0 || out < 0 || in < 0) throw std::invalid_argument("avx512::ternary_gemm: negative shape");
+  if (threads < 1) throw std::invalid_argument("avx512::ternary_gemm: threads must be >= 1");
+}
+
+void decode_all(const uint8_t* packed, int64_t out, int64_t in, uint8_t* idx, int threads) {
+  const int64_t chunks = (in + 5) / 6, pc = (in + 3) / 4, groups = (out + MBO - 1) / MBO * OV;
+  const int64_t kgroups = (chunks + 31) / 32, n = groups * kgroups;
+  const int nt = static_cast<int>(imax(1, imin(threads, n / 8)));
+#ifdef _OPENMP
+#pragma omp parallel for schedule(dynamic, 4) num_threads(nt) if (nt > 1)
+#endif
+  for (int64_t w = 0; w < n; ++w) decode_group(packed, out, pc, chunks, w / kgroups, w % kgroups, idx);
+}
+
+}  // namespace
+
+namespace avx512 {
+
+bool ternary_gemm_supported(int bits) { return bits >= 1 && bits <= 6; }
+
+void ternary_gemm(const uint8_t* q, int64_t T, int bits, const uint8_t* packed, int64_t out, int64_t in,
+                  const int32_t* wsum, const avx2::QEpilogue& e, int threads, const avx2::RowPrep* prep) {
+  check_args(bits, T, out, in, threads);
+  if (T == 0 || out == 0) return;
+  const int64_t chunks = (in + 5) / 6, n_mb = (out + MBO - 1) / MBO, ldc = n_mb * MBO;
+  const int z = 1 << (bits - 1);
+  const MicroFn fn = micro_for(bits);
+  // Token blocks: the int32 sums of a block (TB x ldc) stay within kCBytes; at least 4 blocks per thread
+  // when T allows (a slowed thread then costs only its share); a multiple of TT.
+  const int64_t tb_cap = imax(TT, kCBytes / (ldc * 4) / TT * TT);
+  const int64_t tb_bal = (T + 4 * threads - 1) / (4 * threads);
+  const int64_t TB = imax(TT, imin(tb_cap, (tb_bal + TT - 1) / TT * TT));
+  const int64_t items = (T + TB - 1) / TB;
+  // Buffers, allocated here so that nothing inside the parallel region throws: the decoded weights (shared),
+  // and per thread the token block's int32 sums, its tables for one k-block and the epilogue's scratch.
+  const int64_t idx_bytes = n_mb * chunks * OV * 64;
+  const bool lowrank = e.y != nullptr && e.u != nullptr && e.rank > 0;
+  const int64_t n_panels = (out + 15) / 16, panel_bytes = lowrank ? (n_panels * e.rank * 16 * 4 + 63) / 64 * 64 : 0;
+  const int64_t c_bytes = (TB * ldc * 4 + 63) / 64 * 64, tab_bytes = TB * KB * 64;
+  const int64_t per_thread = c_bytes + tab_bytes;
+  const int nt = static_cast<int>(imax(1, imin(threads, items)));
+  uint8_t* const idx = tl_idx.get(static_cast<size_t>(idx_bytes + panel_bytes));
+  float* const panels = lowrank ? reinterpret_cast<float*>(idx + (idx_bytes + 63) / 64 * 64) : nullptr;
+  uint8_t* const work = tl_work.get(static_cast<size_t>(per_thread * nt));
+  decode_all(packed, out, in, idx, threads);
+  if (lowrank) pack_up(e.up, out, e.rank, 0, n_panels, panels);
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt) if (nt > 1)
+#endif
+  {
+#ifdef _OPENMP
+    const int tid = omp_get_thread_num();
+#else
+    const int tid = 0;
+#endif
+    uint8_t* base = work + tid * per_thread;
+    int32_t* const C = reinterpret_cast<int32_t*>(base);
+    int8_t* const tabs = reinterpret_cast<int8_t*>(base + c_bytes);
+#ifdef _OPENMP
+#pragma omp for schedule(dynamic, 1)
+#endif
+    for (int64_t it = 0; it < items; ++it) {
+      const int64_t t0 = it * TB, nt_ = imin(TB, T - t0), tiles = (nt_ + TT - 1) / TT;
+      if (prep != nullptr)
+        for (int64_t t = t0; t < t0 + nt_; ++t) (*prep)(t, tid);
+      std::memset(C, 0, static_cast<size_t>(tiles * TT * ldc) * 4);
+      for (int64_t j0 = 0; j0 < chunks; j0 += KB) {
+        const int64_t nj = imin(KB, chunks - j0);
+        // tables [tile][chunk][TT][64] of this k-block; padding tokens of the last tile get zero tables
+        for (int64_t i = 0; i < tiles * TT; ++i) {
+          int8_t* dst = tabs + (i / TT) * (nj * TT * 64) + (i % TT) * 64;
+          if (i < nt_) {
+            build_tables(q + (t0 + i) * in, in, j0, nj, z, dst, TT * 64);
+          } else {
+            for (int64_t j = 0; j < nj; ++j) std::memset(dst + j * TT * 64, 0, 64);
+          }
+        }
+        // an output block's indices for the k-block (KB x 192 bytes) stay in L1 over the block's tiles, whose
+        // tables (TB x KB x 64 bytes) come from L1 / L2
+        for (int64_t m = 0; m < n_mb; ++m) {
+          const uint8_t* ip = idx + (m * chunks + j0) * (OV * 64);
+          for (int64_t tile = 0; tile < tiles; ++tile)
+            fn(tabs + tile * (nj * TT * 64), ip, nj, C + tile * TT * ldc + m * MBO, ldc);
+        }
+      }
+      // undo the centring (+ z * wsum), then the epilogue
+      const __m512i vz = _mm512_set1_epi32(z);
+      for (int64_t i = 0; i < nt_; ++i) {
+        int32_t* row = C + i * ldc;
+        int64_t r = 0;
+        for (; r + 16 <= out; r += 16)
+          _mm512_storeu_si512(row + r, _mm512_add_epi32(load512(row + r), _mm512_mullo_epi32(vz, load512(wsum + r))));
+        for (; r < out; ++r) row[r] += z * wsum[r];
+      }
+      epilogue_rows(e, t0, nt_, C, ldc, panels);
+    }
+  }
+}
+
+void ternary_lut_indices(const uint8_t* packed, int64_t out, int64_t in, uint8_t* idx) {
+  if (out < 0 || in < 0) throw std::invalid_argument("avx512::ternary_lut_indices: negative shape");
+  decode_all(packed, out, in, idx, 1);
+}
+
+}  // namespace avx512
+
+}  // namespace robuq

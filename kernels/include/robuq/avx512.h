@@ -1,0 +1,58 @@
+// Kernels of the avx512 tier (kernels/avx512/*.cpp, the only files compiled with -mavx512f -mavx512bw
+// -mavx512vl -mavx512vbmi -mavx512vnni). Call them only when tier_available(Tier::Avx512); the dispatchers do.
+// Everything the avx512 tier has no kernel of its own for runs on the avx2 kernels (robuq/avx2.h), so the two
+// tiers share all float arithmetic; the integer results of the ternary GEMM are exact in both.
+//
+// This header declares no intrinsics and no inline code: the avx2 and generic files include it.
+#pragma once
+#include <cstdint>
+
+namespace robuq {
+namespace avx2 {
+struct QEpilogue;
+struct RowPrep;
+}  // namespace avx2
+
+struct HadamardPlan;
+
+namespace avx512 {
+
+// rot = x @ H for one row (x and rot must not alias; scratch: plan.scratch_size() floats; sgn: the plan's K x K
+// sign table as avx2::RowTransform holds it), bit-identical to ref::hadamard_transform_row. Returns false, doing
+// nothing, for plans it does not take (butterfly segments under 16 floats, the identity): the caller then runs
+// the avx2 transform.
+bool hadamard_row(const HadamardPlan& plan, const float* sgn, const float* x, float* rot, float* scratch);
+
+// One (sample n, head h) of ops::attention, bit-identical to avx2::attention_head (same scratch size:
+// avx2::attention_scratch_floats).
+void attention_head(const float* qkv, int64_t n, int64_t h, int64_t T, int64_t H, int64_t hd, int bits, float* out,
+                    float* scratch);
+
+// Per-token quantization of one row: the contract of ref::quantize_row / avx2::quantize_row, bit-identical.
+void quantize_row(const float* x, int64_t n, int bits, float clip_k, uint8_t* codes, float* scale, float* zero);
+
+// Activation bit widths the AVX-512 ternary GEMM takes (1..6; 7 and 8 bits run the avx2 kernel).
+bool ternary_gemm_supported(int bits);
+
+// Ternary weights in the file layout x activation codes of `bits` bits (1..6): the exact sums
+// acc[t, r] = sum_k q[t, k] w[r, k] go through e, as avx2::ternary_gemm (kernels/avx2/qlinear_avx2.h) does;
+// with prep, row t of q is made by (*prep)(t, tid) inside the GEMM's parallel region before anything reads it.
+// Threads take token blocks from a shared counter (dynamic schedule); the result does not depend on the split.
+// Throws std::invalid_argument on bits outside 1..6, a negative shape or threads < 1.
+void ternary_gemm(const uint8_t* q, int64_t T, int bits, const uint8_t* packed, int64_t out, int64_t in,
+                  const int32_t* wsum, const avx2::QEpilogue& e, int threads, const avx2::RowPrep* prep);
+
+// The kernel's weight layout for a whole matrix (tests): idx [ceil(out / 96)][ceil(in / 6)][3][64] bytes, see
+// ternary_gemm_avx512.cpp. Bytes of padding outputs (r >= out) are unspecified.
+void ternary_lut_indices(const uint8_t* packed, int64_t out, int64_t in, uint8_t* idx);
+
+// Instruction-throughput loops of robuq-bench's ceilings table (ceilings_avx512.cpp; robuq/ceilings.h lists and
+// runs them): their number, names, the index of a name (-1: none) and operations per second of one thread
+// running loop i for about `seconds`.
+int ceiling_count();
+const char* ceiling_name(int i);
+int ceiling_find(const char* kind);
+double ceiling_one_thread(int i, double seconds);
+
+}  // namespace avx512
+}  // namespace robuq

@@ -1,0 +1,238 @@
+"""The avx512 tier (kernels/avx512/): its own kernels against exact references, and the tier as a whole.
+
+* Ternary vpermb table-lookup GEMM straight from the .rq layout: exact integer sums for every bit width
+  (1..6 on the AVX-512 kernel, 7..8 on the avx2 one), shapes with tails (in not a multiple of 6 or 192, out
+  not a multiple of 96, T not a multiple of the 4-token tile), garbage in padding positions, and bit-identical
+  results for 1 and 2 threads and for a token alone or in any batch (the dynamic split never shows).
+* QLinear on the avx512 tier equals the avx2 tier bit for bit (same exact integers, same epilogue), with a
+  low-rank branch, a fused GELU and 1 / 2 threads.
+* Tier machinery: the default on a CPU that has the features, ROBUQ_KERNEL_TIER=avx512 and forced lower
+  tiers.
+
+Skipped, with the reason, on CPUs or builds without the avx512 tier.
+"""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from robuq import _C
+from robuq import quant as Q
+
+pytestmark = pytest.mark.skipif(
+    not _C.tier_available("avx512"),
+    reason="the avx512 tier needs AVX-512 F/BW/VL/VBMI/VNNI (and AVX2) in the CPU and the build",
+)
+
+
+@pytest.fixture
+def restore_tier():
+    before = _C.active_tier()
+    yield
+    _C.set_tier(before)
+
+
+def packed_with_garbage_padding(rng, out, n_in):
+    """Random ternary codes in the .rq layout, padding positions of the last byte filled with codes 0..3."""
+    w = rng.integers(-1, 2, (out, n_in), dtype=np.int8)
+    p = _C.pack_ternary(w)
+    if n_in % 4:
+        mask = np.uint8((0xFF << (2 * (n_in % 4))) & 0xFF)
+        p[:, -1] = (p[:, -1] & ~mask) | (rng.integers(0, 256, out, dtype=np.uint8) & mask)
+    return w, p
+
+
+def _rows(t, n, seed, kind):
+    rng = np.random.default_rng(seed)
+    if kind == "heavy":
+        x = rng.standard_t(3, (t, n)) * rng.uniform(0.2, 3, (t, 1)) + rng.normal(0, 1, (t, 1))
+    elif kind == "zeros":  # signed zeros and ties for min / max
+        x = rng.choice([0.0, -0.0, 1.0, -1.0, 0.5], (t, n))
+    else:
+        x = np.full((t, n), 0.25)
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+@pytest.mark.parametrize(
+    "n,form,block",
+    [(1152, "full", 0), (4608, "full", 0), (384, "full", 0), (640, "full", 0), (256, "full", 0)]
+    + [(96, "full", 0), (1152, "block", 0), (384, "block", 16), (384, "block", 8)],
+)
+def test_hadamard_bit_identical_to_reference(n, form, block):
+    x = _rows(5, n, n + block, "heavy")
+    got = _C.hadamard_transform(x, form, block, tier="avx512")
+    np.testing.assert_array_equal(got.view(np.uint32), _C.hadamard_transform(x, form, block).view(np.uint32))
+
+
+@pytest.mark.parametrize("n", [1, 7, 16, 33, 384, 1152, 4608])
+@pytest.mark.parametrize("kind", ["heavy", "zeros", "const"])
+def test_quantize_bit_identical_to_reference(n, kind):
+    x = _rows(6, n, n, kind)
+    for bits in (1, 2, 3, 4, 8):
+        for k in (0.0, Q.clip_constant("gauss", bits)):
+            got = _C.quantize_tokens(x, bits, k, tier="avx512")
+            want = _C.quantize_tokens(x, bits, k)
+            for g, w in zip(got, want, strict=True):
+                np.testing.assert_array_equal(np.asarray(g).view(np.uint8), np.asarray(w).view(np.uint8))
+
+
+SHAPES = [
+    (1, 1, 1),
+    (5, 17, 3),
+    (7, 96, 6),
+    (9, 97, 193),  # one chunk past a 32-chunk decode group, one output past a 96-output block
+    (13, 300, 129),
+    (4, 33, 4608),
+    (3, 200, 385),
+    (33, 191, 1152),
+    (64, 40, 1150),  # in not a multiple of 6 nor of 4
+]
+
+
+@pytest.mark.parametrize("t,out,n_in", SHAPES)
+def test_ternary_matmul_exact_all_bits(t, out, n_in):
+    rng = np.random.default_rng(t * 131 + out * 7 + n_in)
+    w, p = packed_with_garbage_padding(rng, out, n_in)
+    for bits in range(1, 9):
+        q = rng.integers(0, 2**bits, (t, n_in), dtype=np.uint8)
+        if bits <= 6:  # the extremes of the codes: the int8 / int16 overflow bounds are tight there
+            q[0] = 2**bits - 1
+            if t > 1:
+                q[1] = 0
+        want = q.astype(np.int64) @ w.astype(np.int64).T
+        got = _C.ternary_matmul(q, p, n_in, bits, tier="avx512")
+        np.testing.assert_array_equal(got, want)
+
+
+def test_ternary_matmul_extreme_weights_and_codes():
+    """All weights +1 (or -1) and all codes at the maximum: every table entry at its bound, every int8 run and
+    int16 k-block sum at its extreme."""
+    n_in = 6 * 32 * 3 + 5
+    for sign in (1, -1):
+        w = np.full((97, n_in), sign, np.int8)
+        p = _C.pack_ternary(w)
+        for bits in range(1, 7):
+            for value in (0, 2**bits - 1):
+                q = np.full((6, n_in), value, np.uint8)
+                want = q.astype(np.int64) @ w.astype(np.int64).T
+                np.testing.assert_array_equal(_C.ternary_matmul(q, p, n_in, bits, tier="avx512"), want)
+
+
+@pytest.mark.parametrize("bits", [2, 4, 6])
+def test_ternary_matmul_thread_and_batch_invariance(bits):
+    rng = np.random.default_rng(bits)
+    n_in, out, t = 1152, 290, 203
+    w, p = packed_with_garbage_padding(rng, out, n_in)
+    q = rng.integers(0, 2**bits, (t, n_in), dtype=np.uint8)
+
+    def mm(codes, threads):
+        return _C.ternary_matmul(codes, p, n_in, bits, threads=threads, tier="avx512")
+
+    one = mm(q, 1)
+    np.testing.assert_array_equal(one, q.astype(np.int64) @ w.astype(np.int64).T)
+    np.testing.assert_array_equal(mm(q, 2), one)
+    np.testing.assert_array_equal(mm(q, 3), one)
+    np.testing.assert_array_equal(mm(q[57:58], 2)[0], one[57])
+    np.testing.assert_array_equal(mm(q[5:18], 2), one[5:18])
+
+
+def _layer(n_in, out, bits, rank, seed, hadamard="full"):
+    rng = np.random.default_rng(seed)
+    w = rng.integers(-1, 2, (out, n_in), dtype=np.int8)
+    kw = {}
+    if rank:
+        kw = dict(
+            down=rng.normal(0, 0.05, (rank, n_in)).astype(np.float32),
+            up=rng.normal(0, 0.05, (out, rank)).astype(np.float32),
+        )
+    return _C.QLinear(
+        "ternary",
+        n_in,
+        _C.pack_ternary(w),
+        rng.uniform(0.01, 0.05, out).astype(np.float32),
+        w.astype(np.int32).sum(1).astype(np.int32),
+        rng.normal(0, 0.1, out).astype(np.float32),
+        act_bits=bits,
+        clip_k=Q.clip_constant("gauss", bits),
+        hadamard=hadamard,
+        **kw,
+    )
+
+
+@pytest.mark.parametrize(
+    "n_in,out,bits,rank,hadamard",
+    [
+        (1152, 203, 2, 8, "full"),  # K = 36, M = 32: the AVX-512 Hadamard
+        (4608, 50, 3, 0, "full"),  # K = 36, M = 128
+        (384, 97, 3, 0, "block"),  # block of 128
+        (256, 33, 2, 0, "full"),  # a power of two (K = 1)
+        (96, 37, 4, 4, "full"),  # M = 8: the avx2 Hadamard
+        (384, 40, 8, 0, "full"),  # 8 bits: the avx2 GEMM
+    ],
+)
+def test_qlinear_avx512_equals_avx2(restore_tier, n_in, out, bits, rank, hadamard):
+    """Hadamard + quantize, GEMM and epilogue of the avx512 tier give the avx2 tier's bits."""
+    lin = _layer(n_in, out, bits, rank, n_in + out + bits, hadamard)
+    x = np.random.default_rng(bits).standard_t(3, (45, n_in)).astype(np.float32)
+    _C.set_tier("avx2")
+    want = lin.forward(x, 1)
+    _C.set_tier("avx512")
+    np.testing.assert_array_equal(lin.forward(x, 1), want)
+    np.testing.assert_array_equal(lin.forward(x, 2), want)
+    np.testing.assert_array_equal(lin.forward(x[11:12], 2)[0], want[11])
+
+
+def test_fused_gelu_on_avx512(restore_tier):
+    rng = np.random.default_rng(4)
+    n_in, out = 384, 131
+    w = rng.integers(-1, 2, (out, n_in), dtype=np.int8)
+    args = dict(
+        weight="ternary",
+        in_features=n_in,
+        packed=_C.pack_ternary(w),
+        scale=rng.uniform(0.01, 0.05, out).astype(np.float32),
+        wsum=w.astype(np.int32).sum(1).astype(np.int32),
+        bias=rng.normal(0, 0.1, out).astype(np.float32),
+        act_bits=2,
+        clip_k=Q.clip_constant("gauss", 2),
+        hadamard="full",
+    )
+    x = rng.standard_normal((29, n_in)).astype(np.float32)
+    _C.set_tier("avx512")
+    plain = _C.qlinear_forward_post(**args, x=x, threads=2, post="none")
+    fused = _C.qlinear_forward_post(**args, x=x, threads=2)
+    np.testing.assert_array_equal(fused, _C.gelu_tanh(plain.ravel(), 1).reshape(plain.shape))
+    _C.set_tier("avx2")
+    np.testing.assert_array_equal(_C.qlinear_forward_post(**args, x=x, threads=1), fused)
+
+
+@pytest.mark.parametrize("bits", [0, 8])
+@pytest.mark.parametrize("t,heads,hd", [(64, 6, 64), (37, 4, 72), (256, 2, 72), (9, 1, 20)])
+def test_attention_avx512_equals_avx2(restore_tier, bits, t, heads, hd):
+    """The AVX-512 attention head (16-wide panels, softmax) gives the avx2 bits, for any thread count."""
+    n = 2
+    qkv = np.random.default_rng(t + hd + bits).normal(0, 1.5, (n * t, 3 * heads * hd)).astype(np.float32)
+    _C.set_tier("avx2")
+    want = _C.attention(qkv, n, heads, bits)
+    _C.set_tier("avx512")
+    np.testing.assert_array_equal(_C.attention(qkv, n, heads, bits), want)
+    np.testing.assert_array_equal(_C.attention(qkv, n, heads, bits, threads=2), want)
+
+
+def test_tier_selection():
+    """avx512 is the default where available; the environment variable forces it or a lower tier."""
+    features = _C.cpu_features()
+    for name in ("avx512f", "avx512bw", "avx512vl", "avx512vbmi", "avx512vnni"):
+        assert features[name]
+    code = "from robuq import _C; print(_C.active_tier())"
+    env = {k: v for k, v in os.environ.items() if k != "ROBUQ_KERNEL_TIER"}
+
+    def run(e):
+        return subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True, check=True)
+
+    assert run(env).stdout.strip() == "avx512"
+    for forced in ("avx512", "avx2", "generic"):
+        assert run({**env, "ROBUQ_KERNEL_TIER": forced}).stdout.strip() == forced
