@@ -189,6 +189,16 @@ def time_robuq(eng, n: int, warmup: int, repeats: int, variants: list[int] | Non
         res["ms" if graphs else "ms_no_graphs"] = statistics.median(ms)
     e.set_graphs(True)
     res["graph_status"] = e.graph_status or "ok"
+    _C.cuda_set_lowrank_fused(True)  # the fused low-rank pass (default off until measured)
+    try:
+        e.set_graphs(False)
+        e.set_graphs(True)
+        eng.forward(x, t, y)
+        res["ms_lowrank_fused"] = statistics.median(e.time_forward(n, 5) for _ in range(max(3, repeats // 2)))
+    finally:
+        _C.cuda_set_lowrank_fused(False)
+        e.set_graphs(False)
+        e.set_graphs(True)
     res["parts_ms"] = e.profile_forward(n)
     return res
 
@@ -375,6 +385,8 @@ def report_text(res: dict) -> str:
         lines.append(
             f"  {'robuq CUDA engine':<22} {rb['ms']:9.3f} ms  (plain launches {rb['ms_no_graphs']:.3f} ms)"
         )
+        if "ms_lowrank_fused" in rb:
+            lines.append(f"  {'  low-rank fused':<22} {rb['ms_lowrank_fused']:9.3f} ms")
         for key, label in (("torch_bf16", "PyTorch bf16 eager"), ("torch_compile", "torch.compile bf16"),
                            ("tensorrt_fp16", "TensorRT fp16")):  # fmt: skip
             if key not in r:

@@ -118,8 +118,19 @@ def test_graphs_and_gemm_variants_bit_identical(tiny):
             for v in range(1, _C.CUDA_GEMM_VARIANTS + 1):
                 _C.cuda_set_gemm_variant(v)
                 np.testing.assert_array_equal(gpu.forward(x, t, y), want, err_msg=f"{name}: variant {v}")
+            _C.cuda_set_gemm_variant(0)
+            _C.cuda_set_lowrank_fused(True)  # the low-rank pass inside the quantize kernel: the same bits
+            np.testing.assert_array_equal(gpu.forward(x, t, y), want, err_msg=f"{name}: fused low-rank")
+            for lin in gpu.info["linears"]:
+                xr = np.random.default_rng(3).standard_normal((9, gpu.info["linears"][lin]["in_features"]))
+                xr = xr.astype(np.float32)
+                _C.cuda_set_lowrank_fused(False)
+                a = gpu.linear(lin, xr)
+                _C.cuda_set_lowrank_fused(True)
+                np.testing.assert_array_equal(gpu.linear(lin, xr), a, err_msg=f"{name}: {lin} fused low-rank")
         finally:
             _C.cuda_set_gemm_variant(0)
+            _C.cuda_set_lowrank_fused(False)
 
 
 def psnr(a, b, peak=2.0) -> float:

@@ -64,6 +64,7 @@ std::string cuda_device_name(int device) {
 }
 
 void cuda_set_gemm_variant(int v) { cuda::set_gemm_variant(v); }
+void cuda_set_lowrank_fused(bool on) { cuda::set_lowrank_fused(on); }
 int cuda_gemm_variants() { return cuda::kGemmVariants; }
 
 namespace {
@@ -258,9 +259,16 @@ struct CudaEngine::Impl {
     e.up = L.up.get();
     const float* rot = xd;  // the rotated input (x itself without a Hadamard)
     cuda::HadamardQuantArgs a = hadamard_quant_args(L, xd, T, s);
-    if (L.form != 0 && (L.rank > 0 || L.act_bits == 0)) {
+    // the low-rank down-projection inside the quantize kernel (cuda::set_lowrank_fused; same bits)
+    const bool lr_fused = L.rank > 0 && L.act_bits > 0 && L.rank <= cuda::kMaxFusedRank && cuda::lowrank_fused();
+    if (L.form != 0 && ((L.rank > 0 && !lr_fused) || L.act_bits == 0)) {
       a.rotated = s.rot.get();
       rot = s.rot.get();
+    }
+    if (lr_fused) {
+      a.lr_rank = static_cast<int>(L.rank);
+      a.lr_down = L.down.get();
+      a.lr_u = s.u.get();
     }
     const bool gemv = L.act_bits > 0 && cuda::qgemv_applies(T);
     const bool fast = L.act_bits > 0 && !gemv && cuda::qgemm_fast_applies(L.format, L.in);
@@ -271,7 +279,7 @@ struct CudaEngine::Impl {
     if (L.act_bits > 0 || a.rotated != nullptr) cuda::hadamard_quantize(a, stream);
     mark(Part::Quantize);
     if (L.rank > 0) {
-      cuda::rowdot_f32(rot, T, L.in, L.down.get(), L.rank, s.u.get(), stream);
+      if (!lr_fused) cuda::rowdot_f32(rot, T, L.in, L.down.get(), L.rank, s.u.get(), stream);
       e.u = s.u.get();
       mark(Part::LowRank);
     }

@@ -28,6 +28,8 @@ std::string cuda_device_name(int device);
 // The GEMM kernel choice of kernels/cuda (cuda::set_gemm_variant), for measurements.
 void cuda_set_gemm_variant(int v);
 int cuda_gemm_variants();  // the largest variant number
+// The low-rank down-projection fused into the Hadamard + quantize kernel (cuda::set_lowrank_fused).
+void cuda_set_lowrank_fused(bool on);
 
 class CudaEngine {
  public:

@@ -29,6 +29,15 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
+constexpr int kLrChunk = 256;  // columns per chunk of the fused low-rank pass
+
+// Dynamic shared memory: row[n] | mix[n] and H_K (K > 1) | low-rank products [rank][kLrChunk + 1].
+__host__ __device__ inline size_t lowrank_offset(const HadamardQuantArgs& a) {
+  const size_t base = a.K > 1 ? sizeof(float) * static_cast<size_t>(2 * a.n) + static_cast<size_t>(a.K * a.K)
+                              : sizeof(float) * static_cast<size_t>(a.n);
+  return (base + 15) / 16 * 16;
+}
+
 // Shared memory: row[n] | mix[n] (K > 1) ; small statics for the reductions.
 __global__ void __launch_bounds__(kThreads) hadamard_quantize_kernel(HadamardQuantArgs a) {
   extern __shared__ float smem[];
@@ -98,6 +107,27 @@ __global__ void __launch_bounds__(kThreads) hadamard_quantize_kernel(HadamardQua
     float* dst = a.rotated + t * a.n;
     for (int i = tid; i < n; i += kThreads) dst[i] = row[i];
   }
+  if (a.lr_rank > 0) {
+    // Products of a chunk of columns for every output by all threads (row[k] * down[j, k], rounded as in
+    // the serial loop), then thread j adds its chunk in k order: the serial chain reads shared memory only.
+    float* prod = reinterpret_cast<float*>(reinterpret_cast<char*>(smem) + lowrank_offset(a));
+    const int R = a.lr_rank;
+    float acc = 0.0f;
+    for (int k0 = 0; k0 < n; k0 += kLrChunk) {
+      const int kc = n - k0 < kLrChunk ? n - k0 : kLrChunk;
+      __syncthreads();  // the row is final / the previous chunk is consumed
+      for (int idx = tid; idx < R * kLrChunk; idx += kThreads) {
+        const int j = idx / kLrChunk, c = idx % kLrChunk;
+        if (c < kc) prod[j * (kLrChunk + 1) + c] = row[k0 + c] * a.lr_down[static_cast<int64_t>(j) * n + k0 + c];
+      }
+      __syncthreads();
+      if (tid < R) {
+        const float* pj = prod + tid * (kLrChunk + 1);
+        for (int c = 0; c < kc; ++c) acc = acc + pj[c];
+      }
+    }
+    if (tid < R) a.lr_u[t * R + tid] = acc;
+  }
   if (a.bits == 0) return;
 
   // min / max: exact in any order
@@ -165,16 +195,26 @@ __global__ void __launch_bounds__(kThreads) hadamard_quantize_kernel(HadamardQua
 
 }  // namespace
 
+namespace {
+bool g_lowrank_fused = false;
+}  // namespace
+void set_lowrank_fused(bool on) { g_lowrank_fused = on; }
+bool lowrank_fused() { return g_lowrank_fused; }
+
 void hadamard_quantize(const HadamardQuantArgs& a, cudaStream_t stream) {
   if (a.T == 0) return;
   if (a.n < 1 || a.n > kMaxHadamardWidth)
     throw std::invalid_argument("hadamard_quantize: width " + std::to_string(a.n) + " outside 1.." +
                                 std::to_string(kMaxHadamardWidth));
-  if (a.bits == 0 && a.rotated == nullptr) throw std::invalid_argument("hadamard_quantize: nothing to write");
+  if (a.bits == 0 && a.rotated == nullptr && a.lr_rank == 0)
+    throw std::invalid_argument("hadamard_quantize: nothing to write");
   if (a.form != 0 && (a.n % a.M != 0 || (a.form == 1 && a.K * a.M != a.n)))
     throw std::invalid_argument("hadamard_quantize: plan does not match the width");
-  const size_t smem = a.K > 1 ? sizeof(float) * static_cast<size_t>(2 * a.n) + static_cast<size_t>(a.K * a.K)
-                              : sizeof(float) * static_cast<size_t>(a.n);
+  if (a.lr_rank < 0 || a.lr_rank > kMaxFusedRank || (a.lr_rank > 0 && (a.lr_down == nullptr || a.lr_u == nullptr)))
+    throw std::invalid_argument("hadamard_quantize: fused low-rank rank must be 0.." + std::to_string(kMaxFusedRank));
+  const size_t smem = a.lr_rank > 0 ? lowrank_offset(a) + sizeof(float) * static_cast<size_t>(a.lr_rank) * (kLrChunk + 1)
+                                    : (a.K > 1 ? sizeof(float) * static_cast<size_t>(2 * a.n) + static_cast<size_t>(a.K * a.K)
+                                               : sizeof(float) * static_cast<size_t>(a.n));
   allow_dynamic_smem(hadamard_quantize_kernel, smem, "hadamard_quantize (shared memory)");
   hadamard_quantize_kernel<<<static_cast<unsigned>(a.T), kThreads, smem, stream>>>(a);
   check(cudaGetLastError(), "hadamard_quantize launch");

@@ -67,7 +67,18 @@ struct HadamardQuantArgs {
   float* rotated = nullptr;      // [T, n] or null
   int interleave = 0;            // 1: code k stored at hd::interleave16(k) (the fast ternary GEMM's layout)
   int32_t* rowsum = nullptr;     // [T] sum of each row's codes, or null
+  // The low-rank down-projection fused in (lr_rank > 0): lr_u[t, j] = sum_k rotated[t, k] lr_down[j, k], k
+  // ascending (rowdot_f32's bits), from the rotated row in shared memory.
+  int lr_rank = 0;
+  const float* lr_down = nullptr;  // [lr_rank, n]
+  float* lr_u = nullptr;           // [T, lr_rank]
 };
+// Largest rank the fused low-rank pass takes.
+constexpr int kMaxFusedRank = 64;
+// Whether the engine fuses the low-rank down-projection into hadamard_quantize (default off until measured
+// on a GPU; docs/cuda.md). Process-wide, read when a forward is launched or captured.
+void set_lowrank_fused(bool on);
+bool lowrank_fused();
 // Largest row width the fused kernel takes (the row and its K-mix scratch live in shared memory).
 constexpr int64_t kMaxHadamardWidth = 12288;
 void hadamard_quantize(const HadamardQuantArgs& a, cudaStream_t stream);

@@ -650,6 +650,8 @@ void bind_cuda(py::module_& m) {
   m.def("cuda_set_gemm_variant", &robuq::cuda_set_gemm_variant, py::arg("variant"),
         "GEMM kernel choice for measurements: 0 automatic, 1 the general kernel only, 2.. fixed fast tiles");
   m.attr("CUDA_GEMM_VARIANTS") = robuq::cuda_gemm_variants();
+  m.def("cuda_set_lowrank_fused", &robuq::cuda_set_lowrank_fused, py::arg("on"),
+        "fuse the low-rank down-projection into the Hadamard + quantize kernel (same bits; default off)");
 #else
   m.attr("CudaEngine") = py::none();
 #endif
