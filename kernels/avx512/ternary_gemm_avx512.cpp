@@ -359,6 +359,31 @@ void pack_up(const float* up, int64_t out, int64_t rank, int64_t p0, int64_t p1,
   }
 }
 
+// One output vector (token t, outputs r .. r + 15 under mask m): the epilogue of its exact sums a, plus the
+// low-rank term v (when lowrank), the bias and GELU. The locals are the QEpilogue fields.
+struct EpiRow {
+  const float *scale_x, *zero_x;
+  float* y;
+  int64_t out;
+  bool lowrank, has_bias, gelu;
+
+  inline void operator()(int64_t t, int64_t r, __mmask16 m, __m512i a, __m512d ws0, __m512d ws1, __m512d sw0,
+                         __m512d sw1, __m512 v, __m512 bias) const {
+    const __m512d sx = _mm512_set1_pd(static_cast<double>(scale_x[t]));
+    const __m512d zx = _mm512_set1_pd(static_cast<double>(zero_x[t]));
+    const __m512d d0 = _mm512_sub_pd(_mm512_cvtepi32_pd(_mm512_castsi512_si256(a)), _mm512_mul_pd(zx, ws0));
+    const __m512d d1 = _mm512_sub_pd(_mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(a, 1)), _mm512_mul_pd(zx, ws1));
+    const __m256 f0 = _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_mul_pd(sx, sw0), d0));
+    const __m256 f1 = _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_mul_pd(sx, sw1), d1));
+    __m512 f = _mm512_castpd_ps(
+        _mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(f0)), _mm256_castps_pd(f1), 1));
+    if (lowrank) f = _mm512_add_ps(f, v);
+    if (has_bias) f = _mm512_add_ps(f, bias);
+    if (gelu) f = gelu16(f);
+    _mm512_mask_storeu_ps(y + t * out + r, m, f);
+  }
+};
+
 // Rows t0 .. t0 + nt - 1 of the output from their exact sums C[(t - t0) * ldc + r] (centring undone).
 void epilogue_rows(const avx2::QEpilogue& e, int64_t t0, int64_t nt, const int32_t* C, int64_t ldc,
                    const float* panels) {
@@ -368,6 +393,9 @@ void epilogue_rows(const avx2::QEpilogue& e, int64_t t0, int64_t nt, const int32
       std::memcpy(e.acc + (t0 + i) * out, C + i * ldc, sizeof(int32_t) * static_cast<size_t>(out));
     return;
   }
+  const EpiRow row{e.scale_x, e.zero_x, e.y, out, e.u != nullptr && panels != nullptr, e.bias != nullptr, e.gelu};
+  const float* const u = e.u;
+  const int64_t rank = e.rank;
   for (int64_t r = 0; r < out; r += 16) {
     const __mmask16 m = r + 16 <= out ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (out - r)) - 1);
     const __m512i ws = _mm512_maskz_loadu_epi32(m, e.wsum + r);
@@ -376,39 +404,34 @@ void epilogue_rows(const avx2::QEpilogue& e, int64_t t0, int64_t nt, const int32
     const __m512 swf = _mm512_maskz_loadu_ps(m, e.s_w + r);
     const __m512d sw0 = _mm512_cvtps_pd(_mm512_castps512_ps256(swf));
     const __m512d sw1 = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(swf), 1)));
-    const __m512 bias = e.bias != nullptr ? _mm512_maskz_loadu_ps(m, e.bias + r) : _mm512_setzero_ps();
-    const float* panel = e.u != nullptr ? panels + (r / 16) * e.rank * 16 : nullptr;
-    for (int64_t i0 = 0; i0 < nt; i0 += 4) {
+    const __m512 bias = row.has_bias ? _mm512_maskz_loadu_ps(m, e.bias + r) : _mm512_setzero_ps();
+    const float* panel = row.lowrank ? panels + (r / 16) * rank * 16 : nullptr;
+    int64_t i = 0;
+    for (; i + 4 <= nt; i += 4) {
       // the low-rank terms of 4 tokens: 4 independent chains (one chain is latency-bound)
-      __m512 v[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+      __m512 v0 = _mm512_setzero_ps(), v1 = v0, v2 = v0, v3 = v0;
       if (panel != nullptr) {
-        const float* ut[4];
-        for (int k = 0; k < 4; ++k) ut[k] = e.u + (t0 + (i0 + k < nt ? i0 + k : i0)) * e.rank;
-        for (int64_t j = 0; j < e.rank; ++j) {
+        const float *u0 = u + (t0 + i) * rank, *u1 = u0 + rank, *u2 = u1 + rank, *u3 = u2 + rank;
+        for (int64_t j = 0; j < rank; ++j) {
           const __m512 pj = _mm512_loadu_ps(panel + j * 16);
-          v[0] = _mm512_fmadd_ps(_mm512_set1_ps(ut[0][j]), pj, v[0]);
-          v[1] = _mm512_fmadd_ps(_mm512_set1_ps(ut[1][j]), pj, v[1]);
-          v[2] = _mm512_fmadd_ps(_mm512_set1_ps(ut[2][j]), pj, v[2]);
-          v[3] = _mm512_fmadd_ps(_mm512_set1_ps(ut[3][j]), pj, v[3]);
+          v0 = _mm512_fmadd_ps(_mm512_set1_ps(u0[j]), pj, v0);
+          v1 = _mm512_fmadd_ps(_mm512_set1_ps(u1[j]), pj, v1);
+          v2 = _mm512_fmadd_ps(_mm512_set1_ps(u2[j]), pj, v2);
+          v3 = _mm512_fmadd_ps(_mm512_set1_ps(u3[j]), pj, v3);
         }
       }
-      for (int64_t k = 0; k < 4 && i0 + k < nt; ++k) {
-        const int64_t i = i0 + k, t = t0 + i;
-        const __m512d sx = _mm512_set1_pd(static_cast<double>(e.scale_x[t]));
-        const __m512d zx = _mm512_set1_pd(static_cast<double>(e.zero_x[t]));
-        const __m512i a = _mm512_maskz_loadu_epi32(m, C + i * ldc + r);
-        const __m512d d0 = _mm512_sub_pd(_mm512_cvtepi32_pd(_mm512_castsi512_si256(a)), _mm512_mul_pd(zx, ws0));
-        const __m512d d1 =
-            _mm512_sub_pd(_mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(a, 1)), _mm512_mul_pd(zx, ws1));
-        const __m256 f0 = _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_mul_pd(sx, sw0), d0));
-        const __m256 f1 = _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_mul_pd(sx, sw1), d1));
-        __m512 f = _mm512_castpd_ps(
-            _mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(f0)), _mm256_castps_pd(f1), 1));
-        if (panel != nullptr) f = _mm512_add_ps(f, v[k]);
-        if (e.bias != nullptr) f = _mm512_add_ps(f, bias);
-        if (e.gelu) f = gelu16(f);
-        _mm512_mask_storeu_ps(e.y + t * out + r, m, f);
+      row(t0 + i, r, m, _mm512_maskz_loadu_epi32(m, C + i * ldc + r), ws0, ws1, sw0, sw1, v0, bias);
+      row(t0 + i + 1, r, m, _mm512_maskz_loadu_epi32(m, C + (i + 1) * ldc + r), ws0, ws1, sw0, sw1, v1, bias);
+      row(t0 + i + 2, r, m, _mm512_maskz_loadu_epi32(m, C + (i + 2) * ldc + r), ws0, ws1, sw0, sw1, v2, bias);
+      row(t0 + i + 3, r, m, _mm512_maskz_loadu_epi32(m, C + (i + 3) * ldc + r), ws0, ws1, sw0, sw1, v3, bias);
+    }
+    for (; i < nt; ++i) {
+      __m512 v = _mm512_setzero_ps();
+      if (panel != nullptr) {
+        const float* ut = u + (t0 + i) * rank;
+        for (int64_t j = 0; j < rank; ++j) v = _mm512_fmadd_ps(_mm512_set1_ps(ut[j]), _mm512_loadu_ps(panel + j * 16), v);
       }
+      row(t0 + i, r, m, _mm512_maskz_loadu_epi32(m, C + i * ldc + r), ws0, ws1, sw0, sw1, v, bias);
     }
   }
 }
