@@ -134,7 +134,9 @@ Loop loop_for(const std::string& kind) {
   if (kind == "fma_f32") return {loop_fma, 10 * 8};
   if (kind == "maddubs") return {loop_maddubs, 5 * 32};
   if (kind == "pshufb") return {loop_pshufb, 6 * 32};
-  throw std::invalid_argument("unknown ceiling '" + kind + "' (expected fma_f32, maddubs or pshufb)");
+  throw std::invalid_argument("unknown ceiling '" + kind + "' (expected fma_f32, maddubs or pshufb" +
+                              (tier_available(Tier::Avx512) ? std::string(", or an avx512 one)")
+                                                            : std::string("; the avx512 ones need an AVX-512 CPU)")));
 }
 
 // Operations per second of one thread running the loop for about `seconds`.
@@ -168,8 +170,8 @@ std::vector<std::string> ceiling_kinds() {
 
 double measure_ceiling(const std::string& kind, int threads, double seconds) {
 #ifdef ROBUQ_HAVE_AVX512
-  if (const int i = avx512::ceiling_find(kind.c_str()); i >= 0) {
-    if (!tier_available(Tier::Avx512)) throw std::invalid_argument("ceiling '" + kind + "' needs the avx512 tier");
+  // Only call into kernels/avx512 (compiled with AVX-512 flags) once the CPU is known to run them.
+  if (const int i = tier_available(Tier::Avx512) ? avx512::ceiling_find(kind.c_str()) : -1; i >= 0) {
     if (threads < 1) throw std::invalid_argument("measure_ceiling: threads must be >= 1");
     if (!(seconds > 0)) throw std::invalid_argument("measure_ceiling: seconds must be > 0");
     std::vector<double> rates(static_cast<size_t>(threads), 0.0);

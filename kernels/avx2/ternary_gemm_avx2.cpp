@@ -54,6 +54,7 @@
 
 #include "qlinear_avx2.h"
 #include "robuq/avx512.h"
+#include "robuq/cpu.h"
 #include "robuq/ternary_gemm.h"
 
 namespace robuq {
@@ -512,6 +513,8 @@ void ternary_gemm_avx2(const uint8_t* q, int64_t T, int bits, const uint8_t* pac
 // Here, not in kernels/avx512/: QEpilogue's inline members are then only ever built for AVX2.
 void ternary_gemm_avx512(const uint8_t* q, int64_t T, int bits, const uint8_t* packed, int64_t out, int64_t in,
                          const int32_t* wsum, int32_t* acc, int threads) {
+  if (!tier_available(Tier::Avx512))
+    throw std::runtime_error("ternary_gemm_avx512: this CPU / build has no avx512 tier (AVX-512 F/BW/VL/VBMI/VNNI)");
   if (!avx512::ternary_gemm_supported(bits)) {  // 7 and 8 bits: the avx2 kernel (exact as well)
     ternary_gemm_avx2(q, T, bits, packed, out, in, wsum, acc, threads);
     return;
