@@ -357,9 +357,29 @@ def text_table(res: dict) -> str:
     return "\n".join(parts)
 
 
+# The README keeps one section per machine kind we run on: the main one (between BEGIN and END) for CPUs
+# with the avx512 tier, and one for AVX2-only CPUs, so a run on one kind never erases the other's figures.
+AVX2_BEGIN = "<!-- robuq-bench:avx2-machine:begin -->"
+AVX2_END = "<!-- robuq-bench:avx2-machine:end -->"
+
+
+def machine_kind(res: dict) -> str:
+    """'avx512' when the run measured the engine's avx512 tier (the CPU has it), else 'avx2'."""
+    tiers = res["settings"].get("tiers")
+    if tiers is not None:
+        return "avx512" if "avx512" in tiers else "avx2"
+    feats = set(res["machine"].get("vector") or res["machine"].get("features") or [])
+    return "avx512" if {"avx512f", "avx512bw", "avx512vl", "avx512vbmi"} <= feats else "avx2"
+
+
 def readme_section(res: dict, png: str | None = None, json_path: str | None = None) -> str:
     s = res["settings"]
-    lines = [BEGIN, "## Performance", ""]
+    if machine_kind(res) == "avx2":
+        begin, end, sub = AVX2_BEGIN, AVX2_END, "####"
+        heading = f"### Machine kind: AVX2 + FMA only (no AVX-512), {res['date'][:10]}"
+    else:
+        begin, end, heading, sub = BEGIN, END, "## Performance", "###"
+    lines = [begin, heading, ""]
     lines.append(
         f"Measured by `robuq-bench` in one run on: {machine_line(res)}. Latent DiT at 256x256 (256 "
         f"tokens); the engine runs random `.rq` files from `robuq-export --random` (low-rank rank "
@@ -374,7 +394,7 @@ def readme_section(res: dict, png: str | None = None, json_path: str | None = No
         "more than 15% is repeated, up to twice the repeat count)."
     )
     for title, body in sections(res, markdown=True):
-        lines += ["", f"### {title}", "", body]
+        lines += ["", f"{sub} {title}", "", body]
     if png:
         lines += ["", f"![whole-forward times]({png})"]
     src = json_path or "results.json"
@@ -383,17 +403,19 @@ def readme_section(res: dict, png: str | None = None, json_path: str | None = No
         f"Regenerate: `robuq-bench --json {src}{' --png ' + png if png else ''} --readme README.md` "
         f"(measures again; `--quick`, `--models S/2` to limit it) or `robuq-bench --from-json {src} "
         "--readme README.md` (this section from the saved results).",
-        END,
+        end,
     ]
     return "\n".join(lines)
 
 
 def update_readme(path: str, res: dict, png: str | None = None, json_path: str | None = None) -> None:
-    """Replaces the text between the robuq-bench markers (appends the section when there are none)."""
+    """Replaces the text between the robuq-bench markers of the measured machine's kind (the main section for
+    AVX-512 CPUs, the avx2-machine one for AVX2-only CPUs); appends the section when there are none."""
     p = Path(path)
     text = p.read_text() if p.exists() else ""
     section = readme_section(res, png=png, json_path=json_path)
-    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.S)
+    begin, end = (AVX2_BEGIN, AVX2_END) if machine_kind(res) == "avx2" else (BEGIN, END)
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
     if pattern.search(text):
         text = pattern.sub(lambda _: section, text)
     else:

@@ -66,11 +66,17 @@ python -m pytest -q -p no:cacheprovider tests/test_kernels_ref.py tests/test_ker
 # End to end: the shipped W1.58A2 model, forward and sample (CFG, DDIM) on every kernel tier, 2 threads.
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
-for tier in reference generic avx2; do
+tiers="reference generic avx2"
+if python -c "import sys, robuq._C as c; sys.exit(0 if c.tier_available('avx512') else 1)"; then
+  tiers="$tiers avx512"
+  # the avx512 tier's own kernel tests, under the sanitizers too
+  python -m pytest -q -p no:cacheprovider tests/test_kernels_avx512.py "$@"
+fi
+for tier in $tiers; do
   ROBUQ_KERNEL_TIER=$tier robuq-infer --class 3 --class 7 --steps ddim4 --threads 2 --no-progress \
     -o "$out/$tier.npy"
 done
-python - "$out" <<'PY'
+python - "$out" $tiers <<'PY'
 import sys
 
 import numpy as np
@@ -83,7 +89,7 @@ c = eng.info["model_config"]
 x = np.random.default_rng(0).standard_normal((2, c["in_channels"], c["input_size"], c["input_size"]))
 out = eng.forward(x.astype(np.float32), np.array([10, 900]), np.array([1, c["num_classes"]]))
 assert np.isfinite(out).all()
-for tier in ("reference", "generic", "avx2"):
+for tier in sys.argv[2:]:
     s = np.load(f"{sys.argv[1]}/{tier}.npy")
     assert s.shape[0] == 2 and s.dtype == np.uint8, (tier, s.shape, s.dtype)
 print("sanitize.sh: end-to-end forward and sampling ran clean on every tier")

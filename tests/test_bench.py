@@ -127,6 +127,18 @@ def test_text_readme_and_chart(tmp_path):
     report.update_readme(str(readme), res, png="docs/performance.png", json_path="docs/performance.json")
     second = readme.read_text()
     assert second.count(report.BEGIN) == 1 and "2026-02-02" in second and "2026-01-01" not in second
+    # A run on an AVX2-only machine rewrites only that machine kind's section, and leaves the main one.
+    res["settings"]["tiers"] = ["avx2"]
+    res["date"] = "2026-03-03 00:00 UTC"
+    report.update_readme(str(readme), res)
+    third = readme.read_text()
+    assert third.startswith(second.rstrip("\n")) and third.count(report.AVX2_BEGIN) == 1
+    assert "### Machine kind: AVX2 + FMA only (no AVX-512), 2026-03-03" in third and "#### Targets" in third
+    res["date"] = "2026-04-04 00:00 UTC"
+    report.update_readme(str(readme), res)
+    fourth = readme.read_text()
+    assert fourth.count(report.AVX2_BEGIN) == 1 and "2026-04-04" in fourth and "2026-03-03" not in fourth
+    assert fourth.split(report.AVX2_BEGIN)[0] == third.split(report.AVX2_BEGIN)[0]
     png = tmp_path / "chart.png"
     report.chart(res, str(png))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
