@@ -1,4 +1,4 @@
-// The DiT forward graph (see dit.h); semantics of python/robuq/models.py and shared/reference/dit.md.
+// The DiT forward graph (see dit.h); semantics of python/robuq/models.py and docs/dit.md.
 #include "dit.h"
 
 #include <algorithm>

@@ -233,10 +233,44 @@ def validate(sd: dict[str, torch.Tensor], config: DiTConfig, quant: QuantConfig 
             raise ExportError(f"tensor {k} has non-finite values ({nan} NaN, {inf} inf)")
 
 
+def _read_safetensors(path: str) -> dict[str, torch.Tensor]:
+    """A safetensors file as a state dict (an official-layout DiT); a .rq file is named as such."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") == "robuq":
+                raise ExportError(f"{path} is a .rq file (already exported): run it with robuq-infer")
+            return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no iterator
+    except (SafetensorError, OSError, ValueError) as e:
+        first = (str(e).splitlines() or [""])[0]
+        raise ExportError(f"{path} is not a readable safetensors file ({first})") from None
+
+
 def load_checkpoint(path: str | os.PathLike, *, ema: bool = True, num_heads: int | None = None) -> Checkpoint:
-    """Read, interpret and validate a checkpoint (robuq, official train.py or plain official state dict)."""
-    obj = read_file(path)
+    """Read, interpret and validate a checkpoint: robuq, official train.py, a plain official state dict (.pt
+    or .safetensors), or diffusers' layout (a DiTPipeline folder, its transformer/ folder or weights file)."""
+    from robuq.diffusers_layout import DiffusersLayoutError, is_diffusers_path, read_diffusers
+
     name = os.path.basename(os.fspath(path))
+    if is_diffusers_path(path):
+        if num_heads is not None:
+            raise ExportError("--num-heads is not used with a diffusers folder (its config.json holds them)")
+        try:
+            sd, config, source = read_diffusers(path)
+        except DiffusersLayoutError as e:
+            raise ExportError(str(e)) from None
+        validate(sd, config, None)
+        return Checkpoint(state=sd, config=config, quant=None, layout="diffusers", source=source)
+    if os.path.isfile(path) and _is_safetensors(os.fspath(path)):
+        sd = _check_state_dict(_read_safetensors(os.fspath(path)), str(path))
+        if not _is_state_dict(sd):
+            raise ExportError(f"{path} is a safetensors file without DiT weights (keys: {_names(sd, 8)})")
+        config = infer_config(sd, num_heads)
+        validate(sd, config, None)
+        return Checkpoint(sd, config, None, "official", f"official DiT state dict {name} (safetensors)")
+    obj = read_file(path)
     if not isinstance(obj, dict):
         raise ExportError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict or a state dict")
     if "model" in obj or "ema" in obj:

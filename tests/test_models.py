@@ -1,4 +1,4 @@
-"""Tests of the PyTorch reference DiT (robuq.models) against the facts in shared/reference/dit.md.
+"""Tests of the PyTorch reference DiT (robuq.models) against the facts in docs/dit.md.
 
 Large configurations are only built on the meta device (shapes and counts, no memory); forwards use tiny
 models so the file runs in seconds.

@@ -1,6 +1,6 @@
 """Gaussian diffusion as in ADM / improved DDPM / DiT: schedule, training loss, respacing and samplers.
 
-The facts follow ``shared/reference/dit.md``; the code is our own. The C++ engine ports the samplers and is
+The facts follow ``docs/dit.md``; the code is our own. The C++ engine ports the samplers and is
 compared against this file at PSNR >= 40 dB, so every formula below states its evaluation order. The
 complete porting notes are in docs/training.md ("Sampler arithmetic").
 

@@ -6,7 +6,8 @@ DiT's latent models sample 4-channel latents of the SD VAE (``stabilityai/sd-vae
 
 * ``load_vae(path)`` loads ``diffusers.AutoencoderKL`` from a local folder (``config.json`` +
   ``diffusion_pytorch_model.safetensors``, what ``save_pretrained`` writes, e.g. a downloaded copy of
-  stabilityai/sd-vae-ft-ema). Nothing is downloaded: ``local_files_only=True`` and HF_HUB_OFFLINE=1.
+  stabilityai/sd-vae-ft-ema), or from the ``vae/`` folder of a diffusers DiTPipeline folder. Nothing is
+  downloaded: ``local_files_only=True`` and HF_HUB_OFFLINE=1.
 * ``decode(vae, z)`` divides by 0.18215, decodes in float32 (in batches) and returns uint8 images
   [n, H, W, 3] with the engine's rounding (``robuq.engine.to_uint8``).
 * ``preview(z)`` is a linear map of each latent pixel to RGB, no VAE: the 4x3 matrix
@@ -26,7 +27,7 @@ import numpy as np
 
 from .engine import to_uint8
 
-__all__ = ["LATENT_SCALE", "PREVIEW_RGB", "VaeError", "decode", "load_vae", "preview"]
+__all__ = ["LATENT_SCALE", "PREVIEW_RGB", "VaeError", "decode", "load_vae", "preview", "vae_folder"]
 
 #: DiT's latent scale: the diffusion model's latents are the VAE's latents x 0.18215
 LATENT_SCALE = 0.18215
@@ -58,10 +59,19 @@ def preview(z: np.ndarray) -> np.ndarray:
     return to_uint8(rgb)
 
 
+def vae_folder(path: str | os.PathLike) -> Path:
+    """The VAE folder a ``--vae`` argument means: a diffusers DiTPipeline folder's ``vae/``, or the folder
+    itself."""
+    p = Path(path)
+    if p.is_dir() and not (p / "config.json").is_file() and (p / "vae" / "config.json").is_file():
+        return p / "vae"
+    return p
+
+
 def load_vae(path: str | os.PathLike) -> Any:
     """diffusers.AutoencoderKL from a local folder, in float32 eval mode, on the CPU. VaeError (naming the
     problem) if the folder, its files, diffusers or torch are missing."""
-    p = Path(path)
+    p = vae_folder(path)
     if not p.exists():
         raise VaeError(
             f"VAE folder {p} not found. Give a local copy of the Stable-Diffusion VAE in diffusers layout "

@@ -2,7 +2,7 @@
 
 Module and parameter names are the official checkpoint's state-dict names, so released checkpoints load
 with ``strict=True`` and the exporter packs the state dict without renaming. The semantics follow
-``shared/reference/dit.md``; the code is our own.
+``docs/dit.md``; the code is our own.
 
 Public API:
     CONFIGS                   name -> dict(depth, hidden_size, patch_size, num_heads) for the 12 models

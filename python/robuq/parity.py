@@ -265,6 +265,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _is_diffusers(path: str) -> bool:
+    from .diffusers_layout import is_diffusers_path
+
+    return is_diffusers_path(path)
+
+
 def _load(args):
     from . import _C
     from .engine import Engine, FormatError
@@ -272,7 +278,7 @@ def _load(args):
     for what, path in (("model", args.model), ("checkpoint", args.checkpoint)):
         if not os.path.exists(path):
             raise ParityUsageError(f"{what} file {path} not found")
-        if os.path.isdir(path):
+        if os.path.isdir(path) and not (what == "checkpoint" and _is_diffusers(path)):
             raise ParityUsageError(f"{what} path {path} is a directory")
     if args.threads is not None and args.threads < 1:
         raise ParityUsageError(f"--threads must be >= 1, got {args.threads}")

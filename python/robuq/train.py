@@ -264,10 +264,22 @@ def _infer_config(sd: dict, name_hint: str | None, args) -> DiTConfig:
 
 
 def load_init(args) -> DiT:
-    """The full-precision model of --init (ours, an official state dict, or a DiT train.py file)."""
-    obj = load_checkpoint(args.init)
+    """The full-precision model of --init (ours, an official state dict, a DiT train.py file, or diffusers'
+    layout: a DiTPipeline folder, its transformer/ folder or weights file)."""
+    from .diffusers_layout import DiffusersLayoutError, is_diffusers_path, read_diffusers
+
     name_hint = None
-    if isinstance(obj, dict) and "model_config" in obj:  # ours
+    if args.init and is_diffusers_path(args.init):
+        try:
+            sd, cfg, _ = read_diffusers(args.init)
+        except DiffusersLayoutError as e:
+            raise UsageError(f"--init: {e}") from None
+        obj = None
+    else:
+        obj = load_checkpoint(args.init)
+    if obj is None:
+        pass
+    elif isinstance(obj, dict) and "model_config" in obj:  # ours
         if obj.get("quant_config") is not None:
             raise UsageError(f"{args.init} is a quantized (QAT) checkpoint; continue it with --resume")
         sd = obj.get(args.init_weights) or obj.get("model")
