@@ -7,10 +7,11 @@
                [--depth N] [--hidden-size D] [--num-heads H] [--input-size N] [--in-channels C]
                [--num-classes K] -o model.rq
 
-Checkpoints: ours (robuq-train; EMA weights unless --no-ema), official DiT train.py files and plain
-state dicts (full precision, config inferred from the shapes; a bare state dict is always taken as full
-precision). Refusals (bad checkpoints, options or configs) print one line naming the problem and exit
-with 2; no output file is left behind. docs/rq-format.md describes the file and these options.
+Checkpoints: ours (robuq-train; EMA weights unless --no-ema), official DiT train.py files, plain
+state dicts (.pt or .safetensors) and diffusers' DiT layout (config inferred from the shapes or config.json;
+full precision). A full-precision checkpoint is written to .rq only with --allow-fp (the usual path is QAT
+with robuq-train --init first). Refusals (bad checkpoints, options or configs) print one line naming the
+problem and exit with 2; no output file is left behind. docs/rq-format.md describes the file and options.
 """
 
 from __future__ import annotations
@@ -61,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="sampler clips x0 to [-1, 1] (default: true for pixel models, false for latent)",
     )
     p.add_argument("--cfg-mode", choices=CFG_MODES, default="dit", help="guided channels: dit (0..2) or all")
+    p.add_argument(
+        "--allow-fp",
+        action="store_true",
+        help="write a full-precision checkpoint (no quantized layers) to .rq as it is, unquantized",
+    )
     r = p.add_argument_group("random weights (benchmarks, no checkpoint)")
     r.add_argument("--random", metavar="NAME", help=f"a DiT config name ({', '.join(CONFIGS)})")
     r.add_argument("--bits", help="W1.58A<b>: ternary block linears with b-bit activations (A16/A32: float)")
@@ -143,6 +149,12 @@ def run(args) -> str:
             raise ExportError(f"--{given[0].replace('_', '-')} applies to --random only")
         ckpt = load_checkpoint(args.checkpoint, ema=args.ema, num_heads=args.num_heads)
         config, quant, state, source = ckpt.config, ckpt.quant, ckpt.state, ckpt.source
+        if quant is None and args.output and not args.allow_fp:
+            raise ExportError(
+                f"0 quantized layers: {args.checkpoint} is a full-precision model. Quantize it first with "
+                f"robuq-train --init {args.checkpoint} --bits W1.58A2 ... (QAT, docs/training.md), then "
+                "export the QAT checkpoint; or pass --allow-fp to write it unquantized"
+            )
     else:
         if not args.ema:
             raise ExportError("--no-ema applies to checkpoints only")

@@ -99,7 +99,7 @@ def build_tiny(name: str, directory: Path) -> TinyModel:
             ckpt,
         )
         rq = directory / f"{name}.rq"
-        assert export_main([str(ckpt), "-o", str(rq), "-q"]) == 0
+        assert export_main([str(ckpt), "-o", str(rq), "-q", "--allow-fp"]) == 0
     finally:
         torch.set_num_threads(before)
     return TinyModel(name, str(ckpt), str(rq), model.config)

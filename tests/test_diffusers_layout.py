@@ -125,7 +125,7 @@ def test_folder_transformer_and_file_read_alike(pipeline):
 def test_export_and_engine_parity(pipeline, tmp_path):
     folder, _ = pipeline
     rq = tmp_path / "d.rq"
-    assert export_main([str(folder), "-o", str(rq), "-q"]) == 0
+    assert export_main([str(folder), "-o", str(rq), "-q", "--allow-fp"]) == 0
     sd, cfg, _ = read_diffusers(folder)
     ref = _reference(sd, cfg)
     x, t, y = _inputs()
@@ -150,7 +150,17 @@ def test_official_safetensors_exports_like_pt(tmp_path):
     save_file(sd, str(tmp_path / "w.safetensors"))
     for src in ("w.pt", "w.safetensors"):
         assert (
-            export_main([str(tmp_path / src), "-o", str(tmp_path / f"{src}.rq"), "--num-heads", "3", "-q"])
+            export_main(
+                [
+                    str(tmp_path / src),
+                    "-o",
+                    str(tmp_path / f"{src}.rq"),
+                    "--num-heads",
+                    "3",
+                    "-q",
+                    "--allow-fp",
+                ]
+            )
             == 0
         )
     (ma, a), (mb, b) = load_rq(tmp_path / "w.pt.rq"), load_rq(tmp_path / "w.safetensors.rq")
@@ -202,7 +212,7 @@ def test_refusals(pipeline, tmp_path, capsys, case, needle):
     with pytest.raises(DiffusersLayoutError, match=needle):
         read_diffusers(folder)
     out = tmp_path / "x.rq"
-    assert export_main([str(folder), "-o", str(out), "-q"]) == 2
+    assert export_main([str(folder), "-o", str(out), "-q", "--allow-fp"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("robuq-export: error:") and needle in err[0], err
     assert not out.exists()

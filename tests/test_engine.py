@@ -80,7 +80,7 @@ def export(model: models.DiT, quant: Q.QuantConfig | None, path) -> str:
         },
         ckpt,
     )
-    rc = export_main([ckpt, "-o", str(path), "-q"])
+    rc = export_main([ckpt, "-o", str(path), "-q", "--allow-fp"])
     assert rc in (0, None)
     return str(path)
 

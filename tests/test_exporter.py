@@ -372,7 +372,9 @@ def test_ema_default_and_no_ema(tmp_path):
 def test_full_precision_robuq_checkpoint_and_pixel_space(tmp_path):
     model = tiny_model(3, None, in_channels=1, learn_sigma=False)
     ckpt = robuq_checkpoint(tmp_path / "fp.pt", model)
-    assert export(ckpt, "-o", tmp_path / "fp.rq") == 0
+    # a full-precision model is written to .rq only when asked for: the usual path is QAT first
+    assert export(ckpt, "-o", tmp_path / "fp.rq") == 2 and not (tmp_path / "fp.rq").exists()
+    assert export(ckpt, "-o", tmp_path / "fp.rq", "--allow-fp") == 0
     meta, tensors = load_rq(tmp_path / "fp.rq")
     assert meta["quant_config"] == {"attention_bits": None, "layers": {}}
     assert meta["model_config"]["space"] == "pixel" and meta["sampling"]["clip_denoised"] is True
@@ -381,11 +383,11 @@ def test_full_precision_robuq_checkpoint_and_pixel_space(tmp_path):
     assert all(
         tensors[k].dtype == np.float32 and np.array_equal(tensors[k], v.numpy()) for k, v in sd.items()
     )
-    assert export(ckpt, "--space", "latent", "--cfg-mode", "all", "-o", tmp_path / "l.rq") == 0
+    assert export(ckpt, "--space", "latent", "--cfg-mode", "all", "-o", tmp_path / "l.rq", "--allow-fp") == 0
     meta, _ = load_rq(tmp_path / "l.rq")
     assert meta["model_config"]["space"] == "latent"
     assert meta["sampling"] == {"clip_denoised": False, "cfg_mode": "all"}
-    assert export(ckpt, "--no-clip-denoised", "-o", tmp_path / "p.rq") == 0
+    assert export(ckpt, "--no-clip-denoised", "-o", tmp_path / "p.rq", "--allow-fp") == 0
     assert load_rq(tmp_path / "p.rq")[0]["sampling"]["clip_denoised"] is False
 
 
@@ -409,7 +411,7 @@ def official(tmp_path_factory):
 def test_official_checkpoints_export_full_precision(official, layout, tmp_path):
     model, sd, ema, d = official
     out = tmp_path / "o.rq"
-    assert export(d / f"{layout}.pt", "-o", out) == 0
+    assert export(d / f"{layout}.pt", "-o", out, "--allow-fp") == 0
     meta, tensors = load_rq(out)
     assert meta["model_config"] == {**model.config.to_dict(), "space": "latent"}
     assert meta["quant_config"]["layers"] == {}
@@ -429,7 +431,7 @@ def test_legacy_pickle_checkpoint_and_missing_ema(tmp_path):
     assert export(tmp_path / "legacy.pt", "--num-heads", "3", "-o", tmp_path / "a.rq") == 2
     fp = tiny_model(5)
     torch.save(fp.state_dict(), tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
-    assert export(tmp_path / "legacy.pt", "--num-heads", "3", "-o", tmp_path / "a.rq") == 0
+    assert export(tmp_path / "legacy.pt", "--num-heads", "3", "-o", tmp_path / "a.rq", "--allow-fp") == 0
     assert np.array_equal(load_rq(tmp_path / "a.rq")[1]["pos_embed"], fp.pos_embed.detach().numpy())
     ck = {
         "model": sd,
@@ -458,7 +460,7 @@ def test_option_conflicts(tmp_path, capsys):
 
 def test_official_num_heads_override(official, tmp_path):
     _, _, _, d = official
-    assert export(d / "plain.pt", "--num-heads", "12", "-o", tmp_path / "h.rq") == 0
+    assert export(d / "plain.pt", "--num-heads", "12", "-o", tmp_path / "h.rq", "--allow-fp") == 0
     assert load_rq(tmp_path / "h.rq")[0]["model_config"]["num_heads"] == 12
 
 

@@ -63,7 +63,7 @@ def strip(src: str | os.PathLike, dst: str | os.PathLike) -> None:
 def export_one(ckpt: Path, out: Path) -> None:
     from .exporter.cli import main as export_main
 
-    rc = export_main([str(ckpt), "-o", str(out), "-q"])
+    rc = export_main([str(ckpt), "-o", str(out), "-q", "--allow-fp"])  # the shipped set includes the FP model
     if rc != 0:
         raise RuntimeError(f"exporting {ckpt} failed (exit {rc})")
 
