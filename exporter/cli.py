@@ -142,6 +142,13 @@ def run(args) -> str:
         raise ExportError("-o and --onnx name the same file")
     for what, out in (("-o", args.output), ("--onnx", args.onnx)):
         _check_output(out, what)  # before any work: a bad path costs nothing
+    if args.onnx:  # before the .rq is written: a missing package must not leave half the job done
+        import importlib.util
+
+        if importlib.util.find_spec("onnx") is None:
+            raise ExportError(
+                "--onnx needs the onnx package, which is not installed: pip install 'robuq[onnx]'"
+            )
     defaults = build_parser().parse_args([])
     if args.checkpoint is not None:
         given = [k for k in RANDOM_ONLY if getattr(args, k) != getattr(defaults, k)]
