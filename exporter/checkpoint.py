@@ -241,7 +241,7 @@ def _read_safetensors(path: str) -> dict[str, torch.Tensor]:
         with safe_open(path, framework="pt") as f:
             meta = f.metadata() or {}
             if meta.get("format") == "robuq":
-                raise ExportError(f"{path} is a .rq file (already exported): run it with robuq-infer")
+                raise ExportError(f"{path} is a .rq file (an exported model), not a checkpoint")
             return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no iterator
     except (SafetensorError, OSError, ValueError) as e:
         first = (str(e).splitlines() or [""])[0]

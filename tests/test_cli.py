@@ -236,7 +236,7 @@ def test_parity_tolerances(tiny, capsys):
         (lambda m, d: [m.rq, d / "absent.pt"], "checkpoint file .*absent.pt not found"),
         (lambda m, d: [d / "absent.rq", m.ckpt], "model file .*absent.rq not found"),
         (lambda m, d: [m.ckpt, m.ckpt], "is not a valid .rq model"),
-        (lambda m, d: [m.rq, m.rq], "is not a PyTorch checkpoint"),
+        (lambda m, d: [m.rq, m.rq], r"is a \.rq file \(an exported model\), not a checkpoint"),
         (lambda m, d: [m.rq, m.ckpt, "--threads", "0"], "--threads must be >= 1"),
     ],
 )

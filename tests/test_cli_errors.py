@@ -77,7 +77,7 @@ CASES = [
     ("export missing", "robuq-export", "{missing} -o {out}/a.rq", r"not found"),
     ("export directory", "robuq-export", "{dir} -o {out}/a.rq", r"is not a file"),
     ("export garbage", "robuq-export", "{garbage} -o {out}/a.rq", r"is not a PyTorch checkpoint"),
-    ("export .rq for .pt", "robuq-export", "{rq} -o {out}/a.rq", r"is a \.rq file \(already exported\)"),
+    ("export .rq for .pt", "robuq-export", "{rq} -o {out}/a.rq", r"is a \.rq file \(an exported model\)"),
     ("export output dir missing", "robuq-export", "{qat} -o {missing}/a.rq", r"does not exist"),
     ("export output under a file", "robuq-export", "{qat} -o {file}/a.rq", r"does not exist|not a directory"),
     ("export output is a directory", "robuq-export", "{qat} -o {dir}", r"is a directory"),

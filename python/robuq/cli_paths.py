@@ -1,12 +1,14 @@
-"""Output paths of the command lines, checked before any work so that a bad path costs nothing and leaves
-nothing behind (robuq-train, robuq-eval, robuq-bench; each raises its own usage error with the message)."""
+"""Shared pieces of the command lines: output paths checked before any work, so that a bad path costs
+nothing and leaves nothing behind (robuq-train, robuq-eval, robuq-bench; each raises its own usage error
+with the message), and the --help formatter that states only defaults that mean something."""
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
 
-__all__ = ["output_path_problem"]
+__all__ = ["DefaultsHelpFormatter", "output_path_problem"]
 
 
 def output_path_problem(path: str | None, what: str, directory: bool = False) -> str | None:
@@ -25,3 +27,18 @@ def output_path_problem(path: str | None, what: str, directory: bool = False) ->
     if not os.access(parent, os.W_OK | os.X_OK):
         return f"{what} {path}: directory {parent} is not writable"
     return None
+
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's "(default: X)" only where it tells something: not for flags (store_true / store_false,
+    whose "default" is just the flag's absence), not for None, and not when the help already states its
+    default (a "default" word or a trailing "[value]" note)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        flag = isinstance(action, argparse._StoreTrueAction | argparse._StoreFalseAction)
+        if flag or action.default is None or action.default is argparse.SUPPRESS:
+            return text
+        if "default" in text or text.rstrip().endswith("]"):  # "(default: ...)" or a trailing "[value]" note
+            return text
+        return super()._get_help_string(action)

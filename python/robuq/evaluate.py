@@ -40,7 +40,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import ampn, diffusion, rng
-from .cli_paths import output_path_problem
+from .cli_paths import DefaultsHelpFormatter, output_path_problem
 from .data import load_dataset
 from .quant import QuantConfig
 from .train import CHECKPOINT_FORMAT, UsageError, load_checkpoint, load_model
@@ -735,27 +735,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
         description="Sample quality of digits DiT checkpoints: class accuracy and FD (docs/quality.md).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     sub = p.add_subparsers(dest="cmd", required=True, metavar="{train-classifier,eval,table}")
     t = sub.add_parser(
         "train-classifier",
         help="train the judge and write its weights + JSON sidecar",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     t.add_argument("-o", "--out", required=True, help="weights file (sidecar: same name, .json)")
     t.add_argument("--epochs", type=int, default=60)
     t.add_argument("--seed", type=int, default=0)
-    e = sub.add_parser(
-        "eval", help="score checkpoints", formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    e = sub.add_parser("eval", help="score checkpoints", formatter_class=DefaultsHelpFormatter)
     e.add_argument("checkpoints", nargs="+", metavar="CKPT")
     _add_eval_options(e)
     e.add_argument("--grid-dir", default=None, help="write a 10 x 10 sample grid PNG per checkpoint here")
     b = sub.add_parser(
         "table",
         help="score the rows of a spec and write docs/quality.md",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     b.add_argument("--spec", required=True, help='JSON {"rows": [{"label": ..., "checkpoint": ...}, ...]}')
     b.add_argument("--out", default="docs/quality.md", help="markdown file (its generated block is replaced)")

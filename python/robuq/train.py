@@ -31,7 +31,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from . import ampn
-from .cli_paths import output_path_problem
+from .cli_paths import DefaultsHelpFormatter, output_path_problem
 from .data import load_dataset
 from .diffusion import GaussianDiffusion
 from .models import CONFIGS, DiT, DiTConfig, create
@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="robuq-train",
         description="Train a DiT in full precision or with RobuQ QAT (docs/training.md).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     g = p.add_argument_group("data")
     g.add_argument(
