@@ -9,20 +9,16 @@ from __future__ import annotations
 
 import numpy as np
 
-#: weight formats the .rq format stores, and the code range of each
-FORMATS = ("ternary", "int4", "int8")
-CODE_RANGE = {"ternary": (-1, 1), "int4": (-7, 7), "int8": (-127, 127)}
+from robuq.quant.formats import WEIGHT_FORMATS, weight_format
+
+#: weight formats the .rq format stores, and the code range of each (from robuq.quant.formats)
+FORMATS = tuple(WEIGHT_FORMATS)
+CODE_RANGE = {f.name: (f.code_min, f.code_max) for f in WEIGHT_FORMATS.values()}
 
 
 def packed_cols(fmt: str, cols: int) -> int:
     """Bytes per packed row of `cols` codes."""
-    if fmt == "ternary":
-        return (cols + 3) // 4
-    if fmt == "int4":
-        return (cols + 1) // 2
-    if fmt == "int8":
-        return cols
-    raise ValueError(f"unsupported weight format {fmt!r} (the .rq format stores {', '.join(FORMATS)})")
+    return weight_format(fmt).packed_cols(cols)
 
 
 def _check_codes(codes: np.ndarray, fmt: str) -> np.ndarray:

@@ -300,3 +300,30 @@ def test_quantize_model_structure_and_ternary_degrades_gracefully():
     assert 0.01 < rel < 1.0, rel
     with pytest.raises(ValueError, match="does not have"):
         quant.quantize_model(_tiny_dit(), quant.QuantConfig({"blocks.9.attn.qkv": quant.LayerQuant()}))
+
+
+def test_weight_format_table_is_the_one_every_side_reads():
+    """One table (robuq.quant.formats): QAT's quantizer, the config check and the exporter's packing agree
+    on names, code ranges and packed widths, and a format .rq cannot store is refused when the config is
+    built (before any training), naming the stored ones."""
+    from robuq.exporter import packing
+    from robuq.quant.formats import WEIGHT_FORMATS
+
+    assert packing.FORMATS == tuple(WEIGHT_FORMATS) == ("ternary", "int4", "int8")
+    w = torch.randn(16, 40) * 3
+    for name, f in WEIGHT_FORMATS.items():
+        q, _ = quant.quantize_weight(w, name)
+        assert q.min().item() == f.code_min and q.max().item() == f.code_max, name
+        assert packing.CODE_RANGE[name] == (f.code_min, f.code_max)
+        codes = q.numpy().astype(np.int8)
+        assert (
+            packing.pack_weight(codes, name).shape
+            == (16, f.packed_cols(40))
+            == (16, packing.packed_cols(name, 40))
+        )
+        np.testing.assert_array_equal(
+            packing.unpack_weight(packing.pack_weight(codes, name), name, 40), codes
+        )
+    for bad in ("int3", "int5", "int2", "fp8", 4):
+        with pytest.raises(ValueError, match="unsupported weight format .*stores ternary, int4, int8"):
+            quant.LayerQuant(bad, 4, "gauss", "full", 0, 0)

@@ -20,7 +20,8 @@ ADALN = "adaLN_modulation.1"
 class LayerQuant:
     """How one linear layer is quantized.
 
-    weight: 'ternary' (W1.58) or 'int2'..'int8' (symmetric per-channel).
+    weight: a name in robuq.quant.formats.WEIGHT_FORMATS: 'ternary' (W1.58), 'int4' or 'int8' (symmetric
+        per-channel); any other name is refused here, before training.
     act_bits: 1..8 per-token activation bits, or None for full-precision activations.
     clip: 'gauss' (Gaussian-optimal ratio on mean/std) or 'minmax'.
     hadamard: 'full' (K x 2^m Kronecker), 'block' (block diagonal) or 'none'.

@@ -12,6 +12,8 @@ import math
 
 import torch
 
+from .formats import weight_format
+
 CLIPS = ("gauss", "minmax")
 SCALE_EPS = 1e-8
 
@@ -60,12 +62,9 @@ def symmetric_quantize(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.
 
 
 def weight_bits(fmt: str) -> int | None:
-    """Bits of a weight format name: 'ternary' -> None (1.58), 'int4' -> 4, 'int8' -> 8."""
-    if fmt == "ternary":
-        return None
-    if fmt in ("int2", "int3", "int4", "int5", "int6", "int7", "int8"):
-        return int(fmt[3:])
-    raise ValueError(f"unknown weight format {fmt!r} (expected 'ternary' or 'int2'..'int8')")
+    """Bits of a weight format name (robuq.quant.formats): 'ternary' -> None (1.58), 'int4' -> 4, 'int8' -> 8;
+    ValueError for a format the .rq file cannot store."""
+    return weight_format(fmt).bits
 
 
 def quantize_weight(w: torch.Tensor, fmt: str) -> tuple[torch.Tensor, torch.Tensor]:
