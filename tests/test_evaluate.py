@@ -201,11 +201,15 @@ def test_eval_end_to_end(tiny_ckpt, tmp_path, capsys):
     assert rc == 0
     assert "| full precision | FP32 |" in capsys.readouterr().out
     rep = json.loads(js.read_text())
-    assert rep["settings"]["n"] == 20 and rep["reference"]["n"] == 1618
+    assert rep["settings"]["n"] == 20 and rep["reference"]["floor_n"] == 20
+    assert rep["reference"]["n"] == 1797 - 20
     assert rep["classifier"]["heldout_accuracy"] >= 0.97
     (r,) = rep["results"]
     assert r["label"] == "full precision" and r["step"] == 5 and r["n"] == 20
     assert 0.0 <= r["accuracy"] <= 1.0 and np.isfinite(r["fd"]) and r["fd"] > 0
+    # pixel FD against the reference, the real floor at the same n (20) beside it; KID (mean, sd) pairs
+    assert r["pixel_fd"] > rep["reference"]["floor_pixel_fd"] > 0
+    assert len(r["pixel_kid"]) == 2 and len(rep["reference"]["floor_pixel_kid"]) == 2
     assert len(r["per_class_accuracy"]) == 10
     with Image.open(r["grid"]) as im:  # 10 classes x 2 samples, 16 px + 1 px gaps, x4
         assert im.size == ((2 * 17 + 1) * 4, (10 * 17 + 1) * 4) and im.mode == "L"
@@ -227,9 +231,18 @@ def test_table_writes_the_doc(tiny_ckpt, tmp_path):
     assert text.startswith("# Quality\n\nhand-written method\n") and text.endswith("\n\ntail\n")
     assert text.count(evaluate.BEGIN_MARK) == 1 and "STALE ROWS" not in text
     assert "| tiny fp | FP32 | full precision | 5 |" in text and "`nope.pt` not found" in text
+    assert "| real digits (floor set, 20 images) |" in text and "pixel FD | spread (5 subsets)" in text
     assert "python -m robuq.evaluate table --spec" in text and "[grid](quality/tiny-fp.png)" in text
     assert (out.parent / "quality" / "tiny-fp.png").is_file()
     assert json.loads(out.with_suffix(".json").read_text())["results"][0]["label"] == "tiny fp"
+
+
+def test_reference_floor_set_is_disjoint_and_capped():
+    """The floor set takes per_class images of every class but leaves MIN_REF_PER_CLASS of each in the
+    reference (digits' rarest class has 174 images)."""
+    ref = evaluate.Reference(None, per_class=1000, log=lambda *_: None)
+    assert ref.info["floor_per_class"] == 174 - evaluate.MIN_REF_PER_CLASS
+    assert ref.info["floor_n"] + ref.info["n"] == 1797 and ref.pixels.shape == (ref.info["n"], 256)
 
 
 def test_bad_inputs_exit_2(tiny_ckpt, tmp_path, capsys):

@@ -2,7 +2,7 @@
 
     python -m robuq.evaluate train-classifier -o models/digits/classifier.pt
     python -m robuq.evaluate eval runs/fp/checkpoints/0005000.pt runs/a2/checkpoints/0010000.pt \
-        --per-class 50 --steps 50 --sampler ddpm --cfg-scale 1.5 --seed 0 --json eval.json --grid-dir grids
+        --per-class 100 --steps 50 --sampler ddpm --cfg-scale 1.5 --seed 0 --json eval.json --grid-dir grids
     python -m robuq.evaluate table --spec docs/quality_rows.json --out docs/quality.md
 
 The judge is a small CNN trained here on the real training digits (``DigitsClassifier``; its weights ship
@@ -422,29 +422,52 @@ def save_png(a: np.ndarray, path: Path) -> None:
 
 
 class Reference:
-    """The judge and the real-data reference: classifier, features of the training split (the FD
-    reference set), and the held-out split's accuracy and FD against it (what real digits score)."""
+    """The judge and the real data every distance is measured against.
 
-    def __init__(self, classifier_path: str | None, log=print):
+    The digits (all 1,797, on the 8-bit grid) are split per class (seed 0) into a *floor set* of
+    ``per_class`` images of every class, as many as each model row samples, and the *reference*: the rest.
+    Every distance of a row is against the reference; the floor set, scored the same way at the same n,
+    is what real digits score: the table's floor. At most ``min class count - MIN_REF_PER_CLASS`` images
+    per class go to the floor set (``floor_per_class``), so the reference keeps every class. Accuracy of
+    the real row is the judge's on its own held-out split (the floor set holds images it was trained on).
+    """
+
+    def __init__(self, classifier_path: str | None, per_class: int = 100, log=print):
         self.model, self.classifier = load_classifier(classifier_path, log=log)
-        xt, _, _ = load_dataset("digits", split="train")
+        x, y, _ = load_dataset("digits", split="all")
         xh, yh, _ = load_dataset("digits", split="heldout")
-        _, ft = predict(self.model, as_8bit(xt))
-        ph, fh = predict(self.model, as_8bit(xh))
-        self.stats = feature_stats(ft)
-        self.pixels = metrics.pixel_features(xt.numpy())
+        y_np = y.numpy()
+        counts = np.bincount(y_np, minlength=NUM_CLASSES)
+        fpc = max(2, min(per_class, int(counts.min()) - MIN_REF_PER_CLASS))
+        rng = np.random.default_rng(0)
+        floor_idx, ref_idx = [], []
+        for c in range(NUM_CLASSES):
+            idx = rng.permutation(np.flatnonzero(y_np == c))
+            floor_idx.append(idx[:fpc])
+            ref_idx.append(idx[fpc:])
+        fi, ri = np.sort(np.concatenate(floor_idx)), np.sort(np.concatenate(ref_idx))
+        xr, xf, yf = x[ri], x[fi], y_np[fi]
+        _, fr = predict(self.model, as_8bit(xr))
+        _, ff = predict(self.model, as_8bit(xf))
+        ph, _ = predict(self.model, as_8bit(xh))
+        self.stats = feature_stats(fr)
+        self.pixels = metrics.pixel_features(xr.numpy())
         self.pixel_stats = feature_stats(self.pixels)
-        held = metrics.pixel_features(xh.numpy())
-        kid = metrics.kid(held, self.pixels, subsets=KID_SUBSETS, subset_size=KID_SUBSET_SIZE)
+        floor = pixel_scores(xf.numpy(), yf, self)
         self.info = {
-            "set": "digits training split (holdout 0.1, split seed 0), 8-bit grid",
-            "n": len(xt),
+            "set": "digits (all 1,797) less the floor set, 8-bit grid",
+            "n": len(ri),
+            "floor_per_class": fpc,
+            "floor_n": len(fi),
             "heldout_n": len(xh),
             "heldout_accuracy": float((ph == yh).double().mean()),
-            "heldout_fd": frechet_distance(*feature_stats(fh), *self.stats),
-            "heldout_pixel_fd": frechet_distance(*feature_stats(held), *self.pixel_stats),
-            "heldout_pixel_kid": [1e3 * kid[0], 1e3 * kid[1]],
+            "floor_fd": frechet_distance(*feature_stats(ff), *self.stats),
+            **{f"floor_{k}": v for k, v in floor.items()},
         }
+
+
+#: images of every class the reference keeps (the floor set takes at most the rest)
+MIN_REF_PER_CLASS = 50
 
 
 #: pixel KID: random subsets and their size (the unbiased estimate compares across set sizes)
@@ -608,15 +631,15 @@ def format_table(results: list[dict], ref_info: dict, link_dir: Path | None = No
         head.append("samples")
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     real = [
-        f"real digits (held-out split, {ref_info['heldout_n']} images)",
+        f"real digits (floor set, {ref_info['floor_n']} images)",
         "-",
         "-",
         "-",
-        _pct(ref_info["heldout_accuracy"]),
-        _f(ref_info.get("heldout_pixel_fd"), "{:.3f}"),
-        "-",
-        _pm(ref_info.get("heldout_pixel_kid")),
-        f"{ref_info['heldout_fd']:.2f}",
+        f"{_pct(ref_info['heldout_accuracy'])} (held-out split)",
+        _f(ref_info.get("floor_pixel_fd"), "{:.3f}"),
+        _pm(ref_info.get("floor_pixel_fd_subsets"), "{:.3f}"),
+        _pm(ref_info.get("floor_pixel_kid")),
+        f"{ref_info['floor_fd']:.2f}",
         "-",
     ]
     rows.append("| " + " | ".join(real + (["-"] if link_dir is not None else [])) + " |")
@@ -682,14 +705,14 @@ def generated_section(report: dict, out: Path) -> str:
         f"{s['per_class']} samples per class ({s['n']} images), {s['sampler'].upper()} {s['steps']} steps, "
         f"CFG {s['cfg_scale']:g}, seed {s['seed']}, clip_denoised, {s['weights']} weights. Judge: "
         f"{_display_judge(c)} "
-        f"(held-out accuracy {_pct(c['heldout_accuracy'])}). Reference of every distance: {ref['set']}, "
-        f"{ref['n']} images. Pixel FD: Frechet distance of the 8-bit pixels (/255); spread: mean +- sd "
-        f"of the pixel FD over {SPREAD_SUBSETS} disjoint class-balanced subsets (read no difference "
-        "between rows smaller than about 3 sd; FD grows as n shrinks, so the subsets' mean sits above "
-        f"the row's FD, and the held-out row, {ref['heldout_n']} images, above what real digits score at "
-        f"the rows' n); pixel KID: unbiased, comparable across n ({KID_SUBSETS} subsets of "
-        f"{KID_SUBSET_SIZE}). Class-structure "
-        "distance: FD in the judge's penultimate features (it rewards pixel noise: see above). "
+        f"(held-out accuracy {_pct(c['heldout_accuracy'])}). Reference of every distance: {ref['set']} "
+        f"({ref['n']} images); the floor set: {ref['floor_per_class']} real digits per class "
+        f"({ref['floor_n']} images), disjoint from the reference, scored like a model. Pixel FD: Frechet "
+        f"distance of the 8-bit pixels (/255); spread: mean +- sd of the pixel FD over {SPREAD_SUBSETS} "
+        "disjoint class-balanced subsets (read no difference between rows smaller than about 3 sd; FD "
+        "grows as n shrinks, so the subsets' mean sits above the row's FD); pixel KID: unbiased "
+        f"({KID_SUBSETS} subsets of {KID_SUBSET_SIZE}). Class-structure distance: FD in the judge's "
+        "penultimate features (it rewards pixel noise: see above). "
         "Time: wall seconds to sample the whole set (no loading or scoring).",
         "",
         format_table(report["results"], ref, out.parent),
@@ -730,7 +753,7 @@ def write_quality_doc(out: Path, section: str) -> None:
 
 
 def _add_eval_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--per-class", type=int, default=50, help="samples per class")
+    p.add_argument("--per-class", type=int, default=100, help="samples per class")
     p.add_argument("--steps", default="50", help="sampling steps (a respacing: '50', 'ddim50', ...)")
     p.add_argument("--sampler", default="ddpm", choices=diffusion.SAMPLERS)
     p.add_argument("--cfg-scale", type=float, default=1.5, help="classifier-free guidance (1: none)")
@@ -852,7 +875,7 @@ def _unique(path: Path, used: set) -> Path:
 
 def run_rows(rows: list[dict], opts, grid_dir: Path | None, slugs: list[str]) -> tuple[Reference, list[dict]]:
     descs = [None if r.get("missing") else inspect_checkpoint(r["checkpoint"]) for r in rows]  # fail early
-    ref = Reference(opts.classifier, log=_log)
+    ref = Reference(opts.classifier, per_class=opts.per_class, log=_log)
     results, used = [], set()
     for r, slug, desc in zip(rows, slugs, descs, strict=True):
         if r.get("missing"):
