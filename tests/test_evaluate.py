@@ -10,15 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from robuq import ampn, evaluate
-from robuq.evaluate import (
-    DEFAULT_CLASSIFIER,
-    feature_stats,
-    frechet_distance,
-    generate,
-    interleaved_classes,
-    sqrtm_psd,
-)
+from robuq import ampn, evaluate, judge, metrics
+from robuq.evaluate import generate, interleaved_classes
+from robuq.judge import DEFAULT_CLASSIFIER
+from robuq.metrics import feature_stats, frechet_distance, sqrtm_psd
 from robuq.models import create, reinit_zero_layers
 from robuq.quant import preset
 from robuq.train import main as train_main
@@ -27,7 +22,7 @@ torch.set_num_threads(1)
 
 
 def fd(a, b):
-    return evaluate.fd_between(a, b)
+    return metrics.fd_between(a, b)
 
 
 def random_cov(rng, d, rank=None):
@@ -120,8 +115,8 @@ def test_feature_stats_and_bad_shapes():
 def test_random_shift_moves_whole_images():
     x = torch.rand(32, 1, 16, 16) * 2 - 1
     gen = torch.Generator().manual_seed(0)
-    assert torch.equal(evaluate.random_shift(x, 0, gen), x)
-    out = evaluate.random_shift(x, 1, gen)
+    assert torch.equal(judge.random_shift(x, 0, gen), x)
+    out = judge.random_shift(x, 1, gen)
     padded = torch.nn.functional.pad(x, (1, 1, 1, 1), value=-1.0)
     crops = [padded[:, :, dy : dy + 16, dx : dx + 16] for dy in range(3) for dx in range(3)]
     for i in range(len(x)):
@@ -129,21 +124,21 @@ def test_random_shift_moves_whole_images():
 
 
 def test_classifier_short_deterministic_run():
-    _, info = evaluate.train_classifier(epochs=6)  # 10 % of the shipped run's epochs; about 2 s
+    _, info = judge.train_classifier(epochs=6)  # 10 % of the shipped run's epochs; about 2 s
     assert info["heldout_accuracy"] >= 0.90, info
-    m1, _ = evaluate.train_classifier(epochs=1)
-    m2, _ = evaluate.train_classifier(epochs=1)
+    m1, _ = judge.train_classifier(epochs=1)
+    m2, _ = judge.train_classifier(epochs=1)
     for k, v in m1.state_dict().items():
         assert torch.equal(v, m2.state_dict()[k]), k
 
 
 def test_shipped_classifier_reproduces_its_recorded_accuracy():
-    assert DEFAULT_CLASSIFIER.is_file(), f"make it with: {evaluate.TRAIN_COMMAND}"
+    assert DEFAULT_CLASSIFIER.is_file(), f"make it with: {judge.TRAIN_COMMAND}"
     side = json.loads(DEFAULT_CLASSIFIER.with_suffix(".json").read_text())
-    model, info = evaluate.load_classifier(DEFAULT_CLASSIFIER)
+    model, info = judge.load_classifier(DEFAULT_CLASSIFIER)
     assert info["sha256"] == side["sha256"]
     assert (info["heldout_correct"], info["heldout_n"]) == (side["heldout_correct"], side["heldout_n"])
-    assert side["heldout_accuracy"] >= 0.97 and side["command"] == evaluate.TRAIN_COMMAND
+    assert side["heldout_accuracy"] >= 0.97 and side["command"] == judge.TRAIN_COMMAND
     assert sum(p.numel() for p in model.parameters()) < 100_000
 
 
@@ -284,9 +279,11 @@ def test_module_entry_point_bad_path():
 
 
 def test_missing_default_classifier_is_trained_on_the_fly(tiny_ckpt, tmp_path, monkeypatch, capsys):
-    fast = evaluate.train_classifier
-    monkeypatch.setattr(evaluate, "DEFAULT_CLASSIFIER", tmp_path / "absent.pt")
-    monkeypatch.setattr(evaluate, "train_classifier", lambda: fast(epochs=1))  # the full run takes ~15 s
+    from robuq import judge as J
+
+    fast = J.train_classifier
+    monkeypatch.setattr(J, "DEFAULT_CLASSIFIER", tmp_path / "absent.pt")
+    monkeypatch.setattr(J, "train_classifier", lambda: fast(epochs=1))  # the full run takes ~15 s
     js = tmp_path / "e.json"
     assert evaluate.main(["eval", tiny_ckpt, *FAST, "--json", str(js)]) == 0
     assert "absent.pt not found; training the digits classifier now" in capsys.readouterr().err

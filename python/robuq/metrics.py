@@ -130,3 +130,25 @@ def balanced_subsets(labels: np.ndarray, k: int, seed: int = 0) -> list[np.ndarr
         for i in range(k):
             parts[i].append(idx[i * per : (i + 1) * per])
     return [np.sort(np.concatenate(p)) for p in parts]
+
+
+#: pixel KID: random subsets and their size (the unbiased estimate compares across set sizes)
+KID_SUBSETS, KID_SUBSET_SIZE = 20, 100
+#: disjoint class-balanced subsets of a set of samples for the spread of its pixel FD
+SPREAD_SUBSETS = 5
+
+
+def pixel_scores(x: np.ndarray, y: np.ndarray, ref_pixels: np.ndarray, ref_stats: tuple) -> dict:
+    """A sample set's scores against a reference (``pixel_features`` of it and their ``feature_stats``):
+    pixel FD, its mean and sd over SPREAD_SUBSETS disjoint class-balanced subsets (when each holds at least
+    2 images; with their size), and pixel KID x 1e3 as [mean, sd]."""
+    f = pixel_features(x)
+    out: dict = {"pixel_fd": frechet_distance(*feature_stats(f), *ref_stats)}
+    parts = balanced_subsets(y, SPREAD_SUBSETS)
+    if min(len(p) for p in parts) >= 2:
+        vals = [frechet_distance(*feature_stats(f[p]), *ref_stats) for p in parts]
+        out["pixel_fd_subsets"] = [float(np.mean(vals)), float(np.std(vals, ddof=1))]
+        out["subset_n"] = len(parts[0])
+    kid_mean, kid_sd = kid(f, ref_pixels, subsets=KID_SUBSETS, subset_size=KID_SUBSET_SIZE)
+    out["pixel_kid"] = [1e3 * kid_mean, 1e3 * kid_sd]
+    return out

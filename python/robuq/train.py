@@ -31,6 +31,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from . import ampn
+from .cli import UsageError
 from .cli_paths import DefaultsHelpFormatter, output_path_problem
 from .data import load_dataset
 from .diffusion import GaussianDiffusion
@@ -52,10 +53,6 @@ RESUME_OVERRIDABLE = (
     "debug_dump_weights",
 )
 MODEL_OVERRIDES = ("depth", "hidden_size", "num_heads", "input_size")
-
-
-class UsageError(Exception):
-    """A bad input (missing file, unsafe or foreign checkpoint, unknown option value): exit code 2."""
 
 
 # ---------------------------------------------------------------------------------------------------------
