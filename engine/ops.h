@@ -7,11 +7,13 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "robuq/constants.h"
+
 namespace robuq {
 namespace ops {
 
 constexpr int64_t kFreqDim = 256;    // timestep frequency features
-constexpr float kLayerNormEps = 1e-6f;
+using robuq::kLayerNormEps;  // robuq/constants.h
 
 // t [N] -> out [N, 256]: freqs_i = exp(float(-ln 10000) * i / 128) in float32, args = float(t) * freqs,
 // out = [cos(args), sin(args)] (robuq.models.timestep_embedding, dim 256).

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "robuq/avx2.h"
+#include "robuq/constants.h"
 #include "simd_avx2.h"
 
 #ifdef _OPENMP
@@ -238,7 +239,7 @@ void quantize_row(const float* x, int64_t n, int bits, float clip_k, uint8_t* co
   const ClipRange r = clip_range(x, n, clip_k);
   const float lo = r.lo;
   const float qmax = static_cast<float>((1 << bits) - 1);
-  const float s = std::max(r.hi - lo, 1e-8f) / qmax;
+  const float s = std::max(r.hi - lo, kScaleEps) / qmax;
   quantize_codes(x, n, lo, s, qmax, codes);
   *scale = s;
   *zero = -lo / s;

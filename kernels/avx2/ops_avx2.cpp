@@ -6,13 +6,13 @@
 #include <cstring>
 
 #include "robuq/avx2.h"
+#include "robuq/constants.h"
 #include "simd_avx2.h"
 
 namespace robuq {
 namespace avx2 {
 namespace {
 
-constexpr float kLayerNormEps = 1e-6f;  // ops::kLayerNormEps
 
 // 8 floats from x[0..n) (n < 8), the rest `fill`.
 inline __m256 load_partial(const float* x, int64_t n, float fill) {

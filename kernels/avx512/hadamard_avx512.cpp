@@ -175,7 +175,7 @@ void quantize_row(const float* x, int64_t n, int bits, float clip_k, uint8_t* co
   }
   const float qmax = static_cast<float>((1 << bits) - 1);
   const float range = hi - lo;
-  const float s = (range < 1e-8f ? 1e-8f : range) / qmax;  // std::max(hi - lo, 1e-8f)
+  const float s = (range < kScaleEps ? kScaleEps : range) / qmax;  // std::max(hi - lo, kScaleEps)
   const __m512 vlo = _mm512_set1_ps(lo), vs = _mm512_set1_ps(s), vq = _mm512_set1_ps(qmax);
   for (int64_t i = 0; i < n; i += 16) {
     const __mmask16 m = i + 16 <= n ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (n - i)) - 1);

@@ -43,7 +43,7 @@ __global__ void __launch_bounds__(kThreads) hadamard_quantize_kernel(HadamardQua
   extern __shared__ float smem[];
   __shared__ float red_min[kThreads / 32], red_max[kThreads / 32];
   __shared__ int red_sum[kThreads / 32];
-  __shared__ double lanes[hd::kLanes];
+  __shared__ double lanes[kStatLanes];
   __shared__ hd::QuantParams qp;
 
   const int n = static_cast<int>(a.n);
@@ -145,11 +145,11 @@ __global__ void __launch_bounds__(kThreads) hadamard_quantize_kernel(HadamardQua
   __syncthreads();
   if (a.clip_k > 0.0f) {
     // gauss: each of the 8 float64 lanes summed by one thread in the reference order
-    if (tid < hd::kLanes) lanes[tid] = hd::lane_partial(row, n, tid, 0.0, false);
+    if (tid < kStatLanes) lanes[tid] = hd::lane_partial(row, n, tid, 0.0, false);
     __syncthreads();
     const double mean = hd::combine_lanes(lanes) / static_cast<double>(n);
     __syncthreads();
-    if (tid < hd::kLanes) lanes[tid] = hd::lane_partial(row, n, tid, mean, true);
+    if (tid < kStatLanes) lanes[tid] = hd::lane_partial(row, n, tid, mean, true);
     __syncthreads();
     if (tid == 0) {
       for (int w = 1; w < kThreads / 32; ++w) {

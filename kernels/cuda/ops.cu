@@ -70,16 +70,16 @@ constexpr int kLnThreads = 128;
 __global__ void __launch_bounds__(kLnThreads)
     layernorm_modulate_kernel(const float* x, int64_t T, int64_t D, const float* shift, const float* scale,
                               int64_t stride, float* y) {
-  __shared__ double lanes[hd::kLanes];
+  __shared__ double lanes[kStatLanes];
   __shared__ float stats[2];
   const int64_t r = blockIdx.x;
   const int tid = threadIdx.x;
   const float* xr = x + r * D;
-  if (tid < hd::kLanes) lanes[tid] = hd::lane_partial(xr, D, tid, 0.0, false);
+  if (tid < kStatLanes) lanes[tid] = hd::lane_partial(xr, D, tid, 0.0, false);
   __syncthreads();
   const double mean = hd::combine_lanes(lanes) / static_cast<double>(D);
   __syncthreads();
-  if (tid < hd::kLanes) lanes[tid] = hd::lane_partial(xr, D, tid, mean, true);
+  if (tid < kStatLanes) lanes[tid] = hd::lane_partial(xr, D, tid, mean, true);
   __syncthreads();
   if (tid == 0) hd::layernorm_stats(mean, hd::combine_lanes(lanes), D, &stats[0], &stats[1]);
   __syncthreads();

@@ -15,6 +15,7 @@
 #include <cmath>
 #endif
 
+#include "robuq/constants.h"
 #include "robuq/hd.h"
 
 namespace robuq {
@@ -107,7 +108,6 @@ ROBUQ_HD float kmix_value(const float* X, const int8_t* H, int64_t K, int64_t M,
 }
 
 // ------------------------------------------------------------------------ per-token quantization
-constexpr int kLanes = 8;  // interleaved float64 partial sums (docs/quantization.md, "gauss")
 
 // ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7))
 ROBUQ_HD double combine_lanes(const double* l) {
@@ -128,12 +128,12 @@ ROBUQ_HD double lane_term(float x, double m, bool square) {
 ROBUQ_HD double lane_partial(const float* x, int64_t n, int lane, double m, bool square) {
   double s = 0.0;
   int64_t k = lane;
-  for (; k + 7 * kLanes < n; k += 8 * kLanes) {
+  for (; k + 7 * kStatLanes < n; k += 8 * kStatLanes) {
     float v[8];
-    for (int e = 0; e < 8; ++e) v[e] = x[k + e * kLanes];
+    for (int e = 0; e < 8; ++e) v[e] = x[k + e * kStatLanes];
     for (int e = 0; e < 8; ++e) s = s + lane_term(v[e], m, square);
   }
-  for (; k < n; k += kLanes) s = s + lane_term(x[k], m, square);
+  for (; k < n; k += kStatLanes) s = s + lane_term(x[k], m, square);
   return s;
 }
 
@@ -174,7 +174,7 @@ ROBUQ_HD QuantParams quant_params(Clip r, int bits) {
   p.lo = r.lo;
   p.qmax = static_cast<float>((1 << bits) - 1);
   const float w = r.hi - r.lo;
-  p.scale = (w < 1e-8f ? 1e-8f : w) / p.qmax;  // std::max(w, 1e-8f)
+  p.scale = (w < kScaleEps ? kScaleEps : w) / p.qmax;  // std::max(w, kScaleEps)
   p.zero = -r.lo / p.scale;
   return p;
 }
@@ -216,11 +216,11 @@ ROBUQ_HD float epilogue_finish(float v, const float* u_row, const float* up_row,
 }
 
 // LayerNorm statistics from the combined float64 lane sums (ops::layernorm_modulate): mean = sum / D,
-// var = sumsq / D, rstd = float(1 / sqrt(var + double(1e-6f))), mean rounded to float.
+// var = sumsq / D, rstd = float(1 / sqrt(var + double(kLayerNormEps))), mean rounded to float.
 ROBUQ_HD void layernorm_stats(double mean, double sumsq, int64_t D, float* m, float* rstd) {
   const double var = sumsq / static_cast<double>(D);
   *m = static_cast<float>(mean);
-  *rstd = static_cast<float>(1.0 / sqrt_f64(var + static_cast<double>(1e-6f)));
+  *rstd = static_cast<float>(1.0 / sqrt_f64(var + static_cast<double>(kLayerNormEps)));
 }
 
 // ------------------------------------------------------------------------------- float functions

@@ -67,7 +67,7 @@ void quantize_row(const float* x, int64_t n, int bits, float clip_k, uint8_t* co
   const ClipRange r = clip_range(x, n, clip_k);
   const float lo = r.lo;
   const float qmax = static_cast<float>((1 << bits) - 1);
-  const float s = std::max(r.hi - lo, 1e-8f) / qmax;
+  const float s = std::max(r.hi - lo, kScaleEps) / qmax;
   for (int64_t i = 0; i < n; ++i) {
     const float d = x[i] - lo;
     const float t = d / s;

@@ -51,10 +51,10 @@ void quantize_row(const float* row, int64_t n, int bits, float clip_k, uint8_t* 
   }
   hd::Clip clip = hd::clip_minmax(mn, mx);
   if (clip_k > 0.0f) {
-    double lanes[hd::kLanes];
-    for (int l = 0; l < hd::kLanes; ++l) lanes[l] = hd::lane_partial(row, n, l, 0.0, false);
+    double lanes[robuq::kStatLanes];
+    for (int l = 0; l < robuq::kStatLanes; ++l) lanes[l] = hd::lane_partial(row, n, l, 0.0, false);
     const double mean = hd::combine_lanes(lanes) / static_cast<double>(n);
-    for (int l = 0; l < hd::kLanes; ++l) lanes[l] = hd::lane_partial(row, n, l, mean, true);
+    for (int l = 0; l < robuq::kStatLanes; ++l) lanes[l] = hd::lane_partial(row, n, l, mean, true);
     clip = hd::clip_gauss(mn, mx, mean, hd::combine_lanes(lanes), n, clip_k);
   }
   const hd::QuantParams p = hd::quant_params(clip, bits);
@@ -357,10 +357,10 @@ py::array_t<float> py_layernorm_modulate(const py::object& x_obj, const py::obje
   auto y = new_array<float>({ss(N), ss(T), ss(D)});
   for (int64_t r = 0; r < N * T; ++r) {
     const float* xr = x.data() + r * D;
-    double lanes[hd::kLanes];
-    for (int l = 0; l < hd::kLanes; ++l) lanes[l] = hd::lane_partial(xr, D, l, 0.0, false);
+    double lanes[robuq::kStatLanes];
+    for (int l = 0; l < robuq::kStatLanes; ++l) lanes[l] = hd::lane_partial(xr, D, l, 0.0, false);
     const double mean = hd::combine_lanes(lanes) / static_cast<double>(D);
-    for (int l = 0; l < hd::kLanes; ++l) lanes[l] = hd::lane_partial(xr, D, l, mean, true);
+    for (int l = 0; l < robuq::kStatLanes; ++l) lanes[l] = hd::lane_partial(xr, D, l, mean, true);
     float m, rstd;
     hd::layernorm_stats(mean, hd::combine_lanes(lanes), D, &m, &rstd);
     const int64_t n = r / T;

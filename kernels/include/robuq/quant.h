@@ -9,21 +9,20 @@
 //                         ascending in a lane) combined as ((l0+l1)+(l2+l3))+((l4+l5)+(l6+l7));
 //                         lo = float(max(mn, m - k sigma)), hi = float(min(mx, m + k sigma)),
 //                         k = (double)clip_k (a float32 constant)
-//   scale = max(hi - lo, 1e-8f) / (2^bits - 1)                    (float32)
+//   scale = max(hi - lo, kScaleEps = 1e-8f) / (2^bits - 1)        (float32)
 //   q     = clamp(nearbyint((x - lo) / scale), 0, 2^bits - 1)     (float32 ops, round half to even)
 //   zero  = -lo / scale                                            (float32)
 //   dequantize: x_hat = (q - zero) * scale
 #pragma once
 #include <cstdint>
 
+#include "robuq/constants.h"
 #include "robuq/hadamard.h"
 
 namespace robuq {
 
 constexpr int kMinActBits = 1;
 constexpr int kMaxActBits = 8;
-// Interleaved float64 partial sums of the "gauss" statistics (the order above; SIMD-friendly).
-constexpr int kStatLanes = 8;
 
 // Throws std::invalid_argument unless 1 <= bits <= 8.
 void check_act_bits(int bits);
