@@ -95,6 +95,10 @@ ROBUQ_API int robuq_image_shape(const robuq_engine *engine, int *height, int *wi
 ROBUQ_API int robuq_sample(robuq_engine *engine, const int32_t *classes, int n, int steps, float cfg_scale,
                            uint64_t seed, uint8_t *out_nhwc);
 
+/* Checks a respacing spec ("250", "10,10,5", "ddim25") of the 1000 training steps and writes the number of
+ * sampling steps it keeps to *count (count may be NULL). */
+ROBUQ_API int robuq_steps_count(const char *steps, int *count);
+
 /* All of Engine.sample's settings. Start from robuq_sample_options_init(), then change fields. */
 typedef enum robuq_sampler { ROBUQ_SAMPLER_DDPM = 0, ROBUQ_SAMPLER_DDIM = 1 } robuq_sampler;
 typedef enum robuq_cfg_mode {

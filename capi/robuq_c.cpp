@@ -251,6 +251,21 @@ void robuq_sample_options_init(robuq_sample_options* o) {
   o->progress_user = nullptr;
 }
 
+int robuq_steps_count(const char* steps, int* count) {
+  return guarded("robuq_steps_count", [&]() -> int {
+    if (steps == nullptr) fail_argument("steps is NULL (use \"250\", \"10,10,5\" or \"ddim25\")");
+    const std::string spec = steps;
+    // a plain count ("50", "-3"): say "positive" rather than the respacing rule's message
+    const size_t digits = spec.empty() || (spec[0] != '-' && spec[0] != '+') ? 0 : 1;
+    if (spec.size() > digits && spec.find_first_not_of("0123456789", digits) == std::string::npos &&
+        (spec[0] == '-' || spec.find_first_not_of('0', digits) == std::string::npos))
+      fail_argument("steps must be a positive number of sampling steps, got " + spec);
+    const std::vector<int64_t> kept = robuq::space_timesteps(1000, spec);
+    if (count != nullptr) *count = static_cast<int>(kept.size());
+    return ROBUQ_OK;
+  });
+}
+
 int robuq_sample(robuq_engine* engine, const int32_t* classes, int n, int steps, float cfg_scale, uint64_t seed,
                  uint8_t* out_nhwc) {
   return guarded("robuq_sample", [&]() -> int {

@@ -149,7 +149,11 @@ Args parse_args(int argc, char** argv, bool* exit_now) {
       *exit_now = true;
       return a;
     } else if (opt == "--version") {
-      std::printf("robuq-run %s\n", robuq_version());
+#ifdef ROBUQ_RUN_HAVE_PNG
+      std::printf("robuq-run %s (formats: .png .npy)\n", robuq_version());
+#else
+      std::printf("robuq-run %s (formats: .npy; built without libpng)\n", robuq_version());
+#endif
       *exit_now = true;
       return a;
     } else if (opt == "--class") {
@@ -170,9 +174,7 @@ Args parse_args(int argc, char** argv, bool* exit_now) {
       }
     } else if (opt == "--steps") {
       a.steps = next();
-      long long s = 0;
-      if (parse_int(a.steps, LLONG_MIN, LLONG_MAX, &s) && s < 1)
-        throw UsageError{"--steps must be a positive number of sampling steps, got " + a.steps};
+      if (robuq_steps_count(a.steps.c_str(), nullptr) != ROBUQ_OK) throw UsageError{"--steps " + a.steps + ": " + api_error()};
     } else if (opt == "--cfg-scale") {
       const std::string v = next();
       if (!parse_double(v, &a.cfg_scale) || !std::isfinite(a.cfg_scale))
