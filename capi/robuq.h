@@ -82,8 +82,9 @@ typedef struct robuq_model_info {
 } robuq_model_info;
 ROBUQ_API int robuq_model_info_get(const robuq_engine *engine, robuq_model_info *info);
 
-/* The shape of one sample as robuq_sample writes it: height, width, channels (NHWC). Any pointer may be
- * NULL (that value is not written). */
+/* The shape of one sample: height, width, channels (robuq_sample writes [n, height, width, channels];
+ * for latent models these are the latent's, which robuq_sample_x0 writes as [n, channels, height, width]).
+ * Any of the three pointers may be NULL (that value is not written). */
 ROBUQ_API int robuq_image_shape(const robuq_engine *engine, int *height, int *width, int *channels);
 
 /* n class-conditional samples (classes[i] in 0..num_classes-1), DDPM with `steps` steps (1..1000, the

@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -285,3 +287,46 @@ def test_robuq_run_errors(installed, tmp_path, case):
 def test_robuq_run_help(installed):
     r = _run([installed.run, "--help"])
     assert "--class" in r.stdout and "--cfg-scale" in r.stdout
+
+
+def test_robuq_run_latent_and_no_null_class(installed, tiny, tmp_path):
+    """A latent model's .npy holds the float32 latents (no PNG); a model without the null class samples
+    without guidance by default and refuses --cfg-scale != 1."""
+    lat = tiny("latent")
+    out = tmp_path / "lat.npy"
+    _run([installed.run, lat.rq, "--class", "4,1", "--steps", "4", "-o", out])
+    want = robuq.Engine(lat.rq).sample([4, 1], steps=4, output="latent")
+    got = np.load(out)
+    assert got.dtype == np.float32 and got.shape == (2, 4, 8, 8)
+    np.testing.assert_array_equal(got, want)
+    r = subprocess.run(
+        [str(installed.run), lat.rq, "-o", str(tmp_path / "lat.png")], capture_output=True, text=True
+    )
+    assert r.returncode == 2 and "is a latent model" in r.stderr and not (tmp_path / "lat.png").exists()
+
+    nonull = tiny("nonull")
+    _run([installed.run, nonull.rq, "--class", "3", "--steps", "4", "-o", out])
+    np.testing.assert_array_equal(np.load(out), robuq.Engine(nonull.rq).sample([3], steps=4, cfg_scale=1))
+    r = subprocess.run(
+        [str(installed.run), nonull.rq, "--cfg-scale", "4", "-o", str(tmp_path / "x.npy")],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2 and "no null class" in r.stderr and not (tmp_path / "x.npy").exists()
+
+
+def test_robuq_run_ctrl_c(installed, tmp_path):
+    """SIGINT stops sampling after the current step: exit 130, no output file."""
+    out = tmp_path / "out.npy"
+    p = subprocess.Popen(
+        [str(installed.run), MODEL, "--class", "1", "--steps", "1000", "--threads", "1", "-o", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1.0)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    assert "interrupted" in err
+    assert list(tmp_path.iterdir()) == []
