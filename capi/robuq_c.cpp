@@ -32,38 +32,47 @@ struct Failure {
 
 [[noreturn]] void fail_argument(const std::string& message) { throw Failure{ROBUQ_ERROR_ARGUMENT, message}; }
 
-int set_error(robuq_status status, const std::string& message) {
-  try {
-    g_last_error = message;
-  } catch (...) {  // no memory for the message: keep what fits
-    g_last_error.clear();
-  }
+// Records "fn: what" as this thread's last error; never throws (without memory for the message, a fixed
+// one stands in).
+thread_local bool g_error_truncated = false;
+int set_error(robuq_status status, const char* fn, const char* what) noexcept {
   g_last_status = status;
+  try {
+    g_last_error.assign(fn);
+    g_last_error.append(": ");
+    g_last_error.append(what);
+    g_error_truncated = false;
+  } catch (...) {
+    g_error_truncated = true;
+  }
   return status;
 }
 
 // Runs f() and maps every exception to a status and message; f's own return value on success.
 template <class F>
-int guarded(const char* fn, F&& f) {
-  const std::string prefix = std::string(fn) + ": ";
+int guarded(const char* fn, F&& f) noexcept {
   try {
-    return f();
-  } catch (const Failure& e) {
-    return set_error(e.status, prefix + e.message);
-  } catch (const robuq::IoError& e) {
-    return set_error(ROBUQ_ERROR_IO, prefix + e.what());
-  } catch (const robuq::FormatError& e) {
-    return set_error(ROBUQ_ERROR_FORMAT, prefix + "invalid .rq file: " + e.what());
-  } catch (const std::invalid_argument& e) {
-    return set_error(ROBUQ_ERROR_ARGUMENT, prefix + e.what());
-  } catch (const std::length_error& e) {
-    return set_error(ROBUQ_ERROR_MEMORY, prefix + "out of memory (" + e.what() + ")");
-  } catch (const std::bad_alloc&) {
-    return set_error(ROBUQ_ERROR_MEMORY, prefix + "out of memory");
-  } catch (const std::exception& e) {
-    return set_error(ROBUQ_ERROR_INTERNAL, prefix + e.what());
-  } catch (...) {
-    return set_error(ROBUQ_ERROR_INTERNAL, prefix + "unknown error");
+    try {
+      return f();
+    } catch (const Failure& e) {
+      return set_error(e.status, fn, e.message.c_str());
+    } catch (const robuq::IoError& e) {
+      return set_error(ROBUQ_ERROR_IO, fn, e.what());
+    } catch (const robuq::FormatError& e) {
+      return set_error(ROBUQ_ERROR_FORMAT, fn, (std::string("invalid .rq file: ") + e.what()).c_str());
+    } catch (const std::invalid_argument& e) {
+      return set_error(ROBUQ_ERROR_ARGUMENT, fn, e.what());
+    } catch (const std::length_error& e) {
+      return set_error(ROBUQ_ERROR_MEMORY, fn, (std::string("out of memory (") + e.what() + ")").c_str());
+    } catch (const std::bad_alloc&) {
+      return set_error(ROBUQ_ERROR_MEMORY, fn, "out of memory");
+    } catch (const std::exception& e) {
+      return set_error(ROBUQ_ERROR_INTERNAL, fn, e.what());
+    } catch (...) {
+      return set_error(ROBUQ_ERROR_INTERNAL, fn, "unknown error");
+    }
+  } catch (...) {  // a handler itself ran out of memory building its message
+    return set_error(ROBUQ_ERROR_MEMORY, fn, "out of memory");
   }
 }
 
@@ -184,7 +193,9 @@ const char* robuq_version(void) {
   return ROBUQ_STR(ROBUQ_VERSION_MAJOR) "." ROBUQ_STR(ROBUQ_VERSION_MINOR) "." ROBUQ_STR(ROBUQ_VERSION_PATCH);
 }
 
-const char* robuq_last_error(void) { return g_last_error.c_str(); }
+const char* robuq_last_error(void) {
+  return g_error_truncated ? "out of memory while recording the error message" : g_last_error.c_str();
+}
 
 robuq_status robuq_last_status(void) { return g_last_status; }
 
