@@ -108,6 +108,7 @@ def test_install_layout(installed):
     p = installed.prefix
     assert (p / "include" / "robuq.h").is_file()
     assert (installed.lib / "cmake" / "robuq" / "robuqConfig.cmake").is_file()
+    assert (installed.lib / "pkgconfig" / "robuq.pc").is_file()
     assert os.access(installed.run, os.X_OK)
     cache = (installed.build / "CMakeCache.txt").read_text()
     assert "pybind11_DIR" not in cache and "Python_EXECUTABLE" not in cache  # no Python looked for
@@ -140,6 +141,21 @@ def test_find_package(installed, tmp_path):
     _run([installed.cmake, "-S", tmp_path, "-B", build, *defs, "-DCMAKE_BUILD_TYPE=Release"])
     _run([installed.cmake, "--build", build])
     _run([build / "example", MODEL, tmp_path / "out.raw"])
+    want = _python_pixels()
+    np.testing.assert_array_equal(np.fromfile(tmp_path / "out.raw", dtype=np.uint8).reshape(want.shape), want)
+
+
+def test_pkg_config(installed, tmp_path):
+    """lib/pkgconfig/robuq.pc (relocatable) gives the flags that build the example."""
+    if shutil.which("pkg-config") is None:
+        pytest.skip("pkg-config not found")
+    env = dict(os.environ, PKG_CONFIG_PATH=str(installed.lib / "pkgconfig"))
+    assert _run(["pkg-config", "--modversion", "robuq"], env=env).stdout.strip() == robuq.__version__
+    flags = _run(["pkg-config", "--cflags", "--libs", "robuq"], env=env).stdout.split()
+    src = tmp_path / "example.c"
+    src.write_text(_example_source())
+    _run([installed.cc, "-std=c99", src, *flags, f"-Wl,-rpath,{installed.lib}", "-o", tmp_path / "example"])
+    _run([tmp_path / "example", MODEL, tmp_path / "out.raw"])
     want = _python_pixels()
     np.testing.assert_array_equal(np.fromfile(tmp_path / "out.raw", dtype=np.uint8).reshape(want.shape), want)
 
