@@ -190,6 +190,18 @@ def tiny_ckpt(tmp_path_factory):
 FAST = ["--per-class", "2", "--steps", "5"]
 
 
+def test_engine_backend_draws_the_torch_sample_set(tiny_ckpt):
+    """--backend engine (the default) samples the checkpoint exported to .rq in the C++ engine: the same
+    interleaved classes, noise stream and clip_denoised as the PyTorch model's ``generate``, so the images
+    agree within the engine's parity bound (an FP model here: float32 round-off only)."""
+    opts = evaluate.build_parser().parse_args(["eval", tiny_ckpt, *FAST, "--cfg-scale", "1.5"])
+    evaluate._check_opts(opts)
+    x_eng, y_eng, _ = evaluate._generate_engine(tiny_ckpt, opts)
+    x_ref, y_ref = generate(evaluate.load_model(tiny_ckpt), 2, steps="5", cfg_scale=1.5)
+    assert torch.equal(y_eng, y_ref) and x_eng.shape == x_ref.shape
+    torch.testing.assert_close(x_eng, x_ref, atol=1e-4, rtol=0)
+
+
 def test_eval_end_to_end(tiny_ckpt, tmp_path, capsys):
     js, grids = tmp_path / "eval.json", tmp_path / "grids"
     rc = evaluate.main(["eval", tiny_ckpt, *FAST, "--json", str(js), "--grid-dir", str(grids)])
@@ -218,7 +230,7 @@ def test_table_writes_the_doc(tiny_ckpt, tmp_path):
     out.parent.mkdir()
     stale = f"{evaluate.BEGIN_MARK}\nSTALE ROWS\n{evaluate.END_MARK}"
     out.write_text(f"# Quality\n\nhand-written method\n\n{stale}\n\ntail\n")
-    argv = ["table", "--spec", str(spec), "--out", str(out), *FAST]
+    argv = ["table", "--spec", str(spec), "--out", str(out), *FAST, "--backend", "torch"]  # the torch path
     assert evaluate.main(argv) == 2  # a missing checkpoint fails before any sampling
     for _ in range(2):  # idempotent: the generated block is replaced, not appended
         assert evaluate.main([*argv, "--skip-missing"]) == 0

@@ -31,6 +31,7 @@ import os
 import re
 import shlex
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -275,25 +276,59 @@ def inspect_checkpoint(path: str) -> dict:
         raise UsageError(f"{path}: bad quant_config: {e}") from None
 
 
+def _generate_engine(path: str, opts) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """The sample set of ``generate``'s layout (classes interleaved, pixel space, clip_denoised) drawn by the
+    C++ engine from the checkpoint exported to a temporary .rq (what a user deploys; robuq-parity bounds
+    its difference from the PyTorch model). Returns (images, classes, sampling seconds)."""
+    from .engine import Engine, FormatError
+    from .exporter.cli import main as export_main
+
+    classes = interleaved_classes(opts.per_class)
+    with tempfile.TemporaryDirectory(prefix="robuq-eval-") as tmp:
+        rq = Path(tmp) / "model.rq"
+        argv = [path, "-o", str(rq), "-q", "--allow-fp"] + ([] if opts.weights == "ema" else ["--no-ema"])
+        if export_main(argv) != 0:
+            raise UsageError(f"{path}: exporting it to .rq for the engine failed (see above)")
+        try:
+            eng = Engine(str(rq), threads=opts.threads)
+            t0 = time.perf_counter()
+            x = eng.sample(
+                classes,
+                steps=str(opts.steps),
+                sampler=opts.sampler,
+                cfg_scale=opts.cfg_scale,
+                seed=opts.seed,
+                clip_denoised=True,
+                output="latent",
+            )
+            seconds = time.perf_counter() - t0
+        except (FormatError, ValueError) as e:
+            raise UsageError(f"{path}: sampling failed: {e}") from None
+    return torch.from_numpy(np.ascontiguousarray(x, np.float32)), torch.tensor(classes), seconds
+
+
 def evaluate_checkpoint(
     path: str, ref: Reference, opts, grid_path: Path | None = None, label=None, desc: dict | None = None
 ) -> dict:
     """Sample ``opts.per_class`` images per class from checkpoint ``path`` and score them."""
     desc = desc or inspect_checkpoint(path)
-    try:
-        model = load_model(path, weights=opts.weights).to(opts.device)
-    except (RuntimeError, ValueError, TypeError, KeyError) as e:
-        raise UsageError(f"{path}: cannot rebuild the model: {str(e).splitlines()[0][:300]}") from None
-    t0 = time.perf_counter()
-    try:
-        x, y = generate(
-            model, opts.per_class, opts.steps, opts.sampler, opts.cfg_scale, opts.seed, opts.batch_size
-        )
-    except ValueError as e:  # e.g. CFG on a model without a null class
-        raise UsageError(f"{path}: sampling failed: {e}") from None
-    if opts.device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - t0
+    if opts.backend == "engine":
+        x, y, seconds = _generate_engine(path, opts)
+    else:
+        try:
+            model = load_model(path, weights=opts.weights).to(opts.device)
+        except (RuntimeError, ValueError, TypeError, KeyError) as e:
+            raise UsageError(f"{path}: cannot rebuild the model: {str(e).splitlines()[0][:300]}") from None
+        t0 = time.perf_counter()
+        try:
+            x, y = generate(
+                model, opts.per_class, opts.steps, opts.sampler, opts.cfg_scale, opts.seed, opts.batch_size
+            )
+        except ValueError as e:  # e.g. CFG on a model without a null class
+            raise UsageError(f"{path}: sampling failed: {e}") from None
+        if opts.device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - t0
     pred, feats = predict(ref.model, as_8bit(x))
     hit = (pred == y).double()
     per_class = [float(hit[y == c].mean()) for c in range(NUM_CLASSES)]
@@ -329,7 +364,14 @@ def _add_eval_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=500, help="samples per model call (bounds memory)")
     p.add_argument("--weights", default="ema", choices=("ema", "model"))
     p.add_argument("--classifier", default=None, help=f"judge weights [{DEFAULT_CLASSIFIER}]")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    p.add_argument(
+        "--backend",
+        default="engine",
+        choices=("engine", "torch"),
+        help="sample with the C++ engine (the checkpoint exported to a temporary .rq) or the PyTorch model",
+    )
+    p.add_argument("--threads", type=int, default=0, help="engine threads (0: all cores)")
+    p.add_argument("--device", default="auto", help="torch backend: auto, cpu, cuda")
     p.add_argument("--json", default=None, help="write the results here")
 
 
@@ -381,6 +423,8 @@ def _check_opts(opts) -> None:
         raise UsageError("--per-class must be >= 2 (a covariance needs two samples per set)")
     if opts.batch_size < 1:
         raise UsageError("--batch-size must be positive")
+    if opts.threads < 0:
+        raise UsageError(f"--threads must be >= 0 (0: all cores), got {opts.threads}")
     try:
         steps = diffusion.create_diffusion(opts.steps).num_timesteps
     except ValueError as e:

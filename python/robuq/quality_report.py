@@ -84,6 +84,7 @@ def settings(opts) -> dict:
         "seed": opts.seed,
         "clip_denoised": True,
         "weights": opts.weights,
+        "backend": getattr(opts, "backend", "torch"),
         "batch_size": opts.batch_size,
     }
 
@@ -174,7 +175,9 @@ def generated_section(report: dict, out: Path) -> str:
         "```",
         "",
         f"{s['per_class']} samples per class ({s['n']} images), {s['sampler'].upper()} {s['steps']} steps, "
-        f"CFG {s['cfg_scale']:g}, seed {s['seed']}, clip_denoised, {s['weights']} weights. Judge: "
+        f"CFG {s['cfg_scale']:g}, seed {s['seed']}, clip_denoised, {s['weights']} weights, sampled by "
+        + ("the C++ engine (each checkpoint exported to .rq)" if s.get("backend") == "engine" else "PyTorch")
+        + ". Judge: "
         f"{_display_judge(c)} "
         f"(held-out accuracy {pct(c['heldout_accuracy'])}). Reference of every distance: {ref['set']} "
         f"({ref['n']} images); the floor set: {ref['floor_per_class']} real digits per class "
