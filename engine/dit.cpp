@@ -144,7 +144,8 @@ const LinearLayer* DiT::find_linear(const std::string& name) const {
   return nullptr;
 }
 
-void DiT::forward(const float* x, int64_t N, const int64_t* t, const int64_t* y, float* out, int threads) {
+void DiT::forward(const float* x, int64_t N, const int64_t* t, const int64_t* y, float* out, int threads,
+                  const CancelFn& cancel) {
   if (N < 0) throw std::invalid_argument("batch size must be >= 0");
   if (threads < 1) throw std::invalid_argument("threads must be >= 1");
   for (int64_t n = 0; n < N; ++n)
@@ -181,6 +182,7 @@ void DiT::forward(const float* x, int64_t N, const int64_t* t, const int64_t* y,
 
   const int64_t H = cfg_.num_heads, hd = cfg_.head_dim();
   for (const Block& b : blocks_) {
+    if (cancel && !cancel()) throw std::runtime_error("interrupted");
     // mod [N, 6D]: shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp
     b.ada->forward(w.silu_c.data(), N, w.mod.data(), threads);
     const float* mod = w.mod.data();

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "diffusion.h"
 #include "robuq/qlinear.h"
 #include "rq_file.h"
 #include "rq_spec.h"
@@ -42,8 +43,10 @@ class DiT {
   ~DiT();
 
   // x [N, C, S, S], t [N], y [N] (0 <= y < label_rows) -> out [N, out_channels, S, S]. Not re-entrant (the
-  // workspace is shared): the caller serialises calls.
-  void forward(const float* x, int64_t N, const int64_t* t, const int64_t* y, float* out, int threads);
+  // workspace is shared): the caller serialises calls. `cancel` (optional) is asked between blocks; false stops
+  // the forward with std::runtime_error("interrupted").
+  void forward(const float* x, int64_t N, const int64_t* t, const int64_t* y, float* out, int threads,
+               const CancelFn& cancel = nullptr);
 
   const ModelConfig& config() const { return cfg_; }
   const LinearLayer* find_linear(const std::string& name) const;

@@ -168,7 +168,7 @@ LayerQuantSpec parse_layer(const std::string& name, const json::Value& v, const 
     fail(ctx, "in_features x out_features = " + std::to_string(l.in) + " x " + std::to_string(l.out) +
                   " but the model's layer is " + std::to_string(shape.in) + " x " + std::to_string(shape.out));
   const bool float_acts = f.is_null("act_bits");
-  l.act_bits = float_acts ? 0 : static_cast<int>(f.integer("act_bits", 0, 8));
+  l.act_bits = float_acts ? 0 : static_cast<int>(f.integer("act_bits", 1, 8));  // null, not 0, for float
   l.clip = f.string("clip", {"gauss", "minmax"});
   const json::Value& ck = f.get("clip_k");
   if (l.act_bits == 0 && ck.is_null()) {
@@ -368,7 +368,17 @@ void check_rq_tensors(const RqFile& file, const RqSpec& spec) {
     if (names.count(t.name)) continue;
     // Alignment padding written by robuq-export: zero-filled 1-D U8 entries "__pad<i>" that keep every
     // tensor 64-byte aligned while covering the data section without holes (safetensors requires that).
-    if (t.name.rfind("__pad", 0) == 0 && t.dtype == DType::U8 && t.shape.size() == 1) continue;
+    if (t.name.rfind("__pad", 0) == 0 && t.dtype == DType::U8 && t.shape.size() == 1) {
+      // 0..63 zero bytes (the gap to the next multiple of 64): padding carries nothing.
+      if (t.shape[0] > 63)
+        throw FormatError("padding entry '" + t.name + "' has " + std::to_string(t.shape[0]) +
+                          " bytes; alignment padding is at most 63");
+      for (int64_t i = 0; i < t.shape[0]; ++i)
+        if (t.data[i] != 0)
+          throw FormatError("padding entry '" + t.name + "' has a non-zero byte at index " + std::to_string(i) +
+                            "; padding must be zero-filled");
+      continue;
+    }
     throw FormatError("unexpected tensor '" + t.name + "' (not part of this model)");
   }
   for (const TensorEntry& t : file.tensors()) check_finite(t);

@@ -1,0 +1,275 @@
+"""Hostile input, round 2 (issue 14): small valid files and calls whose cost is huge are refused by the
+engine's budget with the numbers and the override; threads are clamped; values that make sampling
+non-finite are errors naming the step; act_bits 0, non-zero padding and a DDIM eta beyond the real variance
+are refused. Every case is small and fast, and where memory matters the test states the peak it allows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import robuq
+from robuq import _C
+from robuq.engine import parse_bytes
+from robuq.exporter.rq import TensorSpec, write_safetensors
+
+ASSETS = os.path.join(os.path.dirname(robuq.__file__), "assets")
+DIGITS = os.path.join(ASSETS, "digits-w158a2.rq")
+
+
+def fp_config(**over) -> dict:
+    c = dict(
+        depth=1,
+        hidden_size=8,
+        patch_size=2,
+        num_heads=2,
+        mlp_ratio=4.0,
+        input_size=4,
+        in_channels=1,
+        num_classes=2,
+        learn_sigma=True,
+        class_dropout_prob=0.1,
+        space="pixel",
+    )
+    c.update(over)
+    return c
+
+
+def write_fp_rq(path, config: dict, seed: int = 0, scale: float = 0.02) -> str:
+    """A full-precision .rq file of `config` with small random weights (written with the exporter's
+    container writer, without torch)."""
+    D, p, C = config["hidden_size"], config["patch_size"], config["in_channels"]
+    T = (config["input_size"] // p) ** 2
+    M = int(D * config["mlp_ratio"])
+    cout = 2 * C if config["learn_sigma"] else C
+    rows = config["num_classes"] + (1 if config["class_dropout_prob"] > 0 else 0)
+    shapes = {
+        "x_embedder.proj.weight": (D, C, p, p),
+        "x_embedder.proj.bias": (D,),
+        "pos_embed": (1, T, D),
+        "y_embedder.embedding_table.weight": (rows, D),
+    }
+    linears = [("t_embedder.mlp.0", 256, D), ("t_embedder.mlp.2", D, D)]
+    for i in range(config["depth"]):
+        b = f"blocks.{i}."
+        linears += [
+            (b + "adaLN_modulation.1", D, 6 * D),
+            (b + "attn.qkv", D, 3 * D),
+            (b + "attn.proj", D, D),
+            (b + "mlp.fc1", D, M),
+            (b + "mlp.fc2", M, D),
+        ]
+    linears += [("final_layer.adaLN_modulation.1", D, 2 * D), ("final_layer.linear", D, p * p * cout)]
+    for name, i, o in linears:
+        shapes[name + ".weight"] = (o, i)
+        shapes[name + ".bias"] = (o,)
+    rng = np.random.default_rng(seed)
+    specs = [TensorSpec(k, "F32", tuple(v)) for k, v in shapes.items()]
+    arrays = ((rng.standard_normal(s.shape) * scale).astype(np.float32) for s in specs)
+    meta = {
+        "format": "robuq",
+        "format_version": "1",
+        "model_config": json.dumps(config),
+        "quant_config": json.dumps({"attention_bits": None, "layers": {}}),
+        "source": "tests/test_hostile.py",
+    }
+    write_safetensors(path, specs, arrays, meta)
+    return str(path)
+
+
+def rq_header(path) -> tuple[int, dict]:
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        return n, json.loads(f.read(n))
+
+
+def poke_tensor(src, dst, name: str, data: bytes, at: int = 0) -> str:
+    """A copy of src with `data` written into tensor `name` at byte `at`."""
+    n, header = rq_header(src)
+    raw = bytearray(open(src, "rb").read())
+    begin = 8 + n + header[name]["data_offsets"][0] + at
+    raw[begin : begin + len(data)] = data
+    open(dst, "wb").write(bytes(raw))
+    return str(dst)
+
+
+def edit_metadata(src, dst, edit) -> str:
+    """A copy of src with its metadata edited by edit(meta dict of parsed JSON fields) (same data)."""
+    n, header = rq_header(src)
+    raw = open(src, "rb").read()
+    meta = header["__metadata__"]
+    parsed = {k: json.loads(meta[k]) for k in ("model_config", "quant_config")}
+    edit(parsed)
+    for k, v in parsed.items():
+        meta[k] = json.dumps(v)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-(8 + len(text)) % 64)
+    open(dst, "wb").write(struct.pack("<Q", len(text)) + text + raw[8 + n :])
+    return str(dst)
+
+
+def run_py(code: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+# ------------------------------------------------------------------------------------------- the budget
+def test_real_dit_configs_fit_the_default_budget():
+    """DiT-XL/2 at 512x512 with batch 64 and guidance (128 per forward) is within the defaults (16 GiB or
+    half the machine's memory; 4.4e12 multiply-adds and 16384 tokens per sample); so is XL/2 at 1024x1024
+    per sample."""
+    b = _C.default_budget()
+    assert b["max_macs"] == 2.0**42 and b["max_tokens"] == 16384
+    assert b["max_memory"] <= 16 * 2**30
+    xl = dict(depth=28, hidden_size=1152, patch_size=2, num_heads=16, mlp_ratio=4.0, in_channels=4)
+    xl["learn_sigma"] = True
+    c512 = _C.forward_cost(input_size=64, n=128, threads=8, **xl)
+    assert c512["tokens"] == 1024
+    assert 5.2e11 < c512["macs_per_sample"] < 5.3e11  # the DiT paper's 524.6 GFLOPs (multiply-adds)
+    assert c512["activation_bytes"] < 7.5 * 2**30
+    assert c512["activation_bytes"] < 16 * 2**30
+    c1024 = _C.forward_cost(input_size=128, n=1, threads=8, **xl)
+    assert c1024["macs_per_sample"] < b["max_macs"] and c1024["tokens"] < b["max_tokens"]
+
+
+def test_small_file_with_a_huge_first_forward_is_refused_at_load(tmp_path):
+    """Issue 14, 1: a ~300 KB valid file (input_size 4096, patch_size 64, mlp_ratio 64) whose forward needs
+    gigabytes: refused when loaded, naming the numbers and the override, before anything is allocated."""
+    config = fp_config(input_size=4096, patch_size=64, hidden_size=4, mlp_ratio=64.0)
+    path = write_fp_rq(tmp_path / "big.rq", config)
+    assert os.path.getsize(path) < 400_000
+    code = f"""
+        import resource, robuq
+        try:
+            robuq.Engine({path!r}, threads=1)
+        except robuq.FormatError as e:
+            print("refused:", e)
+        print("peak", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    """
+    r = run_py(code, env={"ROBUQ_MAX_MEMORY": "256M"})
+    assert "refused: model_config: one sample's forward needs" in r.stdout, r.stdout + r.stderr
+    assert "over the engine's max_memory of 256.0 MiB" in r.stdout and "ROBUQ_MAX_MEMORY" in r.stdout
+    assert int(r.stdout.split("peak")[1]) < 400_000  # KiB: the interpreter, numpy and robuq (~100 MB)
+    # with the memory allowed, a batch beyond it is refused per call, naming the batch that fits
+    eng = robuq.Engine(path, threads=1, max_memory="1G")
+    x = np.zeros((16, 1, 4096, 4096), np.float32)
+    msg = r"forward: 16 samples per forward need .* GiB .* use batches of at most \d+ or raise max_memory"
+    with pytest.raises(ValueError, match=msg):
+        eng.forward(x, np.zeros(16, np.int64), np.zeros(16, np.int64))
+
+
+def test_too_many_tokens_or_multiply_adds_are_refused(tmp_path):
+    """Issue 14, 1: 65,536 tokens per sample (a 1 MB file that took 8.5 s per forward) is over the token
+    limit; a model over the multiply-add limit is refused likewise; the env variables override."""
+    path = write_fp_rq(tmp_path / "tokens.rq", fp_config(input_size=512, hidden_size=4, num_heads=1))
+    msg = r"65536 tokens per sample .* over the engine's limit of 16384 .*ROBUQ_MAX_TOKENS"
+    with pytest.raises(robuq.FormatError, match=msg):
+        robuq.Engine(path, threads=1)
+    small = write_fp_rq(tmp_path / "small.rq", fp_config())
+    code = f"""
+        import robuq
+        try:
+            robuq.Engine({small!r}, threads=1)
+        except ValueError as e:
+            print(type(e).__name__, e)
+    """
+    r = run_py(code, env={"ROBUQ_MAX_MACS": "1000"})
+    assert r.stdout.startswith("FormatError model_config: one sample's forward needs"), r.stdout + r.stderr
+    assert "over the engine's limit of 1e+03" in r.stdout and "ROBUQ_MAX_MACS" in r.stdout
+    r = run_py(code, env={"ROBUQ_MAX_MEMORY": "lots"})
+    assert r.stdout.startswith("ValueError ROBUQ_MAX_MEMORY must be a positive number of bytes"), r.stdout
+    assert run_py(code, env={"ROBUQ_MAX_MACS": "1e12"}).stdout == ""
+
+
+def test_threads_are_clamped():
+    """Issue 14, 4: Engine(path, threads=100000) used threads x scratch (5 GB); now at most 4 x cores."""
+    eng = robuq.Engine(DIGITS, threads=100000)
+    assert eng.threads == _C.max_threads() == 4 * os.cpu_count() or eng.threads == _C.max_threads()
+    assert eng.budget["max_threads"] == eng.threads
+    x = np.zeros((1, 1, 16, 16), np.float32)
+    ref = robuq.Engine(DIGITS, threads=1).forward(x, [5], [1])
+    assert np.array_equal(eng.forward(x, [5], [1]), ref)
+
+
+def test_parse_bytes():
+    assert parse_bytes("8G") == 8 * 2**30 and parse_bytes("512m") == 512 * 2**20 and parse_bytes(4096) == 4096
+    assert parse_bytes("1.5GiB") == int(1.5 * 2**30)
+    for bad in ("", "-1", "abc", 0, True, float("nan")):
+        with pytest.raises(ValueError, match="max_memory must be a positive number of bytes"):
+            parse_bytes(bad)
+
+
+# ---------------------------------------------------------------------------------- file-level checks
+def test_act_bits_zero_is_refused(tmp_path):
+    """Issue 14, 5: the spec says act_bits 1..8 or null; 0 loaded before."""
+
+    def edit(m):
+        m["quant_config"]["layers"]["blocks.0.attn.qkv"]["act_bits"] = 0
+
+    path = edit_metadata(DIGITS, tmp_path / "a0.rq", edit)
+    msg = r"quant_config.layers.blocks.0.attn.qkv.act_bits: 0 is out of range \[1, 8\]"
+    with pytest.raises(robuq.FormatError, match=msg):
+        robuq.Engine(path, threads=1)
+
+
+def test_padding_must_be_zero(tmp_path):
+    """Issue 14, 5: __pad entries carry nothing: a non-zero byte is refused."""
+    _, header = rq_header(DIGITS)
+    pads = [k for k in header if k.startswith("__pad")]
+    assert pads, "the shipped model has alignment padding"
+    path = poke_tensor(DIGITS, tmp_path / "pad.rq", pads[0], b"\x01")
+    with pytest.raises(robuq.FormatError, match=f"padding entry '{pads[0]}' has a non-zero byte at index 0"):
+        robuq.Engine(path, threads=1)
+
+
+# ------------------------------------------------------------------------------------- non-finite output
+def test_ddim_eta_beyond_the_real_variance_is_refused():
+    """Issue 14, 5: DDIM with eta 1.5 gave an all-black image (NaN); refused, naming the step and the
+    bound."""
+    eng = robuq.Engine(DIGITS, threads=1)
+    msg = r"eta 1.500000 makes DDIM's variance .* at step 1 of 10 \(t = 900\).* at most 1.00042715 \(0..1 is"
+    with pytest.raises(ValueError, match=msg):
+        eng.sample([1], steps="ddim10", sampler="ddim", eta=1.5)
+    eng.sample([1], steps="ddim10", sampler="ddim", eta=1.0)  # the boundary of the always-valid range
+    eng.sample([1], steps="ddim10", sampler="ddpm", eta=1.5)  # DDPM ignores eta
+
+
+def test_huge_finite_weight_scale_makes_sampling_an_error(tmp_path):
+    """Issue 14, 5: weight_scale 3e38 (finite, valid) sampled to 100% NaN, written as an image; now an error
+    naming the step, and robuq-infer exits 2 with one line and writes nothing."""
+    _, header = rq_header(DIGITS)
+    name = "blocks.0.mlp.fc2.weight_scale"
+    n = header[name]["shape"][0]
+    path = poke_tensor(DIGITS, tmp_path / "scale.rq", name, np.full(n, 3e38, np.float32).tobytes())
+    eng = robuq.Engine(path, threads=1)
+    msg = r"became non-finite \((nan|inf)\) at step 1 of 5 \(t = 999"
+    with pytest.raises(robuq.NonFiniteError, match=msg):
+        eng.sample([1, 2], steps=5)
+    from robuq.infer import main
+
+    out = tmp_path / "out.png"
+    r = subprocess.run(
+        [sys.executable, "-c", "import sys; from robuq.infer import main; sys.exit(main(sys.argv[1:]))",
+         path, "--steps", "5", "--no-progress", "-o", str(out)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("robuq-infer: error: ")
+    assert "non-finite" in r.stderr and "step 1 of 5" in r.stderr and "nothing written" in r.stderr
+    assert not out.exists()
+    assert main([DIGITS, "--steps", "ddim10", "--sampler", "ddim", "--eta", "1.5", "--no-progress", "-o",
+                 str(out)]) == 2  # fmt: skip
+    assert not out.exists()
