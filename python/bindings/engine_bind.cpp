@@ -146,12 +146,12 @@ py::object json_to_py(const robuq::json::Value& v) {
     case Type::String: return py::str(v.string);
     case Type::Array: {
       py::list l;
-      for (const auto& e : v.array) l.append(json_to_py(e));
+      for (const auto& e : v.elements()) l.append(json_to_py(e));
       return std::move(l);
     }
     case Type::Object: {
       py::dict d;
-      for (const auto& kv : v.object) d[py::str(kv.first)] = json_to_py(kv.second);
+      for (const auto& kv : v.items()) d[py::str(kv.first)] = json_to_py(kv.second);
       return std::move(d);
     }
   }
@@ -164,7 +164,7 @@ py::object py_parse_json(const py::bytes& text, int max_depth, size_t max_size) 
   lim.max_depth = max_depth;
   lim.max_size = max_size;
   try {
-    return json_to_py(robuq::json::parse(s, lim));
+    return json_to_py(robuq::json::parse(s.data(), s.size(), lim));  // s outlives the views
   } catch (const robuq::json::ParseError& e) {
     throw std::invalid_argument(e.what());
   }
