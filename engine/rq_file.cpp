@@ -176,6 +176,7 @@ void RqFile::parse_header() {
   const uint64_t data_size = size_ - 8 - n;
   const uint8_t* data = base_ + 8 + n;
 
+  tensors_.reserve(header.size());  // one scan of the text; no doubling peak for a header of many entries
   for (const auto& kv : header.items()) {
     const std::string& name = kv.first;
     const json::Value& v = kv.second;
