@@ -451,3 +451,136 @@ def test_stride_zero_checkpoint_stays_small_in_memory(tmp_path):
     r = run_py(code, timeout=120)
     assert r.returncode == 2 and "stride-0 or overlapping view is refused" in r.stderr, r.stderr
     assert int(r.stdout.split("peak")[1]) < 1_000_000  # KiB
+
+
+# --------------------------------------------------------------------------- CLI error paths (item 8)
+def _cli(capsys, main, args) -> tuple[int, str]:
+    code = main([str(a) for a in args])
+    return code, capsys.readouterr().err
+
+
+def _one_error_line(prog: str, code: int, err: str, pattern: str) -> None:
+    assert code == 2, err
+    assert err.count("\n") == 1 and err.startswith(f"{prog}: error: "), err
+    assert re.search(pattern, err), err
+
+
+def test_infer_zoom_is_refused_before_sampling(tmp_path, capsys):
+    """Issue 14, 8: --zoom 100000 failed with a traceback only after sampling; now refused up front."""
+    import time
+
+    from robuq import infer
+
+    t = time.perf_counter()
+    code, err = _cli(
+        capsys, infer.main, [DIGITS, "--zoom", "100000", "--steps", "250", "-o", tmp_path / "a.png"]
+    )
+    _one_error_line("robuq-infer", code, err, r"--zoom must be in 1..16384, got 100000")
+    code, err = _cli(
+        capsys, infer.main, [DIGITS, "--zoom", "200", "--steps", "250", "-o", tmp_path / "a.png"]
+    )
+    _one_error_line("robuq-infer", code, err, r"the PNG grid would be 32018x3200 pixels .* the largest side")
+    assert time.perf_counter() - t < 5  # 250 steps were not run
+    assert not list(tmp_path.iterdir())
+
+
+def test_infer_threads_beyond_the_cores_are_clamped(tmp_path, capsys):
+    """Issue 14, 4: --threads 1000 ended in 'libgomp: Thread creation failed' (exit 1); now clamped."""
+    from robuq import infer
+
+    code = infer.main([DIGITS, "--threads", "1000", "--steps", "2", "--class", "3", "--no-progress", "-o",
+                       str(tmp_path / "a.png")])  # fmt: skip
+    assert code == 0 and (tmp_path / "a.png").stat().st_size > 0
+
+
+def test_infer_many_classes_are_sampled_in_batches(tmp_path):
+    """Issue 14, 6: 20,000 class ids took 7 GB and a traceback; robuq-infer now samples batches of at most
+    256 (batch i with seed + i): 2,000 ids (enough to need 8 batches) stay under 500 MB of peak memory."""
+    out = str(tmp_path / "a.npy")
+    code = f"""
+        import sys
+        from robuq.infer import main
+        code = main([{DIGITS!r}, "--class", ",".join(["7"] * 2000), "--steps", "1", "--threads", "1",
+                     "--no-progress", "-o", {out!r}])
+        {PEAK}
+        sys.exit(code)
+    """
+    r = run_py(code, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert int(r.stdout.split("peak")[1]) < 500_000
+    x = np.load(out)
+    assert x.shape == (2000, 16, 16, 1)
+    first = robuq.Engine(DIGITS, threads=1).sample([7] * 256, steps=1, cfg_scale=4.0, seed=0)
+    assert np.array_equal(x[:256], first)
+
+
+def _sample_run(tmp_path, capsys):
+    from robuq import sample_many
+
+    out = tmp_path / "run"
+    args = [DIGITS, "-n", 3, "--steps", 2, "--threads", 1, "--no-progress", "--out", out]
+    code, err = _cli(capsys, sample_many.main, args)
+    assert code == 0, err
+    return sample_many, args, out
+
+
+def test_sample_resume_refuses_what_is_not_a_sample(tmp_path, capsys):
+    """Issue 14, 8: robuq-sample resuming over a zero-byte PNG, a 32x32 PNG, a folder named 000001.png or a
+    run.json holding [] ended in tracebacks; WORLD_SIZE=abc too. Each is one error line, exit 2, and the
+    file is left as it is."""
+    from PIL import Image
+
+    sample_many, args, out = _sample_run(tmp_path, capsys)
+    png = out / "images" / "000001.png"
+    good = png.read_bytes()
+    cases = [
+        (
+            lambda: png.write_bytes(b""),
+            r"000001.png is empty \(0 bytes\): not a sample of this run; remove it",
+        ),
+        (
+            lambda: Image.new("L", (32, 32)).save(png),
+            r"000001.png is a PNG L 32x32 image, not a L PNG of 16x16",
+        ),
+        (lambda: png.write_bytes(b"not a png"), r"000001.png is not a readable image"),
+        (lambda: (png.unlink(), png.mkdir()), r"000001.png is not a regular file"),
+    ]
+    for make, pattern in cases:
+        if png.is_dir():
+            png.rmdir()
+        make()
+        before = sorted(p.name for p in out.iterdir())
+        code, err = _cli(capsys, sample_many.main, args)
+        _one_error_line("robuq-sample", code, err, pattern)
+        assert sorted(p.name for p in out.iterdir()) == before
+    png.rmdir()
+    png.write_bytes(good)
+    (out / "run.json").write_text("[]")
+    code, err = _cli(capsys, sample_many.main, args)
+    _one_error_line("robuq-sample", code, err, r"run.json holds a JSON list, not a run's settings")
+    os.environ["WORLD_SIZE"] = "abc"
+    try:
+        code, err = _cli(capsys, sample_many.main, args)
+    finally:
+        del os.environ["WORLD_SIZE"]
+    _one_error_line("robuq-sample", code, err, r"environment variable WORLD_SIZE='abc' is not an integer")
+
+
+def test_sample_npz_is_streamed(tmp_path, capsys):
+    """Issue 14, 7: the .npz was built in memory (50k x 512^2 would need 39 GB); it is now streamed one image
+    at a time and numpy reads it as before."""
+    import tracemalloc
+
+    sample_many, _, out = _sample_run(tmp_path, capsys)
+    ref = np.load(out / "samples_3x16x16x3.npz")["arr_0"]
+    images = out / "images"
+    for i in range(3, 400):  # 400 samples by copying the PNGs: the pack step only
+        (images / f"{i:06d}.png").write_bytes((images / f"{i % 3:06d}.png").read_bytes())
+    tracemalloc.start()
+    path, shape = sample_many._pack_npz(out, 400)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    arr = np.load(path)["arr_0"]
+    assert shape == arr.shape == (400, 16, 16, 3) and np.array_equal(arr[:3], ref)
+    assert np.array_equal(arr[3::3], np.broadcast_to(ref[0], arr[3::3].shape))
+    assert peak < 400 * 16 * 16 * 3 / 2  # well under the array's size: one image at a time
