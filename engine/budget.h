@@ -6,7 +6,7 @@
 //
 //   max_memory  bytes of activations, scratch and sampler buffers of one call (forward or sample), default
 //               16 GiB or half the machine's memory, whichever is less (DiT-XL/2 at 512x512 with batch 64 and
-//               guidance, i.e. 128 per forward, needs 6.8 GiB); Engine(path, threads, max_memory) or
+//               guidance, i.e. 128 per forward, needs 9.0 GiB by this estimate); Engine(path, threads, max_memory) or
 //               ROBUQ_MAX_MEMORY.
 //   max_macs    multiply-adds of one sample's forward, default 2^42 = 4.4e12 (DiT-XL/2 at 512x512: 5.3e11, at
 //               1024x1024: 2.9e12); ROBUQ_MAX_MACS.

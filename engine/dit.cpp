@@ -3,6 +3,9 @@
 
 #include <algorithm>
 #include <cstring>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 #include <stdexcept>
 
 #include "errors.h"
@@ -89,6 +92,24 @@ struct DiT::Workspace {
 };
 
 DiT::~DiT() = default;
+
+size_t DiT::workspace_bytes() const {
+  if (!ws_) return 0;
+  const Workspace& w = *ws_;
+  size_t n = 0;
+  for (const std::vector<float>* v : {&w.patches, &w.x, &w.h, &w.qkv, &w.att, &w.branch, &w.mlp, &w.feats, &w.tfreq,
+                                      &w.temb_h, &w.temb, &w.c, &w.silu_c, &w.mod, &w.att_scratch})
+    n += v->capacity() * sizeof(float);
+  return n;
+}
+
+void DiT::release_workspace(int threads) {
+  ws_.reset();
+  release_scratch(threads);
+#if defined(__GLIBC__)
+  malloc_trim(0);  // large freed blocks below glibc's (adaptive) mmap threshold stay in the heap otherwise
+#endif
+}
 
 void DiT::ensure_workspace(int64_t N, int threads) {
   if (ws_ && ws_->N == N && ws_->threads == threads) return;

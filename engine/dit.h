@@ -48,6 +48,17 @@ class DiT {
   void forward(const float* x, int64_t N, const int64_t* t, const int64_t* y, float* out, int threads,
                const CancelFn& cancel = nullptr);
 
+  // Bytes held by the activation workspace (kept between calls of the same batch size).
+  size_t workspace_bytes() const;
+  // Frees the workspace, the kernels' per-thread scratch (on a team of `threads`) and returns freed heap
+  // memory to the system, so that memory comes back after a large call.
+  void release_workspace(int threads);
+  // release_workspace when the workspace holds more than kKeepWorkspaceBytes.
+  static constexpr size_t kKeepWorkspaceBytes = size_t(256) << 20;
+  void release_if_large(int threads) {
+    if (workspace_bytes() > kKeepWorkspaceBytes) release_workspace(threads);
+  }
+
   const ModelConfig& config() const { return cfg_; }
   const LinearLayer* find_linear(const std::string& name) const;
   const std::vector<std::unique_ptr<LinearLayer>>& linears() const { return linears_; }

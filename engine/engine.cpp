@@ -85,6 +85,11 @@ void Engine::forward(const float* x, int64_t N, const int64_t* t, const int64_t*
                      const CancelFn& cancel) {
   check_call_budget(impl_->spec.model, N, impl_->threads, impl_->budget, "forward");
   std::lock_guard<std::mutex> lock(impl_->forward_mutex);
+  struct Release {  // memory comes back after a large call, also when it fails
+    DiT& m;
+    int threads;
+    ~Release() { m.release_if_large(threads); }
+  } release{*impl_->model, impl_->threads};
   impl_->model->forward(x, N, t, y, out, impl_->threads, cancel);
 }
 
@@ -189,6 +194,13 @@ void Engine::sample(const int64_t* classes, int64_t n, const SampleParams& p, fl
       std::memcpy(dst + g, cond + g, sizeof(float) * sz(cout * HW - g));
     }
   };
+  struct Release {  // the workspace is kept across the steps, released after a large sampling
+    Impl& m;
+    ~Release() {
+      std::lock_guard<std::mutex> lock(m.forward_mutex);
+      m.model->release_if_large(m.threads);
+    }
+  } release{m};
   sample_loop(plan.sched, model, n, C, HW, plan.opt, out, progress);
 }
 

@@ -144,8 +144,7 @@ def test_real_dit_configs_fit_the_default_budget():
     c512 = _C.forward_cost(input_size=64, n=128, threads=8, **xl)
     assert c512["tokens"] == 1024
     assert 5.2e11 < c512["macs_per_sample"] < 5.3e11  # the DiT paper's 524.6 GFLOPs (multiply-adds)
-    assert c512["activation_bytes"] < 7.5 * 2**30
-    assert c512["activation_bytes"] < 16 * 2**30
+    assert c512["activation_bytes"] < 10 * 2**30
     c1024 = _C.forward_cost(input_size=128, n=1, threads=8, **xl)
     assert c1024["macs_per_sample"] < b["max_macs"] and c1024["tokens"] < b["max_tokens"]
 
@@ -584,3 +583,34 @@ def test_sample_npz_is_streamed(tmp_path, capsys):
     assert shape == arr.shape == (400, 16, 16, 3) and np.array_equal(arr[:3], ref)
     assert np.array_equal(arr[3::3], np.broadcast_to(ref[0], arr[3::3].shape))
     assert peak < 400 * 16 * 16 * 3 / 2  # well under the array's size: one image at a time
+
+
+def test_memory_comes_back_after_a_large_forward():
+    """Issue 14, 6: a forward of N = 16,384 left 6.3 GB resident (the workspace and the kernels' thread-local
+    scratch never shrank; 524 MB at N = 1 afterwards). A call whose workspace is over 256 MiB now releases
+    it, the kernels' scratch and the heap's free memory: N = 1024 on the digits model peaks ~400 MB over the
+    base, within the budget's estimate, and leaves < 40 MB behind."""
+    code = f"""
+        import numpy as np, robuq
+        def kib(key):
+            return [int(ln.split()[1]) for ln in open("/proc/self/status") if ln.startswith(key)][0]
+        eng = robuq.Engine({DIGITS!r}, threads=2)
+        one = np.zeros((1, 1, 16, 16), np.float32)
+        ref = eng.forward(one, [5], [1])
+        base = kib("VmRSS")
+        open("/proc/self/clear_refs", "w").write("5")
+        x = np.zeros((1024, 1, 16, 16), np.float32)
+        out = eng.forward(x, np.full(1024, 5), np.ones(1024, np.int64))
+        assert np.array_equal(out[:1], ref)
+        peak = kib("VmHWM")
+        del out, x
+        after = kib("VmRSS")
+        assert np.array_equal(eng.forward(one, [5], [1]), ref)
+        print("stats", base, peak, after, kib("VmRSS"), eng._engine.cost(1024)["activation_bytes"] / 1024)
+    """
+    r = run_py(code, timeout=120)
+    assert "stats" in r.stdout, r.stdout + r.stderr
+    base, peak, after, again, estimate = (float(v) for v in r.stdout.split("stats")[1].split())
+    assert peak - base > 200_000  # KiB: the call really was large
+    assert estimate > peak - base  # the budget does not underestimate it
+    assert after - base < 40_000 and again - base < 40_000, (base, after, again)
