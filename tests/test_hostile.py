@@ -614,3 +614,26 @@ def test_memory_comes_back_after_a_large_forward():
     assert peak - base > 200_000  # KiB: the call really was large
     assert estimate > peak - base  # the budget does not underestimate it
     assert after - base < 40_000 and again - base < 40_000, (base, after, again)
+
+
+def test_ctrl_c_stops_a_long_forward_between_blocks():
+    """Issue 14, 1: Ctrl-C was seen only between sampling steps, so one long forward could not be stopped.
+    The engine now checks for a pending signal between blocks: a forward of ~6 s (N = 2048 on the digits
+    model) interrupted after 1 s raises KeyboardInterrupt within a block (< 2 s later)."""
+    code = f"""
+        import os, signal, threading, time
+        import numpy as np, robuq
+        eng = robuq.Engine({DIGITS!r}, threads=1)
+        x = np.zeros((2048, 1, 16, 16), np.float32)
+        threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+        t = time.perf_counter()
+        try:
+            eng.forward(x, np.full(2048, 5), np.ones(2048, np.int64))
+            print("finished", time.perf_counter() - t)
+        except KeyboardInterrupt:
+            print("interrupted", time.perf_counter() - t)
+        eng.forward(x[:1], [5], [1])  # the engine is usable afterwards
+    """
+    r = run_py(code, timeout=120)
+    assert r.stdout.startswith("interrupted"), r.stdout + r.stderr
+    assert float(r.stdout.split()[1]) < 3.0, r.stdout
