@@ -104,7 +104,8 @@ def compile_reports(nvcc: str, tmp: Path) -> dict[str, str]:
         text = ""
         for a in ARCHS:
             cmd = [nvcc, "-std=c++17", "-O3", "--fmad=false", "-Xptxas=-v", "-cubin", "-arch", a]
-            cmd += ["-I", str(ROOT / "kernels" / "cuda"), str(ROOT / "kernels" / "cuda" / src)]
+            cmd += ["-I", str(ROOT / "kernels" / "cuda"), "-I", str(ROOT / "kernels" / "include")]
+            cmd += [str(ROOT / "kernels" / "cuda" / src)]
             cmd += ["-o", str(tmp / f"{src}.{a}.cubin")]
             res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
             assert res.returncode == 0, f"nvcc failed on {src} for {a}:\n{res.stderr[-3000:]}"
