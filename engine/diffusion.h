@@ -44,6 +44,9 @@ struct SampleOptions {
   // N seeds, one stream per sample: sample n draws gaussian_noise(seeds[n], key) of size C * H * W, so its
   // result does not depend on the batch it comes in (equal to sampling it alone with seed = seeds[n]).
   std::vector<uint64_t> seeds;
+  // Refuse non-finite values after every step (NonFiniteError). Off only for tests of the loop's arithmetic
+  // with stand-in models that diverge.
+  bool check_finite = true;
 };
 
 // The per-element scalars of spaced step t (engine/sampler_step.h applies them), as sample_loop uses them.
