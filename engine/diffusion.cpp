@@ -3,9 +3,11 @@
 #include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <cstdio>
 #include <set>
 #include <stdexcept>
 
+#include "errors.h"
 #include "rng.h"
 
 namespace robuq {
@@ -141,6 +143,48 @@ step::Scalars step_scalars(const SpacedSchedule& sched, int64_t t, const SampleO
   return s;
 }
 
+namespace {
+void check_finite_step(const float* v, int64_t n, int64_t per, const char* what, int64_t i, int64_t K, int64_t t) {
+  int64_t bad = -1;
+  for (int64_t j = 0; j < n && bad < 0; j += 4096) {
+    const int64_t e = std::min(n, j + 4096);
+    bool ok = true;
+    for (int64_t k = j; k < e; ++k) ok &= std::isfinite(v[k]);
+    if (!ok)
+      for (int64_t k = j; k < e && bad < 0; ++k)
+        if (!std::isfinite(v[k])) bad = k;
+  }
+  if (bad >= 0)
+    throw NonFiniteError(std::string(what) + " became non-finite (" + (std::isnan(v[bad]) ? "nan" : "inf") +
+                         ") at step " + std::to_string(i + 1) + " of " + std::to_string(K) + " (t = " +
+                         std::to_string(t) + ", sample " + std::to_string(bad / per) +
+                         "): the model's values overflow float32");
+}
+}  // namespace
+
+void check_ddim_eta(const SpacedSchedule& sched, double eta, const std::string& steps) {
+  SampleOptions o;
+  o.sampler = Sampler::DDIM;
+  o.eta = eta;
+  const int64_t K = sched.size();
+  for (int64_t i = 0; i < K; ++i) {
+    const int64_t t = K - 1 - i;
+    const step::Scalars sc = step_scalars(sched, t, o);
+    if (std::isfinite(sc.dir) && std::isfinite(sc.sigma)) continue;
+    double bound = INFINITY;  // sqrt((1 - a) / (1 - a / a_prev)) over the steps with noise (a < a_prev < 1)
+    for (int64_t u = 0; u < K; ++u) {
+      const double a = sched.alphas_cumprod[u], ap = sched.alphas_cumprod_prev[u];
+      if (a < ap && ap < 1.0) bound = std::min(bound, std::sqrt((1.0 - a) / (1.0 - a / ap)));
+    }
+    char b[32];
+    std::snprintf(b, sizeof b, "%.9g", bound);
+    throw std::invalid_argument("eta " + std::to_string(eta) + " makes DDIM's variance larger than 1 - alpha_bar_prev at step " +
+                                std::to_string(i + 1) + " of " + std::to_string(K) + " (t = " +
+                                std::to_string(sched.timestep_map[t]) + "), so the sample would be NaN; with steps '" +
+                                steps + "' eta must be at most " + b + " (0..1 is always valid)");
+  }
+}
+
 void sample_loop(const SpacedSchedule& sched, const ModelFn& model, int64_t N, int64_t C, int64_t HW,
                  const SampleOptions& opt, float* out, const ProgressFn& progress) {
   const int64_t K = sched.size();
@@ -176,6 +220,12 @@ void sample_loop(const SpacedSchedule& sched, const ModelFn& model, int64_t N, i
         const int64_t idx = n * per + j;
         x[idx] = step::update(sc, x[idx], eps[j], var[j], need_noise ? noise[idx] : 0.0f);
       }
+    }
+    // A model whose values overflow float32 (a huge but finite weight scale, say) makes NaN or inf: an error
+    // naming the step, never an image. The model output is checked too, since clamping x0 can hide a NaN.
+    if (opt.check_finite) {
+      check_finite_step(mo.data(), N * cout * HW, cout * HW, "the model output", i, K, sched.timestep_map[t]);
+      check_finite_step(x.data(), total, per, "the sample", i, K, sched.timestep_map[t]);
     }
     if (progress && !progress(i + 1, K)) throw std::runtime_error("sampling interrupted");
   }

@@ -44,20 +44,32 @@ struct SampleOptions {
   // N seeds, one stream per sample: sample n draws gaussian_noise(seeds[n], key) of size C * H * W, so its
   // result does not depend on the batch it comes in (equal to sampling it alone with seed = seeds[n]).
   std::vector<uint64_t> seeds;
+  // Refuse non-finite values after every step (NonFiniteError). Off only for tests of the loop's arithmetic
+  // with stand-in models that diverge.
+  bool check_finite = true;
 };
 
 // The per-element scalars of spaced step t (engine/sampler_step.h applies them), as sample_loop uses them.
 step::Scalars step_scalars(const SpacedSchedule& sched, int64_t t, const SampleOptions& opt);
 
+// DDIM's step variance sigma^2 = eta^2 (1 - a_prev) / (1 - a) (1 - a / a_prev) must leave 1 - a_prev - sigma^2
+// >= 0 (the direction term's square root is real): always for eta in [0, 1], and for a schedule-dependent
+// margin above 1. Throws std::invalid_argument naming the first step where it fails and the largest eta the
+// schedule allows.
+void check_ddim_eta(const SpacedSchedule& sched, double eta, const std::string& steps);
+
 // model(x [N, C, H, W], t [N] original timesteps, out [N, C_out, H, W]) -> the guided model output.
 using ModelFn = std::function<void(const float* x, const int64_t* t, float* out)>;
 // Called after each step with (steps done, total steps); return false to stop (raises).
 using ProgressFn = std::function<bool(int64_t, int64_t)>;
+// Asked between the blocks of a forward; return false to stop (raises std::runtime_error "interrupted").
+using CancelFn = std::function<bool()>;
 
 // Runs the reverse process from noise gaussian_noise(seed, 0) of shape [N, C, H, W] (size per_sample
 // * N), adding gaussian_noise(seed, 1 + i) at step i (i = 0 at the largest t); with opt.seeds, each sample
 // from its own stream instead. Writes x0 to out. Throws std::invalid_argument if opt.seeds is neither
-// empty nor N long.
+// empty nor N long, NonFiniteError (errors.h) as soon as a step leaves a non-finite value in x (naming the
+// step; nothing is written to out).
 void sample_loop(const SpacedSchedule& sched, const ModelFn& model, int64_t N, int64_t C, int64_t HW,
                  const SampleOptions& opt, float* out, const ProgressFn& progress = nullptr);
 

@@ -3,6 +3,9 @@
 
 #include <algorithm>
 #include <cstring>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 #include <stdexcept>
 
 #include "errors.h"
@@ -90,6 +93,24 @@ struct DiT::Workspace {
 
 DiT::~DiT() = default;
 
+size_t DiT::workspace_bytes() const {
+  if (!ws_) return 0;
+  const Workspace& w = *ws_;
+  size_t n = 0;
+  for (const std::vector<float>* v : {&w.patches, &w.x, &w.h, &w.qkv, &w.att, &w.branch, &w.mlp, &w.feats, &w.tfreq,
+                                      &w.temb_h, &w.temb, &w.c, &w.silu_c, &w.mod, &w.att_scratch})
+    n += v->capacity() * sizeof(float);
+  return n;
+}
+
+void DiT::release_workspace(int threads) {
+  ws_.reset();
+  release_scratch(threads);
+#if defined(__GLIBC__)
+  malloc_trim(0);  // large freed blocks below glibc's (adaptive) mmap threshold stay in the heap otherwise
+#endif
+}
+
 void DiT::ensure_workspace(int64_t N, int threads) {
   if (ws_ && ws_->N == N && ws_->threads == threads) return;
   auto w = std::make_unique<Workspace>();
@@ -144,7 +165,8 @@ const LinearLayer* DiT::find_linear(const std::string& name) const {
   return nullptr;
 }
 
-void DiT::forward(const float* x, int64_t N, const int64_t* t, const int64_t* y, float* out, int threads) {
+void DiT::forward(const float* x, int64_t N, const int64_t* t, const int64_t* y, float* out, int threads,
+                  const CancelFn& cancel) {
   if (N < 0) throw std::invalid_argument("batch size must be >= 0");
   if (threads < 1) throw std::invalid_argument("threads must be >= 1");
   for (int64_t n = 0; n < N; ++n)
@@ -181,6 +203,7 @@ void DiT::forward(const float* x, int64_t N, const int64_t* t, const int64_t* y,
 
   const int64_t H = cfg_.num_heads, hd = cfg_.head_dim();
   for (const Block& b : blocks_) {
+    if (cancel && !cancel()) throw std::runtime_error("interrupted");
     // mod [N, 6D]: shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp
     b.ada->forward(w.silu_c.data(), N, w.mod.data(), threads);
     const float* mod = w.mod.data();

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "diffusion.h"
 #include "robuq/qlinear.h"
 #include "rq_file.h"
 #include "rq_spec.h"
@@ -42,8 +43,21 @@ class DiT {
   ~DiT();
 
   // x [N, C, S, S], t [N], y [N] (0 <= y < label_rows) -> out [N, out_channels, S, S]. Not re-entrant (the
-  // workspace is shared): the caller serialises calls.
-  void forward(const float* x, int64_t N, const int64_t* t, const int64_t* y, float* out, int threads);
+  // workspace is shared): the caller serialises calls. `cancel` (optional) is asked between blocks; false stops
+  // the forward with std::runtime_error("interrupted").
+  void forward(const float* x, int64_t N, const int64_t* t, const int64_t* y, float* out, int threads,
+               const CancelFn& cancel = nullptr);
+
+  // Bytes held by the activation workspace (kept between calls of the same batch size).
+  size_t workspace_bytes() const;
+  // Frees the workspace, the kernels' per-thread scratch (on a team of `threads`) and returns freed heap
+  // memory to the system, so that memory comes back after a large call.
+  void release_workspace(int threads);
+  // release_workspace when the workspace holds more than kKeepWorkspaceBytes.
+  static constexpr size_t kKeepWorkspaceBytes = size_t(256) << 20;
+  void release_if_large(int threads) {
+    if (workspace_bytes() > kKeepWorkspaceBytes) release_workspace(threads);
+  }
 
   const ModelConfig& config() const { return cfg_; }
   const LinearLayer* find_linear(const std::string& name) const;

@@ -22,6 +22,7 @@ struct Engine::Impl {
   std::unique_ptr<DiT> model;
   EngineInfo info;
   int threads = 1;
+  Budget budget;
   std::mutex forward_mutex;
 };
 
@@ -35,12 +36,18 @@ int default_threads() {
 }
 }  // namespace
 
-Engine::Engine(const std::string& path, int threads) : impl_(std::make_unique<Impl>()) {
+Engine::Engine(const std::string& path, int threads, double max_memory) : impl_(std::make_unique<Impl>()) {
   if (threads < 0) throw std::invalid_argument("threads must be >= 0 (0: all cores), got " + std::to_string(threads));
+  if (!(max_memory >= 0) || !std::isfinite(max_memory))
+    throw std::invalid_argument("max_memory must be a finite number of bytes >= 0 (0: the default)");
   Impl& m = *impl_;
-  m.threads = threads == 0 ? default_threads() : threads;
+  // A team of thousands of threads only fails (libgomp aborts) or multiplies the per-thread scratch.
+  m.threads = std::min(threads == 0 ? default_threads() : threads, max_threads());
+  m.budget = default_budget();
+  if (max_memory > 0) m.budget.max_memory = max_memory;
   m.file = std::make_unique<RqFile>(path);
   m.spec = parse_rq_spec(m.file->metadata());
+  check_model_budget(m.spec.model, m.threads, m.budget);  // before any tensor is touched or allocated
   check_rq_tensors(*m.file, m.spec);
   m.model = std::make_unique<DiT>(*m.file, m.spec);
 
@@ -72,10 +79,18 @@ Engine::~Engine() = default;
 
 const EngineInfo& Engine::info() const { return impl_->info; }
 int Engine::threads() const { return impl_->threads; }
+const Budget& Engine::budget() const { return impl_->budget; }
 
-void Engine::forward(const float* x, int64_t N, const int64_t* t, const int64_t* y, float* out) {
+void Engine::forward(const float* x, int64_t N, const int64_t* t, const int64_t* y, float* out,
+                     const CancelFn& cancel) {
+  check_call_budget(impl_->spec.model, N, impl_->threads, impl_->budget, "forward");
   std::lock_guard<std::mutex> lock(impl_->forward_mutex);
-  impl_->model->forward(x, N, t, y, out, impl_->threads);
+  struct Release {  // memory comes back after a large call, also when it fails
+    DiT& m;
+    int threads;
+    ~Release() { m.release_if_large(threads); }
+  } release{*impl_->model, impl_->threads};
+  impl_->model->forward(x, N, t, y, out, impl_->threads, cancel);
 }
 
 LinearShape Engine::linear_shape(const std::string& name) const {
@@ -110,6 +125,8 @@ SamplePlan plan_sample(const RqSpec& spec, const int64_t* classes, int64_t n, co
   if (!std::isfinite(p.cfg_scale)) throw std::invalid_argument("cfg_scale must be finite");
   if (!std::isfinite(p.eta) || p.eta < 0.0) throw std::invalid_argument("eta must be finite and >= 0");
   SamplePlan plan;
+  plan.sched = make_schedule(1000, p.steps);  // invalid_argument for a bad spec
+  if (p.sampler == Sampler::DDIM) check_ddim_eta(plan.sched, p.eta, p.steps);
   plan.cfg = p.cfg_scale != 1.0;
   if (plan.cfg && c.label_rows() == c.num_classes)
     throw std::invalid_argument(
@@ -127,7 +144,6 @@ SamplePlan plan_sample(const RqSpec& spec, const int64_t* classes, int64_t n, co
   plan.opt.learn_sigma = c.learn_sigma;
   plan.opt.seed = p.seed;
   plan.opt.seeds = p.seeds;
-  plan.sched = make_schedule(1000, p.steps);  // invalid_argument for a bad spec
   plan.guided = mode == "dit" ? std::min<int64_t>(3, c.in_channels) : c.in_channels;
   plan.labels.assign(classes, classes + n);
   if (plan.cfg) plan.labels.resize(static_cast<size_t>(2 * n), c.num_classes);  // the null class
@@ -135,11 +151,12 @@ SamplePlan plan_sample(const RqSpec& spec, const int64_t* classes, int64_t n, co
 }
 
 void Engine::sample(const int64_t* classes, int64_t n, const SampleParams& p, float* out,
-                    const ProgressFn& progress) {
+                    const ProgressFn& progress, const CancelFn& cancel) {
   Impl& m = *impl_;
   const ModelConfig& c = m.spec.model;
   const SamplePlan plan = plan_sample(m.spec, classes, n, p);
   const bool cfg = plan.cfg;
+  check_call_budget(c, cfg ? 2 * n : n, m.threads, m.budget, cfg ? "sampling with guidance" : "sampling");
   const int64_t C = c.in_channels, HW = c.input_size * c.input_size, per = C * HW;
   const int64_t cout = c.out_channels(), B = cfg ? 2 * n : n;
   const int64_t guided = plan.guided;
@@ -159,14 +176,14 @@ void Engine::sample(const int64_t* classes, int64_t n, const SampleParams& p, fl
   const ModelFn model = [&](const float* x, const int64_t* t, float* mo) {
     std::lock_guard<std::mutex> lock(m.forward_mutex);
     if (!cfg) {
-      m.model->forward(x, n, t, labels.data(), mo, m.threads);
+      m.model->forward(x, n, t, labels.data(), mo, m.threads, cancel);
       return;
     }
     std::memcpy(xb.data(), x, sizeof(float) * sz(n * per));
     std::memcpy(xb.data() + n * per, x, sizeof(float) * sz(n * per));
     std::copy(t, t + n, tb.begin());
     std::copy(t, t + n, tb.begin() + n);
-    m.model->forward(xb.data(), B, tb.data(), labels.data(), ob.data(), m.threads);
+    m.model->forward(xb.data(), B, tb.data(), labels.data(), ob.data(), m.threads, cancel);
     // forward_with_cfg: guided channels uncond + s * (cond - uncond); the rest: the conditional half
     for (int64_t i = 0; i < n; ++i) {
       const float* cond = ob.data() + i * cout * HW;
@@ -177,6 +194,13 @@ void Engine::sample(const int64_t* classes, int64_t n, const SampleParams& p, fl
       std::memcpy(dst + g, cond + g, sizeof(float) * sz(cout * HW - g));
     }
   };
+  struct Release {  // the workspace is kept across the steps, released after a large sampling
+    Impl& m;
+    ~Release() {
+      std::lock_guard<std::mutex> lock(m.forward_mutex);
+      m.model->release_if_large(m.threads);
+    }
+  } release{m};
   sample_loop(plan.sched, model, n, C, HW, plan.opt, out, progress);
 }
 

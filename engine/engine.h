@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "budget.h"
 #include "diffusion.h"
 #include "errors.h"
 #include "rq_spec.h"
@@ -72,9 +73,11 @@ bool default_clip_denoised(const RqSpec& spec);
 
 class Engine {
  public:
-  // threads: worker threads for every call (0: all available cores, i.e. omp_get_max_threads()).
-  // Throws IoError (cannot open / read), FormatError (invalid file), std::invalid_argument (threads < 0).
-  explicit Engine(const std::string& path, int threads = 0);
+  // threads: worker threads for every call (0: all available cores, i.e. omp_get_max_threads()), clamped to
+  // max_threads(). max_memory: bytes one call may use for activations (0: default_budget(), budget.h).
+  // Throws IoError (cannot open / read), FormatError (invalid file, or a model whose single-sample forward is
+  // beyond the budget), std::invalid_argument (threads < 0, max_memory < 0).
+  explicit Engine(const std::string& path, int threads = 0, double max_memory = 0);
   ~Engine();
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
@@ -84,8 +87,11 @@ class Engine {
 
   // x [N, in_channels, input_size, input_size] float32, t [N] timesteps, y [N] class ids in
   // [0, label_rows) (num_classes is the null class when the model has one) -> out [N, out_channels,
-  // input_size, input_size]. Throws std::invalid_argument on a bad label.
-  void forward(const float* x, int64_t N, const int64_t* t, const int64_t* y, float* out);
+  // input_size, input_size]. Throws std::invalid_argument on a bad label or a batch beyond the budget's
+  // max_memory. `cancel` (optional) is asked between blocks; returning false stops the forward
+  // (std::runtime_error "interrupted").
+  void forward(const float* x, int64_t N, const int64_t* t, const int64_t* y, float* out,
+               const CancelFn& cancel = nullptr);
 
   // One linear layer by module name: x [T, in] -> out [T, out]. Throws std::invalid_argument for an
   // unknown name.
@@ -98,10 +104,13 @@ class Engine {
   // first min(3, C) ("dit") or all C ("all") eps channels: eps = uncond + s * (cond - uncond) in float32;
   // the other channels keep the conditional values. x_T and the noise are drawn for the n samples only.
   // The activation workspace is allocated once and reused by every step. `progress(done, total)` is
-  // called after each step; returning false stops the loop (std::runtime_error "sampling interrupted").
-  // Throws std::invalid_argument for bad classes or settings (before any model call).
+  // called after each step; returning false stops the loop (std::runtime_error "sampling interrupted");
+  // `cancel` is asked between the blocks of every forward as well.
+  // Throws std::invalid_argument for bad classes or settings or a batch beyond the budget (before any model
+  // call), NonFiniteError when the samples stop being finite (naming the step).
   void sample(const int64_t* classes, int64_t n, const SampleParams& params, float* out,
-              const ProgressFn& progress = nullptr);
+              const ProgressFn& progress = nullptr, const CancelFn& cancel = nullptr);
+  const Budget& budget() const;
   // The cfg_mode / clip_denoised that sample() uses for unset params (the file's sampling defaults).
   std::string default_cfg_mode() const;
   bool default_clip_denoised() const;

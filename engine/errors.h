@@ -4,6 +4,8 @@
 //               Python: robuq.FormatError (a ValueError).
 //  IoError      the file could not be opened or read; carries errno and the path.
 //               Python: OSError of the matching subclass (FileNotFoundError for ENOENT, ...).
+//  NonFiniteError  a computation produced NaN or infinity (a model whose values overflow float32); the
+//               message names where. Python: robuq.NonFiniteError (an ArithmeticError).
 // Invalid arguments to the engine's API (shapes, class ids, layer names) throw std::invalid_argument.
 #pragma once
 #include <stdexcept>
@@ -12,6 +14,11 @@
 namespace robuq {
 
 class FormatError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+class NonFiniteError : public std::runtime_error {
  public:
   using std::runtime_error::runtime_error;
 };

@@ -1,6 +1,7 @@
 // Strict recursive-descent JSON parser; see json.h for what is accepted.
 #include "json.h"
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <cstdio>
@@ -24,34 +25,130 @@ const char* type_name(Type t) {
   return "?";
 }
 
-const Value* Value::find(const std::string& key) const {
-  if (type != Type::Object) return nullptr;
-  for (const auto& kv : object)
-    if (kv.first == key) return &kv.second;
-  return nullptr;
-}
-
-namespace {
-
 class Parser {
  public:
   Parser(const char* s, size_t n, const Limits& lim) : s_(s), n_(n), lim_(lim) {}
 
+  // Validates the whole text (one pass, no tree), then returns the top value read from it.
   Value document() {
     if (n_ > lim_.max_size)
       fail("input is " + std::to_string(n_) + " bytes, more than the limit of " + std::to_string(lim_.max_size), 0);
     skip_ws();
-    Value v = value(0);
+    const size_t start = p_;
+    validate(0);
     skip_ws();
     if (p_ != n_) fail("unexpected data after the JSON value");
-    return v;
+    p_ = start;
+    return read();
   }
+
+  // ---- reading a validated text (Value's lazy accessors)
+  // The value at p_ (after whitespace); p_ moves past it. Containers become views (their contents skipped).
+  Value read() {
+    skip_ws();
+    Value v;
+    const char c = peek();
+    if (c == '{' || c == '[') {
+      v.type = c == '{' ? Type::Object : Type::Array;
+      v.text_ = s_;
+      v.size_ = n_;
+      v.pos_ = p_;
+      v.keep_ = keep_text_;
+      skip_container();
+      return v;
+    }
+    if (c == '"') {
+      v.type = Type::String;
+      v.string = string();
+      return v;
+    }
+    if (c == 't') {
+      p_ += 4;
+      v.type = Type::Bool;
+      v.boolean = true;
+      return v;
+    }
+    if (c == 'f') {
+      p_ += 5;
+      v.type = Type::Bool;
+      return v;
+    }
+    if (c == 'n') {
+      p_ += 4;
+      return v;
+    }
+    return number();
+  }
+
+  // From a member / element start (or the container's opening bracket when first): the position of the next
+  // member or element, or npos at the container's end.
+  size_t next_item(bool first) {
+    if (first) {
+      ++p_;  // '{' or '['
+    } else {
+      skip_ws();
+      if (peek() == ',') ++p_;
+    }
+    skip_ws();
+    if (peek() == '}' || peek() == ']') return std::string::npos;
+    return p_;
+  }
+
+  // Reads a member (object: key, ':' value) or an element at p_.
+  void read_item(bool object, Member& out) {
+    if (object) {
+      out.first = string();
+      skip_ws();
+      ++p_;  // ':'
+    } else {
+      out.first.clear();
+    }
+    out.second = read();
+  }
+
+  void set_pos(size_t p) { p_ = p; }
+  // Containers read from an owned text keep it alive (the values read from them share it).
+  void keep(const std::shared_ptr<const std::string>& k) { keep_text_ = k; }
+  size_t pos() const { return p_; }
 
  private:
   const char* s_;
   size_t n_;
   Limits lim_;
   size_t p_ = 0;
+  // Duplicate detection: (hash of the decoded key, its offset) of every key of the objects being validated,
+  // a stack shared by the nesting levels (12 bytes per key).
+#pragma pack(push, 4)
+  struct KeyRef {
+    uint64_t hash;
+    uint32_t at;
+  };
+#pragma pack(pop)
+  std::vector<KeyRef> keys_;
+  std::string scratch_;
+  std::shared_ptr<const std::string> keep_text_;
+
+  // Skips a valid container starting at p_ (its bracket) by counting brackets outside strings.
+  void skip_container() {
+    int depth = 0;
+    while (p_ < n_) {
+      const char c = s_[p_++];
+      if (c == '"') {
+        while (p_ < n_ && s_[p_] != '"') p_ += s_[p_] == '\\' ? 2 : 1;
+        ++p_;
+      } else if (c == '{' || c == '[') {
+        ++depth;
+      } else if (c == '}' || c == ']') {
+        if (--depth == 0) return;
+      }
+    }
+  }
+
+  static uint64_t fnv1a(const std::string& s) {
+    uint64_t h = 1469598103934665603ull;
+    for (const char c : s) h = (h ^ static_cast<unsigned char>(c)) * 1099511628211ull;
+    return h;
+  }
 
   [[noreturn]] void fail(const std::string& what) const { fail(what, p_); }
   [[noreturn]] void fail(const std::string& what, size_t at) const {
@@ -97,32 +194,27 @@ class Parser {
     p_ += len;
   }
 
-  Value value(int depth) {
+  void validate(int depth) {
     if (at_end()) fail("unexpected end of input, expected a value");
-    Value v;
     switch (peek()) {
       case '{':
-        return object(depth + 1);
+        return validate_object(depth + 1);
       case '[':
-        return array(depth + 1);
+        return validate_array(depth + 1);
       case '"':
-        v.type = Type::String;
-        v.string = string();
-        return v;
+        string_into(scratch_);
+        return;
       case 't':
-        literal("true");
-        v.type = Type::Bool;
-        v.boolean = true;
-        return v;
+        return literal("true");
       case 'f':
-        literal("false");
-        v.type = Type::Bool;
-        return v;
+        return literal("false");
       case 'n':
-        literal("null");
-        return v;
+        return literal("null");
       default:
-        if (peek() == '-' || (peek() >= '0' && peek() <= '9')) return number();
+        if (peek() == '-' || (peek() >= '0' && peek() <= '9')) {
+          (void)number();
+          return;
+        }
         fail("unexpected " + describe(peek()) + ", expected a value");
     }
   }
@@ -131,29 +223,54 @@ class Parser {
     if (depth > lim_.max_depth) fail("nesting deeper than the limit of " + std::to_string(lim_.max_depth));
   }
 
-  Value object(int depth) {
+  // The key decoded at offset `at` of the (validated) text.
+  std::string key_at(size_t at) {
+    const size_t save = p_;
+    p_ = at;
+    std::string k = string();
+    p_ = save;
+    return k;
+  }
+
+  // Keys keys_[from..] of one object: sorted by hash, equal hashes compared exactly; the duplicate that comes
+  // first in the input (its second occurrence) is reported.
+  void check_duplicates(size_t from) {
+    if (keys_.size() - from < 2) return;
+    std::sort(keys_.begin() + static_cast<std::ptrdiff_t>(from), keys_.end(), [](const KeyRef& a, const KeyRef& b) {
+      return a.hash != b.hash ? a.hash < b.hash : a.at < b.at;
+    });
+    size_t worst = std::string::npos;
+    for (size_t i = from; i + 1 < keys_.size();) {
+      size_t j = i + 1;
+      while (j < keys_.size() && keys_[j].hash == keys_[i].hash) ++j;
+      for (size_t a = i; a < j; ++a)  // a run of equal hashes (almost always one key or true duplicates)
+        for (size_t b = a + 1; b < j; ++b)
+          if (keys_[b].at < worst && key_at(keys_[a].at) == key_at(keys_[b].at)) worst = keys_[b].at;
+      i = j;
+    }
+    if (worst != std::string::npos) fail("duplicate key \"" + key_at(worst) + "\"", worst);
+  }
+
+  void validate_object(int depth) {
     check_depth(depth);
-    Value v;
-    v.type = Type::Object;
     ++p_;  // '{'
     skip_ws();
     if (!at_end() && peek() == '}') {
       ++p_;
-      return v;
+      return;
     }
+    const size_t from = keys_.size();
     while (true) {
       skip_ws();
       if (at_end()) fail("unexpected end of input in an object");
       if (peek() != '"') fail("expected a string key, got " + describe(peek()));
       const size_t key_at = p_;
-      std::string key = string();
-      for (const auto& kv : v.object)
-        if (kv.first == key) fail("duplicate key \"" + key + "\"", key_at);
+      string_into(scratch_);
+      keys_.push_back({fnv1a(scratch_), static_cast<uint32_t>(key_at)});
       skip_ws();
       expect(':');
       skip_ws();
-      Value member = value(depth);
-      v.object.emplace_back(std::move(key), std::move(member));
+      validate(depth);
       skip_ws();
       if (at_end()) fail("unexpected end of input in an object");
       if (peek() == ',') {
@@ -162,25 +279,25 @@ class Parser {
       }
       if (peek() == '}') {
         ++p_;
-        return v;
+        check_duplicates(from);
+        keys_.resize(from);
+        return;
       }
       fail("expected ',' or '}' in an object, got " + describe(peek()));
     }
   }
 
-  Value array(int depth) {
+  void validate_array(int depth) {
     check_depth(depth);
-    Value v;
-    v.type = Type::Array;
     ++p_;  // '['
     skip_ws();
     if (!at_end() && peek() == ']') {
       ++p_;
-      return v;
+      return;
     }
     while (true) {
       skip_ws();
-      v.array.push_back(value(depth));
+      validate(depth);
       skip_ws();
       if (at_end()) fail("unexpected end of input in an array");
       if (peek() == ',') {
@@ -189,7 +306,7 @@ class Parser {
       }
       if (peek() == ']') {
         ++p_;
-        return v;
+        return;
       }
       fail("expected ',' or ']' in an array, got " + describe(peek()));
     }
@@ -314,24 +431,34 @@ class Parser {
   }
 
   std::string string() {
-    ++p_;  // opening quote
     std::string out;
+    string_into(out);
+    return out;
+  }
+
+  void string_into(std::string& out) {
+    ++p_;  // opening quote
+    out.clear();
     while (true) {
       if (at_end()) fail("unterminated string");
       const char c = peek();
       const unsigned char u = static_cast<unsigned char>(c);
       if (c == '"') {
         ++p_;
-        return out;
+        return;
       }
       if (u < 0x20) fail("raw control character " + describe(c) + " in a string (must be escaped)");
       if (u >= 0x80) {
         utf8_sequence(out);
         continue;
       }
-      if (c != '\\') {
-        out += c;
-        ++p_;
+      if (c != '\\') {  // a run of plain characters at once
+        size_t e = p_ + 1;
+        while (e < n_ && s_[e] != '"' && s_[e] != '\\' && static_cast<unsigned char>(s_[e]) >= 0x20 &&
+               static_cast<unsigned char>(s_[e]) < 0x80)
+          ++e;
+        out.append(s_ + p_, e - p_);
+        p_ = e;
         continue;
       }
       ++p_;
@@ -369,11 +496,85 @@ class Parser {
   }
 };
 
-}  // namespace
+// ---------------------------------------------------------------------------------- Value's lazy accessors
+void MemberIter::load() {
+  Parser r(owner_->text_, owner_->size_, Limits());
+  r.keep(owner_->keep_);
+  r.set_pos(pos_);
+  r.read_item(owner_->type == Type::Object, cur_);
+  after_ = r.pos();
+}
+
+MemberIter& MemberIter::operator++() {
+  Parser r(owner_->text_, owner_->size_, Limits());
+  r.set_pos(after_);  // past the current member (a container was skipped whole)
+  pos_ = r.next_item(false);
+  if (pos_ != std::string::npos) load();
+  return *this;
+}
+
+Members Value::items() const { return Members{this}; }
+Elements Value::elements() const { return Elements{this}; }
+
+MemberIter Members::begin() const {
+  MemberIter it;
+  it.owner_ = v;
+  it.pos_ = std::string::npos;
+  if (v->type != Type::Object && v->type != Type::Array) return it;
+  Parser r(v->text_, v->size_, Limits());
+  r.set_pos(v->pos_);
+  it.pos_ = r.next_item(true);
+  if (it.pos_ != std::string::npos) it.load();
+  return it;
+}
+
+MemberIter Members::end() const {
+  MemberIter it;
+  it.owner_ = v;
+  it.pos_ = std::string::npos;
+  return it;
+}
+
+ElemIter Elements::begin() const {
+  ElemIter e;
+  e.it_ = Members{v}.begin();
+  return e;
+}
+
+ElemIter Elements::end() const {
+  ElemIter e;
+  e.it_ = Members{v}.end();
+  return e;
+}
+
+std::optional<Value> Value::find(const std::string& key) const {
+  if (type != Type::Object) return std::nullopt;
+  for (const Member& m : items())
+    if (m.first == key) return m.second;
+  return std::nullopt;
+}
+
+size_t Value::size() const {
+  if (type != Type::Object && type != Type::Array) return 0;
+  size_t n = 0;
+  Parser r(text_, size_, Limits());
+  r.set_pos(pos_);
+  Member skip;
+  for (size_t p = r.next_item(true); p != std::string::npos; p = r.next_item(false)) {
+    r.read_item(type == Type::Object, skip);
+    ++n;
+  }
+  return n;
+}
 
 Value parse(const char* text, size_t size, const Limits& limits) { return Parser(text, size, limits).document(); }
 
-Value parse(const std::string& text, const Limits& limits) { return parse(text.data(), text.size(), limits); }
+Value parse(const std::string& text, const Limits& limits) {
+  auto keep = std::make_shared<const std::string>(text);
+  Parser p(keep->data(), keep->size(), limits);
+  p.keep(keep);
+  return p.document();
+}
 
 }  // namespace json
 }  // namespace robuq

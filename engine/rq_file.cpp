@@ -17,6 +17,8 @@
 #include "half.h"
 #include "json.h"
 
+#include <optional>
+
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "the .rq loader reads little-endian tensors in place; big-endian hosts are not supported"
 #endif
@@ -174,12 +176,13 @@ void RqFile::parse_header() {
   const uint64_t data_size = size_ - 8 - n;
   const uint8_t* data = base_ + 8 + n;
 
-  for (const auto& kv : header.object) {
+  tensors_.reserve(header.size());  // one scan of the text; no doubling peak for a header of many entries
+  for (const auto& kv : header.items()) {
     const std::string& name = kv.first;
     const json::Value& v = kv.second;
     if (name == "__metadata__") {
       if (v.type != json::Type::Object) throw FormatError("header: __metadata__ must be an object of strings");
-      for (const auto& m : v.object) {
+      for (const auto& m : v.items()) {
         if (m.second.type != json::Type::String)
           throw FormatError("__metadata__." + m.first + ": expected a string, got " + json::type_name(m.second.type));
         metadata_[m.first] = m.second.string;
@@ -189,13 +192,13 @@ void RqFile::parse_header() {
     const std::string where = "tensor '" + name + "'";
     if (name.empty()) throw FormatError("header: a tensor has an empty name");
     if (v.type != json::Type::Object) throw FormatError(where + ": entry must be an object");
-    for (const auto& m : v.object)
+    for (const auto& m : v.items())
       if (m.first != "dtype" && m.first != "shape" && m.first != "data_offsets")
         throw FormatError(where + ": unexpected field '" + m.first + "'");
-    const json::Value* dt = v.find("dtype");
-    const json::Value* sh = v.find("shape");
-    const json::Value* off = v.find("data_offsets");
-    if (dt == nullptr || sh == nullptr || off == nullptr)
+    const std::optional<json::Value> dt = v.find("dtype");
+    const std::optional<json::Value> sh = v.find("shape");
+    const std::optional<json::Value> off = v.find("data_offsets");
+    if (!dt || !sh || !off)
       throw FormatError(where + ": entry needs dtype, shape and data_offsets");
 
     TensorEntry t;
@@ -213,11 +216,11 @@ void RqFile::parse_header() {
       throw FormatError(where + ": unsupported dtype '" + dt->string + "' (a .rq file uses F32, F16, U8, I32)");
 
     if (sh->type != json::Type::Array) throw FormatError(where + ": shape must be an array");
-    if (sh->array.size() > 8) throw FormatError(where + ": shape has more than 8 dimensions");
     // Element count x item size, with overflow checks against the data size (which bounds everything).
     uint64_t bytes = static_cast<uint64_t>(dtype_size(t.dtype));
     bool zero = false;
-    for (const json::Value& d : sh->array) {
+    for (const json::Value& d : sh->elements()) {
+      if (t.shape.size() == 8) throw FormatError(where + ": shape has more than 8 dimensions");
       if (d.type != json::Type::Number || !d.is_int || d.integer < 0)
         throw FormatError(where + ": shape entries must be non-negative integers");
       t.shape.push_back(d.integer);
@@ -234,13 +237,18 @@ void RqFile::parse_header() {
       }
     }
 
-    if (off->type != json::Type::Array || off->array.size() != 2)
+    std::vector<uint64_t> offsets;
+    if (off->type == json::Type::Array)
+      for (const json::Value& o : off->elements()) {
+        if (offsets.size() == 2) break;
+        if (o.type != json::Type::Number || !o.is_int || o.integer < 0)
+          throw FormatError(where + ": data_offsets must be non-negative integers");
+        offsets.push_back(static_cast<uint64_t>(o.integer));
+      }
+    if (off->type != json::Type::Array || offsets.size() != 2 || off->size() != 2)
       throw FormatError(where + ": data_offsets must be [begin, end]");
-    for (const json::Value& o : off->array)
-      if (o.type != json::Type::Number || !o.is_int || o.integer < 0)
-        throw FormatError(where + ": data_offsets must be non-negative integers");
-    t.begin = static_cast<uint64_t>(off->array[0].integer);
-    t.end = static_cast<uint64_t>(off->array[1].integer);
+    t.begin = offsets[0];
+    t.end = offsets[1];
     if (t.begin > t.end)
       throw FormatError(where + ": data_offsets [" + std::to_string(t.begin) + ", " + std::to_string(t.end) +
                         "] end before they begin");

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <optional>
 #include <set>
 #include <stdexcept>
 
@@ -60,18 +61,18 @@ class Fields {
   }
 
   std::string where(const std::string& key) const { return ctx_ + "." + key; }
-  bool has(const std::string& key) const { return v_.find(key) != nullptr; }
+  bool has(const std::string& key) const { return v_.find(key).has_value(); }
 
-  const json::Value& get(const std::string& key) {
-    const json::Value* f = v_.find(key);
-    if (f == nullptr) fail(where(key), "missing");
+  json::Value get(const std::string& key) {
+    std::optional<json::Value> f = v_.find(key);
+    if (!f) fail(where(key), "missing");
     known_.insert(key);
-    return *f;
+    return std::move(*f);
   }
   bool is_null(const std::string& key) { return get(key).is_null(); }
 
   int64_t integer(const std::string& key, int64_t lo, int64_t hi) {
-    const json::Value& f = get(key);
+    const json::Value f = get(key);
     if (f.type != json::Type::Number || !f.is_int)
       fail(where(key), std::string("expected an integer, got ") + describe(f));
     if (f.integer < lo || f.integer > hi)
@@ -80,18 +81,18 @@ class Fields {
     return f.integer;
   }
   double number(const std::string& key) {
-    const json::Value& f = get(key);
+    const json::Value f = get(key);
     if (f.type != json::Type::Number) fail(where(key), std::string("expected a number, got ") + describe(f));
     if (!std::isfinite(f.number)) fail(where(key), "must be finite");
     return f.number;
   }
   bool boolean(const std::string& key) {
-    const json::Value& f = get(key);
+    const json::Value f = get(key);
     if (f.type != json::Type::Bool) fail(where(key), std::string("expected true or false, got ") + describe(f));
     return f.boolean;
   }
   std::string string(const std::string& key, std::initializer_list<const char*> allowed = {}) {
-    const json::Value& f = get(key);
+    const json::Value f = get(key);
     if (f.type != json::Type::String) fail(where(key), std::string("expected a string, got ") + describe(f));
     if (allowed.size() == 0) return f.string;
     std::string list;
@@ -103,7 +104,7 @@ class Fields {
   }
   // Every field of the object must have been read (or be in `optional`).
   void no_unknown(std::initializer_list<const char*> optional = {}) const {
-    for (const auto& kv : v_.object) {
+    for (const auto& kv : v_.items()) {
       if (known_.count(kv.first)) continue;
       bool ok = false;
       for (const char* o : optional) ok = ok || kv.first == o;
@@ -168,9 +169,9 @@ LayerQuantSpec parse_layer(const std::string& name, const json::Value& v, const 
     fail(ctx, "in_features x out_features = " + std::to_string(l.in) + " x " + std::to_string(l.out) +
                   " but the model's layer is " + std::to_string(shape.in) + " x " + std::to_string(shape.out));
   const bool float_acts = f.is_null("act_bits");
-  l.act_bits = float_acts ? 0 : static_cast<int>(f.integer("act_bits", 0, 8));
+  l.act_bits = float_acts ? 0 : static_cast<int>(f.integer("act_bits", 1, 8));  // null, not 0, for float
   l.clip = f.string("clip", {"gauss", "minmax"});
-  const json::Value& ck = f.get("clip_k");
+  const json::Value ck = f.get("clip_k");
   if (l.act_bits == 0 && ck.is_null()) {
     l.clip_k = 0.0f;
   } else {
@@ -254,11 +255,11 @@ RqSpec parse_rq_spec(const std::map<std::string, std::string>& meta) {
   s.attention_bits = q.is_null("attention_bits") ? 0 : static_cast<int>(q.integer("attention_bits", 1, 8));
   if (q.has("format")) q.string("format", {"robuq-quant-config"});
   if (q.has("version")) q.integer("version", 1, 1);
-  const json::Value& layers = q.get("layers");
+  const json::Value layers = q.get("layers");
   q.no_unknown();
   if (layers.type != json::Type::Object)
     fail("quant_config.layers", std::string("expected a JSON object, got ") + json::type_name(layers.type));
-  for (const auto& kv : layers.object) {
+  for (const auto& kv : layers.items()) {
     const LinearShape* shape = nullptr;
     for (const auto& l : linears)
       if (l.name == kv.first) shape = &l;
@@ -368,7 +369,17 @@ void check_rq_tensors(const RqFile& file, const RqSpec& spec) {
     if (names.count(t.name)) continue;
     // Alignment padding written by robuq-export: zero-filled 1-D U8 entries "__pad<i>" that keep every
     // tensor 64-byte aligned while covering the data section without holes (safetensors requires that).
-    if (t.name.rfind("__pad", 0) == 0 && t.dtype == DType::U8 && t.shape.size() == 1) continue;
+    if (t.name.rfind("__pad", 0) == 0 && t.dtype == DType::U8 && t.shape.size() == 1) {
+      // 0..63 zero bytes (the gap to the next multiple of 64): padding carries nothing.
+      if (t.shape[0] > 63)
+        throw FormatError("padding entry '" + t.name + "' has " + std::to_string(t.shape[0]) +
+                          " bytes; alignment padding is at most 63");
+      for (int64_t i = 0; i < t.shape[0]; ++i)
+        if (t.data[i] != 0)
+          throw FormatError("padding entry '" + t.name + "' has a non-zero byte at index " + std::to_string(i) +
+                            "; padding must be zero-filled");
+      continue;
+    }
     throw FormatError("unexpected tensor '" + t.name + "' (not part of this model)");
   }
   for (const TensorEntry& t : file.tensors()) check_finite(t);

@@ -50,7 +50,7 @@ struct LayerQuantSpec {
   std::string name;
   int64_t in = 0, out = 0;
   WeightFormat weight = WeightFormat::Ternary;
-  int act_bits = 0;  // 1..8, or 0 for float activations (null, or 0, in the file)
+  int act_bits = 0;  // 1..8, or 0 for float activations (null in the file)
   std::string clip;  // "gauss" | "minmax"
   float clip_k = 0.0f;
   HadamardForm hadamard = HadamardForm::None;

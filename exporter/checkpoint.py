@@ -119,14 +119,74 @@ def _is_state_dict(obj: dict) -> bool:
     return any(isinstance(k, str) and (k.startswith("blocks.") or k in INFER_KEYS) for k in obj)
 
 
+#: the dtypes a checkpoint tensor may have (float8 and the like are refused: nothing here reads them)
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+#: the most blocks a model may have (the .rq schema's limit on depth)
+MAX_DEPTH = 4096
+
+
+def _check_tensor(k: str, v: torch.Tensor, what: str) -> None:
+    """A dense float tensor whose storage holds every element of its shape: sparse, quantized and other
+    layouts, float8 and non-float dtypes, and views whose storage is smaller than their shape (stride-0 or
+    overlapping tricks that make a few bytes read as gigabytes) are refused before anything touches them."""
+    if v.layout != torch.strided or v.is_quantized or v.is_sparse or v.device.type != "cpu":
+        raise ExportError(
+            f"{what}: tensor {k} has layout {v.layout} on {v.device.type}, expected a dense CPU tensor"
+        )
+    if v.dtype not in FLOAT_DTYPES:
+        raise ExportError(
+            f"{what}: tensor {k} has dtype {v.dtype}, expected float32, float16, bfloat16 or float64"
+        )
+    if v.numel() == 0:
+        return
+    # Distinct elements (dims sorted by stride, each stride at least the extent of the smaller ones) that all
+    # lie in the storage: then the storage really holds numel elements.
+    dims = sorted((st, n) for st, n in zip(v.stride(), v.shape, strict=True) if n > 1)
+    extent, reach, overlap = 1, 1, False
+    for st, n in dims:
+        overlap = overlap or st < extent
+        extent = st * n
+        reach += (n - 1) * st
+    have = v.untyped_storage().nbytes() // v.element_size() - v.storage_offset()
+    if overlap or reach > have:
+        raise ExportError(
+            f"{what}: tensor {k} has shape {list(v.shape)} ({v.numel() * v.element_size()} bytes) but its "
+            f"storage holds {max(have, 0) * v.element_size()} bytes (strides {list(v.stride())}): a stride-0 "
+            "or overlapping view is refused"
+        )
+
+
+def _block_indices(keys) -> set[int]:
+    return {int(m.group(1)) for k in keys if (m := re.match(r"blocks\.(\d+)\.", k))}
+
+
+def _check_blocks(sd: dict, depth: int | None, what: str) -> int:
+    """The block indices of `sd` are exactly 0..depth-1 (depth: the config's, or inferred as their count),
+    checked arithmetically before any model is built; returns depth."""
+    idx = _block_indices(sd)
+    if depth is None:
+        depth = len(idx)
+    if depth > MAX_DEPTH or depth < 1:
+        raise ExportError(f"{what}: depth {depth} is out of range 1..{MAX_DEPTH}")
+    if idx != set(range(depth)):
+        extra = sorted(i for i in idx if i >= depth)
+        missing = sorted(set(range(depth)) - idx)
+        parts = [f"unexpected blocks {', '.join(map(str, extra[:5]))}"] if extra else []
+        parts += [f"missing blocks {', '.join(map(str, missing[:5]))}"] if missing else []
+        raise ExportError(
+            f"{what}: the state dict's blocks do not match depth {depth} ({'; '.join(parts)}; "
+            f"{len(idx)} distinct block indices)"
+        )
+    return depth
+
+
 def _check_state_dict(sd: object, what: str) -> dict[str, torch.Tensor]:
     if not isinstance(sd, dict):
         raise ExportError(f"{what} is a {type(sd).__name__}, not a state dict")
     for k, v in sd.items():
         if not isinstance(k, str) or not isinstance(v, torch.Tensor):
             raise ExportError(f"{what}: entry {k!r} is a {type(v).__name__}, not a tensor")
-        if not v.is_floating_point():
-            raise ExportError(f"{what}: tensor {k} has dtype {v.dtype}, expected floating point")
+        _check_tensor(k, v, what)
     return sd
 
 
@@ -143,7 +203,7 @@ def infer_config(sd: dict[str, torch.Tensor], num_heads: int | None = None, mode
     if w.ndim != 4 or w.shape[2] != w.shape[3]:
         raise shape_error("x_embedder.proj.weight", "[D, C, p, p]")
     hidden, in_ch, patch = int(w.shape[0]), int(w.shape[1]), int(w.shape[2])
-    depth = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k)))
+    depth = _check_blocks(sd, None, "state dict")
     pos = sd["pos_embed"]
     tokens = int(pos.shape[1]) if pos.ndim == 3 else -1
     grid = math.isqrt(max(tokens, 0))
@@ -207,8 +267,33 @@ def check_quant_config(quant: QuantConfig) -> None:
             )
 
 
+def _check_main_shapes(sd: dict[str, torch.Tensor], config: DiTConfig) -> None:
+    """The config's sizes against the tensors that carry them, by arithmetic (so a config of absurd sizes
+    never reaches a model build): every size must be backed by tensor data the file really holds."""
+    D, p, C = config.hidden_size, config.patch_size, config.in_channels
+    T = (config.input_size // p) ** 2
+    cout = 2 * C if config.learn_sigma else C
+    want = {
+        "x_embedder.proj.weight": (D, C, p, p),
+        "pos_embed": (1, T, D),
+        "final_layer.linear.bias": (p * p * cout,),
+        "blocks.0.mlp.fc1.bias": (int(D * config.mlp_ratio),),
+    }
+    for k, shape in want.items():
+        if k in sd and tuple(sd[k].shape) != shape:
+            raise ExportError(
+                f"shape mismatch: tensor {k}: expected shape {list(shape)} (from the model config), "
+                f"got {list(sd[k].shape)}"
+            )
+
+
 def validate(sd: dict[str, torch.Tensor], config: DiTConfig, quant: QuantConfig | None) -> None:
-    """Keys, shapes and finiteness of `sd` against the model `config` (+ `quant`) describes."""
+    """Keys, shapes and finiteness of `sd` against the model `config` (+ `quant`) describes. The tensors,
+    the block indices and the main shapes are checked before the model's shapes are built."""
+    for k, v in sd.items():
+        _check_tensor(k, v, "state dict")
+    _check_blocks(sd, config.depth, "state dict")
+    _check_main_shapes(sd, config)
     if quant is not None:
         check_quant_config(quant)
     expected = expected_shapes(config, quant)

@@ -81,6 +81,19 @@ def plan_container(specs: list[TensorSpec], metadata: dict[str, str]) -> tuple[b
     return head, entries, len(head) + cursor
 
 
+def fsync_path(path: str) -> None:
+    """fsync a file or directory by path (best effort where the file system does not support it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if os.path.isdir(path) else 0))
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     """Yields a temporary name in `path`'s directory; renames it to `path` when the block succeeds and
@@ -98,7 +111,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the mode open() would
     try:
         yield tmp
+        fsync_path(tmp)  # the bytes reach the disk before the name points at them
         os.replace(tmp, path)
+        fsync_path(directory)  # and the rename itself survives a power loss
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)

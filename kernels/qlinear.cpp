@@ -9,8 +9,15 @@
 #include <stdexcept>
 #include <string>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #include "qlinear_tiers.h"
 #include "robuq/avx2.h"
+#ifdef ROBUQ_HAVE_AVX512
+#include "robuq/avx512.h"
+#endif
 #include "robuq/cpu.h"
 #include "robuq/quant.h"
 
@@ -273,6 +280,28 @@ void linear_f32(const float* x, int64_t T, int64_t in, const float* W, const flo
 #endif
       return;
   }
+}
+
+void release_thread_scratch() {
+  generic::release_qlinear_scratch();
+#ifdef ROBUQ_HAVE_AVX2
+  avx2::release_qlinear_scratch();
+  avx2::release_gemm_scratch();
+#endif
+#ifdef ROBUQ_HAVE_AVX512
+  avx512::release_gemm_scratch();
+#endif
+}
+
+void release_scratch(int threads) {
+  release_thread_scratch();
+#ifdef _OPENMP
+  // The workers of a team of `threads` (libgomp keeps them between regions, each with its own scratch).
+#pragma omp parallel num_threads(threads > 1 ? threads : 1)
+  release_thread_scratch();
+#else
+  (void)threads;
+#endif
 }
 
 }  // namespace robuq

@@ -76,6 +76,8 @@ struct Prepared {
 std::unique_ptr<Prepared> prepare(const QLinearDesc& d, bool direct);
 bool avx2_direct(const QLinearDesc& d);
 void qlinear_forward(const QLinearDesc& d, const Prepared& p, const float* x, int64_t T, float* y, int threads);
+// Frees the calling thread's scratch of this tier (release_thread_scratch in robuq/qlinear.h).
+void release_qlinear_scratch();
 void linear_f32(const float* x, int64_t T, int64_t in, const float* W, const float* b, int64_t out, float* y,
                 int threads);
 }  // namespace generic

@@ -337,6 +337,40 @@ def _unprivileged() -> list[str] | None:
     return [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
 
 
+def _unprivileged_cannot_run(prefix: list[str], paths: tuple[Path, ...] | None = None) -> str:
+    """Why the unprivileged user cannot run this checkout's commands ("" when it can): a checkout or virtual
+    environment under a folder other users cannot traverse (a clone in root's 0700 home, say) keeps them
+    from importing robuq at all, which says nothing about the commands' own permission handling."""
+    if not prefix:
+        return ""
+    for path in paths or (ROOT, Path(sys.executable).parent):
+        for p in [path, *path.parents]:
+            if p.stat().st_mode & stat.S_IXOTH == 0:
+                return (
+                    f"{p} is not traversable by other users (mode {oct(p.stat().st_mode & 0o777)}); the "
+                    f"unprivileged user cannot run {path}, so file permissions cannot be tested from here"
+                )
+    r = subprocess.run([*prefix, sys.executable, "-c", "import robuq._C"], capture_output=True, text=True,
+                       timeout=120, cwd="/")  # fmt: skip
+    if r.returncode != 0:
+        last = (r.stderr.strip().splitlines() or ["?"])[-1]
+        return (
+            f"the unprivileged user cannot import robuq from this checkout ({last}); cannot test permissions"
+        )
+    return ""
+
+
+def test_a_checkout_in_a_private_folder_skips_the_permission_tests(tmp_path):
+    """Issue 14, 9: cloned under a 0700 folder (root's home), the unprivileged user cannot even import robuq;
+    the permission tests then skip, naming the folder, instead of failing."""
+    private = tmp_path / "home"
+    (private / "checkout").mkdir(parents=True)
+    private.chmod(0o700)
+    reason = _unprivileged_cannot_run(["setpriv"], (private / "checkout",))
+    assert reason.startswith(f"{private} is not traversable by other users (mode 0o700)"), reason
+    assert _unprivileged_cannot_run([], (private / "checkout",)) == ""  # not root: nothing to drop
+
+
 @pytest.fixture(scope="module")
 def locked(tiny):
     """A world-traversable directory with a model and a checkpoint nobody may read (mode 000) and a
@@ -344,6 +378,9 @@ def locked(tiny):
     prefix = _unprivileged()
     if prefix is None:
         pytest.skip("running as root without setpriv: cannot drop privileges to test permissions")
+    reason = _unprivileged_cannot_run(prefix)
+    if reason:
+        pytest.skip(reason)
     # not under pytest's base temp (mode 700): the unprivileged user must reach the files to be refused
     # by their own modes
     d = Path(os.path.realpath(tempfile.mkdtemp(prefix="robuq-locked-")))

@@ -338,9 +338,11 @@ def test_device_sampling_loop_matches_cpu(sampler, eta, learn_sigma, clip, seeds
         return (mix + (t[:, None, None, None] / 1000.0).astype(np.float32)).astype(np.float32)
 
     args = (model, n, c, h, w, "ddim7" if sampler == "ddim" else "9", sampler, eta, clip, learn_sigma, 5)
-    want = _C.sample_loop(*args, seeds=seeds)
+    want = _C.sample_loop(*args, seeds=seeds, check_finite=False)  # the stand-in may overflow: compare anyway
     got = H.sample_loop(*args, seeds=seeds)
     assert_bit_identical(got, want, f"{sampler} eta={eta} sigma={learn_sigma} clip={clip} seeds={seeds}")
     if seeds is not None:  # a sample with its own seed equals that sample drawn alone
-        one = _C.sample_loop(model, 1, c, h, w, args[5], sampler, eta, clip, learn_sigma, seeds[1])
+        one = _C.sample_loop(
+            model, 1, c, h, w, args[5], sampler, eta, clip, learn_sigma, seeds[1], check_finite=False
+        )
         assert_bit_identical(got[1:2], one, "per-sample stream")

@@ -168,5 +168,7 @@ void qlinear_forward(const QLinearDesc& d, const generic::Prepared& p, const flo
     int4_gemm(codes, T, d.packed, d.out, n, e, threads);
 }
 
+void release_qlinear_scratch() { tl_scratch = Scratch(); }
+
 }  // namespace avx2
 }  // namespace robuq

@@ -245,14 +245,16 @@ inline void add_tile(const int16_t* out, int32_t* C, int64_t ldc) {
 }
 
 // Table (and index) buffers of the calling thread, kept between calls (no page faults per call).
+struct Buf {
+  int8_t* p = nullptr;
+  size_t n = 0;
+  ~Buf() { std::free(p); }
+};
+thread_local Buf tl_buf[2];
+
 template <int kWhich>
 int8_t* thread_buffer(size_t bytes) {
-  struct Buf {
-    int8_t* p = nullptr;
-    size_t n = 0;
-    ~Buf() { std::free(p); }
-  };
-  thread_local Buf buf;
+  Buf& buf = tl_buf[kWhich];
   bytes = std::max<size_t>(bytes, 64);
   if (buf.n < bytes) {
     std::free(buf.p);
@@ -267,6 +269,13 @@ int8_t* thread_buffer(size_t bytes) {
 }
 int8_t* table_buffer(size_t bytes) { return thread_buffer<0>(bytes); }
 int8_t* table_buffer_indices(size_t bytes) { return thread_buffer<1>(bytes); }
+void release_table_buffers() {
+  for (Buf& b : tl_buf) {
+    std::free(b.p);
+    b.p = nullptr;
+    b.n = 0;
+  }
+}
 
 // ---- weights: the file layout (robuq/pack.h) decoded per work item into the index layout of
 // robuq/ternary_gemm.h, for the item's column blocks and every chunk. A row's byte j holds chunk j: pair A in
@@ -498,6 +507,8 @@ void ternary_gemm(const uint8_t* q, int64_t T, int bits, const uint8_t* packed, 
   for (int64_t t = 0; t < T; t += QEpilogue::kTileRows)
     e.tile(t, std::min(QEpilogue::kTileRows, T - t), 0, out, hi.data() + t * out, out, scr.data());
 }
+
+void release_gemm_scratch() { release_table_buffers(); }
 
 }  // namespace avx2
 

@@ -304,6 +304,11 @@ struct Buffer {
   }
 };
 thread_local Buffer tl_idx, tl_work;
+void release_buffer(Buffer& b) {
+  std::free(b.p);
+  b.p = nullptr;
+  b.n = 0;
+}
 
 // ------------------------------------------------------------------------------------------ epilogue
 // The avx2 tier's QEpilogue (kernels/avx2/qlinear_avx2.h) 16 outputs at a time, with the same operations per
@@ -540,6 +545,11 @@ void ternary_gemm(const uint8_t* q, int64_t T, int bits, const uint8_t* packed, 
 void ternary_lut_indices(const uint8_t* packed, int64_t out, int64_t in, uint8_t* idx) {
   if (out < 0 || in < 0) throw std::invalid_argument("avx512::ternary_lut_indices: negative shape");
   decode_all(packed, out, in, idx, 1);
+}
+
+void release_gemm_scratch() {
+  release_buffer(tl_idx);
+  release_buffer(tl_work);
 }
 
 }  // namespace avx512

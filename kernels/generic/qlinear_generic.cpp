@@ -247,5 +247,10 @@ void linear_f32(const float* x, int64_t T, int64_t in, const float* W, const flo
     gemm_f32(x, in, T, W, in, out, in, threads, [&](int64_t t, int64_t r, float v) { y[t * out + r] = v; });
 }
 
+void release_qlinear_scratch() {
+  tl_scratch = Scratch();
+  std::vector<float>().swap(tl_row);
+}
+
 }  // namespace generic
 }  // namespace robuq

@@ -146,12 +146,12 @@ py::object json_to_py(const robuq::json::Value& v) {
     case Type::String: return py::str(v.string);
     case Type::Array: {
       py::list l;
-      for (const auto& e : v.array) l.append(json_to_py(e));
+      for (const auto& e : v.elements()) l.append(json_to_py(e));
       return std::move(l);
     }
     case Type::Object: {
       py::dict d;
-      for (const auto& kv : v.object) d[py::str(kv.first)] = json_to_py(kv.second);
+      for (const auto& kv : v.items()) d[py::str(kv.first)] = json_to_py(kv.second);
       return std::move(d);
     }
   }
@@ -164,7 +164,7 @@ py::object py_parse_json(const py::bytes& text, int max_depth, size_t max_size) 
   lim.max_depth = max_depth;
   lim.max_size = max_size;
   try {
-    return json_to_py(robuq::json::parse(s, lim));
+    return json_to_py(robuq::json::parse(s.data(), s.size(), lim));  // s outlives the views
   } catch (const robuq::json::ParseError& e) {
     throw std::invalid_argument(e.what());
   }
@@ -241,9 +241,9 @@ py::dict info_dict(const robuq::EngineInfo& i) {
 
 class PyEngine {
  public:
-  PyEngine(const std::string& path, int threads) {
+  PyEngine(const std::string& path, int threads, double max_memory) {
     py::gil_scoped_release release;
-    e_ = std::make_unique<robuq::Engine>(path, threads);
+    e_ = std::make_unique<robuq::Engine>(path, threads, max_memory);
   }
 
   py::dict info() const { return info_dict(e_->info()); }
@@ -298,6 +298,25 @@ class PyEngine {
 
   int threads() const { return e_->threads(); }
 
+  py::dict budget() const {
+    const robuq::Budget& b = e_->budget();
+    py::dict d;
+    d["max_memory"] = b.max_memory;
+    d["max_macs"] = b.max_macs;
+    d["max_tokens"] = b.max_tokens;
+    d["max_threads"] = robuq::max_threads();
+    return d;
+  }
+
+  // The budget's estimate of a call of N samples per forward (budget.h).
+  py::dict cost(int64_t N) const {
+    const robuq::ForwardCost f = robuq::forward_cost(e_->info().model, N, e_->threads());
+    py::dict d;
+    d["activation_bytes"] = f.activation_bytes;
+    d["macs_per_sample"] = f.macs_per_sample;
+    return d;
+  }
+
  private:
   std::unique_ptr<robuq::Engine> e_;
 };
@@ -306,6 +325,8 @@ class PyEngine {
 
 void bind_engine(py::module_& m) {
   static py::exception<robuq::FormatError> format_error(m, "FormatError", PyExc_ValueError);
+  static py::exception<robuq::NonFiniteError> nonfinite_error(m, "NonFiniteError", PyExc_ArithmeticError);
+  nonfinite_error.doc() = "A computation produced NaN or infinity (a model whose values overflow float32).";
   format_error.doc() =
       "A .rq file is malformed or inconsistent with its metadata; the message names the tensor or field.";
   py::register_exception_translator([](std::exception_ptr p) {
@@ -313,6 +334,8 @@ void bind_engine(py::module_& m) {
       if (p) std::rethrow_exception(p);
     } catch (const robuq::FormatError& e) {
       py::set_error(format_error, e.what());
+    } catch (const robuq::NonFiniteError& e) {
+      py::set_error(nonfinite_error, e.what());
     } catch (const robuq::IoError& e) {
       // OSError(errno, strerror, filename): Python picks the subclass (FileNotFoundError for ENOENT, ...).
       py::object err = py::reinterpret_steal<py::object>(
@@ -323,9 +346,12 @@ void bind_engine(py::module_& m) {
   });
 
   py::class_<PyEngine>(m, "Engine",
-                       "Engine(path, threads=0): the C++ DiT runtime over a .rq file (use robuq.Engine, the\n"
-                       "documented wrapper). threads 0: all cores.")
-      .def(py::init<const std::string&, int>(), py::arg("path"), py::arg("threads") = 0)
+                       "Engine(path, threads=0, max_memory=0): the C++ DiT runtime over a .rq file (use\n"
+                       "robuq.Engine, the documented wrapper). threads 0: all cores; max_memory 0: the default budget.")
+      .def(py::init<const std::string&, int, double>(), py::arg("path"), py::arg("threads") = 0,
+           py::arg("max_memory") = 0.0)
+      .def_property_readonly("budget", &PyEngine::budget)
+      .def("cost", &PyEngine::cost, py::arg("n"), "cost(n) -> dict: activation_bytes of a call of n, macs_per_sample")
       .def("info", &PyEngine::info, "info() -> dict: format version, model_config, quantized layers, linears")
       .def("forward", &PyEngine::forward, py::arg("x"), py::arg("t"), py::arg("y"),
            "forward(x float32 [N, C, S, S], t int64 [N], y int64 [N]) -> float32 [N, out_channels, S, S]")
@@ -365,6 +391,39 @@ void bind_engine(py::module_& m) {
       .def_property_readonly("in_features", &PyQLinear::in)
       .def_property_readonly("out_features", &PyQLinear::out);
 
+  m.def(
+      "forward_cost",
+      [](int64_t depth, int64_t hidden_size, int64_t patch_size, int64_t num_heads, double mlp_ratio,
+         int64_t input_size, int64_t in_channels, bool learn_sigma, int64_t n, int threads) {
+        robuq::ModelConfig c;
+        c.depth = depth;
+        c.hidden_size = hidden_size;
+        c.patch_size = patch_size;
+        c.num_heads = num_heads;
+        c.mlp_ratio = mlp_ratio;
+        c.input_size = input_size;
+        c.in_channels = in_channels;
+        c.learn_sigma = learn_sigma;
+        const robuq::ForwardCost f = robuq::forward_cost(c, n, threads);
+        py::dict d;
+        d["activation_bytes"] = f.activation_bytes;
+        d["macs_per_sample"] = f.macs_per_sample;
+        d["tokens"] = c.num_patches();
+        return d;
+      },
+      py::arg("depth"), py::arg("hidden_size"), py::arg("patch_size"), py::arg("num_heads"), py::arg("mlp_ratio"),
+      py::arg("input_size"), py::arg("in_channels"), py::arg("learn_sigma"), py::arg("n"), py::arg("threads"),
+      "forward_cost(...) -> dict: the budget's estimate (budget.h) of a forward of n samples of that model.");
+  m.def("default_budget", []() {
+    const robuq::Budget b = robuq::default_budget();
+    py::dict d;
+    d["max_memory"] = b.max_memory;
+    d["max_macs"] = b.max_macs;
+    d["max_tokens"] = b.max_tokens;
+    d["max_threads"] = robuq::max_threads();
+    return d;
+  }, "default_budget() -> dict: the limits a new Engine gets (ROBUQ_MAX_MEMORY / _MACS / _TOKENS applied).");
+  m.def("max_threads", &robuq::max_threads, "max_threads() -> int: the most threads an engine uses (4 x cores).");
   m.def("linear_f32", &py_linear_f32, py::arg("x"), py::arg("w"), py::arg("b") = py::none(), py::arg("threads") = 1,
         "linear_f32(x float32 [T, in], w float32 [out, in], b float32 [out] or None, threads=1)\n"
         "    -> float32 [T, out]: x @ w.T + b on the active tier.");

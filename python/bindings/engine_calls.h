@@ -9,12 +9,28 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "array_util.h"
 #include "engine.h"
 
 namespace robuq_bind {
+
+// Asked between the blocks of a forward (robuq::Engine only): takes the GIL and checks for a pending signal, so
+// Ctrl-C stops a long forward after the current block. The KeyboardInterrupt is kept in `raised`.
+inline robuq::CancelFn signal_check(std::exception_ptr& raised) {
+  return [&raised]() -> bool {
+    py::gil_scoped_acquire gil;
+    if (PyErr_CheckSignals() == 0) return true;
+    try {
+      throw py::error_already_set();
+    } catch (...) {
+      raised = std::current_exception();
+    }
+    return false;
+  };
+}
 
 // x float32 [N, C, S, S], t int64 [N], y int64 [N] -> float32 [N, out_channels, S, S].
 template <class EngineT>
@@ -38,10 +54,20 @@ py::array_t<float> forward_call(EngineT& engine, const py::object& x_obj, const 
   const int64_t* ts = t.data();
   const int64_t* ys = y.data();
   float* os = out.mutable_data();
+  std::exception_ptr raised;  // KeyboardInterrupt seen between blocks
   {
     py::gil_scoped_release release;
-    engine.forward(xs, N, ts, ys, os);
+    if constexpr (std::is_same_v<EngineT, robuq::Engine>) {
+      try {
+        engine.forward(xs, N, ts, ys, os, signal_check(raised));
+      } catch (const std::runtime_error&) {
+        if (!raised) throw;
+      }
+    } else {
+      engine.forward(xs, N, ts, ys, os);
+    }
   }
+  if (raised) std::rethrow_exception(raised);
   return out;
 }
 
@@ -108,7 +134,10 @@ py::array_t<float> sample_call(EngineT& engine, const py::object& classes_obj, c
   {
     py::gil_scoped_release release;
     try {
-      engine.sample(cs, n, p, os, pf);
+      if constexpr (std::is_same_v<EngineT, robuq::Engine>)
+        engine.sample(cs, n, p, os, pf, signal_check(raised));
+      else
+        engine.sample(cs, n, p, os, pf);
     } catch (const std::runtime_error&) {
       if (!raised) throw;  // not the callback's stop: a real error
     }

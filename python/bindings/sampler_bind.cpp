@@ -51,7 +51,7 @@ py::array_t<float> py_gaussian(uint64_t seed, uint64_t key, const std::vector<py
 py::array_t<float> py_sample_loop(const py::function& model, int64_t N, int64_t C, int64_t H, int64_t W,
                                   const std::string& steps, const std::string& sampler, double eta,
                                   bool clip_denoised, bool learn_sigma, uint64_t seed,
-                                  const std::optional<std::vector<uint64_t>>& seeds) {
+                                  const std::optional<std::vector<uint64_t>>& seeds, bool check_finite) {
   if (N < 1 || C < 1 || H < 1 || W < 1) throw std::invalid_argument("N, C, H, W must be positive");
   robuq::SampleOptions opt;
   opt.sampler = parse_sampler(sampler);
@@ -60,6 +60,7 @@ py::array_t<float> py_sample_loop(const py::function& model, int64_t N, int64_t 
   opt.learn_sigma = learn_sigma;
   opt.seed = seed;
   if (seeds) opt.seeds = *seeds;
+  opt.check_finite = check_finite;
   const int64_t cout = learn_sigma ? 2 * C : C;
   const robuq::SpacedSchedule sched = robuq::make_schedule(1000, steps);
   robuq::ModelFn fn = [&](const float* x, const int64_t* t, float* out) {
@@ -89,6 +90,8 @@ void bind_sampler(py::module_& m) {
   m.def("sample_loop", &py_sample_loop, py::arg("model"), py::arg("N"), py::arg("C"), py::arg("H"), py::arg("W"),
         py::arg("steps") = "250", py::arg("sampler") = "ddpm", py::arg("eta") = 0.0, py::arg("clip_denoised") = false,
         py::arg("learn_sigma") = true, py::arg("seed") = 0, py::arg("seeds") = py::none(),
+        py::arg("check_finite") = true,
         "The C++ reverse-process loop with a Python model callback model(x f32 [N,C,H,W], t i64 [N]) -> "
-        "f32 [N, C_out, H, W]; returns x0 float32 [N, C, H, W]. For testing the sampler arithmetic.");
+        "f32 [N, C_out, H, W]; returns x0 float32 [N, C, H, W]. For testing the sampler arithmetic.\n"
+        "check_finite=False lets a diverging stand-in model run on (NonFiniteError otherwise).");
 }

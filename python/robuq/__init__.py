@@ -30,6 +30,6 @@ def _load_extension() -> None:
 
 _load_extension()
 
-from .engine import Engine, FormatError  # noqa: E402
+from .engine import Engine, FormatError, NonFiniteError  # noqa: E402
 
-__all__ = ["Engine", "FormatError", "__version__"]
+__all__ = ["Engine", "FormatError", "NonFiniteError", "__version__"]

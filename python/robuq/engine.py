@@ -24,7 +24,7 @@ import numpy as np
 
 from . import _C
 
-__all__ = ["Engine", "FormatError", "to_uint8"]
+__all__ = ["Engine", "FormatError", "NonFiniteError", "to_uint8", "parse_bytes"]
 
 SAMPLERS = ("ddpm", "ddim")
 CFG_MODES = ("dit", "all")
@@ -33,6 +33,32 @@ OUTPUTS = ("auto", "image", "latent")
 #: Raised for a malformed or inconsistent ``.rq`` file; the message names the tensor or metadata field.
 #: A subclass of ValueError.
 FormatError = _C.FormatError
+
+#: Raised when a computation produces NaN or infinity (a model whose values overflow float32, e.g. a huge but
+#: finite weight scale); the message names where (for sampling: the step). A subclass of ArithmeticError.
+NonFiniteError = _C.NonFiniteError
+
+
+def parse_bytes(v: Any, what: str = "max_memory") -> int:
+    """A byte count: a positive int, or a string like "8G", "512M", "1073741824" (K, M, G, T: powers of
+    1024). ValueError otherwise."""
+    if isinstance(v, bool):
+        raise ValueError(f"{what} must be a positive number of bytes, got {v!r}")
+    if isinstance(v, int | np.integer | float) and math.isfinite(v) and v > 0:
+        return int(v)
+    if isinstance(v, str):
+        s = v.strip().upper().removesuffix("IB").removesuffix("B")
+        mult = 1
+        if s and s[-1] in "KMGT":
+            mult = 1024 ** ("KMGT".index(s[-1]) + 1)
+            s = s[:-1]
+        try:
+            f = float(s)
+        except ValueError:
+            f = -1.0
+        if math.isfinite(f) and f > 0:
+            return int(f * mult)
+    raise ValueError(f"{what} must be a positive number of bytes (e.g. 8G, 512M), got {v!r}")
 
 
 def _as_labels(name: str, v: Any, n: int) -> np.ndarray:
@@ -120,8 +146,13 @@ class Engine:
             when the environment variable ``ROBUQ_NO_MMAP=1`` is set) and fully validated: container,
             metadata schema, every tensor's dtype and shape, finite float values, valid weight codes
             and row sums.
-        threads: worker threads for every call; None or 0 uses all available cores. Results do not
-            depend on the thread count.
+        threads: worker threads for every call; None or 0 uses all available cores; more than 4 x the
+            cores is clamped to that (``robuq._C.max_threads()``). Results do not depend on the thread count.
+        max_memory: bytes of activations one call (a forward, or a sampling's forward) may use: an int or
+            a string like "32G"; None uses ``ROBUQ_MAX_MEMORY`` or the default 16 GiB. A model whose
+            single-sample forward is beyond the budget (memory, ``ROBUQ_MAX_MACS`` multiply-adds per sample,
+            ``ROBUQ_MAX_TOKENS`` tokens per sample; docs/reliability.md, "Budget") is refused with
+            FormatError; a batch beyond it with ValueError naming the largest batch that fits.
         device: "cpu" (the C++ engine) or "cuda" / "cuda:N" (the CUDA engine on GPU N: the same API and
             file; docs/cuda.md). ``robuq._C.cuda_available()`` says whether this build and machine can.
 
@@ -137,22 +168,29 @@ class Engine:
     ``linear`` may run concurrently.
     """
 
-    def __init__(self, path: str | os.PathLike, threads: int | None = None, device: str = "cpu"):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        threads: int | None = None,
+        device: str = "cpu",
+        max_memory: int | str | None = None,
+    ):
         path = os.fspath(path)
         cuda_index = _cuda_device_index(device)
         if threads is None:
             threads = 0
         if not isinstance(threads, int | np.integer) or isinstance(threads, bool) or threads < 0:
             raise ValueError(f"threads must be None or an integer >= 0, got {threads!r}")
+        memory = 0 if max_memory is None else parse_bytes(max_memory)
         if not os.path.exists(path):
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
         self._path = path
         self._device = "cpu" if cuda_index is None else f"cuda:{cuda_index}"
         if cuda_index is None:
-            self._engine = _C.Engine(path, int(threads))
+            self._engine = _C.Engine(path, int(threads), float(memory))
             self._info = self._engine.info()
         else:  # the CUDA engine (docs/cuda.md); the info dict comes from the CPU loader (same validation)
-            self._info = _C.Engine(path, 1).info()
+            self._info = _C.Engine(path, 1, float(memory)).info()
             self._engine = _C.CudaEngine(path, cuda_index)
             self._info["threads"] = 1
         cfg = self._info["model_config"]
@@ -183,6 +221,27 @@ class Engine:
         return self._engine.threads
 
     @property
+    def budget(self) -> dict:
+        """The limits this engine checks (docs/reliability.md, "Budget"): ``max_memory`` (bytes of activations
+        per call), ``max_macs`` (multiply-adds per sample), ``max_tokens`` (per sample), ``max_threads``."""
+        if not hasattr(self._engine, "budget"):
+            return dict(_C.default_budget())
+        return dict(self._engine.budget)
+
+    def batch_limit(self, guided: bool = False) -> int:
+        """The largest number of samples one ``sample`` call may take under ``max_memory`` (guidance doubles
+        the forward batch)."""
+        c = self._info["model_config"]
+        keys = ("depth", "hidden_size", "patch_size", "num_heads", "mlp_ratio", "input_size", "in_channels")
+        args = {k: c[k] for k in keys} | {"learn_sigma": c["learn_sigma"], "threads": max(1, self.threads)}
+        limit = self.budget["max_memory"]
+        one = _C.forward_cost(n=1, **args)["activation_bytes"]
+        two = _C.forward_cost(n=2, **args)["activation_bytes"]
+        each = max(two - one, 1.0)
+        fit = int((limit - (one - each)) // each)
+        return max(1, fit // 2 if guided else fit)
+
+    @property
     def path(self) -> str:
         return self._path
 
@@ -205,7 +264,8 @@ class Engine:
             learn_sigma).
 
         Raises:
-            ValueError: wrong dtype, shape, or a label out of range.
+            ValueError: wrong dtype, shape, a label out of range, or a batch beyond the engine's max_memory.
+            KeyboardInterrupt: Ctrl-C stops the forward after the current block.
         """
         x = _as_float32("x", x, 4, "[N, C, H, W]")
         n = x.shape[0]
@@ -319,7 +379,9 @@ class Engine:
         Raises:
             ValueError / TypeError: a bad argument (class id out of range, zero steps, unknown sampler, a
                 guidance scale without a null class, ...), before any model call.
-            KeyboardInterrupt: Ctrl-C stops sampling after the current step.
+            KeyboardInterrupt: Ctrl-C stops sampling after the current block of the current step.
+            NonFiniteError: the model's output or the sample stopped being finite (the message names the
+                step); nothing is returned.
         """
         a = np.asarray(classes)
         if a.size == 0:
@@ -386,6 +448,8 @@ class Engine:
         finally:
             if bar is not None:
                 bar.close()
+        if not np.isfinite(x0).all():  # the CPU engine checks every step; this covers every engine
+            raise NonFiniteError("the final sample is not finite: the model's values overflow float32")
         if output == "auto":
             output = "latent" if self._info["model_config"]["space"] == "latent" else "image"
         return to_uint8(x0) if output == "image" else x0

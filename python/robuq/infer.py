@@ -22,9 +22,12 @@ nothing is downloaded) they are decoded (``z / 0.18215``) and written like pixel
 coefficients come from).
 
 Bad inputs (a missing, unreadable or invalid model file, a directory, a class id out of range or not a
-number, zero or negative steps, an output path that cannot be written) print one line
-``robuq-infer: error: ...`` on stderr and exit with 2; Ctrl-C exits with 130. No partial output file is
-ever left: the output is written to a temporary file in the target directory and renamed into place.
+number, zero or negative steps, a DDIM eta beyond the schedule's real variance, a --zoom that would make a
+PNG side over 16384 pixels, an output path that cannot be written) and samples that stop being finite (a
+model whose values overflow float32) print one line ``robuq-infer: error: ...`` on stderr and exit with 2;
+Ctrl-C exits with 130. No partial output file is ever left: the output is written to a temporary file in
+the target directory, fsynced, and renamed into place. More than 256 classes (or more than the engine's
+memory budget holds in one call) are sampled in batches, batch i with seed + i.
 """
 
 from __future__ import annotations
@@ -50,6 +53,11 @@ GRID_COLUMNS = 10
 GRID_GAP = 2
 GRID_GAP_VALUE = 128
 OUTPUT_EXTENSIONS = (".png", ".npy")
+#: the largest PNG grid side robuq-infer writes (pixels): --zoom beyond it is refused before sampling
+MAX_GRID_SIDE = 16384
+#: samples per engine call when more classes are given: larger requests are sampled in batches
+#: (batch i with seed + i), so memory stays bounded whatever the number of classes
+MAX_BATCH = 256
 
 
 class InferError(Exception):
@@ -92,6 +100,19 @@ def make_grid(
 
 
 # -------------------------------------------------------------------------------------------- helpers
+def _fsync_dir(directory: str) -> None:
+    """fsync a directory, so that a rename in it survives a power loss (best effort where unsupported)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _write_atomic(path: str, write: Callable[[BinaryIO], None]) -> None:
     """Write through a temporary file in path's directory, renamed into place when complete; on any
     failure (or Ctrl-C) the temporary file is removed and `path` is untouched."""
@@ -106,7 +127,10 @@ def _write_atomic(path: str, write: Callable[[BinaryIO], None]) -> None:
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the mode open() would
         with os.fdopen(fd, "wb") as f:
             write(f)
+            f.flush()
+            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
         os.replace(tmp, path)
+        _fsync_dir(directory)
     except BaseException as e:
         with contextlib.suppress(OSError):
             os.remove(tmp)
@@ -263,8 +287,8 @@ def run(args: argparse.Namespace) -> str:
         raise InferError(f"--seed must be in 0..2**64-1, got {args.seed}")
     if args.threads is not None and args.threads < 1:
         raise InferError(f"--threads must be >= 1, got {args.threads}")
-    if args.zoom is not None and args.zoom < 1:
-        raise InferError(f"--zoom must be >= 1, got {args.zoom}")
+    if args.zoom is not None and not 1 <= args.zoom <= MAX_GRID_SIDE:
+        raise InferError(f"--zoom must be in 1..{MAX_GRID_SIDE}, got {args.zoom}")
     if not (args.eta >= 0) or args.eta == float("inf"):
         raise InferError(f"--eta must be a finite number >= 0, got {args.eta}")
     if args.cfg_scale is not None and not np.isfinite(args.cfg_scale):
@@ -307,21 +331,50 @@ def run(args: argparse.Namespace) -> str:
         _check_output(preview_out)
     if not latent and ext == ".png" and channels not in (1, 3):
         raise InferError(f"cannot make a PNG of {channels}-channel images; write .npy instead")
+    if ext == ".png" or (latent and vae is None):  # the grid's size is known before sampling: check it now
+        side = info["model_config"]["input_size"] * (8 if latent and vae is not None else 1)
+        zoom = args.zoom or (8 if latent and vae is None else max(1, 128 // side))
+        cols = min(len(classes), GRID_COLUMNS)
+        rows = -(-len(classes) // cols)
+        width = cols * side * zoom + (cols - 1) * GRID_GAP
+        height = rows * side * zoom + (rows - 1) * GRID_GAP
+        if max(width, height) > MAX_GRID_SIDE:
+            raise InferError(
+                f"the PNG grid would be {width}x{height} pixels ({len(classes)} samples of {side}x{side}, "
+                f"--zoom {zoom}); the largest side written is {MAX_GRID_SIDE}: lower --zoom or give fewer "
+                "classes (or write .npy)"
+            )
+
+    from .engine import NonFiniteError
 
     t0 = time.perf_counter()
+    batch = max(1, min(MAX_BATCH, eng.batch_limit(guided=cfg != 1)))
+    parts = []
     try:
-        x = eng.sample(
-            classes,
-            steps=spec,
-            cfg_scale=cfg,
-            seed=args.seed,
-            sampler=args.sampler,
-            eta=args.eta,
-            progress=args.progress,
-            output="latent" if latent else "image",
-        )
+        for i in range(0, len(classes), batch):  # one call unless the classes exceed a batch
+            parts.append(
+                eng.sample(
+                    classes[i : i + batch],
+                    steps=spec,
+                    cfg_scale=cfg,
+                    seed=(args.seed + i // batch) % 2**64,
+                    sampler=args.sampler,
+                    eta=args.eta,
+                    progress=args.progress,
+                    output="latent" if latent else "image",
+                )
+            )
     except ValueError as e:  # settings the engine refuses (e.g. a respacing it cannot satisfy)
         raise InferError(str(e)) from None
+    except NonFiniteError as e:
+        raise InferError(f"{path}: {e}; nothing written") from None
+    except MemoryError:
+        raise InferError(
+            f"out of memory sampling {len(classes)} samples of {path}; give fewer classes or lower "
+            "ROBUQ_MAX_MEMORY so that the engine refuses such batches up front"
+        ) from None
+    x = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    del parts
     seconds = time.perf_counter() - t0
 
     from .labels import class_name

@@ -224,6 +224,14 @@ def check_parity(engine, model, seed: int = 0) -> ParityReport:
         # propagates; trained 2-4-bit models hit such boundaries in a few samples per batch).
         ref64 = copy.deepcopy(rounded).double()(xt.double(), tt, yt).numpy()
     got = engine.forward(x, t, y)
+    if not np.isfinite(got).all():  # a model whose values overflow float32: no parity figure means anything
+        flat = got.reshape(-1)
+        bad = int(np.flatnonzero(~np.isfinite(flat))[0])
+        kind = "nan" if np.isnan(flat[bad]) else "inf"
+        raise ParityUsageError(
+            f"the engine's forward is not finite ({kind} at flat index {bad} of {got.size}): the model's "
+            "values overflow float32"
+        )
     layers = [results[n] for n in info["linears"] if n in results]
     missing = [n for n in info["linears"] if n not in results]
     return ParityReport(

@@ -15,11 +15,16 @@ stream (``Engine.sample(seeds=...)``) and computes it bit-identically in any bat
 * seeds: ``seed_i = (seed * 2**32 + i) mod 2**64`` (the engine hashes seed and stream key, robuq.rng).
 * resumable: a run writes ``OUT/run.json`` (model size and SHA-256, settings, N) first; a rerun with the
   same settings skips every PNG that exists (each is written to a temporary name and renamed, so one that
-  exists is complete) and a rerun with other settings is refused. Ctrl-C or a killed process loses at
+  exists is complete; files are fsynced before the rename, so a power loss cannot leave an empty PNG
+  under the final name) and a rerun with other settings is refused. Ctrl-C or a killed process loses at
   most the batch in flight.
 * at the end rank 0 packs all N images, in index order, into ``OUT/samples_{N}x{H}x{W}x3.npz`` with
   ``arr_0`` uint8 [N, H, W, 3], the input format of the ADM evaluation suite
   (openai/guided-diffusion, evaluations/evaluator.py); 1-channel models are repeated to 3 channels there.
+  The file is streamed to disk one image at a time (memory does not grow with N), written to a temporary
+  name, fsynced and renamed; so is every PNG.
+* resuming checks what is already there: a PNG of the run's size and mode counts as done; anything else
+  in its place (an empty or corrupt file, another size, a folder) is refused, naming it.
 * latent models need ``--vae FOLDER`` (the SD VAE in diffusers layout, robuq.latent); FID is computed on
   images.
 * several processes: ``torchrun`` sets RANK / WORLD_SIZE / LOCAL_WORLD_SIZE; the processes meet in
@@ -82,8 +87,21 @@ class Dist:
             self.dist.destroy_process_group()
 
 
+def _env_int(name: str, default: str) -> int:
+    text = os.environ.get(name, default)
+    try:
+        v = int(text)
+    except ValueError:
+        msg = f"environment variable {name}={text!r} is not an integer (torchrun sets it)"
+        raise InferError(msg) from None
+    if v < 1:
+        raise InferError(f"environment variable {name}={text!r} must be >= 1")
+    return v
+
+
 def _setup_dist() -> Dist:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = _env_int("WORLD_SIZE", "1")
+    local_world = _env_int("LOCAL_WORLD_SIZE", str(world))
     if world <= 1:
         return Dist()
     try:
@@ -96,7 +114,7 @@ def _setup_dist() -> Dist:
     return Dist(
         rank=dist.get_rank(),
         world=dist.get_world_size(),
-        local_world=int(os.environ.get("LOCAL_WORLD_SIZE", str(world))),
+        local_world=local_world,
         dist=dist,
     )
 
@@ -173,6 +191,11 @@ def _prepare_out(args, settings: dict, d: Dist) -> Path:
                     old = json.loads(run_file.read_text())
                 except (OSError, ValueError) as e:
                     raise InferError(f"{run_file} is unreadable ({e}); remove it or use another --out") from e
+                if not isinstance(old, dict):
+                    raise InferError(
+                        f"{run_file} holds a JSON {type(old).__name__}, not a run's settings; remove it or "
+                        "use another --out"
+                    )
                 if old != settings:
                     diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
                     raise InferError(
@@ -201,18 +224,65 @@ def _save_png(path: Path, img: np.ndarray) -> None:
     _write_atomic(str(path), lambda f: pic.save(f, format="PNG"))
 
 
+def _check_done(path: Path, side: int, channels: int) -> bool:
+    """Whether sample `path` is finished: False when absent; True for a PNG of side x side pixels with the
+    model's channels; InferError (naming it) for anything else in its place (a folder, an empty or corrupt
+    file, another size), which a resumed run must not count as done nor overwrite silently."""
+    if not os.path.lexists(path):
+        return False
+    why = ""
+    if not path.is_file():
+        why = "is not a regular file"
+    elif path.stat().st_size == 0:
+        why = "is empty (0 bytes)"
+    else:
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(path) as im:
+                size, mode, fmt = im.size, im.mode, im.format
+        except (OSError, UnidentifiedImageError, ValueError) as e:
+            size, mode, fmt = None, None, None
+            why = f"is not a readable image ({type(e).__name__})"
+        want = "L" if channels == 1 else "RGB"
+        if not why and (fmt != "PNG" or size != (side, side) or mode != want):
+            why = f"is a {fmt} {mode} {size[0]}x{size[1]} image, not a {want} PNG of {side}x{side}"
+    if why:
+        raise InferError(
+            f"{path} {why}: not a sample of this run; remove it (it is regenerated) or use another --out"
+        )
+    return True
+
+
 def _pack_npz(out: Path, n: int) -> tuple[Path, tuple[int, ...]]:
+    """Streams the N PNGs, one at a time, into OUT/samples_NxHxWx3.npz (arr_0 uint8 [N, H, W, 3]; a zip
+    holding arr_0.npy, as numpy.savez writes it), so memory stays one image whatever N."""
+    import zipfile
+
     from PIL import Image
 
-    first = np.asarray(Image.open(out / IMAGES / f"{0:06d}.png"))
-    h, w = first.shape[:2]
-    arr = np.empty((n, h, w, 3), dtype=np.uint8)
-    for i in range(n):
-        a = np.asarray(Image.open(out / IMAGES / f"{i:06d}.png"))
-        arr[i] = a[..., None] if a.ndim == 2 else a[..., :3]
+    with Image.open(out / IMAGES / f"{0:06d}.png") as im:
+        w, h = im.size
+    shape = (n, h, w, 3)
     path = out / f"samples_{n}x{h}x{w}x3.npz"
-    _write_atomic(str(path), lambda f: np.savez(f, arr_0=arr))
-    return path, arr.shape
+
+    def write(f) -> None:
+        with (
+            zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as z,
+            z.open("arr_0.npy", "w", force_zip64=True) as member,
+        ):
+            header = {"descr": "|u1", "fortran_order": False, "shape": shape}
+            np.lib.format.write_array_header_2_0(member, header)
+            for i in range(n):
+                with Image.open(out / IMAGES / f"{i:06d}.png") as im:
+                    a = np.asarray(im)
+                if a.shape[:2] != (h, w):
+                    raise InferError(f"sample {i:06d}.png is {a.shape[1]}x{a.shape[0]}, the others {w}x{h}")
+                a = np.repeat(a[..., None], 3, axis=2) if a.ndim == 2 else a[..., :3]
+                member.write(np.ascontiguousarray(a, dtype=np.uint8).tobytes())
+
+    _write_atomic(str(path), write)
+    return path, shape
 
 
 def run(args: argparse.Namespace, d: Dist) -> str:
@@ -241,6 +311,8 @@ def run(args: argparse.Namespace, d: Dist) -> str:
     elif cfg != 1 and not eng.has_null_class:
         raise InferError(f"--cfg-scale {cfg}: this model has no null class; use --cfg-scale 1")
 
+    from .engine import NonFiniteError
+
     n = args.num_samples
     settings = {
         "model_sha256": _sha256(path),
@@ -258,7 +330,10 @@ def run(args: argparse.Namespace, d: Dist) -> str:
     images = out / IMAGES
     classes = sample_classes(args.classes, n, eng.num_classes, args.seed)
     mine = np.arange(d.rank, n, d.world)
-    todo = [int(i) for i in mine if not (images / f"{i:06d}.png").exists()]
+    mc = eng.info["model_config"]
+    side = mc["input_size"] * (8 if latent else 1)
+    channels = 3 if latent else mc["in_channels"]
+    todo = [int(i) for i in mine if not _check_done(images / f"{i:06d}.png", side, channels)]
 
     bar = None
     if args.progress and d.rank == 0 and todo:
@@ -280,6 +355,9 @@ def run(args: argparse.Namespace, d: Dist) -> str:
             )
         except ValueError as e:
             raise InferError(str(e)) from None
+        except NonFiniteError as e:
+            first, last = int(idx[0]), int(idx[-1])
+            raise InferError(f"samples {first}..{last}: {e}; nothing written for them") from None
         if vae is not None:
             from .latent import decode
 

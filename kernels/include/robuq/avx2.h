@@ -20,6 +20,10 @@
 namespace robuq {
 namespace avx2 {
 
+// Free the calling thread's scratch of the avx2 QLinear and of the ternary GEMM (robuq::release_thread_scratch).
+void release_qlinear_scratch();
+void release_gemm_scratch();
+
 // ------------------------------------------------------------------ Hadamard + quantization (== ref)
 // Same contracts as the robuq::ref functions of the same names (robuq/hadamard.h, robuq/quant.h).
 void hadamard_transform_row(const HadamardPlan& plan, float* row, float* scratch);

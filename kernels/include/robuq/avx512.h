@@ -17,6 +17,9 @@ struct HadamardPlan;
 
 namespace avx512 {
 
+// Frees the calling thread's buffers of the avx512 ternary GEMM (robuq::release_thread_scratch).
+void release_gemm_scratch();
+
 // rot = x @ H for one row (x and rot must not alias; scratch: plan.scratch_size() floats; sgn: the plan's K x K
 // sign table as avx2::RowTransform holds it), bit-identical to ref::hadamard_transform_row. Returns false, doing
 // nothing, for plans it does not take (butterfly segments under 16 floats, the identity): the caller then runs

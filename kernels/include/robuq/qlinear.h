@@ -52,6 +52,12 @@ int weight_code_max(WeightFormat format);
 // Checks every code of a packed [out, in] matrix (file layout). Throws std::invalid_argument naming the
 // row, column and code of the first invalid one. Padding positions are not inspected.
 void check_weight_codes(WeightFormat format, const uint8_t* packed, int64_t out, int64_t in);
+
+// The kernels keep per-thread scratch between calls (no allocation per call); it grows with the largest call
+// a thread has made. This frees the calling thread's scratch of every tier (the next call allocates anew);
+// release_scratch(threads) runs it on the caller and on a team of `threads` OpenMP workers.
+void release_thread_scratch();
+void release_scratch(int threads);
 // sums[r] = sum_k code[r, k] (the file's weight_sum). Codes must be valid.
 void weight_code_sums(WeightFormat format, const uint8_t* packed, int64_t out, int64_t in, int32_t* sums);
 
