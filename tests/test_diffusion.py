@@ -316,3 +316,28 @@ def test_to_uint8():
     assert u.dtype == np.uint8 and u.shape == (1, 1, 7, 1)
     assert u.reshape(-1).tolist() == [0, 0, 128, 255, 255, 191, 128]
     assert D.to_uint8(torch.zeros(2, 3, 4, 5)).shape == (2, 4, 5, 3)
+
+
+def test_reference_sampler_refuses_eta_beyond_the_real_variance_and_non_finite_samples():
+    """As the engine (engine/diffusion.cpp check_ddim_eta, NonFiniteError): DDIM's eta may exceed 1 only
+    by the schedule's margin (ddim10: ~1.00043), and a sample that stops being finite is an error naming
+    the step, never an all-NaN image."""
+    from robuq import diffusion as D
+
+    d = D.create_diffusion("ddim10")
+    x = torch.zeros(1, 1, 4, 4)
+
+    def model(x, t):
+        return torch.zeros(x.shape[0], 2, *x.shape[2:])
+
+    d.sample_loop(model, x, 0, "ddim", eta=1.0004)
+    for eta, msg in ((1.0005, "step 9 of 10"), (1.5, "step 1 of 10"), (-0.1, ">= 0"), (float("nan"), ">= 0")):
+        with pytest.raises(ValueError, match=msg):
+            d.sample_loop(model, x, 0, "ddim", eta=eta)
+
+    def overflow(x, t):
+        return torch.full((x.shape[0], 2, *x.shape[2:]), 3e38)
+
+    for sampler in ("ddpm", "ddim"):
+        with pytest.raises(FloatingPointError, match="not finite after step 1 of 10"):
+            d.sample_loop(overflow, x, 0, sampler)

@@ -354,6 +354,8 @@ class GaussianDiffusion:
         used)."""
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; use one of {SAMPLERS}")
+        if sampler == "ddim":
+            self.check_ddim_eta(eta)
         noise_fn = noise_fn or rng.gaussian
         x = x_T
         n = x.shape[0]
@@ -371,7 +373,29 @@ class GaussianDiffusion:
                 x = self.ddpm_step(out, x, t, z, clip_denoised)
             else:
                 x = self.ddim_step(out, x, t, z, clip_denoised, eta)
+            if not bool(torch.isfinite(x).all()):
+                raise FloatingPointError(
+                    f"the sample is not finite after step {i + 1} of {self.num_timesteps} (t = "
+                    f"{int(self.timestep_map[t])}): the model's values overflow float32"
+                )
         return x
+
+    def check_ddim_eta(self, eta: float) -> None:
+        """DDIM's step variance sigma^2 = eta^2 (1 - ap) / (1 - a) (1 - a / ap) must leave 1 - ap - sigma^2
+        >= 0 (the direction term's square root is real; float32 as in ddim_step): always for eta in [0, 1],
+        up to a schedule-dependent margin above 1. ValueError naming the first step where it fails."""
+        if not math.isfinite(eta) or eta < 0:
+            raise ValueError(f"eta must be finite and >= 0, got {eta}")
+        a = torch.tensor(self.alphas_cumprod, dtype=torch.float32)
+        ap = torch.tensor(self.alphas_cumprod_prev, dtype=torch.float32)
+        sigma = eta * torch.sqrt((1 - ap) / (1 - a)) * torch.sqrt(1 - a / ap)
+        bad = torch.nonzero(1 - ap - sigma * sigma < 0).flatten()
+        if len(bad):
+            t = int(bad.max())  # the first step the sampler takes (it runs t from high to low)
+            raise ValueError(
+                f"eta {eta:g} makes DDIM's variance larger than 1 - alpha_bar_prev at step "
+                f"{self.num_timesteps - t} of {self.num_timesteps} (0..1 is always valid)"
+            )
 
     # ------------------------------------------------------------------ training
     def vb_terms_bpd(

@@ -302,7 +302,7 @@ def _generate_engine(path: str, opts) -> tuple[torch.Tensor, torch.Tensor, float
                 output="latent",
             )
             seconds = time.perf_counter() - t0
-        except (FormatError, ValueError) as e:
+        except (FormatError, ValueError, ArithmeticError) as e:
             raise UsageError(f"{path}: sampling failed: {e}") from None
     return torch.from_numpy(np.ascontiguousarray(x, np.float32)), torch.tensor(classes), seconds
 
@@ -324,7 +324,7 @@ def evaluate_checkpoint(
             x, y = generate(
                 model, opts.per_class, opts.steps, opts.sampler, opts.cfg_scale, opts.seed, opts.batch_size
             )
-        except ValueError as e:  # e.g. CFG on a model without a null class
+        except (ValueError, ArithmeticError) as e:  # e.g. CFG without a null class; a non-finite sample
             raise UsageError(f"{path}: sampling failed: {e}") from None
         if opts.device.type == "cuda":
             torch.cuda.synchronize()
