@@ -58,7 +58,7 @@ const char* const kUsage =
     "  --seed N          noise seed, 0..2**64-1 (default 0)\n"
     "  --sampler NAME    ddpm (default) or ddim\n"
     "  --eta E           DDIM noise scale >= 0 (default 0)\n"
-    "  --threads N       engine threads (default: all cores)\n"
+    "  --threads N       engine threads (default or 0: all cores)\n"
     "  --zoom Z          PNG upscaling factor (default max(1, 128 // side))\n"
     "  --no-progress     no progress line on stderr\n"
     "  -o, --output OUT  output .png or .npy (default samples.png)\n"
@@ -194,7 +194,8 @@ Args parse_args(int argc, char** argv, bool* exit_now) {
     } else if (opt == "--threads") {
       const std::string v = next();
       long long t = 0;
-      if (!parse_int(v, 1, 4096, &t)) throw UsageError{"--threads must be an integer >= 1, got '" + v + "'"};
+      if (!parse_int(v, 0, 4096, &t))
+        throw UsageError{"--threads must be an integer in 0..4096 (0: all cores), got '" + v + "'"};
       a.threads = static_cast<int>(t);
     } else if (opt == "--zoom") {
       const std::string v = next();

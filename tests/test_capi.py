@@ -272,7 +272,7 @@ ERROR_CASES = {
     "negative seed": (["{model}", "--seed", "-1"], "--seed must be an integer"),
     "seed too large": (["{model}", "--seed", str(2**64)], "--seed must be an integer"),
     "negative eta": (["{model}", "--eta", "-1"], "--eta must be"),
-    "zero threads": (["{model}", "--threads", "0"], "--threads must be"),
+    "negative threads": (["{model}", "--threads", "-1"], "--threads must be an integer in 0..4096"),
     "unknown sampler": (["{model}", "--sampler", "euler"], "--sampler must be ddpm or ddim"),
     "unknown option": (["{model}", "--bogus"], "unknown option --bogus"),
     "missing value": (["{model}", "-o", "{tmp}/out.npy", "--steps"], "option --steps needs a value"),

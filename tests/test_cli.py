@@ -62,6 +62,28 @@ def test_npy_output(tiny, tmp_path, capsys):
     np.testing.assert_array_equal(x, want)
 
 
+def test_dit_conventions(tiny, tmp_path, capsys):
+    """DiT's sample.py spelling --num-sampling-steps, --threads 0 (all cores), --seeds (sample j equals a
+    single sample of its class with seed Sj), --nrow, --list-classes, and names in Engine.sample."""
+    m = tiny("a2")
+    out = tmp_path / "s.npy"
+    argv = [m.rq, "--class", "2,5", "--num-sampling-steps", "4", "--threads", "0", "--no-progress"]
+    rc, stdout, err = run_infer(capsys, *argv, "--seeds", "11,12", "-o", out)
+    assert rc == 0, err
+    assert "seeds 11,12" in stdout
+    eng = robuq.Engine(m.rq, threads=1)
+    x = np.load(out)
+    np.testing.assert_array_equal(x[0], eng.sample([2], steps=4, seed=11)[0])
+    np.testing.assert_array_equal(x[1], eng.sample([5], steps=4, seed=12)[0])
+    np.testing.assert_array_equal(eng.sample(["2", 5], steps=4, seed=1), eng.sample([2, 5], steps=4, seed=1))
+    png = tmp_path / "g.png"
+    rc, _, err = run_infer(capsys, *argv, "--class", "1,3", "--nrow", "2", "-o", png)
+    assert rc == 0, err
+    assert Image.open(png).size == (2 * 128 + 2, 2 * 128 + 2)  # 4 samples, 2 per row
+    rc, stdout, _ = run_infer(capsys, m.rq, "--list-classes")
+    assert rc == 0 and stdout.strip() == "10 classes: ids 0..9 (names are known only for ImageNet models)"
+
+
 def test_grid_layout():
     imgs = np.arange(13 * 4 * 4 * 3, dtype=np.int64).reshape(13, 4, 4, 3).astype(np.uint8)
     g = infer.make_grid(imgs)  # zoom 128 // 4 = 32, 10 per row, 2 rows
@@ -114,7 +136,7 @@ def _bad_inputs(m, d):
         ("directory model", [d / "adir", "--class", "1", "-o", ok], "adir is a directory, not a .rq"),
         ("text file", [text, "--class", "1", "-o", ok], "notes.rq is not a valid .rq model"),
         ("empty file", [empty, "--class", "1", "-o", ok], "empty.rq is not a valid .rq model"),
-        ("checkpoint", [m.ckpt, "--class", "1", "-o", ok], "not a valid .rq model.*PyTorch checkpoint"),
+        ("checkpoint", [m.ckpt, "--class", "1", "-o", ok], "checkpoint, not a .rq model: export it"),
         ("class too large", [m.rq, "--class", "10", "-o", ok], "class id 10 is out of range.*0..9"),
         ("class negative", [m.rq, "--class", "3", "--class", "-1", "-o", ok], "class id -1 is out of range"),
         ("class not a number", [m.rq, "--class", "seven", "-o", ok], "class 'seven' is not a class id"),
@@ -126,7 +148,10 @@ def _bad_inputs(m, d):
         ("output is a dir", [m.rq, "--class", "1", "-o", d / "adir"], "adir must end in .png|adir is a dir"),
         ("output dir .png", [m.rq, "--class", "1", "-o", d / "adir.png"], "adir.png is a directory"),
         ("bad extension", [m.rq, "--class", "1", "-o", d / "x.jpg"], "must end in .png .* or .npy"),
-        ("threads", [m.rq, "--class", "1", "--threads", "0", "-o", ok], "--threads must be >= 1"),
+        ("threads", [m.rq, "--class", "1", "--threads", "-1", "-o", ok], "--threads must be >= 0"),
+        ("seeds count", [m.rq, "--class", "1,2", "--seeds", "5", "-o", ok], "1 seeds for 2 samples"),
+        ("seeds value", [m.rq, "--class", "1", "--seeds", "x", "-o", ok], "'x' is not an integer"),
+        ("nrow", [m.rq, "--class", "1", "--nrow", "0", "-o", ok], "--nrow must be in"),
         ("seed", [m.rq, "--class", "1", "--seed", "-2", "-o", ok], "--seed must be in"),
         ("argparse", [m.rq, "--class", "1", "--seed", "x", "-o", ok], "argument --seed: invalid int"),
     ]  # fmt: skip

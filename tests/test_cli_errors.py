@@ -68,7 +68,7 @@ CASES = [
         r"positive number of sampling steps",
     ),
     ("infer negative steps", "robuq-infer", "{rq} --steps -3 -o {out}/a.png", r"positive number of sampling"),
-    ("infer zero threads", "robuq-infer", "{rq} --threads 0 -o {out}/a.png", r"--threads must be >= 1"),
+    ("infer negative threads", "robuq-infer", "{rq} --threads -1 -o {out}/a.png", r"--threads must be >= 0"),
     ("infer output dir missing", "robuq-infer", "{rq} -o {missing}/a.png", r"cannot write .*does not exist"),
     ("infer output under a file", "robuq-infer", "{rq} -o {file}/a.png", r"write .* is not a directory"),
     ("infer output is a directory", "robuq-infer", "{rq} -o {out}", r"must end in \.png"),

@@ -383,6 +383,13 @@ class Engine:
             NonFiniteError: the model's output or the sample stopped being finite (the message names the
                 step); nothing is returned.
         """
+        if isinstance(classes, str) or (
+            isinstance(classes, list | tuple) and any(isinstance(c, str) for c in classes)
+        ):
+            from .labels import resolve_class  # names ('golden retriever') or id strings, as robuq-infer
+
+            names = [classes] if isinstance(classes, str) else list(classes)
+            classes = [resolve_class(c, self.num_classes) for c in names]
         a = np.asarray(classes)
         if a.size == 0:
             raise ValueError("no classes given: pass at least one class id")

@@ -184,6 +184,33 @@ def _resolve_classes(tokens: list[str], num_classes: int) -> list[int]:
         raise InferError(str(e)) from None
 
 
+def _parse_seeds(text: str | None) -> list[int] | None:
+    """--seeds "1,2,3" -> [1, 2, 3] (each in 0..2**64-1)."""
+    if text is None:
+        return None
+    out = []
+    for tok in text.split(","):
+        try:
+            v = int(tok.strip())
+        except ValueError:
+            raise InferError(f"--seeds {text!r}: {tok.strip()!r} is not an integer") from None
+        if not 0 <= v < 2**64:
+            raise InferError(f"--seeds {text!r}: {v} is outside 0..2**64-1")
+        out.append(v)
+    return out
+
+
+def _list_classes(args: argparse.Namespace) -> str:
+    """The lines of --list-classes: 'id<TAB>name' (ImageNet models) or the id range."""
+    from .labels import class_name
+
+    eng = _load_engine(_model_path(args.model), args.threads, args.device)
+    k = eng.num_classes
+    if class_name(0, k) is None:
+        return f"{k} classes: ids 0..{k - 1} (names are known only for ImageNet models)"
+    return "\n".join(f"{c}\t{class_name(c, k)}" for c in range(k))
+
+
 def _model_path(arg: str | None) -> str:
     if arg is None:
         path = Path(default_model_path())
@@ -214,13 +241,16 @@ def _load_engine(path: str, threads: int | None, device: str = "cpu"):
             raise
         raise InferError(f"--device {device}: {e}") from None
     except FormatError as e:
-        hint, magic = "", b""
+        magic = b""
         if os.path.isfile(path):  # never open a FIFO or a device here: reading it could block
             with contextlib.suppress(OSError), open(path, "rb") as f:
                 magic = f.read(4)
         if magic == b"PK\x03\x04" or magic[:1] == b"\x80":
-            hint = " (it looks like a PyTorch checkpoint: export it with robuq-export CKPT -o model.rq)"
-        raise InferError(f"{path} is not a valid .rq model: {e}{hint}") from None
+            raise InferError(
+                f"{path} looks like a PyTorch checkpoint, not a .rq model: export it first with "
+                f"robuq-export {path} -o model.rq ({e})"
+            ) from None
+        raise InferError(f"{path} is not a valid .rq model: {e}") from None
     except OSError as e:
         raise InferError(f"cannot read model file {path}: {e.strerror or e}") from None
 
@@ -241,7 +271,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="class of a sample: an id, or for ImageNet models a name ('golden retriever'); repeat (or give "
         "a comma list) for several (default: one sample of each of the first 10 classes)",
     )
-    p.add_argument("--steps", default="250", help="sampling steps, or a respacing like ddim25 (default 250)")
+    p.add_argument(
+        "--steps",
+        "--num-sampling-steps",
+        dest="steps",
+        default="250",
+        help="sampling steps, or a respacing like ddim25 (default 250; --num-sampling-steps as in DiT)",
+    )
     p.add_argument(
         "--cfg-scale",
         type=float,
@@ -249,9 +285,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="classifier-free guidance scale; 1 disables it (default 4.0; 1 for models without a null class)",
     )
     p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    p.add_argument(
+        "--seeds",
+        default=None,
+        metavar="S1,S2,...",
+        help="one seed per sample instead of --seed: sample j is what a single sample of its class with "
+        "seed Sj gives, whatever the other samples",
+    )
     p.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM noise scale (default 0: deterministic)")
-    p.add_argument("--threads", type=int, default=None, help="engine threads (default: all cores)")
+    p.add_argument("--threads", type=int, default=None, help="engine threads (default or 0: all cores)")
     p.add_argument(
         "--device",
         default="cpu",
@@ -267,6 +310,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="latent models: decode with the Stable-Diffusion VAE from this local diffusers folder (needs "
         "torch and diffusers); without it, write the latents (.npy) and a linear preview (.png)",
     )
+    p.add_argument(
+        "--nrow", type=int, default=None, help=f"PNG grid: images per row (default {GRID_COLUMNS})"
+    )
+    p.add_argument(
+        "--list-classes",
+        action="store_true",
+        help="print the model's classes (id and, for ImageNet models, name) and exit",
+    )
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.add_argument("-o", "--output", default="samples.png", help="output .png or .npy (default samples.png)")
     return p
@@ -276,6 +327,8 @@ def run(args: argparse.Namespace) -> str:
     """Sample and write what the parsed arguments ask for; returns the summary line."""
     from .engine import steps_spec
 
+    if args.list_classes:
+        return _list_classes(args)
     out = args.output
     _check_output(out)
     try:
@@ -285,8 +338,11 @@ def run(args: argparse.Namespace) -> str:
     classes = _parse_classes(args.classes)
     if args.seed < 0 or args.seed >= 2**64:
         raise InferError(f"--seed must be in 0..2**64-1, got {args.seed}")
-    if args.threads is not None and args.threads < 1:
-        raise InferError(f"--threads must be >= 1, got {args.threads}")
+    if args.threads is not None and args.threads < 0:
+        raise InferError(f"--threads must be >= 0 (0: all cores), got {args.threads}")
+    if args.nrow is not None and not 1 <= args.nrow <= MAX_GRID_SIDE:
+        raise InferError(f"--nrow must be in 1..{MAX_GRID_SIDE}, got {args.nrow}")
+    seeds = _parse_seeds(args.seeds)
     if args.zoom is not None and not 1 <= args.zoom <= MAX_GRID_SIDE:
         raise InferError(f"--zoom must be in 1..{MAX_GRID_SIDE}, got {args.zoom}")
     if not (args.eta >= 0) or args.eta == float("inf"):
@@ -300,6 +356,8 @@ def run(args: argparse.Namespace) -> str:
 
     k = eng.num_classes
     classes = list(range(min(k, GRID_COLUMNS))) if classes is None else _resolve_classes(classes, k)
+    if seeds is not None and len(seeds) != len(classes):
+        raise InferError(f"--seeds gives {len(seeds)} seeds for {len(classes)} samples: give one per sample")
     cfg = args.cfg_scale
     if cfg is None:
         cfg = 4.0 if eng.has_null_class else 1.0
@@ -334,7 +392,7 @@ def run(args: argparse.Namespace) -> str:
     if ext == ".png" or (latent and vae is None):  # the grid's size is known before sampling: check it now
         side = info["model_config"]["input_size"] * (8 if latent and vae is not None else 1)
         zoom = args.zoom or (8 if latent and vae is None else max(1, 128 // side))
-        cols = min(len(classes), GRID_COLUMNS)
+        cols = min(len(classes), args.nrow or GRID_COLUMNS)
         rows = -(-len(classes) // cols)
         width = cols * side * zoom + (cols - 1) * GRID_GAP
         height = rows * side * zoom + (rows - 1) * GRID_GAP
@@ -358,6 +416,7 @@ def run(args: argparse.Namespace) -> str:
                     steps=spec,
                     cfg_scale=cfg,
                     seed=(args.seed + i // batch) % 2**64,
+                    seeds=None if seeds is None else seeds[i : i + batch],
                     sampler=args.sampler,
                     eta=args.eta,
                     progress=args.progress,
@@ -383,7 +442,8 @@ def run(args: argparse.Namespace) -> str:
     shown = [f"{c} {class_name(c, k)}" if class_name(c, k) else str(c) for c in classes]
     what = (
         f"{n} sample{'s' if n != 1 else ''} (class{'es' if n != 1 else ''} {', '.join(shown)}), "
-        f"{args.sampler} {spec}{' steps' if spec.isdigit() else ''}, cfg {cfg:g}, seed {args.seed} "
+        f"{args.sampler} {spec}{' steps' if spec.isdigit() else ''}, cfg {cfg:g}, "
+        f"{'seeds ' + args.seeds if seeds is not None else f'seed {args.seed}'} "
         f"[{seconds:.1f} s]"
     )
     if latent and vae is None:
@@ -391,7 +451,7 @@ def run(args: argparse.Namespace) -> str:
 
         from .latent import preview
 
-        grid = make_grid(preview(x), zoom=args.zoom or 8)
+        grid = make_grid(preview(x), columns=args.nrow, zoom=args.zoom or 8)
         _write_atomic(out, lambda f: np.save(f, x))
         _write_atomic(preview_out, lambda f: Image.fromarray(grid).save(f, format="PNG"))
         return (
@@ -413,7 +473,7 @@ def run(args: argparse.Namespace) -> str:
         return f"wrote {out}: uint8 {list(x.shape)} [n, H, W, C], {what}"
     from PIL import Image
 
-    grid = make_grid(x, zoom=args.zoom)
+    grid = make_grid(x, columns=args.nrow, zoom=args.zoom)
     img = Image.fromarray(grid[..., 0] if channels == 1 else grid)  # 2-D uint8: "L"; [h, w, 3]: "RGB"
     _write_atomic(out, lambda f: img.save(f, format="PNG"))
     return f"wrote {out}: {grid.shape[1]}x{grid.shape[0]} grid, {what}"
