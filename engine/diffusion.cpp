@@ -204,7 +204,10 @@ void sample_loop(const SpacedSchedule& sched, const ModelFn& model, int64_t N, i
     }
     for (int64_t n = 0; n < N; ++n) gaussian_noise(opt.seeds[static_cast<size_t>(n)], key, dst + n * per, per);
   };
-  draw(0, x.data());
+  if (opt.x_T != nullptr)
+    std::copy(opt.x_T, opt.x_T + total, x.data());
+  else
+    draw(0, x.data());
   for (int64_t i = 0; i < K; ++i) {
     const int64_t t = K - 1 - i;
     std::fill(tvec.begin(), tvec.end(), sched.timestep_map[t]);

@@ -44,6 +44,9 @@ struct SampleOptions {
   // N seeds, one stream per sample: sample n draws gaussian_noise(seeds[n], key) of size C * H * W, so its
   // result does not depend on the batch it comes in (equal to sampling it alone with seed = seeds[n]).
   std::vector<uint64_t> seeds;
+  // Null: x_T is drawn from noise stream 0 (as above). Otherwise the starting noise itself, N * C * H * W
+  // floats (NCHW; DiT's sample.py `z`), used as given; the steps' noise still comes from the streams.
+  const float* x_T = nullptr;
   // Refuse non-finite values after every step (NonFiniteError). Off only for tests of the loop's arithmetic
   // with stand-in models that diverge.
   bool check_finite = true;
@@ -67,7 +70,7 @@ using CancelFn = std::function<bool()>;
 
 // Runs the reverse process from noise gaussian_noise(seed, 0) of shape [N, C, H, W] (size per_sample
 // * N), adding gaussian_noise(seed, 1 + i) at step i (i = 0 at the largest t); with opt.seeds, each sample
-// from its own stream instead. Writes x0 to out. Throws std::invalid_argument if opt.seeds is neither
+// from its own stream instead; opt.x_T, when set, replaces the starting noise. Writes x0 to out. Throws std::invalid_argument if opt.seeds is neither
 // empty nor N long, NonFiniteError (errors.h) as soon as a step leaves a non-finite value in x (naming the
 // step; nothing is written to out).
 void sample_loop(const SpacedSchedule& sched, const ModelFn& model, int64_t N, int64_t C, int64_t HW,

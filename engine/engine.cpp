@@ -144,6 +144,13 @@ SamplePlan plan_sample(const RqSpec& spec, const int64_t* classes, int64_t n, co
   plan.opt.learn_sigma = c.learn_sigma;
   plan.opt.seed = p.seed;
   plan.opt.seeds = p.seeds;
+  if (p.noise != nullptr) {
+    const int64_t total = n * c.in_channels * c.input_size * c.input_size;
+    for (int64_t i = 0; i < total; ++i)
+      if (!std::isfinite(p.noise[i]))
+        throw std::invalid_argument("noise holds a non-finite value at flat index " + std::to_string(i));
+    plan.opt.x_T = p.noise;
+  }
   plan.guided = mode == "dit" ? std::min<int64_t>(3, c.in_channels) : c.in_channels;
   plan.labels.assign(classes, classes + n);
   if (plan.cfg) plan.labels.resize(static_cast<size_t>(2 * n), c.num_classes);  // the null class

@@ -44,6 +44,9 @@ struct SampleParams {
   double cfg_scale = 4.0;      // != 1: classifier-free guidance (needs the null class)
   uint64_t seed = 0;           // noise streams gaussian_noise(seed, key) (robuq.rng)
   std::vector<uint64_t> seeds;  // non-empty: one seed per sample instead (SampleOptions::seeds)
+  // Null, or the starting noise x_T, float32 [n, C, S, S] (SampleOptions::x_T); must stay valid during sample().
+  // Non-finite values are refused.
+  const float* noise = nullptr;
   Sampler sampler = Sampler::DDPM;
   double eta = 0.0;            // DDIM only; >= 0
   std::string cfg_mode;        // "dit" | "all"; empty: the file's sampling.cfg_mode ("dit" without one)

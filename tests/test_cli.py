@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +85,30 @@ def test_dit_conventions(tiny, tmp_path, capsys):
     assert rc == 0 and stdout.strip() == "10 classes: ids 0..9 (names are known only for ImageNet models)"
 
 
+def test_ckpt_and_noise(tiny, tmp_path, capsys):
+    """--ckpt samples a checkpoint through a temporary export (the same pixels as its .rq); --noise gives
+    x_T (sample j: row j, equal to Engine.sample(noise=...))."""
+    m = tiny("a2")
+    out = tmp_path / "s.npy"
+    exports = set(Path(tempfile.gettempdir()).glob("robuq-infer-*"))
+    rc, stdout, err = run_infer(capsys, "--ckpt", m.ckpt, "--class", "2,5", *FAST, "-o", out)
+    assert rc == 0, err
+    assert set(Path(tempfile.gettempdir()).glob("robuq-infer-*")) == exports  # the export is removed
+    assert "robuq-infer-" not in stdout
+    eng = robuq.Engine(m.rq, threads=1)
+    np.testing.assert_array_equal(np.load(out), eng.sample([2, 5], steps=4, seed=0))
+    z = np.random.default_rng(1).standard_normal((2, 1, 16, 16)).astype(np.float32)
+    np.save(tmp_path / "z.npy", z)
+    argv = [m.rq, "--class", "2,5", "--noise", tmp_path / "z.npy", *FAST]
+    rc, stdout, err = run_infer(capsys, *argv, "-o", out)
+    assert rc == 0, err
+    assert "noise " in stdout
+    want = eng.sample([2, 5], steps=4, seed=0, noise=z)
+    np.testing.assert_array_equal(np.load(out), want)
+    assert not np.array_equal(want, eng.sample([2, 5], steps=4, seed=0))
+    assert sorted(os.listdir(tmp_path)) == ["s.npy", "z.npy"]
+
+
 def test_grid_layout():
     imgs = np.arange(13 * 4 * 4 * 3, dtype=np.int64).reshape(13, 4, 4, 3).astype(np.uint8)
     g = infer.make_grid(imgs)  # zoom 128 // 4 = 32, 10 per row, 2 rows
@@ -131,6 +156,10 @@ def _bad_inputs(m, d):
     empty.write_bytes(b"")
     (d / "adir").mkdir()
     ok = d / "out.png"
+    one = d / "z1.npy"
+    np.save(one, np.zeros((1, 1, 16, 16), np.float32))
+    nan = d / "nan.npy"
+    np.save(nan, np.full((1, 1, 16, 16), np.nan, np.float32))
     return [
         ("missing model", [d / "absent.rq", "--class", "1", "-o", ok], "model file .*absent.rq not found"),
         ("directory model", [d / "adir", "--class", "1", "-o", ok], "adir is a directory, not a .rq"),
@@ -154,6 +183,13 @@ def _bad_inputs(m, d):
         ("nrow", [m.rq, "--class", "1", "--nrow", "0", "-o", ok], "--nrow must be in"),
         ("seed", [m.rq, "--class", "1", "--seed", "-2", "-o", ok], "--seed must be in"),
         ("argparse", [m.rq, "--class", "1", "--seed", "x", "-o", ok], "argument --seed: invalid int"),
+        ("model and ckpt", [m.rq, "--ckpt", m.ckpt, "-o", ok], "either MODEL .* or --ckpt"),
+        ("ckpt missing", ["--ckpt", d / "absent.pt", "-o", ok], "--ckpt .*absent.pt: not found"),
+        ("ckpt not one", ["--ckpt", text, "--class", "1", "-o", ok], "notes.rq: exporting it to .rq failed"),
+        ("noise shape", [m.rq, "--class", "1,2", "--noise", one, "-o", ok], r"\[1, 1, 16, 16\], but 2 s"),
+        ("noise missing", [m.rq, "--class", "1", "--noise", d / "no.npy", "-o", ok], "no.npy: not found"),
+        ("noise not npy", [m.rq, "--class", "1", "--noise", text, "-o", ok], "not a readable .npy"),
+        ("noise nan", [m.rq, "--class", "1", "--noise", nan, "-o", ok], "nan.npy: holds non-finite"),
     ]  # fmt: skip
 
 

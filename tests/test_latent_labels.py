@@ -75,6 +75,35 @@ def test_resolve_errors(token, k, pattern):
         labels.resolve_class(token, k)
 
 
+def test_synonyms_and_wordnet_ids():
+    """diffusers' example names (its DiTPipeline.get_label_ids takes every synonym of the ILSVRC table) and
+    WordNet ids resolve; a synonym of several classes is refused unless it is one class's short name."""
+    syn = labels.imagenet_synsets()
+    names = labels.imagenet_classes()
+    assert syn[0] == ("n01440764", ("tench", "Tinca tinca")) and syn[999][0] == "n15075141"
+    # the short names are the synsets' first lemma, made unique in two places
+    differ = {i: (names[i], syn[i][1][0]) for i in range(1000) if names[i] != syn[i][1][0]}
+    assert differ == {134: ("crane bird", "crane"), 639: ("maillot tank suit", "maillot")}
+    for text, want in [
+        ("white shark", 2),
+        ("umbrella", 879),
+        ("red panda", 387),
+        ("tabby cat", 281),
+        ("Carcharodon carcharias", 2),
+        ("n02099601", 207),
+        ("N01440764", 0),
+        ("crane", 517),  # the short name of 517, a synonym of 134 too
+        ("maillot", 638),
+    ]:
+        assert labels.resolve_class(text, 1000) == want, text
+    with pytest.raises(labels.LabelError, match=r"'panda' is ambiguous: it names 387 'lesser panda', 388"):
+        labels.resolve_class("panda", 1000)
+    with pytest.raises(labels.LabelError, match=r"unknown WordNet id 'n00000001'"):
+        labels.resolve_class("n00000001", 1000)
+    with pytest.raises(labels.LabelError, match="names are known only for ImageNet"):
+        labels.resolve_class("n02099601", 10)
+
+
 def test_class_name_only_for_imagenet_models():
     assert labels.class_name(3, 10) is None and labels.class_name(3, 1000) == labels.imagenet_classes()[3]
 

@@ -605,7 +605,10 @@ void CudaEngine::sample(const int64_t* classes, int64_t n, const SampleParams& p
     x.alloc(static_cast<size_t>(n * per));
     noise.alloc(static_cast<size_t>(n * per));
     if (!opt.seeds.empty()) seeds.upload(opt.seeds.data(), opt.seeds.size());
-    cuda::gaussian(opt.seed, seeds.get(), 0, n, per, x.get(), m.stream);
+    if (opt.x_T != nullptr)
+      x.upload(opt.x_T, static_cast<size_t>(n * per));
+    else
+      cuda::gaussian(opt.seed, seeds.get(), 0, n, per, x.get(), m.stream);
   }
   for (int64_t i = 0; i < K; ++i) {
     const int64_t t = K - 1 - i;

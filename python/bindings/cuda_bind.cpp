@@ -470,9 +470,9 @@ class PyCudaEngine {
   py::array_t<float> sample(const py::object& classes, const std::string& steps, double cfg_scale, uint64_t seed,
                             const std::string& sampler, double eta, const std::optional<std::string>& cfg_mode,
                             std::optional<bool> clip_denoised, const py::object& progress,
-                            const std::optional<std::vector<uint64_t>>& seeds) {
+                            const std::optional<std::vector<uint64_t>>& seeds, const py::object& noise) {
     return robuq_bind::sample_call(*e_, classes, steps, cfg_scale, seed, sampler, eta, cfg_mode, clip_denoised,
-                                   progress, seeds);
+                                   progress, seeds, noise);
   }
 
   double time_forward(int64_t N, int iters) {
@@ -633,7 +633,8 @@ void bind_cuda(py::module_& m) {
            "Hadamard + quantize kernel of a quantized layer, alone.")
       .def("sample", &PyCudaEngine::sample, py::arg("classes"), py::arg("steps") = "250", py::arg("cfg_scale") = 4.0,
            py::arg("seed") = 0, py::arg("sampler") = "ddpm", py::arg("eta") = 0.0, py::arg("cfg_mode") = py::none(),
-           py::arg("clip_denoised") = py::none(), py::arg("progress") = py::none(), py::arg("seeds") = py::none())
+           py::arg("clip_denoised") = py::none(), py::arg("progress") = py::none(), py::arg("seeds") = py::none(),
+           py::arg("noise") = py::none())
       .def("time_forward", &PyCudaEngine::time_forward, py::arg("N"), py::arg("iters"),
            "time_forward(N, iters) -> ms per forward (CUDA events; after a forward of batch N)")
       .def("profile_forward", &PyCudaEngine::profile_forward, py::arg("N"),

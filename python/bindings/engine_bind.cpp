@@ -288,9 +288,9 @@ class PyEngine {
   py::array_t<float> sample(const py::object& classes, const std::string& steps, double cfg_scale, uint64_t seed,
                             const std::string& sampler, double eta, const std::optional<std::string>& cfg_mode,
                             std::optional<bool> clip_denoised, const py::object& progress,
-                            const std::optional<std::vector<uint64_t>>& seeds) {
+                            const std::optional<std::vector<uint64_t>>& seeds, const py::object& noise) {
     return robuq_bind::sample_call(*e_, classes, steps, cfg_scale, seed, sampler, eta, cfg_mode, clip_denoised,
-                                   progress, seeds);
+                                   progress, seeds, noise);
   }
 
   std::string default_cfg_mode() const { return e_->default_cfg_mode(); }
@@ -363,10 +363,13 @@ void bind_engine(py::module_& m) {
       .def("sample", &PyEngine::sample, py::arg("classes"), py::arg("steps") = "250", py::arg("cfg_scale") = 4.0,
            py::arg("seed") = 0, py::arg("sampler") = "ddpm", py::arg("eta") = 0.0, py::arg("cfg_mode") = py::none(),
            py::arg("clip_denoised") = py::none(), py::arg("progress") = py::none(), py::arg("seeds") = py::none(),
+           py::arg("noise") = py::none(),
            "sample(classes int64 [n], steps='250', cfg_scale=4.0, seed=0, sampler='ddpm', eta=0.0,\n"
-           "       cfg_mode=None, clip_denoised=None, progress=None, seeds=None) -> x0 float32 [n, C, S, S]\n"
+           "       cfg_mode=None, clip_denoised=None, progress=None, seeds=None, noise=None)\n"
+           "  -> x0 float32 [n, C, S, S]\n"
            "progress: None or callable(done, total) called after each step (with the GIL).\n"
-           "seeds: None or n seeds, one noise stream per sample (instead of seed).")
+           "seeds: None or n seeds, one noise stream per sample (instead of seed).\n"
+           "noise: None or the starting noise x_T, float32 [n, C, S, S].")
       .def_property_readonly("default_cfg_mode", &PyEngine::default_cfg_mode)
       .def_property_readonly("default_clip_denoised", &PyEngine::default_clip_denoised)
       .def_property_readonly("threads", &PyEngine::threads);

@@ -97,7 +97,8 @@ template <class EngineT>
 py::array_t<float> sample_call(EngineT& engine, const py::object& classes_obj, const std::string& steps,
                                double cfg_scale, uint64_t seed, const std::string& sampler, double eta,
                                const std::optional<std::string>& cfg_mode, std::optional<bool> clip_denoised,
-                               const py::object& progress, const std::optional<std::vector<uint64_t>>& seeds) {
+                               const py::object& progress, const std::optional<std::vector<uint64_t>>& seeds,
+                               const py::object& noise_obj) {
   CArray<int64_t> classes = input_array<int64_t>(classes_obj, "classes", "int64", 1, "[n]");
   robuq::SampleParams p;
   p.steps = steps;
@@ -115,6 +116,19 @@ py::array_t<float> sample_call(EngineT& engine, const py::object& classes_obj, c
   p.clip_denoised = clip_denoised;
   const auto& c = engine.info().model;
   const int64_t n = classes.shape(0), S = c.input_size;
+  std::optional<CArray<float>> noise;  // the starting noise x_T, [n, C, S, S], kept alive through the call
+  if (!noise_obj.is_none()) {
+    noise.emplace(input_array<float>(noise_obj, "noise", "float32", 4, "[n, C, S, S]"));
+    const std::vector<int64_t> want = {n, c.in_channels, S, S};
+    for (int d = 0; d < 4; ++d)
+      if (noise->shape(d) != want[static_cast<size_t>(d)])
+        throw std::invalid_argument("noise must be float32 [n, C, S, S] = [" + std::to_string(n) + ", " +
+                                    std::to_string(c.in_channels) + ", " + std::to_string(S) + ", " +
+                                    std::to_string(S) + "], got [" + std::to_string(noise->shape(0)) + ", " +
+                                    std::to_string(noise->shape(1)) + ", " + std::to_string(noise->shape(2)) +
+                                    ", " + std::to_string(noise->shape(3)) + "]");
+    p.noise = noise->data();
+  }
   auto out = new_array<float>({static_cast<py::ssize_t>(n), static_cast<py::ssize_t>(c.in_channels),
                                static_cast<py::ssize_t>(S), static_cast<py::ssize_t>(S)});
   std::exception_ptr raised;  // what the Python side raised in the progress callback

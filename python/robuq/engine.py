@@ -340,6 +340,7 @@ class Engine:
         progress: bool | Callable[[int, int], Any] = False,
         output: str = "auto",
         seeds: Any = None,
+        noise: Any = None,
     ) -> np.ndarray:
         """Class-conditional samples, the whole reverse process in C++ (the GIL is released).
 
@@ -360,6 +361,10 @@ class Engine:
                 draws its own streams ``gaussian(seeds[j], key, [1, C, H, W])`` and comes out bit-identical
                 to ``sample([classes[j]], seed=seeds[j])`` whatever batch it is in (robuq-sample relies on
                 this for results independent of batch size and process count).
+            noise: None, or the starting noise x_T itself: float32 array-like [n, C, H, W] (NCHW; a CPU torch
+                tensor works), e.g. DiT's ``z = torch.randn(n, 4, latent_size, latent_size)``. It replaces
+                the draw from key 0; the noise a DDPM (or DDIM eta > 0) step adds still comes from ``seed``
+                / ``seeds``. Values must be finite.
             sampler: "ddpm" (ancestral, learned variance) or "ddim".
             eta: float >= 0, DDIM's noise scale (0: deterministic); ignored by DDPM.
             cfg_mode: "dit" (guide the first min(3, C) channels, as official DiT) or "all" (every eps
@@ -415,6 +420,20 @@ class Engine:
         seed_list = None
         if seeds is not None:
             seed_list = _as_seeds(seeds, a.shape[0])
+        x_T = None
+        if noise is not None:
+            x_T = np.asarray(noise)
+            c = self._info["model_config"]
+            want = [a.shape[0], c["in_channels"], c["input_size"], c["input_size"]]
+            if list(x_T.shape) != want:
+                raise ValueError(f"noise must have shape {want} ([n, C, H, W]), got {list(x_T.shape)}")
+            if x_T.dtype != np.float32:
+                if not np.issubdtype(x_T.dtype, np.floating):
+                    raise ValueError(f"noise must be a float array, got dtype {x_T.dtype}")
+                x_T = x_T.astype(np.float32)
+            if not np.isfinite(x_T).all():
+                raise ValueError("noise holds non-finite values")
+            x_T = np.ascontiguousarray(x_T)
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; use one of {', '.join(SAMPLERS)}")
         if not (_is_finite_real(eta) and eta >= 0):
@@ -451,6 +470,7 @@ class Engine:
                 None if clip_denoised is None else bool(clip_denoised),
                 callback,
                 seed_list,
+                x_T,
             )
         finally:
             if bar is not None:

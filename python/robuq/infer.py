@@ -1,7 +1,8 @@
 """robuq-infer: class-conditional samples from a ``.rq`` model with the C++ engine (no torch needed).
 
-    robuq-infer [MODEL.rq] --class 7 [--class 3 ...] [--steps 250] [--cfg-scale 4.0] [--seed 0]
-                [--sampler ddpm|ddim] [--eta 0.0] [--threads N] [--zoom Z] [--vae FOLDER] [--no-progress]
+    robuq-infer [MODEL.rq | --ckpt CKPT.pt] --class 7 [--class 3 ...] [--steps 250] [--cfg-scale 4.0]
+                [--seed 0 | --seeds S1,S2,... | --noise X_T.npy] [--sampler ddpm|ddim] [--eta 0.0]
+                [--threads N] [--zoom Z] [--nrow K] [--vae FOLDER] [--list-classes] [--no-progress]
                 [-o out.png]
 
 Without MODEL it runs the default shipped model, ``robuq/assets/digits-w158a2.rq`` (the W1.58A2 digits
@@ -11,8 +12,17 @@ DiT, package data). Output, by the extension of ``-o`` (default ``samples.png`` 
   by nearest neighbour (``--zoom``; default ``max(1, 128 // side)``: 16x16 digits x8) so they are visible;
 * ``.npy``: the raw uint8 array [n, H, W, C].
 
-Classes are ids or, for ImageNet (1000-class) models, names: ``--class 207`` and ``--class "golden
-retriever"`` are the same (robuq.labels: the table shipped in the package, matched case-insensitively).
+``--ckpt CKPT`` (the name DiT's sample.py uses) samples a PyTorch checkpoint (a QAT or full-precision
+robuq checkpoint, an official DiT ``.pt``, or a diffusers folder) instead: it is exported to a temporary
+``.rq`` (robuq-export; needs torch) and sampled by the same engine. ``--noise FILE.npy`` gives the starting
+noise x_T itself (float32 [n, C, H, W], one row per sample, e.g. DiT's ``z``) instead of drawing it from
+the seed; the noise DDPM adds at each step still comes from ``--seed`` / ``--seeds``.
+
+Classes are ids or, for ImageNet (1000-class) models, names: ``--class 207``, ``--class "golden
+retriever"``, ``--class n02099601`` (its WordNet id) and any synonym of the ILSVRC table that only one class
+has (``"white shark"``, ``"red panda"``, as diffusers' ``DiTPipeline.get_label_ids``) name a class
+(robuq.labels: the tables shipped in the package, matched case-insensitively). ``--list-classes`` prints
+id, name, WordNet id and synonyms.
 
 Latent models (``space: latent``, DiT on SD-VAE latents) sample latents float32 [n, 4, h, w] (scaled by
 0.18215). With ``--vae FOLDER`` (a local diffusers AutoencoderKL, e.g. a copy of stabilityai/sd-vae-ft-ema;
@@ -201,14 +211,16 @@ def _parse_seeds(text: str | None) -> list[int] | None:
 
 
 def _list_classes(args: argparse.Namespace) -> str:
-    """The lines of --list-classes: 'id<TAB>name' (ImageNet models) or the id range."""
-    from .labels import class_name
+    """The lines of --list-classes: 'id<TAB>name<TAB>WordNet id<TAB>synonyms' (ImageNet models) or the id
+    range."""
+    from .labels import class_name, imagenet_synsets
 
     eng = _load_engine(_model_path(args.model), args.threads, args.device)
     k = eng.num_classes
     if class_name(0, k) is None:
         return f"{k} classes: ids 0..{k - 1} (names are known only for ImageNet models)"
-    return "\n".join(f"{c}\t{class_name(c, k)}" for c in range(k))
+    syn = imagenet_synsets()
+    return "\n".join(f"{c}\t{class_name(c, k)}\t{syn[c][0]}\t{', '.join(syn[c][1])}" for c in range(k))
 
 
 def _model_path(arg: str | None) -> str:
@@ -248,7 +260,7 @@ def _load_engine(path: str, threads: int | None, device: str = "cpu"):
         if magic == b"PK\x03\x04" or magic[:1] == b"\x80":
             raise InferError(
                 f"{path} looks like a PyTorch checkpoint, not a .rq model: export it first with "
-                f"robuq-export {path} -o model.rq ({e})"
+                f"robuq-export {path} -o model.rq, or sample it directly with --ckpt {path} ({e})"
             ) from None
         raise InferError(f"{path} is not a valid .rq model: {e}") from None
     except OSError as e:
@@ -263,6 +275,13 @@ def build_parser() -> argparse.ArgumentParser:
         "grid (or the uint8 array as .npy).",
     )
     p.add_argument("model", nargs="?", help=f"the .rq model (default: the shipped {DEFAULT_MODEL})")
+    p.add_argument(
+        "--ckpt",
+        metavar="CKPT",
+        default=None,
+        help="sample a PyTorch checkpoint (robuq QAT/FP .pt, official DiT .pt or a diffusers folder) instead "
+        "of a .rq: exported to a temporary .rq first (needs torch), as in DiT's sample.py",
+    )
     p.add_argument(
         "--class",
         dest="classes",
@@ -291,6 +310,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S1,S2,...",
         help="one seed per sample instead of --seed: sample j is what a single sample of its class with "
         "seed Sj gives, whatever the other samples",
+    )
+    p.add_argument(
+        "--noise",
+        metavar="X_T.npy",
+        default=None,
+        help="the starting noise itself: a .npy of float32 [n, C, H, W], one row per sample (instead of "
+        "drawing it from the seed; the per-step noise still comes from --seed/--seeds)",
     )
     p.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM noise scale (default 0: deterministic)")
@@ -323,8 +349,62 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _export_ckpt(ckpt: str, directory: str) -> str:
+    """--ckpt: the checkpoint exported (EMA weights, full precision allowed) to DIRECTORY/model.rq."""
+    if not os.path.exists(ckpt):
+        raise InferError(f"--ckpt {ckpt}: not found")
+    try:
+        from .exporter.cli import main as export_main
+    except ImportError as e:  # torch (or another export dependency) is not installed
+        raise InferError(
+            f"--ckpt needs torch to export the checkpoint ({e}); install it, or export on a machine with "
+            f"torch (robuq-export {ckpt} -o model.rq) and pass the .rq"
+        ) from None
+    rq = os.path.join(directory, "model.rq")
+    if export_main([ckpt, "-o", rq, "-q", "--allow-fp"]) != 0:
+        raise InferError(f"--ckpt {ckpt}: exporting it to .rq failed (see the robuq-export error above)")
+    return rq
+
+
+def _load_noise(path: str, n: int, c: int, s: int) -> np.ndarray:
+    """--noise: a .npy of finite floats [n, C, S, S], as float32."""
+    if not os.path.isfile(path):
+        raise InferError(f"--noise {path}: {'not a file' if os.path.exists(path) else 'not found'}")
+    try:
+        z = np.load(path, allow_pickle=False, mmap_mode="r")
+    except (OSError, ValueError, EOFError) as e:
+        raise InferError(f"--noise {path}: not a readable .npy array ({e})") from None
+    want = [n, c, s, s]
+    if list(z.shape) != want:
+        raise InferError(
+            f"--noise {path}: shape {list(z.shape)}, but {n} sample{'s' if n != 1 else ''} of this model "
+            f"need {want} ([n, C, H, W], one row per --class)"
+        )
+    if not np.issubdtype(z.dtype, np.floating):
+        raise InferError(f"--noise {path}: dtype {z.dtype}, expected float32")
+    z = np.ascontiguousarray(z, dtype=np.float32)
+    if not np.isfinite(z).all():
+        raise InferError(f"--noise {path}: holds non-finite values")
+    return z
+
+
 def run(args: argparse.Namespace) -> str:
     """Sample and write what the parsed arguments ask for; returns the summary line."""
+    if args.ckpt is None:
+        return _run(args)
+    if args.model is not None:
+        raise InferError(f"give either MODEL ({args.model}) or --ckpt ({args.ckpt}), not both")
+    with tempfile.TemporaryDirectory(prefix="robuq-infer-") as tmp:
+        if not args.list_classes:
+            _check_output(args.output)  # before the export, which can take a while
+        args.model = _export_ckpt(args.ckpt, tmp)
+        try:
+            return _run(args).replace(args.model, args.ckpt)
+        except InferError as e:
+            raise InferError(str(e).replace(args.model, args.ckpt)) from None
+
+
+def _run(args: argparse.Namespace) -> str:
     from .engine import steps_spec
 
     if args.list_classes:
@@ -358,6 +438,12 @@ def run(args: argparse.Namespace) -> str:
     classes = list(range(min(k, GRID_COLUMNS))) if classes is None else _resolve_classes(classes, k)
     if seeds is not None and len(seeds) != len(classes):
         raise InferError(f"--seeds gives {len(seeds)} seeds for {len(classes)} samples: give one per sample")
+    mc = eng.info["model_config"]
+    noise = (
+        None
+        if args.noise is None
+        else _load_noise(args.noise, len(classes), mc["in_channels"], mc["input_size"])
+    )
     cfg = args.cfg_scale
     if cfg is None:
         cfg = 4.0 if eng.has_null_class else 1.0
@@ -417,6 +503,7 @@ def run(args: argparse.Namespace) -> str:
                     cfg_scale=cfg,
                     seed=(args.seed + i // batch) % 2**64,
                     seeds=None if seeds is None else seeds[i : i + batch],
+                    noise=None if noise is None else noise[i : i + batch],
                     sampler=args.sampler,
                     eta=args.eta,
                     progress=args.progress,
@@ -443,7 +530,8 @@ def run(args: argparse.Namespace) -> str:
     what = (
         f"{n} sample{'s' if n != 1 else ''} (class{'es' if n != 1 else ''} {', '.join(shown)}), "
         f"{args.sampler} {spec}{' steps' if spec.isdigit() else ''}, cfg {cfg:g}, "
-        f"{'seeds ' + args.seeds if seeds is not None else f'seed {args.seed}'} "
+        f"{'seeds ' + args.seeds if seeds is not None else f'seed {args.seed}'}"
+        f"{f', noise {args.noise}' if noise is not None else ''} "
         f"[{seconds:.1f} s]"
     )
     if latent and vae is None:

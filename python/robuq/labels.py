@@ -7,6 +7,20 @@ a package that ships ImageNet's category names as one short, unique name per cla
 lemma, made unique where two synsets share one: 134 "crane bird" vs 517 "crane", 638 "maillot" vs 639
 "maillot tank suit"). robuq does not depend on torchvision; the table is data.
 
+Beside it, ``robuq/assets/imagenet_synsets.txt`` holds each class's WordNet id and its full synonym list,
+one line per class in id order: ``n01484850 great white shark, white shark, man-eater, ...`` (the
+ILSVRC-2012 ``synset_words.txt`` / ``LOC_synset_mapping.txt`` table; two independent copies of it were
+compared line by line before it was added). diffusers' ``DiTPipeline.get_label_ids`` accepts every one of
+those synonyms ("white shark", "red panda", "tabby cat"); so does robuq. A class resolves from, in order:
+
+1. an id (``207``);
+2. a WordNet id (``n02099601``);
+3. the short name (``golden retriever``; unique per class);
+4. a synonym, when only one class has it. 19 synonyms belong to several classes ("crane", "panda",
+   "cardigan", ...): where one of them is a class's short name that class wins ("crane" is 517, as with
+   the short names alone), otherwise the name is refused with the candidates listed (diffusers silently
+   takes the last class; we would rather ask).
+
 Names match case-insensitively, with runs of spaces, ``_`` and ``-`` treated as one space, so
 "Golden_Retriever" finds 207. Names are only known for 1000-class (ImageNet) models; other models take
 ids.
@@ -19,10 +33,18 @@ import functools
 import re
 from pathlib import Path
 
-__all__ = ["IMAGENET_NUM_CLASSES", "LabelError", "imagenet_classes", "class_name", "resolve_class"]
+__all__ = [
+    "IMAGENET_NUM_CLASSES",
+    "LabelError",
+    "imagenet_classes",
+    "imagenet_synsets",
+    "class_name",
+    "resolve_class",
+]
 
 IMAGENET_NUM_CLASSES = 1000
 _TABLE = Path(__file__).resolve().parent / "assets" / "imagenet_classes.txt"
+_SYNSETS = Path(__file__).resolve().parent / "assets" / "imagenet_synsets.txt"
 
 
 class LabelError(ValueError):
@@ -41,6 +63,26 @@ def imagenet_classes() -> tuple[str, ...]:
     return names
 
 
+@functools.lru_cache(maxsize=1)
+def imagenet_synsets() -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """Per class id: (WordNet id, its synonyms) as in the ILSVRC-2012 table, e.g.
+    ``("n01484850", ("great white shark", "white shark", "man-eater", ...))``."""
+    try:
+        lines = _SYNSETS.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise LabelError(f"the ImageNet synset table {_SYNSETS} cannot be read: {e.strerror or e}") from None
+    out = []
+    for line in lines:
+        wnid, _, rest = line.partition(" ")
+        syns = tuple(s.strip() for s in rest.split(",") if s.strip())
+        if not re.fullmatch(r"n\d{8}", wnid) or not syns:
+            break
+        out.append((wnid, syns))
+    if len(out) != IMAGENET_NUM_CLASSES or [w for w, _ in out] != sorted(w for w, _ in out):
+        raise LabelError(f"the ImageNet synset table {_SYNSETS} is damaged: expected 1000 sorted lines")
+    return tuple(out)
+
+
 def _norm(name: str) -> str:
     return re.sub(r"[\s_\-]+", " ", name).strip().casefold()
 
@@ -48,6 +90,19 @@ def _norm(name: str) -> str:
 @functools.lru_cache(maxsize=1)
 def _index() -> dict[str, int]:
     return {_norm(n): i for i, n in enumerate(imagenet_classes())}
+
+
+@functools.lru_cache(maxsize=1)
+def _synonyms() -> tuple[dict[str, int], dict[str, tuple[int, ...]]]:
+    """(WordNet id -> class, normalised synonym -> the classes that have it)."""
+    wnids, syn = {}, {}
+    for i, (wnid, names) in enumerate(imagenet_synsets()):
+        wnids[wnid] = i
+        for name in names:
+            ids = syn.setdefault(_norm(name), ())
+            if i not in ids:
+                syn[_norm(name)] = ids + (i,)
+    return wnids, syn
 
 
 def class_name(class_id: int, num_classes: int = IMAGENET_NUM_CLASSES) -> str | None:
@@ -59,8 +114,9 @@ def class_name(class_id: int, num_classes: int = IMAGENET_NUM_CLASSES) -> str | 
 
 def resolve_class(token: str | int, num_classes: int) -> int:
     """A class id from an id (``207``, ``"207"``) or, for 1000-class models, an ImageNet name
-    (``"golden retriever"``). LabelError when the id is out of range or the name is unknown (with the
-    closest names and their ids as suggestions)."""
+    (``"golden retriever"``), a synonym (``"white shark"``) or a WordNet id (``"n02099601"``). LabelError
+    when the id is out of range, the name is unknown (with the closest names and their ids as suggestions)
+    or ambiguous."""
     if isinstance(token, bool):
         raise LabelError(f"class {token!r} is neither an id nor a name")
     if isinstance(token, int):
@@ -91,6 +147,17 @@ def _resolve_name(text: str, num_classes: int) -> int:
     if key in index:
         return index[key]
     names = imagenet_classes()
+    wnids, synonyms = _synonyms()
+    if re.fullmatch(r"[nN]\d{8}", text):
+        if text.lower() in wnids:
+            return wnids[text.lower()]
+        raise LabelError(f"unknown WordNet id {text!r}: not one of the 1000 ImageNet-1k synsets")
+    ids = synonyms.get(key, ())
+    if len(ids) == 1:
+        return ids[0]
+    if ids:
+        options = ", ".join(f"{i} {names[i]!r}" for i in ids)
+        raise LabelError(f"ImageNet class name {text!r} is ambiguous: it names {options}; give the id")
     close = difflib.get_close_matches(key, list(index), n=4, cutoff=0.6)
     # a name that contains the query (e.g. "retriever") is a likelier intent than a fuzzy neighbour
     containing = [k for k in index if key in k.split(" ") or (len(key) > 3 and key in k)]
