@@ -260,9 +260,14 @@ void RqFile::parse_header() {
       throw FormatError(where + ": data_offsets span " + std::to_string(t.end - t.begin) + " bytes but " +
                         dtype_name(t.dtype) + " " + t.shape_str() + " needs " + std::to_string(bytes));
     t.data = data + t.begin;
-    index_[name] = tensors_.size();
     tensors_.push_back(std::move(t));
   }
+  // Names are unique (the JSON parser refuses duplicate keys), so the sorted order is strict.
+  if (tensors_.size() > std::numeric_limits<uint32_t>::max()) throw FormatError("header: too many tensors");
+  by_name_.resize(tensors_.size());
+  for (size_t i = 0; i < by_name_.size(); ++i) by_name_[i] = static_cast<uint32_t>(i);
+  std::sort(by_name_.begin(), by_name_.end(),
+            [this](uint32_t a, uint32_t b) { return tensors_[a].name < tensors_[b].name; });
 
   // Sorted by offset, the tensors must cover the data section exactly: no overlaps, no gaps, nothing
   // after the last one (docs/rq-format.md; the safetensors library refuses anything else).
@@ -293,8 +298,9 @@ void RqFile::parse_header() {
 }
 
 const TensorEntry* RqFile::find(const std::string& name) const {
-  const auto it = index_.find(name);
-  return it == index_.end() ? nullptr : &tensors_[it->second];
+  const auto it = std::lower_bound(by_name_.begin(), by_name_.end(), name,
+                                   [this](uint32_t i, const std::string& key) { return tensors_[i].name < key; });
+  return it != by_name_.end() && tensors_[*it].name == name ? &tensors_[*it] : nullptr;
 }
 
 const float* RqFile::f32(const TensorEntry& t) {

@@ -69,7 +69,9 @@ class RqFile {
   bool mapped_ = false;
   std::unique_ptr<uint8_t[]> buffer_;  // the file's bytes when not mapped
   std::vector<TensorEntry> tensors_;
-  std::map<std::string, size_t> index_;
+  // Indices into tensors_ sorted by name (find: binary search). A map's nodes and name copies cost ~110 bytes
+  // per tensor; a header of many small entries must stay within a few times its size (docs/reliability.md).
+  std::vector<uint32_t> by_name_;
   std::map<std::string, std::string> metadata_;
   std::vector<std::unique_ptr<float[]>> owned_f32_;
   std::vector<std::unique_ptr<int32_t[]>> owned_i32_;
