@@ -74,8 +74,8 @@ CASES = [
     ("infer output is a directory", "robuq-infer", "{rq} -o {out}", r"must end in \.png"),
     ("infer output is a dir.png", "robuq-infer", "{rq} -o {dir_png}", r"is a directory"),
     # ---- robuq-export
-    ("export missing", "robuq-export", "{missing} -o {out}/a.rq", r"not found"),
-    ("export directory", "robuq-export", "{dir} -o {out}/a.rq", r"is not a file"),
+    ("export missing", "robuq-export", "{missing} -o {out}/a.rq", r"does not exist"),
+    ("export directory", "robuq-export", "{dir} -o {out}/a.rq", r"is a directory"),
     ("export garbage", "robuq-export", "{garbage} -o {out}/a.rq", r"is not a PyTorch checkpoint"),
     ("export .rq for .pt", "robuq-export", "{rq} -o {out}/a.rq", r"is a \.rq file \(an exported model\)"),
     ("export output dir missing", "robuq-export", "{qat} -o {missing}/a.rq", r"does not exist"),
@@ -120,13 +120,13 @@ CASES = [
         "train init garbage",
         "robuq-train",
         "--init {garbage} --bits W1.58A2 --steps 1 --out {out}/r",
-        r"refusing to load",
+        r"is not a PyTorch checkpoint",
     ),
     (
         "train init .rq",
         "robuq-train",
         "--init {rq} --bits W1.58A2 --steps 1 --out {out}/r",
-        r"refusing to load",
+        r"is a \.rq file \(an exported model\), not a checkpoint",
     ),
     (
         "train init QAT",
@@ -135,7 +135,7 @@ CASES = [
         r"quantized \(QAT\) checkpoint",
     ),
     ("train resume missing", "robuq-train", "--resume {missing} --out {out}/r", r"does not exist"),
-    ("train resume garbage", "robuq-train", "--resume {garbage} --out {out}/r", r"refusing to load"),
+    ("train resume garbage", "robuq-train", "--resume {garbage} --out {out}/r", r"not a PyTorch checkpoint"),
     (
         "train resume release",
         "robuq-train",
@@ -162,8 +162,8 @@ CASES = [
     # ---- robuq-eval
     ("eval missing", "robuq-eval", "eval {missing} --per-class 2 --json {out}/r.json", r"does not exist"),
     ("eval directory", "robuq-eval", "eval {dir} --per-class 2 --json {out}/r.json", r"is a directory"),
-    ("eval garbage", "robuq-eval", "eval {garbage} --per-class 2 --json {out}/r.json", r"refusing to load"),
-    ("eval .rq for .pt", "robuq-eval", "eval {rq} --per-class 2 --json {out}/r.json", r"refusing to load"),
+    ("eval garbage", "robuq-eval", "eval {garbage} --per-class 2 --json {out}/r.json", r"not a PyTorch"),
+    ("eval .rq for .pt", "robuq-eval", "eval {rq} --per-class 2 --json {out}/r.json", r"looks like a safet"),
     (
         "eval zero steps",
         "robuq-eval",
@@ -495,7 +495,7 @@ def test_permission_errors_exit_2(case, locked, permission_runs):
 FIFO_CASES = [
     ("robuq-infer", "{fifo} --steps 2 -o {d}/a.png", r"not a regular file"),
     ("robuq-parity", "{fifo} {qat}", r"not a regular file"),
-    ("robuq-export", "{fifo} -o {d}/a.rq", r"is not a file"),
+    ("robuq-export", "{fifo} -o {d}/a.rq", r"not a regular file"),
     ("robuq-train", "--init {fifo} --steps 1 --out {d}/r", r"not a regular file"),
     ("robuq-eval", "eval {fifo} --per-class 2", r"not a regular file"),
 ]

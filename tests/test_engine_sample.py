@@ -12,7 +12,7 @@ import torch
 
 import robuq
 from robuq import _C, diffusion, rng
-from robuq.train import load_model
+from robuq.checkpoint import load_model
 
 CLASSES = [0, 3, 7, 9]
 

@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from robuq import quant
+from robuq.checkpoint import _safe_globals
 from robuq.exporter import packing
-from robuq.exporter.checkpoint import _safe_globals
 from robuq.exporter.cli import main
 from robuq.exporter.export import plan_rq
 from robuq.exporter.random_model import RandomWeights, ampn_mix, mac_weighted_bits, random_quant_config
@@ -514,7 +514,7 @@ def _text(tmp):
 
 
 BAD = {
-    "missing": (lambda tmp: tmp / "nope.pt", [], "not found"),
+    "missing": (lambda tmp: tmp / "nope.pt", [], "does not exist"),
     "text file": (lambda tmp: _text(tmp), [], "not a PyTorch checkpoint"),
     "truncated zip": (
         lambda tmp: _truncate(_saved(tmp, {"a": torch.zeros(100)})),
@@ -626,7 +626,7 @@ def test_console_entry_point_exit_code(tmp_path):
         capture_output=True,
         text=True,
     )
-    assert r.returncode == 2 and "not found" in r.stderr
+    assert r.returncode == 2 and "does not exist" in r.stderr
 
 
 # ----------------------------------------------------------------------------------------- random

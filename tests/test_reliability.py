@@ -28,9 +28,8 @@ import torch
 import robuq
 import robuq.rng
 from robuq import _C, evaluate, parity, train
+from robuq.checkpoint import CheckpointError, read
 from robuq.exporter import cli as export_cli
-from robuq.exporter.checkpoint import read_file
-from robuq.exporter.errors import ExportError
 from robuq.infer import default_model_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,8 +129,8 @@ def test_pickle_payloads_are_refused_everywhere(payloads, tiny, tmp_path, capsys
     out = tmp_path / "out"
     out.mkdir()
     for kind, p in files.items():
-        with pytest.raises(ExportError, match="unsafe|refus|not a torch.save"):
-            read_file(p)
+        with pytest.raises(CheckpointError, match="unsafe|refus|not a torch.save"):
+            read(p)
         with pytest.raises(train.UsageError, match="refusing to load"):
             train.load_checkpoint(str(p))
         calls = {

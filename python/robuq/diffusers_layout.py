@@ -115,9 +115,12 @@ def _load_weights(folder: Path) -> dict[str, torch.Tensor]:
     if (folder / WEIGHT_FILES[0]).is_file():
         return load_st(folder / WEIGHT_FILES[0])
     if (folder / WEIGHT_FILES[1]).is_file():
-        from robuq.exporter.checkpoint import read_file  # torch.load(weights_only=True) with its checks
+        from robuq.checkpoint import CheckpointError, read  # torch.load(weights_only=True) with its checks
 
-        obj = read_file(folder / WEIGHT_FILES[1])
+        try:
+            obj = read(folder / WEIGHT_FILES[1])
+        except CheckpointError as e:
+            raise DiffusersLayoutError(str(e)) from None
         if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
             raise DiffusersLayoutError(f"{folder / WEIGHT_FILES[1]} is not a state dict of tensors")
         return obj
@@ -246,7 +249,7 @@ def convert_state_dict(sd: dict[str, torch.Tensor], config: DiTConfig) -> dict[s
 def read_diffusers(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], DiTConfig, str]:
     """(official state dict, DiTConfig, description) of a diffusers pipeline folder, its transformer/ folder
     or weights file. DiffusersLayoutError names what is wrong; the shapes are checked by the caller against
-    the config (robuq.exporter.checkpoint.validate / DiT.load_state_dict)."""
+    the config (robuq.checkpoint.validate / DiT.load_state_dict)."""
     folder = find_transformer(path)
     if folder is None:
         raise DiffusersLayoutError(f"{path} is not a diffusers DiT folder (no model_index.json, config.json)")

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from . import ampn, diffusion, metrics, rng
+from .checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_model, read
 from .cli import UsageError, write_text_atomic
 from .cli_paths import DefaultsHelpFormatter, output_path_problem
 from .data import load_dataset
@@ -68,7 +69,6 @@ from .quality_report import (
     write_quality_doc,
 )
 from .quant import QuantConfig
-from .train import CHECKPOINT_FORMAT, load_checkpoint, load_model
 
 __all__ = [
     "BEGIN_MARK",
@@ -260,7 +260,10 @@ def _checkpoint_slug(path: str) -> str:
 def inspect_checkpoint(path: str) -> dict:
     """``describe_checkpoint`` of ``path`` after checking that it is a robuq-train checkpoint of a model
     the digits judge can score (1 channel, 16x16, 10 classes); a UsageError otherwise."""
-    ck = load_checkpoint(path)
+    try:
+        ck = read(path)
+    except CheckpointError as e:
+        raise UsageError(str(e)) from None
     if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
         raise UsageError(f"{path} is not a robuq-train checkpoint")
     mc = ck.get("model_config") or {}

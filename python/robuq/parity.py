@@ -3,12 +3,12 @@
     robuq-parity MODEL.rq CKPT [--threads N] [--tier reference|generic|avx2] [--layer-tol 1e-4]
                  [--tol 1e-3] [--flip-tol 2e-2] [--no-ema] [--num-heads H] [--seed 0]
 
-The checkpoint is read as ``robuq-export`` reads it (``robuq.exporter.checkpoint.load_checkpoint``: a
+The checkpoint is read as ``robuq-export`` reads it (``robuq.checkpoint.load``: a
 robuq-train checkpoint, QAT or full precision, with its EMA weights unless ``--no-ema``; or an official DiT
-checkpoint / state dict, full precision) and rebuilt as the PyTorch model ``robuq.train.load_model`` gives
-(``quantize_model`` + the state dict). Both run on the same seeded inputs: x = ``robuq.rng.gaussian(seed,
-0, [4, C, S, S])``, timesteps 999, 600, 250, 0, classes 0, 1, num_classes - 1 and the null class (when the
-model has one).
+checkpoint / state dict, full precision) and rebuilt as the PyTorch model
+``robuq.checkpoint.load_model`` gives (``quantize_model`` + the state dict). Both run on the same
+seeded inputs: x = ``robuq.rng.gaussian(seed, 0, [4, C, S, S])``, timesteps 999, 600, 250, 0, classes 0,
+1, num_classes - 1 and the null class (when the model has one).
 
 Per linear layer (every one the engine has, quantized or not), the input the PyTorch layer sees in that
 forward is captured with a forward hook and given to ``Engine.linear``; the engine's output is compared
@@ -307,14 +307,13 @@ def _load(args):
 
     import torch
 
-    from .exporter.checkpoint import load_checkpoint
-    from .exporter.errors import ExportError
+    from .checkpoint import CheckpointError, load
     from .models import DiT
     from .quant import quantize_model
 
     try:
-        ck = load_checkpoint(args.checkpoint, ema=args.ema, num_heads=args.num_heads)
-    except ExportError as e:
+        ck = load(args.checkpoint, ema=args.ema, num_heads=args.num_heads)
+    except CheckpointError as e:
         raise ParityUsageError(str(e)) from None
     # The wrong kind of checkpoint (full precision for a quantized file, or the reverse) is a bad input,
     # not a parity failure.

@@ -44,9 +44,9 @@ def strip(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     """Write a release checkpoint: the training checkpoint without optimizer state, raw weights and RNG."""
     import torch
 
-    from .train import load_checkpoint
+    from .checkpoint import read
 
-    ck = load_checkpoint(str(src))
+    ck = read(str(src))
     missing = [k for k in ("format", "model_config", "ema") if k not in ck]
     if missing:
         raise ValueError(f"{src} is not a robuq-train checkpoint (missing {missing})")
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     e = sub.add_parser("export", help="re-export the shipped .rq files from their release checkpoints")
     e.add_argument("--check", action="store_true", help="compare instead of writing; exit 1 on a difference")
     args = p.parse_args(argv)
-    from .train import UsageError
+    from .cli import UsageError
 
     try:
         if args.cmd == "strip":

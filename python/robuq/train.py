@@ -18,9 +18,7 @@ import argparse
 import copy
 import hashlib
 import json
-import math
 import os
-import pickle
 import re
 import sys
 import time
@@ -31,6 +29,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from . import ampn
+from .checkpoint import CHECKPOINT_FORMAT, CheckpointError, infer_config, load, load_model, read
 from .cli import UsageError
 from .cli_paths import DefaultsHelpFormatter, output_path_problem
 from .data import load_dataset
@@ -38,9 +37,8 @@ from .diffusion import GaussianDiffusion
 from .models import CONFIGS, DiT, DiTConfig, create
 from .quant import QuantConfig, preset, quantize_model
 
-__all__ = ["main", "build_parser", "load_checkpoint", "load_model", "UsageError"]
+__all__ = ["main", "build_parser", "load_checkpoint", "load_model", "UsageError", "CHECKPOINT_FORMAT"]
 
-CHECKPOINT_FORMAT = "robuq-train-checkpoint"
 # Options a resumed run may change; every other option is taken from the checkpoint's "args".
 RESUME_OVERRIDABLE = (
     "resume",
@@ -137,44 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _unsupported_global(err: Exception) -> str:
-    """The line of a weights_only failure that names the refused global (torch's wording varies)."""
-    lines = [s.strip() for s in str(err).splitlines() if s.strip()]
-    for key in ("GLOBAL", "Unsupported", "unsupported"):
-        for line in lines:
-            if key in line:
-                return line[:200]
-    return lines[-1][:200] if lines else type(err).__name__
-
-
 def load_checkpoint(path: str):
-    """torch.load(weights_only=True) on CPU; argparse.Namespace (DiT train.py's "args") is the only class
-    allow-listed. Anything else that is not tensors and plain containers is refused (UsageError)."""
-    if path and os.path.isdir(path):
-        raise UsageError(f"checkpoint {path!r} is a directory, not a checkpoint file")
-    if path and os.path.exists(path) and not os.path.isfile(path):
-        raise UsageError(f"checkpoint {path!r} is not a regular file")
-    if not path or not os.path.isfile(path):
-        raise UsageError(f"checkpoint {path!r} does not exist")
+    """robuq.checkpoint.read (torch.load with weights_only=True and one allow-list), its refusals raised as
+    UsageError (robuq-train's error line)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        err: Exception = e
-        safe = getattr(torch.serialization, "safe_globals", None)
-        if "argparse.Namespace" in str(e) and safe is not None:
-            try:
-                with safe([argparse.Namespace]):
-                    return torch.load(path, map_location="cpu", weights_only=True)
-            except pickle.UnpicklingError as e2:
-                err = e2
-        raise UsageError(
-            f"refusing to load {path}: it holds pickled objects other than tensors and plain containers "
-            f"({_unsupported_global(err)}); checkpoints are only read with weights_only=True"
-        ) from None
-    except Exception as e:  # noqa: BLE001 - any reader failure is a bad input
-        raise UsageError(
-            f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
-        ) from None
+        return read(path)
+    except CheckpointError as e:
+        raise UsageError(str(e)) from None
 
 
 def save_atomic(obj, path: Path) -> None:
@@ -203,103 +170,23 @@ def state_hash(sd: dict) -> str:
     return h.hexdigest()
 
 
-def _strip_module(sd: dict) -> dict:
-    if sd and all(k.startswith("module.") for k in sd):
-        return {k[len("module.") :]: v for k, v in sd.items()}
-    return sd
-
-
-def _is_state_dict(obj) -> bool:
-    return (
-        isinstance(obj, dict)
-        and bool(obj)
-        and all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items())
-    )
-
-
-def _infer_config(sd: dict, name_hint: str | None, args) -> DiTConfig:
-    """DiTConfig from an official state dict's shapes; num_heads from --num-heads, the train.py model name
-    or the registry entry with the same hidden size."""
-    try:
-        w = sd["x_embedder.proj.weight"]  # [D, C, p, p]
-        d, c, p = int(w.shape[0]), int(w.shape[1]), int(w.shape[2])
-        t = int(sd["pos_embed"].shape[1])
-        rows = int(sd["y_embedder.embedding_table.weight"].shape[0])
-        out = int(sd["final_layer.linear.weight"].shape[0]) // (p * p)
-        hidden_mlp = int(sd["blocks.0.mlp.fc1.weight"].shape[0])
-    except KeyError as e:
-        raise UsageError(f"--init is not a DiT state dict (missing {e.args[0]})") from None
-    depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
-    grid = math.isqrt(t)
-    heads = args.num_heads
-    if heads is None and name_hint in CONFIGS and CONFIGS[name_hint]["hidden_size"] == d:
-        heads = CONFIGS[name_hint]["num_heads"]
-    if heads is None:
-        same = [cfg["num_heads"] for cfg in CONFIGS.values() if cfg["hidden_size"] == d]
-        heads = same[0] if same else None
-    if heads is None:
-        raise UsageError(f"cannot tell the number of heads of a hidden size {d} model: give --num-heads")
-    dropout = args.class_dropout_prob
-    num_classes = rows - 1 if dropout > 0 else rows
-    if out not in (c, 2 * c):
-        raise UsageError(f"--init: final layer has {out} channels per pixel for {c} input channels")
-    try:
-        return DiTConfig(
-            depth=depth,
-            hidden_size=d,
-            patch_size=p,
-            num_heads=heads,
-            mlp_ratio=hidden_mlp / d,
-            input_size=grid * p,
-            in_channels=c,
-            num_classes=num_classes,
-            learn_sigma=out == 2 * c,
-            class_dropout_prob=dropout,
-        )
-    except ValueError as e:
-        raise UsageError(f"--init: {e}") from None
-
-
 def load_init(args) -> DiT:
-    """The full-precision model of --init (ours, an official state dict, a DiT train.py file, or diffusers'
-    layout: a DiTPipeline folder, its transformer/ folder or weights file)."""
-    from .diffusers_layout import DiffusersLayoutError, is_diffusers_path, read_diffusers
-
-    name_hint = None
-    if args.init and is_diffusers_path(args.init):
-        try:
-            sd, cfg, _ = read_diffusers(args.init)
-        except DiffusersLayoutError as e:
+    """The full-precision model of --init: ours, an official state dict (.pt or .safetensors), a DiT train.py
+    file, or diffusers' layout (a DiTPipeline folder, its transformer/ folder or weights file), read and
+    validated by robuq.checkpoint.load; an official layout's config inferred with --num-heads and
+    --class-dropout-prob."""
+    try:
+        ck = load(args.init, ema=args.init_weights == "ema", num_heads=args.num_heads)
+    except CheckpointError as e:
+        raise UsageError(f"--init: {e}") from None
+    if ck.quant is not None:
+        raise UsageError(f"{args.init} is a quantized (QAT) checkpoint; continue it with --resume")
+    cfg = ck.config
+    if ck.layout in ("official", "official-train") and args.class_dropout_prob != cfg.class_dropout_prob:
+        try:  # the label table's null row exists iff the dropout is > 0 (DiT's LabelEmbedder)
+            cfg = infer_config(ck.state, cfg.num_heads, None, args.class_dropout_prob)
+        except CheckpointError as e:
             raise UsageError(f"--init: {e}") from None
-        obj = None
-    else:
-        obj = load_checkpoint(args.init)
-    if obj is None:
-        pass
-    elif isinstance(obj, dict) and "model_config" in obj:  # ours
-        if obj.get("quant_config") is not None:
-            raise UsageError(f"{args.init} is a quantized (QAT) checkpoint; continue it with --resume")
-        sd = obj.get(args.init_weights) or obj.get("model")
-        try:
-            cfg = DiTConfig.from_dict(dict(obj["model_config"]))
-        except (TypeError, ValueError) as e:
-            raise UsageError(f"{args.init}: bad model_config: {e}") from None
-    elif isinstance(obj, dict) and _is_state_dict(
-        obj.get("model")
-    ):  # DiT train.py {"model", "ema", "opt", "args"}
-        sd = obj.get(args.init_weights) if _is_state_dict(obj.get(args.init_weights)) else obj["model"]
-        a = obj.get("args")
-        name_hint = getattr(a, "model", None) if not isinstance(a, dict) else a.get("model")
-        cfg = None
-    elif _is_state_dict(obj):  # released plain state dict
-        sd, cfg = obj, None
-    else:
-        raise UsageError(f"{args.init} is not a DiT checkpoint (no state dict found)")
-    if not _is_state_dict(sd):
-        raise UsageError(f"{args.init} holds no {args.init_weights!r} state dict")
-    sd = _strip_module(sd)
-    if cfg is None:
-        cfg = _infer_config(sd, name_hint, args)
     for key in MODEL_OVERRIDES:
         want = getattr(args, key)
         if want is not None and want != getattr(cfg, key):
@@ -308,26 +195,10 @@ def load_init(args) -> DiT:
             )
     model = DiT(cfg)
     try:
-        model.load_state_dict(sd, strict=True)
+        model.load_state_dict(ck.state, strict=True)
     except RuntimeError as e:
         raise UsageError(f"{args.init} does not match the inferred configuration: {str(e)[:400]}") from None
     return model
-
-
-def load_model(path: str, weights: str = "ema") -> DiT:
-    """A trained model from one of our checkpoints, in eval mode on the CPU: the DiT of "model_config",
-    quantized with "quant_config" when that is set (low-rank factors loaded, not re-initialised), holding
-    the "ema" (default) or "model" weights."""
-    if weights not in ("ema", "model"):
-        raise ValueError(f"weights must be 'ema' or 'model', got {weights!r}")
-    ck = load_checkpoint(path)
-    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
-        raise UsageError(f"{path} is not a robuq-train checkpoint")
-    model = DiT(DiTConfig.from_dict(dict(ck["model_config"])))
-    if ck.get("quant_config") is not None:
-        quantize_model(model, QuantConfig.from_dict(ck["quant_config"]), init_lowrank=False)
-    model.load_state_dict(ck[weights], strict=True)
-    return model.eval()
 
 
 # ---------------------------------------------------------------------------------------------------------
