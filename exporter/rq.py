@@ -12,11 +12,12 @@ import contextlib
 import json
 import os
 import struct
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
+
+from robuq.cli import atomic_path as cli_atomic_path
 
 from .errors import ExportError
 from .packing import FORMATS, packed_cols
@@ -81,43 +82,18 @@ def plan_container(specs: list[TensorSpec], metadata: dict[str, str]) -> tuple[b
     return head, entries, len(head) + cursor
 
 
-def fsync_path(path: str) -> None:
-    """fsync a file or directory by path (best effort where the file system does not support it)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if os.path.isdir(path) else 0))
-    except OSError:
-        return
-    try:
-        with contextlib.suppress(OSError):
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[str]:
-    """Yields a temporary name in `path`'s directory; renames it to `path` when the block succeeds and
-    deletes it when it raises, so a failed export leaves no file."""
+    """robuq.cli.atomic_path (a temporary name renamed into place when the block succeeds, removed when it
+    raises) after the checks that name a bad output path as an ExportError."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise ExportError(f"output directory {directory} does not exist")
     if os.path.isdir(path):
         raise ExportError(f"output path {path} is a directory")
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the mode open() would
-    try:
+    with cli_atomic_path(path) as tmp:
         yield tmp
-        fsync_path(tmp)  # the bytes reach the disk before the name points at them
-        os.replace(tmp, path)
-        fsync_path(directory)  # and the rename itself survives a power loss
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise
 
 
 def write_safetensors(

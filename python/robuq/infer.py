@@ -55,6 +55,8 @@ from typing import BinaryIO
 
 import numpy as np
 
+from .cli import write_atomic
+
 __all__ = ["DEFAULT_MODEL", "default_model_path", "make_grid", "main"]
 
 #: file name of the default model among the package data (robuq/assets/)
@@ -110,43 +112,13 @@ def make_grid(
 
 
 # -------------------------------------------------------------------------------------------- helpers
-def _fsync_dir(directory: str) -> None:
-    """fsync a directory, so that a rename in it survives a power loss (best effort where unsupported)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        with contextlib.suppress(OSError):
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_atomic(path: str, write: Callable[[BinaryIO], None]) -> None:
-    """Write through a temporary file in path's directory, renamed into place when complete; on any
-    failure (or Ctrl-C) the temporary file is removed and `path` is untouched."""
-    directory = os.path.dirname(os.path.abspath(path))
+    """robuq.cli.write_atomic (temporary file, fsync, rename; nothing left on failure or Ctrl-C), an OS
+    refusal raised as InferError."""
     try:
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+        write_atomic(path, write)
     except OSError as e:
-        raise InferError(f"cannot write {path}: {e.strerror}") from None
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the mode open() would
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
-        os.replace(tmp, path)
-        _fsync_dir(directory)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        if isinstance(e, OSError):
-            raise InferError(f"cannot write {path}: {e.strerror or e}") from None
-        raise
+        raise InferError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 def _check_output(path: str) -> None:

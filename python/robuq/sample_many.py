@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import json
 import os
 import sys
@@ -48,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .cli import sha256_file
 from .infer import InferError, _load_engine, _model_path, _write_atomic
 
 __all__ = ["main", "sample_classes", "sample_seeds"]
@@ -117,14 +117,6 @@ def _setup_dist() -> Dist:
         local_world=local_world,
         dist=dist,
     )
-
-
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -315,7 +307,7 @@ def run(args: argparse.Namespace, d: Dist) -> str:
 
     n = args.num_samples
     settings = {
-        "model_sha256": _sha256(path),
+        "model_sha256": sha256_file(path),
         "model_size": os.path.getsize(path),
         "num_samples": n,
         "steps": args.steps,

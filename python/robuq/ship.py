@@ -45,19 +45,14 @@ def strip(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     import torch
 
     from .checkpoint import read
+    from .cli import write_atomic
 
     ck = read(str(src))
     missing = [k for k in ("format", "model_config", "ema") if k not in ck]
     if missing:
         raise ValueError(f"{src} is not a robuq-train checkpoint (missing {missing})")
     out = {k: ck[k] for k in RELEASE_KEYS if k in ck}
-    dst = Path(dst)
-    tmp = dst.with_name(dst.name + f".tmp{os.getpid()}")
-    try:
-        torch.save(out, tmp)
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(dst, lambda f: torch.save(out, f))
 
 
 def export_one(ckpt: Path, out: Path) -> None:

@@ -95,10 +95,9 @@ class QuantConfig:
         return cls.from_dict(json.loads(s))
 
     def save(self, path: str | os.PathLike) -> None:
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "w") as f:
-            f.write(self.to_json())
-        os.replace(tmp, path)
+        from robuq.cli import write_text_atomic
+
+        write_text_atomic(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> QuantConfig:
