@@ -24,37 +24,26 @@
 namespace robuq {
 
 int64_t packed_cols(WeightFormat format, int64_t in) {
-  switch (format) {
-    case WeightFormat::Ternary: return (in + 3) / 4;
-    case WeightFormat::Int4: return (in + 1) / 2;
-    case WeightFormat::Int8: return in;
-  }
-  throw std::invalid_argument("invalid weight format");
+  if (!valid_weight_format(format)) throw std::invalid_argument("invalid weight format");
+  return packed_row_bytes(format, in);
 }
 
 WeightFormat parse_weight_format(const std::string& name) {
-  if (name == "ternary") return WeightFormat::Ternary;
-  if (name == "int4") return WeightFormat::Int4;
-  if (name == "int8") return WeightFormat::Int8;
-  throw std::invalid_argument("unknown weight format '" + name + "' (expected ternary, int4 or int8)");
+  std::string known;
+  for (const WeightFormatTraits& t : kWeightFormats) {
+    if (name == t.name) return t.format;
+    known += (known.empty() ? "" : ", ") + std::string(t.name);
+  }
+  throw std::invalid_argument("unknown weight format '" + name + "' (expected " + known + ")");
 }
 
 const char* weight_format_name(WeightFormat format) {
-  switch (format) {
-    case WeightFormat::Ternary: return "ternary";
-    case WeightFormat::Int4: return "int4";
-    case WeightFormat::Int8: return "int8";
-  }
-  return "?";
+  return valid_weight_format(format) ? traits(format).name : "?";
 }
 
 int weight_code_max(WeightFormat format) {
-  switch (format) {
-    case WeightFormat::Ternary: return 1;
-    case WeightFormat::Int4: return 7;
-    case WeightFormat::Int8: return 127;
-  }
-  throw std::invalid_argument("invalid weight format");
+  if (!valid_weight_format(format)) throw std::invalid_argument("invalid weight format");
+  return traits(format).code_max;
 }
 
 namespace {
@@ -68,7 +57,7 @@ struct ByteTable {
 
 ByteTable make_table(WeightFormat format) {
   ByteTable t{};
-  const int per = format == WeightFormat::Ternary ? 4 : 2;
+  const int per = traits(format).codes_per_byte;
   const int cmax = weight_code_max(format);
   for (int b = 0; b < 256; ++b) {
     const uint8_t byte = static_cast<uint8_t>(b);
@@ -90,11 +79,11 @@ int64_t scan_row(WeightFormat format, const uint8_t* row, int64_t in, int64_t* b
   *bad = -1;
   const int cmax = weight_code_max(format);
   int64_t s = 0, k0 = 0;
-  if (format != WeightFormat::Int8) {
+  const int64_t per = traits(format).codes_per_byte;
+  if (per > 1) {  // several codes per byte: a table of all 256 bytes
     static const ByteTable tern = make_table(WeightFormat::Ternary);
     static const ByteTable int4 = make_table(WeightFormat::Int4);
     const ByteTable& t = format == WeightFormat::Ternary ? tern : int4;
-    const int64_t per = format == WeightFormat::Ternary ? 4 : 2;
     const int64_t full = in / per;
     bool ok = true;
     for (int64_t j = 0; j < full; ++j) {

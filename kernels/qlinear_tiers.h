@@ -11,21 +11,8 @@
 namespace robuq {
 namespace detail {
 
-// Code k of one packed row (file layout; see docs/rq-format.md). Invalid codes are returned as they are
-// (ternary 2 for code 3, int4 -8, int8 -128); QLinear rejects them at construction.
-inline int weight_code(WeightFormat format, const uint8_t* row, int64_t k) {
-  switch (format) {
-    case WeightFormat::Ternary:
-      return static_cast<int>((row[k >> 2] >> (2 * (k & 3))) & 3u) - 1;
-    case WeightFormat::Int4: {
-      const unsigned nib = (row[k >> 1] >> (4 * (k & 1))) & 15u;
-      return static_cast<int>(nib) - (nib >= 8 ? 16 : 0);
-    }
-    case WeightFormat::Int8:
-      return static_cast<int>(static_cast<int8_t>(row[k]));
-  }
-  return 0;
-}
+// Code k of one packed row (robuq/format.h); QLinear rejects invalid codes at construction.
+inline int weight_code(WeightFormat format, const uint8_t* row, int64_t k) { return decode_weight_code(format, row, k); }
 
 // Decodes row r's `in` codes into dst (int8). Codes must be valid.
 void decode_row(WeightFormat format, const uint8_t* row, int64_t in, int8_t* dst);

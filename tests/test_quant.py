@@ -327,3 +327,12 @@ def test_weight_format_table_is_the_one_every_side_reads():
     for bad in ("int3", "int5", "int2", "fp8", 4):
         with pytest.raises(ValueError, match="unsupported weight format .*stores ternary, int4, int8"):
             quant.LayerQuant(bad, 4, "gauss", "full", 0, 0)
+    # the C++ twin (kernels/include/robuq/format.h): the same formats, in the same order, the same codes
+    from robuq import _C
+
+    cpp = _C.weight_formats()
+    assert [d["name"] for d in cpp] == list(WEIGHT_FORMATS) and [d["value"] for d in cpp] == [0, 1, 2]
+    for d in cpp:
+        f = WEIGHT_FORMATS[d["name"]]
+        want = (f.code_min, f.code_max, f.codes_per_byte)
+        assert (d["code_min"], d["code_max"], d["codes_per_byte"]) == want, d

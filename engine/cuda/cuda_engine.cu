@@ -118,7 +118,7 @@ struct DevLinear {
   std::string name;
   int64_t in = 0, out = 0;
   bool quant = false;
-  int format = 0;
+  WeightFormat format = WeightFormat::Ternary;
   int act_bits = 0;
   float clip_k = 0.0f;
   int form = 0;
@@ -480,7 +480,7 @@ CudaEngine::CudaEngine(const std::string& path, int device) : impl_(std::make_un
       up_f32(L->weight, s.name + ".weight");
     } else {
       L->quant = true;
-      L->format = static_cast<int>(q->weight);
+      L->format = q->weight;
       L->act_bits = q->act_bits;
       L->clip_k = q->clip_k;
       const HadamardPlan plan = make_hadamard_plan(s.in, q->hadamard, q->hadamard_block);

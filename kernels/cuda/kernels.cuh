@@ -11,6 +11,8 @@
 #include <string>
 #include <utility>
 
+#include "robuq/format.h"
+
 namespace robuq {
 namespace cuda {
 
@@ -102,14 +104,14 @@ struct Epilogue {
 
 // Ternary / int4 / int8 (format 0 / 1 / 2) weights in the file layout [out, pc] x activation codes
 // [T, codes_ld(in)] on the int8 tensor cores (mma.sync m16n8k32 u8 x s8 -> s32).
-void qgemm(int format, const uint8_t* codes, int64_t T, int64_t in, const uint8_t* packed, int64_t pc,
+void qgemm(WeightFormat format, const uint8_t* codes, int64_t T, int64_t in, const uint8_t* packed, int64_t pc,
            int64_t out, const float* scale_x, const float* zero_x, const Epilogue& e, float* y,
            cudaStream_t stream);
 
 // The ternary fast path (docs/cuda.md): weights ternary, in % 64 == 0, codes written by hadamard_quantize
 // with interleave = 1 and their row sums. qgemm_fast_applies says whether qgemm_ternary_fast takes a layer
 // (so the engine knows which code layout to ask for).
-bool qgemm_fast_applies(int format, int64_t in);
+bool qgemm_fast_applies(WeightFormat format, int64_t in);
 void qgemm_ternary_fast(const uint8_t* codes, const int32_t* rowsum, int64_t T, int64_t in, const uint8_t* packed,
                         int64_t pc, int64_t out, const float* scale_x, const float* zero_x, const Epilogue& e,
                         float* y, cudaStream_t stream);
@@ -117,7 +119,7 @@ void qgemm_ternary_fast(const uint8_t* codes, const int32_t* rowsum, int64_t T, 
 // whether the engine uses it for T rows.
 constexpr int kGemvMaxRows = 16;
 bool qgemv_applies(int64_t T);
-void qgemv(int format, const uint8_t* codes, int64_t T, int64_t in, const uint8_t* packed, int64_t pc, int64_t out,
+void qgemv(WeightFormat format, const uint8_t* codes, int64_t T, int64_t in, const uint8_t* packed, int64_t pc, int64_t out,
            const float* scale_x, const float* zero_x, const Epilogue& e, float* y, cudaStream_t stream);
 // GEMM kernel choice, for measurements (python -m robuq.bench.gpu --gemm-variants): 0 automatic (default),
 // 1 the general kernel for every layer (and no GEMV), 2..kGemmVariants a fixed tile shape of the fast kernel
@@ -127,7 +129,7 @@ void set_gemm_variant(int v);
 int gemm_variant();
 
 // Float activations with quantized weights: y = s[r] * sum_k xr[t, k] code[r, k] (k ascending) + epilogue.
-void qlinear_float_act(int format, const float* xr, int64_t T, int64_t in, const uint8_t* packed, int64_t pc,
+void qlinear_float_act(WeightFormat format, const float* xr, int64_t T, int64_t in, const uint8_t* packed, int64_t pc,
                        int64_t out, const Epilogue& e, float* y, cudaStream_t stream);
 
 // u[t, j] = sum_k x[t, k] w[j, k] (k ascending, float32): the low-rank down-projection.

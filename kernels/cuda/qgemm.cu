@@ -48,7 +48,7 @@ __device__ __forceinline__ void finish(const Epilogue& e, int64_t t, int64_t r, 
   y[t * out + r] = v;
 }
 
-template <int FMT>
+template <WeightFormat FMT>
 __global__ void __launch_bounds__(kWarps * 32)
     qgemm_kernel(const uint8_t* __restrict__ codes, int T, int in, int ld, const uint8_t* __restrict__ packed,
                  int pc, int out, const float* __restrict__ scale_x, const float* __restrict__ zero_x, Epilogue e,
@@ -343,7 +343,7 @@ __device__ __forceinline__ int dp4a_us(uint32_t a, uint32_t b, int c) {
 }
 
 constexpr int kGemvWarps = 4;
-template <int FMT>
+template <WeightFormat FMT>
 __global__ void __launch_bounds__(kGemvWarps * 32)
     qgemv_kernel(const uint8_t* __restrict__ codes, int T, int in, int ld, const uint8_t* __restrict__ packed,
                  int pc, int out, const float* __restrict__ scale_x, const float* __restrict__ zero_x, Epilogue e,
@@ -373,7 +373,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
 // One thread per output: x row t (broadcast across the block's threads), weight row r.
 constexpr int kRowThreads = 128;
 
-template <int FMT>
+template <WeightFormat FMT>
 __global__ void __launch_bounds__(kRowThreads)
     qlinear_float_act_kernel(const float* __restrict__ xr, int T, int in, const uint8_t* __restrict__ packed, int pc,
                              int out, Epilogue e, float* y) {
@@ -417,7 +417,7 @@ void check_int_range(int64_t v, const char* what) {
 
 }  // namespace
 
-void qgemm(int format, const uint8_t* codes, int64_t T, int64_t in, const uint8_t* packed, int64_t pc, int64_t out,
+void qgemm(WeightFormat format, const uint8_t* codes, int64_t T, int64_t in, const uint8_t* packed, int64_t pc, int64_t out,
            const float* scale_x, const float* zero_x, const Epilogue& e, float* y, cudaStream_t stream) {
   if (T == 0 || out == 0) return;
   const int64_t ld = codes_ld(in);
@@ -429,10 +429,10 @@ void qgemm(int format, const uint8_t* codes, int64_t T, int64_t in, const uint8_
   const int Ti = static_cast<int>(T), ini = static_cast<int>(in), ldi = static_cast<int>(ld), pci = static_cast<int>(pc),
             oi = static_cast<int>(out);
   switch (format) {
-    case 0: qgemm_kernel<0><<<grid, kWarps * 32, 0, stream>>>(codes, Ti, ini, ldi, packed, pci, oi, scale_x, zero_x, e, y); break;
-    case 1: qgemm_kernel<1><<<grid, kWarps * 32, 0, stream>>>(codes, Ti, ini, ldi, packed, pci, oi, scale_x, zero_x, e, y); break;
-    case 2: qgemm_kernel<2><<<grid, kWarps * 32, 0, stream>>>(codes, Ti, ini, ldi, packed, pci, oi, scale_x, zero_x, e, y); break;
-    default: throw std::invalid_argument("qgemm: unknown weight format " + std::to_string(format));
+    case WeightFormat::Ternary: qgemm_kernel<WeightFormat::Ternary><<<grid, kWarps * 32, 0, stream>>>(codes, Ti, ini, ldi, packed, pci, oi, scale_x, zero_x, e, y); break;
+    case WeightFormat::Int4: qgemm_kernel<WeightFormat::Int4><<<grid, kWarps * 32, 0, stream>>>(codes, Ti, ini, ldi, packed, pci, oi, scale_x, zero_x, e, y); break;
+    case WeightFormat::Int8: qgemm_kernel<WeightFormat::Int8><<<grid, kWarps * 32, 0, stream>>>(codes, Ti, ini, ldi, packed, pci, oi, scale_x, zero_x, e, y); break;
+    default: throw std::invalid_argument("qgemm: unknown weight format " + std::to_string(static_cast<int>(format)));
   }
   check(cudaGetLastError(), "qgemm launch");
 }
@@ -473,7 +473,7 @@ void set_gemm_variant(int v) {
 }
 int gemm_variant() { return g_gemm_variant; }
 
-bool qgemm_fast_applies(int format, int64_t in) { return format == 0 && in % 64 == 0 && g_gemm_variant != 1; }
+bool qgemm_fast_applies(WeightFormat format, int64_t in) { return format == WeightFormat::Ternary && in % 64 == 0 && g_gemm_variant != 1; }
 
 void qgemm_ternary_fast(const uint8_t* codes, const int32_t* rowsum, int64_t T, int64_t in, const uint8_t* packed,
                         int64_t pc, int64_t out, const float* scale_x, const float* zero_x, const Epilogue& e,
@@ -505,7 +505,7 @@ void qgemm_ternary_fast(const uint8_t* codes, const int32_t* rowsum, int64_t T, 
   check(cudaGetLastError(), "qgemm_ternary_fast launch");
 }
 
-void qgemv(int format, const uint8_t* codes, int64_t T, int64_t in, const uint8_t* packed, int64_t pc, int64_t out,
+void qgemv(WeightFormat format, const uint8_t* codes, int64_t T, int64_t in, const uint8_t* packed, int64_t pc, int64_t out,
            const float* scale_x, const float* zero_x, const Epilogue& e, float* y, cudaStream_t stream) {
   if (T == 0 || out == 0) return;
   if (T > kGemvMaxRows) throw std::invalid_argument("qgemv: at most " + std::to_string(kGemvMaxRows) + " rows");
@@ -516,17 +516,17 @@ void qgemv(int format, const uint8_t* codes, int64_t T, int64_t in, const uint8_
   const int Ti = static_cast<int>(T), ini = static_cast<int>(in), ldi = static_cast<int>(ld), pci = static_cast<int>(pc),
             oi = static_cast<int>(out);
   switch (format) {
-    case 0: qgemv_kernel<0><<<blocks, kGemvWarps * 32, 0, stream>>>(codes, Ti, ini, ldi, packed, pci, oi, scale_x, zero_x, e, y); break;
-    case 1: qgemv_kernel<1><<<blocks, kGemvWarps * 32, 0, stream>>>(codes, Ti, ini, ldi, packed, pci, oi, scale_x, zero_x, e, y); break;
-    case 2: qgemv_kernel<2><<<blocks, kGemvWarps * 32, 0, stream>>>(codes, Ti, ini, ldi, packed, pci, oi, scale_x, zero_x, e, y); break;
-    default: throw std::invalid_argument("qgemv: unknown weight format " + std::to_string(format));
+    case WeightFormat::Ternary: qgemv_kernel<WeightFormat::Ternary><<<blocks, kGemvWarps * 32, 0, stream>>>(codes, Ti, ini, ldi, packed, pci, oi, scale_x, zero_x, e, y); break;
+    case WeightFormat::Int4: qgemv_kernel<WeightFormat::Int4><<<blocks, kGemvWarps * 32, 0, stream>>>(codes, Ti, ini, ldi, packed, pci, oi, scale_x, zero_x, e, y); break;
+    case WeightFormat::Int8: qgemv_kernel<WeightFormat::Int8><<<blocks, kGemvWarps * 32, 0, stream>>>(codes, Ti, ini, ldi, packed, pci, oi, scale_x, zero_x, e, y); break;
+    default: throw std::invalid_argument("qgemv: unknown weight format " + std::to_string(static_cast<int>(format)));
   }
   check(cudaGetLastError(), "qgemv launch");
 }
 
 bool qgemv_applies(int64_t T) { return T <= kGemvMaxRows && g_gemm_variant != 1; }
 
-void qlinear_float_act(int format, const float* xr, int64_t T, int64_t in, const uint8_t* packed, int64_t pc,
+void qlinear_float_act(WeightFormat format, const float* xr, int64_t T, int64_t in, const uint8_t* packed, int64_t pc,
                        int64_t out, const Epilogue& e, float* y, cudaStream_t stream) {
   if (T == 0 || out == 0) return;
   check_int_range(T * in, "T * in");
@@ -534,10 +534,10 @@ void qlinear_float_act(int format, const float* xr, int64_t T, int64_t in, const
   const dim3 grid = row_grid(T, out);
   const int Ti = static_cast<int>(T), ini = static_cast<int>(in), pci = static_cast<int>(pc), oi = static_cast<int>(out);
   switch (format) {
-    case 0: qlinear_float_act_kernel<0><<<grid, kRowThreads, 0, stream>>>(xr, Ti, ini, packed, pci, oi, e, y); break;
-    case 1: qlinear_float_act_kernel<1><<<grid, kRowThreads, 0, stream>>>(xr, Ti, ini, packed, pci, oi, e, y); break;
-    case 2: qlinear_float_act_kernel<2><<<grid, kRowThreads, 0, stream>>>(xr, Ti, ini, packed, pci, oi, e, y); break;
-    default: throw std::invalid_argument("qlinear_float_act: unknown weight format " + std::to_string(format));
+    case WeightFormat::Ternary: qlinear_float_act_kernel<WeightFormat::Ternary><<<grid, kRowThreads, 0, stream>>>(xr, Ti, ini, packed, pci, oi, e, y); break;
+    case WeightFormat::Int4: qlinear_float_act_kernel<WeightFormat::Int4><<<grid, kRowThreads, 0, stream>>>(xr, Ti, ini, packed, pci, oi, e, y); break;
+    case WeightFormat::Int8: qlinear_float_act_kernel<WeightFormat::Int8><<<grid, kRowThreads, 0, stream>>>(xr, Ti, ini, packed, pci, oi, e, y); break;
+    default: throw std::invalid_argument("qlinear_float_act: unknown weight format " + std::to_string(static_cast<int>(format)));
   }
   check(cudaGetLastError(), "qlinear_float_act launch");
 }

@@ -16,6 +16,7 @@
 #endif
 
 #include "robuq/constants.h"
+#include "robuq/format.h"
 #include "robuq/hd.h"
 
 namespace robuq {
@@ -315,16 +316,16 @@ ROBUQ_HD int frag_c_col(int lane, int i) { return 2 * (lane % 4) + (i & 1); }
 
 // Register b of a B fragment for weight row `row_bytes` (file layout) and k-tile base k0 (a multiple of 32):
 // the four codes k0 + frag_b_k(lane, i) .. + 3, as s8x4. `in` guards the row end: codes at k >= in read as 0
-// (their activation codes are 0 too; see docs/cuda.md). format: 0 ternary, 1 int4, 2 int8.
-ROBUQ_HD uint32_t load_b_reg(int format, const uint8_t* row_bytes, int64_t in, int64_t k0, int lane, int i) {
+// (their activation codes are 0 too; see docs/cuda.md). format: robuq/format.h.
+ROBUQ_HD uint32_t load_b_reg(WeightFormat format, const uint8_t* row_bytes, int64_t in, int64_t k0, int lane, int i) {
   const int64_t k = k0 + frag_b_k(lane, i);
   if (k >= in) return 0u;
-  if (format == 0) {
+  if (format == WeightFormat::Ternary) {
     const uint32_t w = ternary_byte_to_s8x4(row_bytes[k >> 2]);
     // a partial last byte holds padding codes 1 (= weight 0), which decode to 0 already
     return w;
   }
-  if (format == 1) {
+  if (format == WeightFormat::Int4) {
     const int64_t j = k >> 1;
     const uint32_t b0 = row_bytes[j];
     const uint32_t b1 = k + 2 < in ? row_bytes[j + 1] : 0u;  // padding nibbles are 0

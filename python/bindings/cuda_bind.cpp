@@ -131,7 +131,7 @@ py::array_t<int8_t> py_unpack(const py::object& packed_obj, int64_t cols, const 
   auto out = new_array<int8_t>({ss(rows), ss(cols)});
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t k0 = 0; k0 < cols; k0 += 4) {
-      const uint32_t w = hd::load_b_reg(static_cast<int>(f), packed.data() + r * pc, cols, k0, 0, 0);
+      const uint32_t w = hd::load_b_reg(f, packed.data() + r * pc, cols, k0, 0, 0);
       for (int64_t q = 0; q < 4 && k0 + q < cols; ++q)
         out.mutable_data()[r * cols + k0 + q] = static_cast<int8_t>(hd::s8_lane(w, static_cast<int>(q)));
     }
@@ -159,7 +159,7 @@ void mma_emulate(const uint32_t A[32][4], const uint32_t B[32][2], int32_t C[32]
 // The warp-level GEMM of qgemm_kernel, one 16 x 8 tile at a time: registers filled by the kernel's loaders
 // (hd::frag_a_*, hd::load_b_reg), multiplied by mma_emulate, stored through hd::frag_c_*.
 std::vector<int32_t> gemm_emulate(const uint8_t* codes, int64_t T, int64_t in, const uint8_t* packed, int64_t pc,
-                                  int64_t out, int format) {
+                                  int64_t out, robuq::WeightFormat format) {
   const int64_t ld = (in + 31) / 32 * 32;
   std::vector<uint8_t> padded(static_cast<size_t>(T * ld), 0);  // the kernel's code rows: zeros past in
   for (int64_t t = 0; t < T; ++t) std::memcpy(padded.data() + t * ld, codes + t * in, static_cast<size_t>(in));
@@ -256,7 +256,7 @@ py::array_t<int32_t> py_gemm(const py::object& codes_obj, const py::object& pack
   if (codes.shape(1) != in || packed.shape(1) != robuq::packed_cols(f, in))
     throw std::invalid_argument("codes must be [T, in] and packed [out, packed_cols(in)]");
   const int64_t T = codes.shape(0), out = packed.shape(0);
-  const std::vector<int32_t> y = gemm_emulate(codes.data(), T, in, packed.data(), packed.shape(1), out, static_cast<int>(f));
+  const std::vector<int32_t> y = gemm_emulate(codes.data(), T, in, packed.data(), packed.shape(1), out, f);
   auto res = new_array<int32_t>({ss(T), ss(out)});
   std::memcpy(res.mutable_data(), y.data(), sizeof(int32_t) * y.size());
   return res;
@@ -310,7 +310,7 @@ py::array_t<float> py_qlinear(const std::string& weight, int64_t in, const py::o
       u[static_cast<size_t>(t * R + j)] = acc;
     }
   std::vector<int32_t> acc;
-  if (act_bits > 0) acc = gemm_emulate(codes.data(), T, in, packed.data(), pc, out, static_cast<int>(f));
+  if (act_bits > 0) acc = gemm_emulate(codes.data(), T, in, packed.data(), pc, out, f);
   auto y = new_array<float>({ss(T), ss(out)});
   for (int64_t t = 0; t < T; ++t)
     for (int64_t r = 0; r < out; ++r) {
@@ -320,7 +320,7 @@ py::array_t<float> py_qlinear(const std::string& weight, int64_t in, const py::o
       } else {  // qlinear_float_act_kernel
         float a = 0.0f;
         for (int64_t k0 = 0; k0 < in; k0 += 4) {
-          const uint32_t w = hd::load_b_reg(static_cast<int>(f), packed.data() + r * pc, in, k0, 0, 0);
+          const uint32_t w = hd::load_b_reg(f, packed.data() + r * pc, in, k0, 0, 0);
           for (int64_t q = 0; q < 4 && k0 + q < in; ++q)
             a = a + rot[static_cast<size_t>(t * in + k0 + q)] * static_cast<float>(hd::s8_lane(w, static_cast<int>(q)));
         }

@@ -14,6 +14,7 @@
 #include "robuq/avx2.h"
 #include "robuq/avx512.h"
 #include "robuq/cpu.h"
+#include "robuq/format.h"
 #include "robuq/hadamard.h"
 #include "robuq/pack.h"
 #include "robuq/qlinear.h"
@@ -348,6 +349,23 @@ py::array_t<float> py_attention(const py::object& qkv_obj, int64_t N, int64_t H,
 }  // namespace
 
 void bind_kernels(py::module_& m) {
+  m.def(
+      "weight_formats",
+      [] {
+        py::list out;
+        for (const robuq::WeightFormatTraits& t : robuq::kWeightFormats) {
+          py::dict d;
+          d["name"] = t.name;
+          d["value"] = static_cast<int>(t.format);
+          d["code_min"] = t.code_min;
+          d["code_max"] = t.code_max;
+          d["codes_per_byte"] = t.codes_per_byte;
+          out.append(d);
+        }
+        return out;
+      },
+      "weight_formats() -> [dict]: the C++ table of weight formats (robuq/format.h): name, value, code_min,\n"
+      "code_max, codes_per_byte, in enum order.");
   m.def("hadamard_base", &py_hadamard_base, py::arg("K"),
         "hadamard_base(K) -> int8 array [K, K]\n\n"
         "The +-1 base matrix H_K (H_K @ H_K.T = K I): Sylvester for K = 1 and powers of two, otherwise\n"

@@ -18,11 +18,10 @@
 #include <string>
 #include <vector>
 
+#include "robuq/format.h"
 #include "robuq/hadamard.h"
 
 namespace robuq {
-
-enum class WeightFormat { Ternary = 0, Int4 = 1, Int8 = 2 };
 
 struct QLinearDesc {
   int64_t in = 0, out = 0;
