@@ -11,6 +11,9 @@ void bind_engine(py::module_& m);   // engine_bind.cpp
 void bind_sampler(py::module_& m);  // sampler_bind.cpp
 void bind_bench(py::module_& m);    // bench_bind.cpp
 void bind_cuda(py::module_& m);     // cuda_bind.cpp
+#ifndef ROBUQ_NO_TEST_HOOKS
+void bind_cuda_host(py::module_& m);  // cuda_host_bind.cpp (test-only)
+#endif
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "RobuQ C++ kernels and engine (torch-free)";
@@ -40,4 +43,7 @@ PYBIND11_MODULE(_C, m) {
   bind_sampler(m);
   bind_bench(m);
   bind_cuda(m);
+#ifndef ROBUQ_NO_TEST_HOOKS
+  bind_cuda_host(m);
+#endif
 }
