@@ -148,7 +148,7 @@ def tensor_stream(plan: RQPlan, state: Mapping[str, torch.Tensor]) -> Iterator[n
     """The arrays of plan.specs, in order, converted from `state` (fetched once per key)."""
     for key in plan.shapes:
         layer, param = split_key(key, plan.entries)
-        entry = plan.entries.get(layer)
+        entry = None if layer is None else plan.entries.get(layer)
         t = state[key]
         if entry is None:
             yield _f32(t)

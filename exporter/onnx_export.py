@@ -66,6 +66,14 @@ def hadamard_pm1(n: int, form: str, block: int = 0) -> tuple[np.ndarray | None, 
 class OnnxQLinear(nn.Module):
     """Inference-only twin of a QLinear with export-friendly operators (module docstring). x [..., in]."""
 
+    # buffers (register_buffer), declared for type checkers
+    hadamard: torch.Tensor | None
+    hadamard_scale: torch.Tensor
+    weight_t: torch.Tensor
+    bias: torch.Tensor | None
+    down_t: torch.Tensor | None
+    up_t: torch.Tensor | None
+
     def __init__(self, q: QLinear):
         super().__init__()
         self.cfg = q.cfg
@@ -76,9 +84,10 @@ class OnnxQLinear(nn.Module):
             codes, scale = quantize_weight(q.weight, q.cfg.weight)
             self.register_buffer("weight_t", (codes.float() * scale[:, None]).T.contiguous())  # [in, out]
             self.register_buffer("bias", None if q.bias is None else q.bias.detach().float().clone())
-            has_lr = q.lowrank_down is not None
-            down = q.lowrank_down.weight.detach().float().T.contiguous() if has_lr else None  # [in, r]
-            up = q.lowrank_up.weight.detach().float().T.contiguous() if has_lr else None  # [r, out]
+            down = up = None
+            if q.lowrank_down is not None and q.lowrank_up is not None:
+                down = q.lowrank_down.weight.detach().float().T.contiguous()  # [in, r]
+                up = q.lowrank_up.weight.detach().float().T.contiguous()  # [r, out]
         self.register_buffer("down_t", down)
         self.register_buffer("up_t", up)
 
@@ -90,7 +99,7 @@ class OnnxQLinear(nn.Module):
         y = xq @ self.weight_t  # [..., out]
         if self.bias is not None:
             y = y + self.bias
-        if self.down_t is not None:
+        if self.down_t is not None and self.up_t is not None:
             y = y + (xr @ self.down_t) @ self.up_t
         return y
 
@@ -152,7 +161,7 @@ def export_onnx(model: DiT, path: str | os.PathLike, *, opset: int = OPSET) -> N
         atomic_path(path) as tmp,
     ):
         warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # pyright: ignore[reportPrivateImportUsage]
         try:
             torch.onnx.export(
                 model,

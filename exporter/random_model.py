@@ -101,7 +101,10 @@ def mac_weighted_bits(quant: QuantConfig, hidden_size: int, mlp_ratio: float = 4
 
     names = quant.block_linears()
     macs = [layer_macs(n, hidden_size, mlp_ratio) for n in names]
-    return sum(m * quant.layers[n].act_bits for m, n in zip(macs, names, strict=True)) / sum(macs)
+    bits = [quant.layers[n].act_bits for n in names]
+    if any(b is None for b in bits):
+        raise ExportError("the MAC-weighted bit average needs quantized activations in every block linear")
+    return sum(m * b for m, b in zip(macs, bits, strict=True) if b is not None) / sum(macs)
 
 
 class RandomWeights(Mapping):

@@ -14,6 +14,7 @@ import os
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -191,7 +192,7 @@ def load_rq(path: str | os.PathLike, mmap: bool = True) -> tuple[dict, dict[str,
         raise ValueError(f"{path}: not a .rq file (metadata format {raw.get('format')!r})")
     if raw.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{path}: .rq format version {raw.get('format_version')!r}, this reader reads 1")
-    meta = {k: json.loads(v) if k in JSON_KEYS else v for k, v in raw.items()}
+    meta: dict[str, Any] = {k: json.loads(v) if k in JSON_KEYS else v for k, v in raw.items()}
     for key in JSON_KEYS:
         if not isinstance(meta.get(key), dict):
             raise ValueError(f"{path}: metadata {key!r} missing or not a JSON object")

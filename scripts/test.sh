@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The project's test command: set up (scripts/setup.sh), lint and format-check the Python code, then
+# The project's test command: set up (scripts/setup.sh), lint, format-check and type-check the Python code, then
 # run the test suite (the C++ was built warning-clean by the setup step). Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -7,4 +7,5 @@ cd "$(dirname "$0")/.."
 . .venv/bin/activate
 ruff check .
 ruff format --check .
+pyright  # [tool.pyright] in pyproject.toml: robuq/quant and the exporter, basic
 python -m pytest -q "$@"

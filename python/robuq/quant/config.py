@@ -111,7 +111,7 @@ class QuantConfig:
 
 def preset(
     depth: int,
-    act_bits: int = 4,
+    act_bits: int | None = 4,
     *,
     clip: str = "gauss",
     hadamard: str = "full",

@@ -26,8 +26,8 @@ class _StraightThrough(torch.autograd.Function):
         return xq
 
     @staticmethod
-    def backward(ctx, grad):
-        return grad, None
+    def backward(ctx, *grad_outputs):
+        return grad_outputs[0], None
 
 
 def straight_through(x: torch.Tensor, xq: torch.Tensor) -> torch.Tensor:

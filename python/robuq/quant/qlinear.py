@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -42,14 +44,14 @@ class QLinear(nn.Module):
         xr = self.rotate(x)  # [..., in]
         xq = fake_quantize_activations(xr, self.cfg.act_bits, self.cfg.clip)
         y = F.linear(xq, fake_quantize_weight(self.weight, self.cfg.weight), self.bias)  # [..., out]
-        if self.lowrank_down is not None:
+        if self.lowrank_down is not None and self.lowrank_up is not None:
             y = y + self.lowrank_up(self.lowrank_down(xr))
         return y
 
     @torch.no_grad()
     def init_lowrank(self) -> None:
         """Initialise the low-rank branch from the truncated SVD of the quantization error."""
-        if self.lowrank_down is None:
+        if self.lowrank_down is None or self.lowrank_up is None:
             return
         w = self.weight.double()
         q, s = quantize_weight(self.weight, self.cfg.weight)
@@ -68,7 +70,7 @@ class QLinear(nn.Module):
         with torch.no_grad():
             w_rot = fast_hadamard(linear.weight.double(), cfg.hadamard, cfg.hadamard_block)
             q.weight.copy_(w_rot.to(q.weight.dtype))
-            if linear.bias is not None:
+            if linear.bias is not None and q.bias is not None:
                 q.bias.copy_(linear.bias)
         q.init_lowrank()
         return q
@@ -104,6 +106,6 @@ def quantize_model(model: nn.Module, config: QuantConfig, *, init_lowrank: bool 
         setattr(modules[parent_name] if parent_name else model, attr, qlin)
     for mod_name, mod in model.named_modules():
         if mod_name.endswith(".attn") and hasattr(mod, "act_bits"):
-            mod.act_bits = config.attention_bits
-    model.quant_config = config
+            cast(Any, mod).act_bits = config.attention_bits  # a plain attribute (nn.Module types tensors)
+    cast(Any, model).quant_config = config
     return model
