@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_dit import tiny_dit
 
 from robuq import models
 from robuq import quant as Q
@@ -78,9 +79,7 @@ def build_tiny(name: str, directory: Path) -> TinyModel:
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        torch.manual_seed(seed)
-        model = models.create("DiT-S/2", **{**TINY, **overrides})
-        models.reinit_zero_layers(model, std=0.05, generator=torch.Generator().manual_seed(seed + 100))
+        model = tiny_dit(seed, refill_seed=seed + 100, **{**TINY, **overrides}).train()
         quant = make_quant(model.config.depth) if make_quant else None
         if quant is not None:
             Q.quantize_model(model, quant)

@@ -5,12 +5,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from tiny_dit import tiny_dit
 
 from robuq import diffusion as D
 from robuq import rng
-from robuq.models import create, reinit_zero_layers
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 BASE = D.GaussianDiffusion.spaced(None)
 
@@ -280,9 +280,7 @@ def test_ddpm_step_formula():
 
 
 def _tiny_model(seed=0):
-    torch.manual_seed(seed)
-    m = create("DiT-S/2", depth=1, hidden_size=64, num_heads=2, input_size=8, in_channels=1, num_classes=3)
-    return reinit_zero_layers(m, std=0.05, generator=torch.Generator().manual_seed(seed + 1)).eval()
+    return tiny_dit(seed, depth=1, hidden_size=64, num_heads=2, input_size=8, in_channels=1, num_classes=3)
 
 
 def test_sample_classes_cfg_sees_same_noise():

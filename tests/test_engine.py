@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import torch
+from tiny_dit import tiny_dit
 
 import robuq
 from robuq import _C, models
@@ -56,9 +57,7 @@ CONFIGS = {
 def build_model(quant: Q.QuantConfig | None, seed: int = 0, **overrides) -> models.DiT:
     """A small random DiT (non-zero adaLN / final layers), quantized for QAT when `quant` is given.
     Low-rank factors are rounded to float16 values, which the .rq file stores exactly."""
-    torch.manual_seed(seed)
-    model = models.create("DiT-S/2", **{**SMALL, **overrides})
-    models.reinit_zero_layers(model, std=0.05, generator=torch.Generator().manual_seed(seed + 1))
+    model = tiny_dit(seed, **{**SMALL, **overrides}).train()  # train mode, as models.create returns it
     if quant is not None:
         Q.quantize_model(model, quant)
         with torch.no_grad():

@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_dit import tiny_dit
 
 from robuq import ampn, evaluate, judge, metrics
 from robuq.evaluate import generate, interleaved_classes
 from robuq.judge import DEFAULT_CLASSIFIER
 from robuq.metrics import feature_stats, frechet_distance, sqrtm_psd
-from robuq.models import create, reinit_zero_layers
 from robuq.quant import preset
 from robuq.train import main as train_main
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def fd(a, b):
@@ -166,11 +166,7 @@ def test_describe_checkpoint():
 
 
 def test_generate_does_not_depend_on_the_batch_size():
-    torch.manual_seed(0)
-    model = create(
-        "DiT-S/2", depth=1, hidden_size=64, num_heads=2, input_size=16, in_channels=1, num_classes=10
-    )
-    reinit_zero_layers(model, generator=torch.Generator().manual_seed(1))
+    model = tiny_dit(0, std=0.02, depth=1, hidden_size=64, num_heads=2, input_size=16, in_channels=1).train()
     x, y = generate(model, per_class=2, steps=3, batch_size=20)
     assert x.shape == (20, 1, 16, 16) and y.tolist() == interleaved_classes(2)
     x7, _ = generate(model, per_class=2, steps=3, batch_size=7)

@@ -58,7 +58,7 @@ def mixed_config() -> quant.QuantConfig:
 def tiny_model(seed: int = 0, q: quant.QuantConfig | None = None, **overrides):
     torch.manual_seed(seed)
     m = create("DiT-S/2", **{**TINY, **overrides})
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)  # the refill, then the low-rank factors below
     reinit_zero_layers(m, generator=g)
     if q is not None:
         # quantize_model's layout, with random low-rank factors instead of its (slow, here irrelevant) SVD

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_dit import tiny_dit
 
 import robuq
 from robuq import models
@@ -28,10 +29,8 @@ def fresh(**overrides) -> models.DiT:
 
 def tiny(seed: int = 0, **overrides) -> models.DiT:
     """A tiny DiT with random (non-zero) adaLN / output layers, in eval mode."""
-    torch.manual_seed(seed)
-    model = fresh(**overrides)
-    reinit_zero_layers(model, std=0.05, generator=torch.Generator().manual_seed(seed + 1))
-    return model.eval()
+    kw = dict(depth=2, hidden_size=64, num_heads=4, input_size=8, num_classes=NUM_CLASSES)
+    return tiny_dit(seed, **{**kw, **overrides})
 
 
 def inputs(model: models.DiT, n: int = 2, seed: int = 0):

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from tiny_dit import tiny_dit
 
 from robuq import quant
 
@@ -258,12 +259,7 @@ def test_config_json_round_trip_and_validation(tmp_path):
 
 
 def _tiny_dit(seed=0):
-    from robuq import models
-
-    torch.manual_seed(seed)
-    m = models.create("DiT-S/2", depth=2, hidden_size=192, num_heads=3, input_size=8, num_classes=10)
-    models.reinit_zero_layers(m, generator=torch.Generator().manual_seed(seed))
-    return m.eval()
+    return tiny_dit(seed, std=0.02, refill_seed=seed, depth=2, hidden_size=192, num_heads=3, input_size=8)
 
 
 def _inputs(n=2):
