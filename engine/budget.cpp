@@ -96,7 +96,7 @@ int max_threads() {
 ForwardCost forward_cost(const ModelConfig& c, int64_t N_, int threads) {
   const double N = static_cast<double>(N_), T = static_cast<double>(c.num_patches());
   const double D = static_cast<double>(c.hidden_size), M = static_cast<double>(c.mlp_hidden());
-  const double pf = static_cast<double>(c.patch_features()), hd = static_cast<double>(c.head_dim());
+  const double pf = static_cast<double>(c.patch_features()), head_dim = static_cast<double>(c.head_dim());
   const double p2out = static_cast<double>(c.patch_size * c.patch_size * c.out_channels());
   const double depth = static_cast<double>(c.depth);
   const double px = static_cast<double>(c.in_channels) * static_cast<double>(c.input_size) * c.input_size;
@@ -106,7 +106,7 @@ ForwardCost forward_cost(const ModelConfig& c, int64_t N_, int threads) {
   const double tokens = N * T;
   double floats = tokens * (pf + 7 * D + M + p2out) + N * (ops::kFreqDim + 10 * D);
   const double qb = std::min(T, 64.0);
-  const double att = std::max(3 * T * hd + qb * T + qb * hd + hd, 2 * T * hd + (T + 16) * hd + (hd + 16) * T + 6 * T + hd);
+  const double att = std::max(3 * T * head_dim + qb * T + qb * head_dim + head_dim, 2 * T * head_dim + (T + 16) * head_dim + (head_dim + 16) * T + 6 * T + head_dim);
   floats += static_cast<double>(threads) * att;
   // A quantized linear's scratch: per-token codes (bytes), scales and zero points, rotated rows per thread,
   // and the GEMM's lookup tables (about two bytes per token and input).

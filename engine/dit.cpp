@@ -201,7 +201,7 @@ void DiT::forward(const float* x, int64_t N, const int64_t* t, const int64_t* y,
   }
   ops::silu(w.c.data(), N * D, w.silu_c.data());  // every adaLN_modulation starts with SiLU
 
-  const int64_t H = cfg_.num_heads, hd = cfg_.head_dim();
+  const int64_t H = cfg_.num_heads, head_dim = cfg_.head_dim();
   for (const Block& b : blocks_) {
     if (cancel && !cancel()) throw std::runtime_error("interrupted");
     // mod [N, 6D]: shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp
@@ -215,7 +215,7 @@ void DiT::forward(const float* x, int64_t N, const int64_t* t, const int64_t* y,
     b.qkv->forward(w.h.data(), NT, w.qkv.data(), threads);
     {
       profile::Scope timed(profile::Attention);
-      ops::attention(w.qkv.data(), N, T, H, hd, attention_bits_, w.att.data(), w.att_scratch.data(), threads);
+      ops::attention(w.qkv.data(), N, T, H, head_dim, attention_bits_, w.att.data(), w.att_scratch.data(), threads);
     }
     b.proj->forward(w.att.data(), NT, w.branch.data(), threads);
     {

@@ -159,13 +159,13 @@ void gated_residual(float* x, const float* b, const float* gate, int64_t stride,
   }
 }
 
-size_t attention_scratch_floats(int64_t T, int64_t hd) {
-  // Q, K: [T, hd]; V^T: [hd, T]; scores: [kQueryBlock, T]; head output: [kQueryBlock, hd]; codes row. Enough
+size_t attention_scratch_floats(int64_t T, int64_t head_dim) {
+  // Q, K: [T, head_dim]; V^T: [head_dim, T]; scores: [kQueryBlock, T]; head output: [kQueryBlock, head_dim]; codes row. Enough
   // for the avx2 tier's layout too, so the workspace fits whichever tier runs.
   const int64_t qb = std::min(T, kQueryBlock);
-  const size_t generic = static_cast<size_t>(3 * T * hd + qb * T + qb * hd + hd);
+  const size_t generic = static_cast<size_t>(3 * T * head_dim + qb * T + qb * head_dim + head_dim);
 #ifdef ROBUQ_HAVE_AVX2
-  return std::max(generic, avx2::attention_scratch_floats(T, hd));
+  return std::max(generic, avx2::attention_scratch_floats(T, head_dim));
 #else
   return generic;
 #endif
@@ -173,40 +173,40 @@ size_t attention_scratch_floats(int64_t T, int64_t hd) {
 
 namespace {
 
-// dst[hd] = fake-quantized src (per row minmax, ref arithmetic), or a copy when bits == 0.
-void load_head_row(const float* src, int64_t hd, int bits, uint8_t* codes, float* dst) {
+// dst[head_dim] = fake-quantized src (per row minmax, ref arithmetic), or a copy when bits == 0.
+void load_head_row(const float* src, int64_t head_dim, int bits, uint8_t* codes, float* dst) {
   if (bits == 0) {
-    std::memcpy(dst, src, sizeof(float) * static_cast<size_t>(hd));
+    std::memcpy(dst, src, sizeof(float) * static_cast<size_t>(head_dim));
     return;
   }
   float s, z;
-  ref::quantize_row(src, hd, bits, 0.0f, codes, &s, &z);
-  for (int64_t d = 0; d < hd; ++d) dst[d] = (static_cast<float>(codes[d]) - z) * s;
+  ref::quantize_row(src, head_dim, bits, 0.0f, codes, &s, &z);
+  for (int64_t d = 0; d < head_dim; ++d) dst[d] = (static_cast<float>(codes[d]) - z) * s;
 }
 
-void attention_head(const float* qkv, int64_t n, int64_t h, int64_t T, int64_t H, int64_t hd, int bits, float* out,
+void attention_head(const float* qkv, int64_t n, int64_t h, int64_t T, int64_t H, int64_t head_dim, int bits, float* out,
                     float* scratch) {
-  const int64_t D = H * hd;
+  const int64_t D = H * head_dim;
   const int64_t qb = std::min(T, kQueryBlock);
   float* Q = scratch;
-  float* K = Q + T * hd;
-  float* Vt = K + T * hd;
-  float* S = Vt + T * hd;
+  float* K = Q + T * head_dim;
+  float* Vt = K + T * head_dim;
+  float* S = Vt + T * head_dim;
   float* O = S + qb * T;
-  uint8_t* codes = reinterpret_cast<uint8_t*>(O + qb * hd);  // hd bytes fit in hd floats
+  uint8_t* codes = reinterpret_cast<uint8_t*>(O + qb * head_dim);  // head_dim bytes fit in head_dim floats
   for (int64_t i = 0; i < T; ++i) {
-    const float* row = qkv + (n * T + i) * 3 * D + h * hd;
-    load_head_row(row, hd, bits, codes, Q + i * hd);
-    load_head_row(row + D, hd, bits, codes, K + i * hd);
+    const float* row = qkv + (n * T + i) * 3 * D + h * head_dim;
+    load_head_row(row, head_dim, bits, codes, Q + i * head_dim);
+    load_head_row(row + D, head_dim, bits, codes, K + i * head_dim);
     float* v = O;  // temporary row, transposed into Vt
-    load_head_row(row + 2 * D, hd, bits, codes, v);
-    for (int64_t d = 0; d < hd; ++d) Vt[d * T + i] = v[d];
+    load_head_row(row + 2 * D, head_dim, bits, codes, v);
+    for (int64_t d = 0; d < head_dim; ++d) Vt[d * T + i] = v[d];
   }
-  const float scale = static_cast<float>(std::pow(static_cast<double>(hd), -0.5));
+  const float scale = static_cast<float>(std::pow(static_cast<double>(head_dim), -0.5));
   const float levels = bits > 0 ? static_cast<float>((1 << bits) - 1) : 0.0f;
   for (int64_t i0 = 0; i0 < T; i0 += qb) {
     const int64_t nb = std::min(qb, T - i0);
-    linear_f32(Q + i0 * hd, nb, hd, K, nullptr, T, S, 1);  // S[i, j] = q_i . k_j
+    linear_f32(Q + i0 * head_dim, nb, head_dim, K, nullptr, T, S, 1);  // S[i, j] = q_i . k_j
     for (int64_t i = 0; i < nb; ++i) {
       float* s = S + i * T;
       float mx = -INFINITY;
@@ -224,19 +224,19 @@ void attention_head(const float* qkv, int64_t n, int64_t h, int64_t T, int64_t H
       if (bits > 0)
         for (int64_t j = 0; j < T; ++j) s[j] = std::min(std::max(std::nearbyint(s[j] * levels), 0.0f), levels) / levels;
     }
-    linear_f32(S, nb, T, Vt, nullptr, hd, O, 1);  // O[i, d] = sum_j p_ij v_jd
+    linear_f32(S, nb, T, Vt, nullptr, head_dim, O, 1);  // O[i, d] = sum_j p_ij v_jd
     for (int64_t i = 0; i < nb; ++i)
-      std::memcpy(out + (n * T + i0 + i) * D + h * hd, O + i * hd, sizeof(float) * static_cast<size_t>(hd));
+      std::memcpy(out + (n * T + i0 + i) * D + h * head_dim, O + i * head_dim, sizeof(float) * static_cast<size_t>(head_dim));
   }
 }
 
 }  // namespace
 
-void attention(const float* qkv, int64_t N, int64_t T, int64_t H, int64_t hd, int bits, float* out, float* scratch,
+void attention(const float* qkv, int64_t N, int64_t T, int64_t H, int64_t head_dim, int bits, float* out, float* scratch,
                int threads) {
-  const size_t per = attention_scratch_floats(T, hd);
+  const size_t per = attention_scratch_floats(T, head_dim);
   const int64_t tasks = N * H;
-  const int nt = std::min<int64_t>(team(threads, tasks * T * T * hd), tasks);
+  const int nt = std::min<int64_t>(team(threads, tasks * T * T * head_dim), tasks);
   const bool vec = use_avx2();
 #ifdef ROBUQ_HAVE_AVX512
   const bool vec512 = active_tier() == Tier::Avx512;  // the same bits as avx2, 16 wide
@@ -250,14 +250,14 @@ void attention(const float* qkv, int64_t N, int64_t T, int64_t H, int64_t hd, in
     float* s = scratch + static_cast<size_t>(thread_index()) * per;
 #ifdef ROBUQ_HAVE_AVX512
     if (vec512) {
-      avx512::attention_head(qkv, task / H, task % H, T, H, hd, bits, out, s);
+      avx512::attention_head(qkv, task / H, task % H, T, H, head_dim, bits, out, s);
       continue;
     }
 #endif
     if (vec)
-      avx2::attention_head(qkv, task / H, task % H, T, H, hd, bits, out, s);
+      avx2::attention_head(qkv, task / H, task % H, T, H, head_dim, bits, out, s);
     else
-      attention_head(qkv, task / H, task % H, T, H, hd, bits, out, s);
+      attention_head(qkv, task / H, task % H, T, H, head_dim, bits, out, s);
   }
 }
 

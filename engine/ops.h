@@ -43,13 +43,13 @@ void layernorm_modulate(const float* x, int64_t N, int64_t T, int64_t D, const f
 void gated_residual(float* x, const float* b, const float* gate, int64_t stride, int64_t N, int64_t T, int64_t D,
                     int threads);
 
-// Multi-head self-attention core: qkv [N * T, 3D] (rows [q | k | v], each split into H heads of hd) ->
+// Multi-head self-attention core: qkv [N * T, 3D] (rows [q | k | v], each split into H heads of head_dim) ->
 // out [N * T, D] (heads concatenated). With bits > 0, q, k, v are fake-quantized per (token, head) row
 // ("minmax", ref::quantize_row then (code - zero) * scale) and the softmax probabilities put on the grid
-// round(p * (2^bits - 1)) / (2^bits - 1). Scores are (q . k) * float32(hd^-0.5), softmax with max
-// subtraction. scratch: threads * attention_scratch_floats(T, hd) floats.
-size_t attention_scratch_floats(int64_t T, int64_t hd);
-void attention(const float* qkv, int64_t N, int64_t T, int64_t H, int64_t hd, int bits, float* out, float* scratch,
+// round(p * (2^bits - 1)) / (2^bits - 1). Scores are (q . k) * float32(head_dim^-0.5), softmax with max
+// subtraction. scratch: threads * attention_scratch_floats(T, head_dim) floats.
+size_t attention_scratch_floats(int64_t T, int64_t head_dim);
+void attention(const float* qkv, int64_t N, int64_t T, int64_t H, int64_t head_dim, int bits, float* out, float* scratch,
                int threads);
 
 }  // namespace ops

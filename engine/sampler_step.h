@@ -14,7 +14,7 @@
 #include <cmath>
 #endif
 
-#include "robuq/hd.h"
+#include "robuq/host_device.h"
 
 namespace robuq {
 namespace step {

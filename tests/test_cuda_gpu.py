@@ -3,9 +3,9 @@
 On a GPU: the fused Hadamard-quantize kernel's codes, scales and zero points equal the CPU reference bit
 for bit; every linear layer (quantized: tensor-core GEMM and fused epilogue; float: one thread per output)
 equals the CPU reference tier bit for bit (the same integer sums, the same float operations in the same
-order; robuq_hd.h); the whole forward is within relative error 1e-3 of the CPU engine (the exp-based ops,
-GELU / SiLU / softmax, use robuq_hd.h's exp instead of glibc's, a few ulp apart, and the differences grow
-through the blocks); sampling gives the CPU engine's samples within the same bound.
+order; host_device_math.h); the whole forward is within relative error 1e-3 of the CPU engine (the
+exp-based ops, GELU / SiLU / softmax, use host_device_math.h's exp instead of glibc's, a few ulp apart, and
+the differences grow through the blocks); sampling gives the CPU engine's samples within the same bound.
 
 Without a GPU (or in a build without the CUDA backend) the GPU tests are skipped and say why; the API
 tests below check that asking for device="cuda" then fails with a clear error.

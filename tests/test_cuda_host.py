@@ -1,11 +1,11 @@
-"""The CUDA kernels' per-thread arithmetic (kernels/cuda/robuq_hd.h), compiled for the host into
+"""The CUDA kernels' per-thread arithmetic (kernels/cuda/host_device_math.h), compiled for the host into
 ``robuq._C.cuda_host`` and arranged as the device kernels arrange it, against the CPU reference kernels.
 
 This runs in every build, with or without nvcc and without a GPU: it is what verifies the CUDA backend's
 arithmetic on machines that cannot run it (docs/cuda.md). Where the math is integer or the same float
 operations in the same order (unpacking, Hadamard + quantization, the GEMM's fragments, the epilogue,
-LayerNorm) the results must be bit-identical; exp / GELU / SiLU use robuq_hd.h's own exp (no library call,
-so host and device agree bit for bit with each other) and are held to measured ulp bounds.
+LayerNorm) the results must be bit-identical; exp / GELU / SiLU use host_device_math.h's own exp (no library
+call, so host and device agree bit for bit with each other) and are held to measured ulp bounds.
 """
 
 from __future__ import annotations
@@ -302,15 +302,15 @@ def test_build_info_is_consistent():
         assert _C.cuda_unavailable_reason()
 
 
-@pytest.mark.parametrize(("n", "t", "heads", "hd"), [(2, 16, 3, 32), (1, 64, 2, 24), (2, 256, 4, 72)])
-def test_attention_matches_reference(reference_tier, n, t, heads, hd):
+@pytest.mark.parametrize(("n", "t", "heads", "head_dim"), [(2, 16, 3, 32), (1, 64, 2, 24), (2, 256, 4, 72)])
+def test_attention_matches_reference(reference_tier, n, t, heads, head_dim):
     """The attention kernels' arithmetic against ops::attention (reference tier). q, k, v fake quantization,
     scores, max, sums and the output are the reference's operations in its order; only exp differs (exp_hd,
     <= 2 ulp from glibc's). Float attention: each probability is then within a few ulp, and the output, a
     convex combination of v, within 1e-6 max|v|. A8 attention: the 1/255 probability grid absorbs that,
     except for a probability within a few ulp of a rounding boundary (one grid step, |v| / 255)."""
-    rng = np.random.default_rng(n * t + hd)
-    qkv = (rng.standard_normal((n * t, 3 * heads * hd)) * 1.5).astype(np.float32)
+    rng = np.random.default_rng(n * t + head_dim)
+    qkv = (rng.standard_normal((n * t, 3 * heads * head_dim)) * 1.5).astype(np.float32)
     vmax = float(np.abs(qkv).max())
     got = H.attention(qkv, n, heads, 0)
     assert np.abs(got.astype(np.float64) - _C.attention(qkv, n, heads, 0)).max() <= 1e-6 * vmax

@@ -245,10 +245,11 @@ def test_layernorm_modulate_avx2_equals_generic(tier):
 
 
 @pytest.mark.parametrize("bits", [0, 8])
-@pytest.mark.parametrize("t,heads,hd", [(64, 6, 64), (37, 4, 72), (256, 2, 72)])
-def test_attention_avx2(tier, bits, t, heads, hd):
+@pytest.mark.parametrize("t,heads,head_dim", [(64, 6, 64), (37, 4, 72), (256, 2, 72)])
+def test_attention_avx2(tier, bits, t, heads, head_dim):
     n = 2
-    qkv = np.random.default_rng(t + hd + bits).normal(0, 1.5, (n * t, 3 * heads * hd)).astype(np.float32)
+    rng = np.random.default_rng(t + head_dim + bits)
+    qkv = rng.normal(0, 1.5, (n * t, 3 * heads * head_dim)).astype(np.float32)
     _C.set_tier("generic")
     want = _C.attention(qkv, n, heads, bits)
     _C.set_tier("avx2")

@@ -210,11 +210,12 @@ def test_fused_gelu_on_avx512(restore_tier):
 
 
 @pytest.mark.parametrize("bits", [0, 8])
-@pytest.mark.parametrize("t,heads,hd", [(64, 6, 64), (37, 4, 72), (256, 2, 72), (9, 1, 20)])
-def test_attention_avx512_equals_avx2(restore_tier, bits, t, heads, hd):
+@pytest.mark.parametrize("t,heads,head_dim", [(64, 6, 64), (37, 4, 72), (256, 2, 72), (9, 1, 20)])
+def test_attention_avx512_equals_avx2(restore_tier, bits, t, heads, head_dim):
     """The AVX-512 attention head (16-wide panels, softmax) gives the avx2 bits, for any thread count."""
     n = 2
-    qkv = np.random.default_rng(t + hd + bits).normal(0, 1.5, (n * t, 3 * heads * hd)).astype(np.float32)
+    rng = np.random.default_rng(t + head_dim + bits)
+    qkv = rng.normal(0, 1.5, (n * t, 3 * heads * head_dim)).astype(np.float32)
     _C.set_tier("avx2")
     want = _C.attention(qkv, n, heads, bits)
     _C.set_tier("avx512")

@@ -28,22 +28,22 @@ inline void store_partial(float* y, int64_t n, __m256 v) {
 }
 
 // Fake quantization of one head row: dst = (code - zero) * scale (the reference's float operations), or a copy.
-void load_head_row(const float* src, int64_t hd, int bits, uint8_t* codes, float* dst) {
+void load_head_row(const float* src, int64_t head_dim, int bits, uint8_t* codes, float* dst) {
   if (bits == 0) {
-    std::memcpy(dst, src, sizeof(float) * static_cast<size_t>(hd));
+    std::memcpy(dst, src, sizeof(float) * static_cast<size_t>(head_dim));
     return;
   }
   float s, z;
-  quantize_row(src, hd, bits, 0.0f, codes, &s, &z);
+  quantize_row(src, head_dim, bits, 0.0f, codes, &s, &z);
   const __m256 vs = _mm256_set1_ps(s), vz = _mm256_set1_ps(z);
   int64_t d = 0;
-  for (; d + 8 <= hd; d += 8) {
+  for (; d + 8 <= head_dim; d += 8) {
     long long c8;
     std::memcpy(&c8, codes + d, 8);
     const __m256 c = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(c8)));
     _mm256_storeu_ps(dst + d, _mm256_mul_ps(_mm256_sub_ps(c, vz), vs));
   }
-  for (; d < hd; ++d) dst[d] = (static_cast<float>(codes[d]) - z) * s;
+  for (; d < head_dim; ++d) dst[d] = (static_cast<float>(codes[d]) - z) * s;
 }
 
 constexpr int64_t kQueryRows = 6;  // queries per step: one micro-tile of gemm_panels
@@ -135,43 +135,43 @@ void softmax_row(float* s, int64_t n, float scale, int levels) {
   }
 }
 
-size_t attention_scratch_floats(int64_t T, int64_t hd) {
-  // Q [T, hd]; key panels [round16(T), hd]; value panels [round16(hd), T]; a row-major K / V staging buffer
-  // [T, hd]; scores [6, T]; codes (hd bytes).
-  return static_cast<size_t>(T * hd + round16(T) * hd + round16(hd) * T + T * hd + kQueryRows * T + hd);
+size_t attention_scratch_floats(int64_t T, int64_t head_dim) {
+  // Q [T, head_dim]; key panels [round16(T), head_dim]; value panels [round16(head_dim), T]; a row-major K / V staging buffer
+  // [T, head_dim]; scores [6, T]; codes (head_dim bytes).
+  return static_cast<size_t>(T * head_dim + round16(T) * head_dim + round16(head_dim) * T + T * head_dim + kQueryRows * T + head_dim);
 }
 
-AttentionBuffers attention_prepare(const float* qkv, int64_t n, int64_t h, int64_t T, int64_t H, int64_t hd,
+AttentionBuffers attention_prepare(const float* qkv, int64_t n, int64_t h, int64_t T, int64_t H, int64_t head_dim,
                                    int bits, float* scratch) {
-  const int64_t D = H * hd;
+  const int64_t D = H * head_dim;
   float* Q = scratch;
-  float* Kp = Q + T * hd;
-  float* Vp = Kp + round16(T) * hd;
-  float* stage = Vp + round16(hd) * T;
-  float* S = stage + T * hd;
+  float* Kp = Q + T * head_dim;
+  float* Vp = Kp + round16(T) * head_dim;
+  float* stage = Vp + round16(head_dim) * T;
+  float* S = stage + T * head_dim;
   uint8_t* codes = reinterpret_cast<uint8_t*>(S + kQueryRows * T);
-  const float* base = qkv + n * T * 3 * D + h * hd;
+  const float* base = qkv + n * T * 3 * D + h * head_dim;
   for (int64_t i = 0; i < T; ++i) {
-    load_head_row(base + i * 3 * D, hd, bits, codes, Q + i * hd);
-    load_head_row(base + i * 3 * D + D, hd, bits, codes, stage + i * hd);
+    load_head_row(base + i * 3 * D, head_dim, bits, codes, Q + i * head_dim);
+    load_head_row(base + i * 3 * D + D, head_dim, bits, codes, stage + i * head_dim);
   }
-  pack_panels_rows(stage, hd, T, hd, Kp);  // S[i, j] = sum_d Q[i, d] K[j, d]
-  for (int64_t i = 0; i < T; ++i) load_head_row(base + i * 3 * D + 2 * D, hd, bits, codes, stage + i * hd);
-  pack_panels_cols(stage, hd, hd, T, Vp);  // O[i, d] = sum_j P[i, j] V[j, d]
+  pack_panels_rows(stage, head_dim, T, head_dim, Kp);  // S[i, j] = sum_d Q[i, d] K[j, d]
+  for (int64_t i = 0; i < T; ++i) load_head_row(base + i * 3 * D + 2 * D, head_dim, bits, codes, stage + i * head_dim);
+  pack_panels_cols(stage, head_dim, head_dim, T, Vp);  // O[i, d] = sum_j P[i, j] V[j, d]
   return {Q, Kp, Vp, S, kQueryRows};
 }
 
-void attention_head(const float* qkv, int64_t n, int64_t h, int64_t T, int64_t H, int64_t hd, int bits, float* out,
+void attention_head(const float* qkv, int64_t n, int64_t h, int64_t T, int64_t H, int64_t head_dim, int bits, float* out,
                     float* scratch) {
-  const AttentionBuffers b = attention_prepare(qkv, n, h, T, H, hd, bits, scratch);
-  const int64_t D = H * hd;
-  const float scale = static_cast<float>(std::pow(static_cast<double>(hd), -0.5));
+  const AttentionBuffers b = attention_prepare(qkv, n, h, T, H, head_dim, bits, scratch);
+  const int64_t D = H * head_dim;
+  const float scale = static_cast<float>(std::pow(static_cast<double>(head_dim), -0.5));
   const int levels = bits > 0 ? (1 << bits) - 1 : 0;
   for (int64_t i0 = 0; i0 < T; i0 += kQueryRows) {
     const int64_t nb = std::min(kQueryRows, T - i0);
-    gemm_panels(b.Q + i0 * hd, hd, nb, b.Kp, T, hd, b.S, T);  // S[i, j] = sum_d Q[i, d] K[j, d]
+    gemm_panels(b.Q + i0 * head_dim, head_dim, nb, b.Kp, T, head_dim, b.S, T);  // S[i, j] = sum_d Q[i, d] K[j, d]
     for (int64_t i = 0; i < nb; ++i) softmax_row(b.S + i * T, T, scale, levels);
-    gemm_panels(b.S, T, nb, b.Vp, hd, T, out + (n * T + i0) * D + h * hd, D);  // O[i, d] = sum_j P[i, j] V[j, d]
+    gemm_panels(b.S, T, nb, b.Vp, head_dim, T, out + (n * T + i0) * D + h * head_dim, D);  // O[i, d] = sum_j P[i, j] V[j, d]
   }
 }
 

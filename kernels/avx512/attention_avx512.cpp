@@ -145,17 +145,17 @@ void softmax_row(float* s, int64_t n, float scale, int levels) {
 
 namespace avx512 {
 
-void attention_head(const float* qkv, int64_t n, int64_t h, int64_t T, int64_t H, int64_t hd, int bits, float* out,
+void attention_head(const float* qkv, int64_t n, int64_t h, int64_t T, int64_t H, int64_t head_dim, int bits, float* out,
                     float* scratch) {
-  const avx2::AttentionBuffers b = avx2::attention_prepare(qkv, n, h, T, H, hd, bits, scratch);
-  const int64_t D = H * hd;
-  const float scale = static_cast<float>(std::pow(static_cast<double>(hd), -0.5));
+  const avx2::AttentionBuffers b = avx2::attention_prepare(qkv, n, h, T, H, head_dim, bits, scratch);
+  const int64_t D = H * head_dim;
+  const float scale = static_cast<float>(std::pow(static_cast<double>(head_dim), -0.5));
   const int levels = bits > 0 ? (1 << bits) - 1 : 0;
   for (int64_t i0 = 0; i0 < T; i0 += b.query_rows) {
     const int64_t nb = imin(b.query_rows, T - i0);
-    gemm_panels16(b.Q + i0 * hd, hd, nb, b.Kp, T, hd, b.S, T);
+    gemm_panels16(b.Q + i0 * head_dim, head_dim, nb, b.Kp, T, head_dim, b.S, T);
     for (int64_t i = 0; i < nb; ++i) softmax_row(b.S + i * T, T, scale, levels);
-    gemm_panels16(b.S, T, nb, b.Vp, hd, T, out + (n * T + i0) * D + h * hd, D);
+    gemm_panels16(b.S, T, nb, b.Vp, head_dim, T, out + (n * T + i0) * D + h * head_dim, D);
   }
 }
 

@@ -1,12 +1,12 @@
 // Fused online Hadamard transform + per-token quantization: one thread block per token row, the row in
 // shared memory, one read of x and one write of the codes (and, for the low-rank branch, of the rotated
-// row). The arithmetic is robuq_hd.h's, in the reference's operation order, so the codes, scales and zero
+// row). The arithmetic is host_device_math.h's, in the reference's operation order, so the codes, scales and zero
 // points equal robuq::ref::hadamard_quantize bit for bit (docs/cuda.md).
 #include <stdexcept>
 #include <string>
 
 #include "kernels.cuh"
-#include "robuq_hd.h"
+#include "host_device_math.h"
 
 namespace robuq {
 namespace cuda {
@@ -21,11 +21,11 @@ namespace {
 constexpr int kThreads = 256;
 
 __device__ __forceinline__ float warp_min(float v) {
-  for (int o = 16; o > 0; o >>= 1) v = hd::fmin_hd(v, __shfl_xor_sync(0xffffffffu, v, o));
+  for (int o = 16; o > 0; o >>= 1) v = host_device::fmin_hd(v, __shfl_xor_sync(0xffffffffu, v, o));
   return v;
 }
 __device__ __forceinline__ float warp_max(float v) {
-  for (int o = 16; o > 0; o >>= 1) v = hd::fmax_hd(v, __shfl_xor_sync(0xffffffffu, v, o));
+  for (int o = 16; o > 0; o >>= 1) v = host_device::fmax_hd(v, __shfl_xor_sync(0xffffffffu, v, o));
   return v;
 }
 
@@ -44,7 +44,7 @@ __global__ void __launch_bounds__(kThreads) hadamard_quantize_kernel(HadamardQua
   __shared__ float red_min[kThreads / 32], red_max[kThreads / 32];
   __shared__ int red_sum[kThreads / 32];
   __shared__ double lanes[kStatLanes];
-  __shared__ hd::QuantParams qp;
+  __shared__ host_device::QuantParams qp;
 
   const int n = static_cast<int>(a.n);
   const int tid = threadIdx.x;
@@ -65,14 +65,14 @@ __global__ void __launch_bounds__(kThreads) hadamard_quantize_kernel(HadamardQua
     for (int h = 1; h < M; h *= 2) {
       for (int p = tid; p < half; p += kThreads) {
         const int i = (p / h) * 2 * h + (p % h);  // the p-th index with bit h clear (segments are aligned)
-        hd::butterfly(row[i], row[i + h]);
+        host_device::butterfly(row[i], row[i + h]);
       }
       __syncthreads();
     }
     if (a.K > 1) {
       float* mix = smem + n;
       const int K = static_cast<int>(a.K);
-      // hd::kmix_value for four outputs at a time (four independent chains, each in kmix_value's order),
+      // host_device::kmix_value for four outputs at a time (four independent chains, each in kmix_value's order),
       // with H_K in shared memory (loaded at the start, after row and mix)
       const int8_t* H = reinterpret_cast<const int8_t*>(smem + 2 * n);
       for (int i0 = 0; i0 < n; i0 += 4 * kThreads) {
@@ -133,8 +133,8 @@ __global__ void __launch_bounds__(kThreads) hadamard_quantize_kernel(HadamardQua
   // min / max: exact in any order
   float mn = row[0], mx = row[0];
   for (int i = tid; i < n; i += kThreads) {
-    mn = hd::fmin_hd(mn, row[i]);
-    mx = hd::fmax_hd(mx, row[i]);
+    mn = host_device::fmin_hd(mn, row[i]);
+    mx = host_device::fmax_hd(mx, row[i]);
   }
   mn = warp_min(mn);
   mx = warp_max(mx);
@@ -145,37 +145,37 @@ __global__ void __launch_bounds__(kThreads) hadamard_quantize_kernel(HadamardQua
   __syncthreads();
   if (a.clip_k > 0.0f) {
     // gauss: each of the 8 float64 lanes summed by one thread in the reference order
-    if (tid < kStatLanes) lanes[tid] = hd::lane_partial(row, n, tid, 0.0, false);
+    if (tid < kStatLanes) lanes[tid] = host_device::lane_partial(row, n, tid, 0.0, false);
     __syncthreads();
-    const double mean = hd::combine_lanes(lanes) / static_cast<double>(n);
+    const double mean = host_device::combine_lanes(lanes) / static_cast<double>(n);
     __syncthreads();
-    if (tid < kStatLanes) lanes[tid] = hd::lane_partial(row, n, tid, mean, true);
+    if (tid < kStatLanes) lanes[tid] = host_device::lane_partial(row, n, tid, mean, true);
     __syncthreads();
     if (tid == 0) {
       for (int w = 1; w < kThreads / 32; ++w) {
-        mn = hd::fmin_hd(mn, red_min[w]);
-        mx = hd::fmax_hd(mx, red_max[w]);
+        mn = host_device::fmin_hd(mn, red_min[w]);
+        mx = host_device::fmax_hd(mx, red_max[w]);
       }
-      mn = hd::fmin_hd(mn, red_min[0]);
-      mx = hd::fmax_hd(mx, red_max[0]);
-      qp = hd::quant_params(hd::clip_gauss(mn, mx, mean, hd::combine_lanes(lanes), n, a.clip_k), a.bits);
+      mn = host_device::fmin_hd(mn, red_min[0]);
+      mx = host_device::fmax_hd(mx, red_max[0]);
+      qp = host_device::quant_params(host_device::clip_gauss(mn, mx, mean, host_device::combine_lanes(lanes), n, a.clip_k), a.bits);
     }
   } else if (tid == 0) {
     for (int w = 1; w < kThreads / 32; ++w) {
-      mn = hd::fmin_hd(mn, red_min[w]);
-      mx = hd::fmax_hd(mx, red_max[w]);
+      mn = host_device::fmin_hd(mn, red_min[w]);
+      mx = host_device::fmax_hd(mx, red_max[w]);
     }
-    qp = hd::quant_params(hd::clip_minmax(mn, mx), a.bits);
+    qp = host_device::quant_params(host_device::clip_minmax(mn, mx), a.bits);
   }
   __syncthreads();
-  const hd::QuantParams p = qp;
+  const host_device::QuantParams p = qp;
   const int ld = static_cast<int>(codes_ld(a.n));
   uint8_t* codes = a.codes + t * ld;
   int sum = 0;
   for (int i = tid; i < ld; i += kThreads) {
-    const int c = i < n ? hd::quant_code(row[i], p) : 0;
+    const int c = i < n ? host_device::quant_code(row[i], p) : 0;
     sum += c;
-    codes[a.interleave ? hd::interleave16(i) : i] = static_cast<uint8_t>(c);
+    codes[a.interleave ? host_device::interleave16(i) : i] = static_cast<uint8_t>(c);
   }
   if (a.rowsum != nullptr) {  // exact integer sum, any order
     for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);

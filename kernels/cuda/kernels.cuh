@@ -1,6 +1,6 @@
 // Launchers of the CUDA kernels (kernels/cuda/*.cu). Every pointer is device memory; every launcher runs
 // on `stream` and returns without synchronising. Shapes are validated by the caller (the CUDA engine),
-// which builds these structs once per layer at load time. Arithmetic: robuq_hd.h; design: docs/cuda.md.
+// which builds these structs once per layer at load time. Arithmetic: host_device_math.h; design: docs/cuda.md.
 #pragma once
 #include <cuda_runtime.h>
 #include <stdint.h>
@@ -67,7 +67,7 @@ struct HadamardQuantArgs {
   float* scale = nullptr;        // [T]
   float* zero = nullptr;         // [T]
   float* rotated = nullptr;      // [T, n] or null
-  int interleave = 0;            // 1: code k stored at hd::interleave16(k) (the fast ternary GEMM's layout)
+  int interleave = 0;            // 1: code k stored at host_device::interleave16(k) (the fast ternary GEMM's layout)
   int32_t* rowsum = nullptr;     // [T] sum of each row's codes, or null
   // The low-rank down-projection fused in (lr_rank > 0): lr_u[t, j] = sum_k rotated[t, k] lr_down[j, k], k
   // ascending (rowdot_f32's bits), from the rotated row in shared memory.
@@ -155,7 +155,7 @@ void layernorm_modulate(const float* x, int64_t N, int64_t T, int64_t D, const f
                         int64_t stride, float* y, cudaStream_t stream);
 // Attention core as ops::attention: qkv [N * T, 3D] -> out [N * T, D]; work [N * T, 3D] floats (the
 // fake-quantized q, k, v when bits > 0).
-void attention(const float* qkv, int64_t N, int64_t T, int64_t H, int64_t hd, int bits, float* out, float* work,
+void attention(const float* qkv, int64_t N, int64_t T, int64_t H, int64_t head_dim, int bits, float* out, float* work,
                cudaStream_t stream);
 // Classifier-free guidance: out[i] = guided channels uncond + s (cond - uncond), others cond, for
 // ob = [cond (n samples); uncond (n samples)] of per = cout * HW floats each.

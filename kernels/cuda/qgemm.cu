@@ -13,7 +13,7 @@
 #include <string>
 
 #include "kernels.cuh"
-#include "robuq_hd.h"
+#include "host_device_math.h"
 
 namespace robuq {
 namespace cuda {
@@ -41,10 +41,10 @@ __device__ __forceinline__ void mma_u8s8(int32_t* c, const uint32_t* a, const ui
 // Everything after the integer / float dot product, for output (t, r): low-rank term, bias, GELU, then a
 // plain store or the gated residual. The additions are in the CPU reference's order.
 __device__ __forceinline__ void finish(const Epilogue& e, int64_t t, int64_t r, int64_t out, float v, float* y) {
-  v = hd::epilogue_finish(v, e.u + t * e.rank, e.up + r * e.rank, e.rank, e.bias != nullptr ? e.bias + r : nullptr,
+  v = host_device::epilogue_finish(v, e.u + t * e.rank, e.up + r * e.rank, e.rank, e.bias != nullptr ? e.bias + r : nullptr,
                           e.gelu);
   if (e.gate != nullptr)
-    v = hd::gated_residual_hd(e.resid[t * out + r], e.gate[(t / e.rows_per_gate) * e.gate_stride + r], v);
+    v = host_device::gated_residual_hd(e.resid[t * out + r], e.gate[(t / e.rows_per_gate) * e.gate_stride + r], v);
   y[t * out + r] = v;
 }
 
@@ -71,13 +71,13 @@ __global__ void __launch_bounds__(kWarps * 32)
   for (int mi = 0; mi < 2; ++mi)
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      const int r = row0 + mi * 16 + hd::frag_a_row(lane, h);
+      const int r = row0 + mi * 16 + host_device::frag_a_row(lane, h);
       arow[mi][h] = r < T ? codes + static_cast<int64_t>(r) * ld : nullptr;
     }
   const uint8_t* brow[4];
 #pragma unroll
   for (int ni = 0; ni < 4; ++ni) {
-    const int c = col0 + ni * 8 + hd::frag_b_col(lane);
+    const int c = col0 + ni * 8 + host_device::frag_b_col(lane);
     brow[ni] = c < out ? packed + static_cast<int64_t>(c) * pc : nullptr;
   }
 
@@ -88,13 +88,13 @@ __global__ void __launch_bounds__(kWarps * 32)
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
         const uint8_t* p = arow[mi][i & 1];
-        a[mi][i] = p != nullptr ? *reinterpret_cast<const uint32_t*>(p + k0 + hd::frag_a_k(lane, i)) : 0u;
+        a[mi][i] = p != nullptr ? *reinterpret_cast<const uint32_t*>(p + k0 + host_device::frag_a_k(lane, i)) : 0u;
       }
 #pragma unroll
     for (int ni = 0; ni < 4; ++ni)
 #pragma unroll
       for (int i = 0; i < 2; ++i)
-        b[ni][i] = brow[ni] != nullptr ? hd::load_b_reg(FMT, brow[ni], in, k0, lane, i) : 0u;
+        b[ni][i] = brow[ni] != nullptr ? host_device::load_b_reg(FMT, brow[ni], in, k0, lane, i) : 0u;
 #pragma unroll
     for (int mi = 0; mi < 2; ++mi)
 #pragma unroll
@@ -107,16 +107,16 @@ __global__ void __launch_bounds__(kWarps * 32)
     for (int ni = 0; ni < 4; ++ni)
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
-        const int t = row0 + mi * 16 + hd::frag_c_row(lane, i);
-        const int r = col0 + ni * 8 + hd::frag_c_col(lane, i);
+        const int t = row0 + mi * 16 + host_device::frag_c_row(lane, i);
+        const int r = col0 + ni * 8 + host_device::frag_c_col(lane, i);
         if (t < T && r < out) {
-          const float v = hd::epilogue_quant(acc[mi][ni][i], scale_x[t], zero_x[t], e.wscale[r], e.wsum[r]);
+          const float v = host_device::epilogue_quant(acc[mi][ni][i], scale_x[t], zero_x[t], e.wscale[r], e.wsum[r]);
           finish(e, t, r, out, v, y);
         }
       }
 }
 
-// The ternary fast path (robuq_hd.h, "the ternary fast path"; docs/cuda.md): k in steps of 64; per step a lane
+// The ternary fast path (host_device_math.h, "the ternary fast path"; docs/cuda.md): k in steps of 64; per step a lane
 // makes one 16-byte load per activation row and one 4-byte load per weight row, both from the rows it owns
 // (rows past T and outputs past `out` are clamped to the last one and never stored), and the next step's
 // loads are issued before this step's mma. Warps tile WARPS_M x WARPS_N, each WM x WN mma tiles of 16 x 8.
@@ -179,10 +179,10 @@ __global__ void __launch_bounds__(WARPS_M* WARPS_N * 32)
       for (int mi = 0; mi < WM; ++mi) {
         const uint32_t lo[4] = {a_cur[mi][0].x, a_cur[mi][0].y, a_cur[mi][0].z, a_cur[mi][0].w};
         const uint32_t hi[4] = {a_cur[mi][1].x, a_cur[mi][1].y, a_cur[mi][1].z, a_cur[mi][1].w};
-        hd::fast_a_frag(lo, hi, m, a[mi]);
+        host_device::fast_a_frag(lo, hi, m, a[mi]);
       }
 #pragma unroll
-      for (int ni = 0; ni < WN; ++ni) hd::fast_b_frag(b_cur[ni], m, b[ni]);
+      for (int ni = 0; ni < WN; ++ni) host_device::fast_b_frag(b_cur[ni], m, b[ni]);
 #pragma unroll
       for (int mi = 0; mi < WM; ++mi)
 #pragma unroll
@@ -202,10 +202,10 @@ __global__ void __launch_bounds__(WARPS_M* WARPS_N * 32)
     for (int ni = 0; ni < WN; ++ni)
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
-        const int t = row0 + mi * 16 + hd::frag_c_row(lane, i);
-        const int r = col0 + ni * 8 + hd::frag_c_col(lane, i);
+        const int t = row0 + mi * 16 + host_device::frag_c_row(lane, i);
+        const int r = col0 + ni * 8 + host_device::frag_c_col(lane, i);
         if (t < T && r < out) {
-          const float v = hd::epilogue_quant(acc[mi][ni][i] - rowsum[t], scale_x[t], zero_x[t], e.wscale[r], e.wsum[r]);
+          const float v = host_device::epilogue_quant(acc[mi][ni][i] - rowsum[t], scale_x[t], zero_x[t], e.wscale[r], e.wsum[r]);
           finish(e, t, r, out, v, y);
         }
       }
@@ -306,10 +306,10 @@ __global__ void __launch_bounds__(WARPS_M* WARPS_N * 32)
       for (int mi = 0; mi < WM; ++mi) {
         const uint32_t lo[4] = {av[mi][0].x, av[mi][0].y, av[mi][0].z, av[mi][0].w};
         const uint32_t hi[4] = {av[mi][1].x, av[mi][1].y, av[mi][1].z, av[mi][1].w};
-        hd::fast_a_frag(lo, hi, m, a[mi]);
+        host_device::fast_a_frag(lo, hi, m, a[mi]);
       }
 #pragma unroll
-      for (int ni = 0; ni < WN; ++ni) hd::fast_b_frag(bw[ni], m, b[ni]);
+      for (int ni = 0; ni < WN; ++ni) host_device::fast_b_frag(bw[ni], m, b[ni]);
 #pragma unroll
       for (int mi = 0; mi < WM; ++mi)
 #pragma unroll
@@ -324,10 +324,10 @@ __global__ void __launch_bounds__(WARPS_M* WARPS_N * 32)
     for (int ni = 0; ni < WN; ++ni)
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
-        const int t = bm0 + wm0 + mi * 16 + hd::frag_c_row(lane, i);
-        const int r = bn0 + wn0 + ni * 8 + hd::frag_c_col(lane, i);
+        const int t = bm0 + wm0 + mi * 16 + host_device::frag_c_row(lane, i);
+        const int r = bn0 + wn0 + ni * 8 + host_device::frag_c_col(lane, i);
         if (t < T && r < out) {
-          const float v = hd::epilogue_quant(acc[mi][ni][i] - rowsum[t], scale_x[t], zero_x[t], e.wscale[r], e.wsum[r]);
+          const float v = host_device::epilogue_quant(acc[mi][ni][i] - rowsum[t], scale_x[t], zero_x[t], e.wscale[r], e.wsum[r]);
           finish(e, t, r, out, v, y);
         }
       }
@@ -356,7 +356,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
 #pragma unroll
   for (int t = 0; t < kGemvMaxRows; ++t) acc[t] = 0;
   for (int k0 = 4 * lane; k0 < in; k0 += 128) {
-    const uint32_t w = hd::load_b_reg(FMT, row, in, k0, 0, 0);  // codes k0 .. k0 + 3 (zero past in)
+    const uint32_t w = host_device::load_b_reg(FMT, row, in, k0, 0, 0);  // codes k0 .. k0 + 3 (zero past in)
 #pragma unroll
     for (int t = 0; t < kGemvMaxRows; ++t)
       if (t < T) acc[t] = dp4a_us(*reinterpret_cast<const uint32_t*>(codes + static_cast<int64_t>(t) * ld + k0), w, acc[t]);
@@ -366,7 +366,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
     if (t >= T) break;
     int v = acc[t];
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    if (lane == t) finish(e, t, r, out, hd::epilogue_quant(v, scale_x[t], zero_x[t], e.wscale[r], e.wsum[r]), y);
+    if (lane == t) finish(e, t, r, out, host_device::epilogue_quant(v, scale_x[t], zero_x[t], e.wscale[r], e.wsum[r]), y);
   }
 }
 
@@ -384,9 +384,9 @@ __global__ void __launch_bounds__(kRowThreads)
   const uint8_t* row = packed + static_cast<int64_t>(r) * pc;
   float acc = 0.0f;
   for (int k0 = 0; k0 < in; k0 += 4) {
-    const uint32_t w = hd::load_b_reg(FMT, row, in, k0, 0, 0);  // lane 0, register 0: codes k0 .. k0 + 3
+    const uint32_t w = host_device::load_b_reg(FMT, row, in, k0, 0, 0);  // lane 0, register 0: codes k0 .. k0 + 3
     const int kn = in - k0 < 4 ? in - k0 : 4;
-    for (int q = 0; q < kn; ++q) acc = acc + x[k0 + q] * static_cast<float>(hd::s8_lane(w, q));
+    for (int q = 0; q < kn; ++q) acc = acc + x[k0 + q] * static_cast<float>(host_device::s8_lane(w, q));
   }
   finish(e, t, r, out, e.wscale[r] * acc, y);
 }

@@ -15,7 +15,7 @@
 #include <string>
 #include <vector>
 
-#include "../../kernels/cuda/robuq_hd.h"
+#include "../../kernels/cuda/host_device_math.h"
 #include "diffusion.h"
 #include "array_util.h"
 #include "engine_calls.h"
@@ -28,7 +28,7 @@
 #endif
 
 namespace py = pybind11;
-namespace hd = robuq::hd;
+namespace host_device = robuq::host_device;
 
 namespace {
 

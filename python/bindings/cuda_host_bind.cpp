@@ -1,4 +1,4 @@
-// robuq._C.cuda_host (docs/cuda.md): the CUDA kernels' per-thread arithmetic (kernels/cuda/robuq_hd.h)
+// robuq._C.cuda_host (docs/cuda.md): the CUDA kernels' per-thread arithmetic (kernels/cuda/host_device_math.h)
 // compiled for the host and arranged as the device kernels arrange it, in every build (with or without
 // nvcc), so that the CPU test suite checks it against the reference kernels (tests/test_cuda_host.py).
 // Test-only: not part of the engine; a build with -DROBUQ_TEST_HOOKS=OFF leaves this file out.
@@ -15,7 +15,7 @@
 #include <string>
 #include <vector>
 
-#include "../../kernels/cuda/robuq_hd.h"
+#include "../../kernels/cuda/host_device_math.h"
 #include "diffusion.h"
 #include "array_util.h"
 #include "engine_calls.h"
@@ -28,7 +28,7 @@
 #endif
 
 namespace py = pybind11;
-namespace hd = robuq::hd;
+namespace host_device = robuq::host_device;
 
 namespace {
 
@@ -44,19 +44,19 @@ py::ssize_t ss(int64_t v) { return static_cast<py::ssize_t>(v); }
 void quantize_row(const float* row, int64_t n, int bits, float clip_k, uint8_t* codes, float* scale, float* zero) {
   float mn = row[0], mx = row[0];
   for (int64_t i = 0; i < n; ++i) {
-    mn = hd::fmin_hd(mn, row[i]);
-    mx = hd::fmax_hd(mx, row[i]);
+    mn = host_device::fmin_hd(mn, row[i]);
+    mx = host_device::fmax_hd(mx, row[i]);
   }
-  hd::Clip clip = hd::clip_minmax(mn, mx);
+  host_device::Clip clip = host_device::clip_minmax(mn, mx);
   if (clip_k > 0.0f) {
     double lanes[robuq::kStatLanes];
-    for (int l = 0; l < robuq::kStatLanes; ++l) lanes[l] = hd::lane_partial(row, n, l, 0.0, false);
-    const double mean = hd::combine_lanes(lanes) / static_cast<double>(n);
-    for (int l = 0; l < robuq::kStatLanes; ++l) lanes[l] = hd::lane_partial(row, n, l, mean, true);
-    clip = hd::clip_gauss(mn, mx, mean, hd::combine_lanes(lanes), n, clip_k);
+    for (int l = 0; l < robuq::kStatLanes; ++l) lanes[l] = host_device::lane_partial(row, n, l, 0.0, false);
+    const double mean = host_device::combine_lanes(lanes) / static_cast<double>(n);
+    for (int l = 0; l < robuq::kStatLanes; ++l) lanes[l] = host_device::lane_partial(row, n, l, mean, true);
+    clip = host_device::clip_gauss(mn, mx, mean, host_device::combine_lanes(lanes), n, clip_k);
   }
-  const hd::QuantParams p = hd::quant_params(clip, bits);
-  for (int64_t i = 0; i < n; ++i) codes[i] = static_cast<uint8_t>(hd::quant_code(row[i], p));
+  const host_device::QuantParams p = host_device::quant_params(clip, bits);
+  for (int64_t i = 0; i < n; ++i) codes[i] = static_cast<uint8_t>(host_device::quant_code(row[i], p));
   *scale = p.scale;
   *zero = p.zero;
 }
@@ -66,10 +66,10 @@ void quantize_row(const float* row, int64_t n, int bits, float clip_k, uint8_t* 
 void rotate_row(const robuq::HadamardPlan& plan, float* row, std::vector<float>& mix) {
   if (plan.form == robuq::HadamardForm::None) return;
   const int64_t n = plan.n, M = plan.M, K = plan.K;
-  for (int64_t off = 0; off < n; off += M) hd::walsh_hadamard(row + off, M);
+  for (int64_t off = 0; off < n; off += M) host_device::walsh_hadamard(row + off, M);
   if (K > 1) {
     mix.resize(static_cast<size_t>(n));
-    for (int64_t i = 0; i < n; ++i) mix[static_cast<size_t>(i)] = hd::kmix_value(row, plan.base.data(), K, M, i / M, i % M);
+    for (int64_t i = 0; i < n; ++i) mix[static_cast<size_t>(i)] = host_device::kmix_value(row, plan.base.data(), K, M, i / M, i % M);
     for (int64_t i = 0; i < n; ++i) row[i] = mix[static_cast<size_t>(i)] * plan.norm;
   } else {
     for (int64_t i = 0; i < n; ++i) row[i] = row[i] * plan.norm;
@@ -117,7 +117,7 @@ py::tuple py_hadamard_quantize(const py::object& x_obj, int bits, float clip_k, 
 }
 
 
-// codes of a packed [rows, packed_cols] matrix through the B-fragment loader (hd::load_b_reg), 4 at a time.
+// codes of a packed [rows, packed_cols] matrix through the B-fragment loader (host_device::load_b_reg), 4 at a time.
 py::array_t<int8_t> py_unpack(const py::object& packed_obj, int64_t cols, const std::string& weight) {
   CArray<uint8_t> packed = input_array<uint8_t>(packed_obj, "packed", "uint8", 2, "[rows, packed_cols]");
   const robuq::WeightFormat f = robuq::parse_weight_format(weight);
@@ -129,15 +129,15 @@ py::array_t<int8_t> py_unpack(const py::object& packed_obj, int64_t cols, const 
   auto out = new_array<int8_t>({ss(rows), ss(cols)});
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t k0 = 0; k0 < cols; k0 += 4) {
-      const uint32_t w = hd::load_b_reg(f, packed.data() + r * pc, cols, k0, 0, 0);
+      const uint32_t w = host_device::load_b_reg(f, packed.data() + r * pc, cols, k0, 0, 0);
       for (int64_t q = 0; q < 4 && k0 + q < cols; ++q)
-        out.mutable_data()[r * cols + k0 + q] = static_cast<int8_t>(hd::s8_lane(w, static_cast<int>(q)));
+        out.mutable_data()[r * cols + k0 + q] = static_cast<int8_t>(host_device::s8_lane(w, static_cast<int>(q)));
     }
   return out;
 }
 
 // mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32 on registers of 32 lanes, from the PTX ISA's fragment
-// table written out independently of hd::frag_*: element A[row][k] is byte k % 4 of register
+// table written out independently of host_device::frag_*: element A[row][k] is byte k % 4 of register
 // (row >= 8) + 2 (k >= 16) of lane 4 (row % 8) + (k % 16) / 4; B[k][col] is byte k % 4 of register (k >= 16)
 // of lane 4 col + (k % 16) / 4; C[row][col] is register 2 (row >= 8) + col % 2 of lane 4 (row % 8) + col / 2.
 void mma_emulate(const uint32_t A[32][4], const uint32_t B[32][2], int32_t C[32][4]) {
@@ -145,7 +145,7 @@ void mma_emulate(const uint32_t A[32][4], const uint32_t B[32][2], int32_t C[32]
     const uint32_t reg = A[4 * (row % 8) + (k % 16) / 4][(row >= 8 ? 1 : 0) + (k >= 16 ? 2 : 0)];
     return static_cast<int>((reg >> (8 * (k % 4))) & 0xffu);  // unsigned
   };
-  auto b = [&](int k, int col) { return hd::s8_lane(B[4 * col + (k % 16) / 4][k >= 16 ? 1 : 0], k % 4); };
+  auto b = [&](int k, int col) { return host_device::s8_lane(B[4 * col + (k % 16) / 4][k >= 16 ? 1 : 0], k % 4); };
   for (int row = 0; row < 16; ++row)
     for (int col = 0; col < 8; ++col) {
       int32_t acc = 0;
@@ -155,7 +155,7 @@ void mma_emulate(const uint32_t A[32][4], const uint32_t B[32][2], int32_t C[32]
 }
 
 // The warp-level GEMM of qgemm_kernel, one 16 x 8 tile at a time: registers filled by the kernel's loaders
-// (hd::frag_a_*, hd::load_b_reg), multiplied by mma_emulate, stored through hd::frag_c_*.
+// (host_device::frag_a_*, host_device::load_b_reg), multiplied by mma_emulate, stored through host_device::frag_c_*.
 std::vector<int32_t> gemm_emulate(const uint8_t* codes, int64_t T, int64_t in, const uint8_t* packed, int64_t pc,
                                   int64_t out, robuq::WeightFormat format) {
   const int64_t ld = (in + 31) / 32 * 32;
@@ -169,19 +169,19 @@ std::vector<int32_t> gemm_emulate(const uint8_t* codes, int64_t T, int64_t in, c
         uint32_t A[32][4], B[32][2];
         for (int lane = 0; lane < 32; ++lane) {
           for (int i = 0; i < 4; ++i) {
-            const int64_t r = row0 + hd::frag_a_row(lane, i);
+            const int64_t r = row0 + host_device::frag_a_row(lane, i);
             uint32_t v = 0;
-            if (r < T) std::memcpy(&v, padded.data() + r * ld + k0 + hd::frag_a_k(lane, i), 4);
+            if (r < T) std::memcpy(&v, padded.data() + r * ld + k0 + host_device::frag_a_k(lane, i), 4);
             A[lane][i] = v;
           }
-          const int64_t c = col0 + hd::frag_b_col(lane);
-          for (int i = 0; i < 2; ++i) B[lane][i] = c < out ? hd::load_b_reg(format, packed + c * pc, in, k0, lane, i) : 0u;
+          const int64_t c = col0 + host_device::frag_b_col(lane);
+          for (int i = 0; i < 2; ++i) B[lane][i] = c < out ? host_device::load_b_reg(format, packed + c * pc, in, k0, lane, i) : 0u;
         }
         mma_emulate(A, B, C);
       }
       for (int lane = 0; lane < 32; ++lane)
         for (int i = 0; i < 4; ++i) {
-          const int64_t t = row0 + hd::frag_c_row(lane, i), r = col0 + hd::frag_c_col(lane, i);
+          const int64_t t = row0 + host_device::frag_c_row(lane, i), r = col0 + host_device::frag_c_col(lane, i);
           if (t < T && r < out) y[static_cast<size_t>(t * out + r)] = C[lane][i];
         }
     }
@@ -190,7 +190,7 @@ std::vector<int32_t> gemm_emulate(const uint8_t* codes, int64_t T, int64_t in, c
 
 // The fast ternary GEMM (qgemm_fast_kernel) one 16 x 8 tile at a time: codes written in the interleave16
 // layout with row sums as hadamard_quantize writes them, per 64-code step each lane's 16-byte activation loads
-// and 4-byte weight load, the fragments of sub-steps 0 and 1 (hd::fast_a_frag / fast_b_frag), the emulated mma,
+// and 4-byte weight load, the fragments of sub-steps 0 and 1 (host_device::fast_a_frag / fast_b_frag), the emulated mma,
 // then the row sum subtracted. Needs in % 64 == 0.
 std::vector<int32_t> gemm_fast_emulate(const uint8_t* codes, int64_t T, int64_t in, const uint8_t* packed,
                                        int64_t pc, int64_t out) {
@@ -199,7 +199,7 @@ std::vector<int32_t> gemm_fast_emulate(const uint8_t* codes, int64_t T, int64_t 
   std::vector<int32_t> rowsum(static_cast<size_t>(T), 0);
   for (int64_t t = 0; t < T; ++t)
     for (int64_t k = 0; k < in; ++k) {
-      il[static_cast<size_t>(t * ld + hd::interleave16(k))] = codes[t * in + k];
+      il[static_cast<size_t>(t * ld + host_device::interleave16(k))] = codes[t * in + k];
       rowsum[static_cast<size_t>(t)] += codes[t * in + k];
     }
   std::vector<int32_t> y(static_cast<size_t>(T * out), 0);
@@ -218,15 +218,15 @@ std::vector<int32_t> gemm_fast_emulate(const uint8_t* codes, int64_t T, int64_t 
         for (int m = 0; m < 2; ++m) {
           uint32_t A[32][4], B[32][2];
           for (int lane = 0; lane < 32; ++lane) {
-            hd::fast_a_frag(lo[lane], hi[lane], m, A[lane]);
-            hd::fast_b_frag(w[lane], m, B[lane]);
+            host_device::fast_a_frag(lo[lane], hi[lane], m, A[lane]);
+            host_device::fast_b_frag(w[lane], m, B[lane]);
           }
           mma_emulate(A, B, C);
         }
       }
       for (int lane = 0; lane < 32; ++lane)
         for (int i = 0; i < 4; ++i) {
-          const int64_t t = row0 + hd::frag_c_row(lane, i), r = col0 + hd::frag_c_col(lane, i);
+          const int64_t t = row0 + host_device::frag_c_row(lane, i), r = col0 + host_device::frag_c_col(lane, i);
           if (t < T && r < out) y[static_cast<size_t>(t * out + r)] = C[lane][i] - rowsum[static_cast<size_t>(t)];
         }
     }
@@ -314,18 +314,18 @@ py::array_t<float> py_qlinear(const std::string& weight, int64_t in, const py::o
     for (int64_t r = 0; r < out; ++r) {
       float v;
       if (act_bits > 0) {
-        v = hd::epilogue_quant(acc[static_cast<size_t>(t * out + r)], sx[t], zx[t], scale.data()[r], wsum.data()[r]);
+        v = host_device::epilogue_quant(acc[static_cast<size_t>(t * out + r)], sx[t], zx[t], scale.data()[r], wsum.data()[r]);
       } else {  // qlinear_float_act_kernel
         float a = 0.0f;
         for (int64_t k0 = 0; k0 < in; k0 += 4) {
-          const uint32_t w = hd::load_b_reg(f, packed.data() + r * pc, in, k0, 0, 0);
+          const uint32_t w = host_device::load_b_reg(f, packed.data() + r * pc, in, k0, 0, 0);
           for (int64_t q = 0; q < 4 && k0 + q < in; ++q)
-            a = a + rot[static_cast<size_t>(t * in + k0 + q)] * static_cast<float>(hd::s8_lane(w, static_cast<int>(q)));
+            a = a + rot[static_cast<size_t>(t * in + k0 + q)] * static_cast<float>(host_device::s8_lane(w, static_cast<int>(q)));
         }
         v = scale.data()[r] * a;
       }
       y.mutable_data()[t * out + r] =
-          hd::epilogue_finish(v, u.data() + t * R, R > 0 ? up.data() + r * R : nullptr, R,
+          host_device::epilogue_finish(v, u.data() + t * R, R > 0 ? up.data() + r * R : nullptr, R,
                               bp != nullptr ? bp + r : nullptr, gelu ? 1 : 0);
     }
   return y;
@@ -339,9 +339,9 @@ py::array_t<float> elementwise(const py::object& x_obj) {
   return y;
 }
 
-float f_exp(float v) { return hd::exp_hd(v); }
-float f_gelu(float v) { return hd::gelu_tanh_hd(v); }
-float f_silu(float v) { return hd::silu_hd(v); }
+float f_exp(float v) { return host_device::exp_hd(v); }
+float f_gelu(float v) { return host_device::gelu_tanh_hd(v); }
+float f_silu(float v) { return host_device::silu_hd(v); }
 
 // layernorm_modulate_kernel on the host: x [N, T, D], shift / scale [N, D].
 py::array_t<float> py_layernorm_modulate(const py::object& x_obj, const py::object& shift_obj,
@@ -356,14 +356,14 @@ py::array_t<float> py_layernorm_modulate(const py::object& x_obj, const py::obje
   for (int64_t r = 0; r < N * T; ++r) {
     const float* xr = x.data() + r * D;
     double lanes[robuq::kStatLanes];
-    for (int l = 0; l < robuq::kStatLanes; ++l) lanes[l] = hd::lane_partial(xr, D, l, 0.0, false);
-    const double mean = hd::combine_lanes(lanes) / static_cast<double>(D);
-    for (int l = 0; l < robuq::kStatLanes; ++l) lanes[l] = hd::lane_partial(xr, D, l, mean, true);
+    for (int l = 0; l < robuq::kStatLanes; ++l) lanes[l] = host_device::lane_partial(xr, D, l, 0.0, false);
+    const double mean = host_device::combine_lanes(lanes) / static_cast<double>(D);
+    for (int l = 0; l < robuq::kStatLanes; ++l) lanes[l] = host_device::lane_partial(xr, D, l, mean, true);
     float m, rstd;
-    hd::layernorm_stats(mean, hd::combine_lanes(lanes), D, &m, &rstd);
+    host_device::layernorm_stats(mean, host_device::combine_lanes(lanes), D, &m, &rstd);
     const int64_t n = r / T;
     for (int64_t k = 0; k < D; ++k)
-      y.mutable_data()[r * D + k] = hd::modulate_hd(xr[k], m, rstd, sc.data()[n * D + k], sh.data()[n * D + k]);
+      y.mutable_data()[r * D + k] = host_device::modulate_hd(xr[k], m, rstd, sc.data()[n * D + k], sh.data()[n * D + k]);
   }
   return y;
 }
@@ -372,42 +372,42 @@ py::array_t<float> py_layernorm_modulate(const py::object& x_obj, const py::obje
 py::array_t<float> py_attention(const py::object& qkv_obj, int64_t N, int64_t H, int bits) {
   CArray<float> qkv = input_array<float>(qkv_obj, "qkv", "float32", 2, "[N * T, 3 D]");
   const int64_t NT = qkv.shape(0), D3 = qkv.shape(1);
-  if (N < 1 || H < 1 || NT % N != 0 || D3 % (3 * H) != 0) throw std::invalid_argument("qkv must be [N * T, 3 H hd]");
+  if (N < 1 || H < 1 || NT % N != 0 || D3 % (3 * H) != 0) throw std::invalid_argument("qkv must be [N * T, 3 H head_dim]");
   if (bits != 0) check_bits(bits);
-  const int64_t T = NT / N, D = D3 / 3, hd_ = D / H;
+  const int64_t T = NT / N, D = D3 / 3, head_dim_ = D / H;
   std::vector<float> work(qkv.data(), qkv.data() + NT * D3);
   if (bits > 0)
-    for (int64_t row = 0; row < NT * 3 * H; ++row) hd::fake_quant_row(qkv.data() + row * hd_, hd_, bits, work.data() + row * hd_);
-  const float score_scale = static_cast<float>(std::pow(static_cast<double>(hd_), -0.5));
+    for (int64_t row = 0; row < NT * 3 * H; ++row) host_device::fake_quant_row(qkv.data() + row * head_dim_, head_dim_, bits, work.data() + row * head_dim_);
+  const float score_scale = static_cast<float>(std::pow(static_cast<double>(head_dim_), -0.5));
   const float levels = bits > 0 ? static_cast<float>((1 << bits) - 1) : 0.0f;
   auto out = new_array<float>({ss(NT), ss(D)});
   std::vector<float> s(static_cast<size_t>(T));
   for (int64_t n = 0; n < N; ++n)
     for (int64_t h = 0; h < H; ++h)
       for (int64_t i = 0; i < T; ++i) {
-        const float* q = work.data() + (n * T + i) * D3 + h * hd_;
+        const float* q = work.data() + (n * T + i) * D3 + h * head_dim_;
         float mx = -INFINITY;
         for (int64_t j = 0; j < T; ++j) {
-          const float* k = work.data() + (n * T + j) * D3 + D + h * hd_;
+          const float* k = work.data() + (n * T + j) * D3 + D + h * head_dim_;
           float acc = 0.0f;
-          for (int64_t d = 0; d < hd_; ++d) acc = acc + q[d] * k[d];
+          for (int64_t d = 0; d < head_dim_; ++d) acc = acc + q[d] * k[d];
           s[static_cast<size_t>(j)] = acc * score_scale;
-          mx = hd::fmax_hd(mx, s[static_cast<size_t>(j)]);
+          mx = host_device::fmax_hd(mx, s[static_cast<size_t>(j)]);
         }
         float sum = 0.0f;
         for (float& v : s) {
-          v = hd::exp_hd(v - mx);
+          v = host_device::exp_hd(v - mx);
           sum = sum + v;
         }
         const float inv = 1.0f / sum;
         for (float& v : s) {
           v = v * inv;
-          if (levels > 0.0f) v = hd::prob_grid(v, levels);
+          if (levels > 0.0f) v = host_device::prob_grid(v, levels);
         }
-        for (int64_t d = 0; d < hd_; ++d) {
+        for (int64_t d = 0; d < head_dim_; ++d) {
           float acc = 0.0f;
-          for (int64_t j = 0; j < T; ++j) acc = acc + s[static_cast<size_t>(j)] * work[static_cast<size_t>((n * T + j) * D3 + 2 * D + h * hd_ + d)];
-          out.mutable_data()[(n * T + i) * D + h * hd_ + d] = acc;
+          for (int64_t j = 0; j < T; ++j) acc = acc + s[static_cast<size_t>(j)] * work[static_cast<size_t>((n * T + j) * D3 + 2 * D + h * head_dim_ + d)];
+          out.mutable_data()[(n * T + i) * D + h * head_dim_ + d] = acc;
         }
       }
   return out;
@@ -465,7 +465,7 @@ py::array_t<float> py_host_sample_loop(const py::function& model, int64_t N, int
 void bind_cuda_host(py::module_& m) {
   py::module_ h = m.def_submodule(
       "cuda_host",
-      "The CUDA kernels' per-thread arithmetic (kernels/cuda/robuq_hd.h) compiled for the host, arranged as\n"
+      "The CUDA kernels' per-thread arithmetic (kernels/cuda/host_device_math.h) compiled for the host, arranged as\n"
       "the device kernels arrange it; tests/test_cuda_host.py checks it against the CPU reference kernels.");
   h.def("sample_loop", &py_host_sample_loop, py::arg("model"), py::arg("N"), py::arg("C"), py::arg("H"),
         py::arg("W"), py::arg("steps") = "250", py::arg("sampler") = "ddpm", py::arg("eta") = 0.0,
@@ -495,7 +495,7 @@ void bind_cuda_host(py::module_& m) {
         "qlinear(weight, in_features, packed, scale, wsum, bias=None, down=None, up=None, act_bits=0, clip_k=0,\n"
         "        hadamard='none', hadamard_block=0, x=..., gelu=False) -> float32 [T, out]:\n"
         "a quantized linear as the CUDA engine computes it (arguments as robuq._C.QLinear).");
-  h.def("exp", &elementwise<f_exp>, py::arg("x"), "exp of float32 [n] by robuq_hd.h's exp_hd");
+  h.def("exp", &elementwise<f_exp>, py::arg("x"), "exp of float32 [n] by host_device_math.h's exp_hd");
   h.def("gelu_tanh", &elementwise<f_gelu>, py::arg("x"), "GELU (tanh form) of float32 [n], gelu_tanh_hd");
   h.def("silu", &elementwise<f_silu>, py::arg("x"), "SiLU of float32 [n], silu_hd");
   h.def("attention", &py_attention, py::arg("qkv"), py::arg("N"), py::arg("num_heads"), py::arg("bits") = 0,

@@ -333,15 +333,15 @@ py::array_t<float> py_layernorm_modulate(const py::object& x_obj, const py::obje
 py::array_t<float> py_attention(const py::object& qkv_obj, int64_t N, int64_t H, int bits, int threads) {
   CArray<float> qkv = input_array<float>(qkv_obj, "qkv", "float32", 2, "[N * T, 3 D]");
   const int64_t NT = qkv.shape(0), D3 = qkv.shape(1);
-  if (N < 1 || NT % N != 0 || D3 % (3 * H) != 0) throw std::invalid_argument("qkv must be [N * T, 3 H hd]");
+  if (N < 1 || NT % N != 0 || D3 % (3 * H) != 0) throw std::invalid_argument("qkv must be [N * T, 3 H head_dim]");
   if (threads < 1) throw std::invalid_argument("threads must be >= 1");
-  const int64_t T = NT / N, D = D3 / 3, hd = D / H;
+  const int64_t T = NT / N, D = D3 / 3, head_dim = D / H;
   auto out = new_array<float>({NT, D});
-  std::vector<float> scratch(static_cast<size_t>(threads) * robuq::ops::attention_scratch_floats(T, hd));
+  std::vector<float> scratch(static_cast<size_t>(threads) * robuq::ops::attention_scratch_floats(T, head_dim));
   float* o = out.mutable_data();
   {
     py::gil_scoped_release release;
-    robuq::ops::attention(qkv.data(), N, T, H, hd, bits, o, scratch.data(), threads);
+    robuq::ops::attention(qkv.data(), N, T, H, head_dim, bits, o, scratch.data(), threads);
   }
   return out;
 }

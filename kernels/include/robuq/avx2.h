@@ -85,16 +85,16 @@ void softmax_row(float* s, int64_t n, float scale, int levels);
 
 // One (sample n, head h) of ops::attention (engine/ops.h): q, k, v fake-quantized per row when bits > 0
 // (quantize_row, bit-identical to the reference), S = q k^T and O = P v with gemm_panels, softmax_row.
-size_t attention_scratch_floats(int64_t T, int64_t hd);
-// attention_head's first part, shared with the avx512 tier: Q (fake-quantized) [T, hd], the key panels
+size_t attention_scratch_floats(int64_t T, int64_t head_dim);
+// attention_head's first part, shared with the avx512 tier: Q (fake-quantized) [T, head_dim], the key panels
 // (P(j, d) = K[j, d]) and value panels (P(d, j) = V[j, d]) in scratch, and the scores buffer [query_rows, T].
 struct AttentionBuffers {
   float *Q, *Kp, *Vp, *S;
   int64_t query_rows;
 };
-AttentionBuffers attention_prepare(const float* qkv, int64_t n, int64_t h, int64_t T, int64_t H, int64_t hd,
+AttentionBuffers attention_prepare(const float* qkv, int64_t n, int64_t h, int64_t T, int64_t H, int64_t head_dim,
                                    int bits, float* scratch);
-void attention_head(const float* qkv, int64_t n, int64_t h, int64_t T, int64_t H, int64_t hd, int bits, float* out,
+void attention_head(const float* qkv, int64_t n, int64_t h, int64_t T, int64_t H, int64_t head_dim, int bits, float* out,
                     float* scratch);
 
 }  // namespace avx2

@@ -1,5 +1,5 @@
 // Per-thread arithmetic of the CUDA backend, compiled twice: by nvcc into the kernels (kernels/cuda/*.cu)
-// and by the host compiler into the CPU test suite (python/bindings/cuda_bind.cpp, robuq._C.cuda_host),
+// and by the host compiler into the CPU test suite (python/bindings/cuda_host_bind.cpp, robuq._C.cuda_host),
 // where tests/test_cuda_host.py checks it against the CPU reference kernels. Everything here is plain
 // integer or IEEE float32 / float64 arithmetic, one operation at a time, with no library math (no expf,
 // tanhf, rintf from a math library whose last bit differs between glibc and CUDA): both compilers must
@@ -17,10 +17,10 @@
 
 #include "robuq/constants.h"
 #include "robuq/format.h"
-#include "robuq/hd.h"
+#include "robuq/host_device.h"
 
 namespace robuq {
-namespace hd {
+namespace host_device {
 
 // ------------------------------------------------------------------------------------------ bit helpers
 ROBUQ_HD uint32_t f32_bits(float v) {
@@ -362,5 +362,5 @@ ROBUQ_HD void fast_b_frag(uint32_t w, int m, uint32_t b[2]) {
   b[1] = ternary_word_u8x4(w, 2 * m + 1);
 }
 
-}  // namespace hd
+}  // namespace host_device
 }  // namespace robuq
