@@ -65,89 +65,13 @@ def _set_layer_configs(model: torch.nn.Module, cfg: QuantConfig) -> None:
 class Run:
     def __init__(self, args, parser, d: Dist):
         self.d = d
-        resume_ck = None
-        if args.resume:
-            resume_ck = load_checkpoint(args.resume)
-            if not isinstance(resume_ck, dict) or resume_ck.get("format") != CHECKPOINT_FORMAT:
-                raise UsageError(f"{args.resume} is not a robuq-train checkpoint (needed for --resume)")
-            missing = [k for k in ("args", "model", "ema", "opt", "step") if k not in resume_ck]
-            if missing:
-                raise UsageError(
-                    f"{args.resume} has no training state ({', '.join(missing)} missing: a release "
-                    "checkpoint?); --resume needs a checkpoint written during training (--init takes weights)"
-                )
-            args = _merge_resume_args(args, parser, dict(resume_ck["args"]))
-        _validate(args)
+        args, resume_ck = self._resolve_args(args, parser)
         self.args = args
         self.out = Path(args.out)
-
-        # ---- data
-        try:
-            self.x, self.y, num_classes = load_dataset(
-                args.data,
-                split="train",
-                image_size=args.image_size,
-                channels=args.channels,
-                holdout=args.holdout,
-                seed=args.split_seed,
-            )
-        except (ValueError, FileNotFoundError) as e:
-            raise UsageError(f"--data {args.data}: {e}") from None
-        if len(self.x) == 0:
-            raise UsageError(f"--data {args.data}: the training split is empty")
-        c, h = int(self.x.shape[1]), int(self.x.shape[2])
-
-        # ---- model (full precision), teacher, quantization
-        teacher = None
-        if resume_ck is not None:
-            cfg = DiTConfig.from_dict(dict(resume_ck["model_config"]))
-            model = DiT(cfg)
-        elif args.init:
-            model = load_init(args)
-            cfg = model.config
-        else:
-            overrides = {k: getattr(args, k) for k in MODEL_OVERRIDES if getattr(args, k) is not None}
-            overrides.setdefault("input_size", h)
-            torch.manual_seed(args.seed)
-            try:
-                model = create(
-                    args.model,
-                    **overrides,
-                    in_channels=c,
-                    num_classes=num_classes,
-                    learn_sigma=args.learn_sigma,
-                    class_dropout_prob=args.class_dropout_prob,
-                )
-            except ValueError as e:
-                raise UsageError(f"model configuration: {e}") from None
-            cfg = model.config
-        if (cfg.in_channels, cfg.input_size) != (c, h) or int(self.y.max()) >= cfg.num_classes:
-            raise UsageError(
-                f"data ({c} channels, {h}x{h}, {num_classes} classes) does not fit the model "
-                f"({cfg.in_channels} channels, {cfg.input_size}x{cfg.input_size}, {cfg.num_classes} classes)"
-            )
-        if h != int(self.x.shape[3]):
-            raise UsageError("images must be square")
-        if args.distill:
-            teacher = load_init(args) if resume_ck is not None else copy.deepcopy(model)
-            teacher.requires_grad_(False).eval()
-            self.teacher_hash = state_hash(teacher.state_dict())
-            if resume_ck is not None and resume_ck.get("teacher_sha256") not in (None, self.teacher_hash):
-                raise UsageError(f"the teacher {args.init} changed since the checkpoint was written")
-        self.teacher = teacher
-
-        if resume_ck is not None:
-            qc = resume_ck.get("quant_config")
-            self.qcfg = QuantConfig.from_dict(qc) if qc is not None else None
-            if self.qcfg is not None:
-                quantize_model(model, self.qcfg, init_lowrank=False)
-        else:
-            self.qcfg = quant_config_from_args(args, cfg.depth)
-            if self.qcfg is not None:
-                try:
-                    quantize_model(model, self.qcfg)
-                except ValueError as e:
-                    raise UsageError(f"quantization config: {e}") from None
+        self._load_data()
+        model, cfg = self._build_model(resume_ck)
+        self.teacher = self._build_teacher(model, resume_ck)
+        self.qcfg = self._quantize(model, cfg, resume_ck)
         self.cfg = cfg
         # The loop applies class dropout itself (seeded generator, same labels for the teacher); the
         # model's own dropout is switched off. The table keeps its null-class row.
@@ -179,6 +103,107 @@ class Run:
             self.net = DDP(self.model, device_ids=ids)
         else:
             self.net = self.model
+
+    # ------------------------------------------------------------------ setup
+    @staticmethod
+    def _resolve_args(args, parser):
+        """(the run's arguments, the --resume checkpoint or None): a resumed run takes its saved options
+        (RESUME_OVERRIDABLE from the command line); both are validated."""
+        resume_ck = None
+        if args.resume:
+            resume_ck = load_checkpoint(args.resume)
+            if not isinstance(resume_ck, dict) or resume_ck.get("format") != CHECKPOINT_FORMAT:
+                raise UsageError(f"{args.resume} is not a robuq-train checkpoint (needed for --resume)")
+            missing = [k for k in ("args", "model", "ema", "opt", "step") if k not in resume_ck]
+            if missing:
+                raise UsageError(
+                    f"{args.resume} has no training state ({', '.join(missing)} missing: a release "
+                    "checkpoint?); --resume needs a checkpoint written during training (--init takes weights)"
+                )
+            args = _merge_resume_args(args, parser, dict(resume_ck["args"]))
+        _validate(args)
+        return args, resume_ck
+
+    def _load_data(self) -> None:
+        """self.x, self.y (the training split) and self.num_classes."""
+        args = self.args
+        try:
+            self.x, self.y, self.num_classes = load_dataset(
+                args.data,
+                split="train",
+                image_size=args.image_size,
+                channels=args.channels,
+                holdout=args.holdout,
+                seed=args.split_seed,
+            )
+        except (ValueError, FileNotFoundError) as e:
+            raise UsageError(f"--data {args.data}: {e}") from None
+        if len(self.x) == 0:
+            raise UsageError(f"--data {args.data}: the training split is empty")
+
+    def _build_model(self, resume_ck: dict | None) -> tuple[DiT, DiTConfig]:
+        """The full-precision model: the resumed run's config, --init's weights, or a new one (seeded),
+        checked against the data."""
+        args = self.args
+        c, h = int(self.x.shape[1]), int(self.x.shape[2])
+        if resume_ck is not None:
+            cfg = DiTConfig.from_dict(dict(resume_ck["model_config"]))
+            model = DiT(cfg)
+        elif args.init:
+            model = load_init(args)
+            cfg = model.config
+        else:
+            overrides = {k: getattr(args, k) for k in MODEL_OVERRIDES if getattr(args, k) is not None}
+            overrides.setdefault("input_size", h)
+            torch.manual_seed(args.seed)
+            try:
+                model = create(
+                    args.model,
+                    **overrides,
+                    in_channels=c,
+                    num_classes=self.num_classes,
+                    learn_sigma=args.learn_sigma,
+                    class_dropout_prob=args.class_dropout_prob,
+                )
+            except ValueError as e:
+                raise UsageError(f"model configuration: {e}") from None
+            cfg = model.config
+        if (cfg.in_channels, cfg.input_size) != (c, h) or int(self.y.max()) >= cfg.num_classes:
+            raise UsageError(
+                f"data ({c} channels, {h}x{h}, {self.num_classes} classes) does not fit the model "
+                f"({cfg.in_channels} channels, {cfg.input_size}x{cfg.input_size}, {cfg.num_classes} classes)"
+            )
+        if h != int(self.x.shape[3]):
+            raise UsageError("images must be square")
+        return model, cfg
+
+    def _build_teacher(self, model: DiT, resume_ck: dict | None) -> DiT | None:
+        """--distill's frozen full-precision teacher (--init's weights, checked unchanged on resume)."""
+        args = self.args
+        if not args.distill:
+            return None
+        teacher = load_init(args) if resume_ck is not None else copy.deepcopy(model)
+        teacher.requires_grad_(False).eval()
+        self.teacher_hash = state_hash(teacher.state_dict())
+        if resume_ck is not None and resume_ck.get("teacher_sha256") not in (None, self.teacher_hash):
+            raise UsageError(f"the teacher {args.init} changed since the checkpoint was written")
+        return teacher
+
+    def _quantize(self, model: DiT, cfg: DiTConfig, resume_ck: dict | None) -> QuantConfig | None:
+        """Quantize the model for QAT in place (the resumed run's config, or the options'); the config."""
+        if resume_ck is not None:
+            qc = resume_ck.get("quant_config")
+            qcfg = QuantConfig.from_dict(qc) if qc is not None else None
+            if qcfg is not None:
+                quantize_model(model, qcfg, init_lowrank=False)
+            return qcfg
+        qcfg = quant_config_from_args(self.args, cfg.depth)
+        if qcfg is not None:
+            try:
+                quantize_model(model, qcfg)
+            except ValueError as e:
+                raise UsageError(f"quantization config: {e}") from None
+        return qcfg
 
     # ------------------------------------------------------------------ state
     def _load_state(self, ck: dict) -> None:
