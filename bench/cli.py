@@ -369,99 +369,113 @@ def measure(args) -> dict:
             {"kind": "ceilings", "threads": threads_all, "seconds": 0.1 if args.quick else 0.3}, threads_all
         )["ceilings"]
     if "linears" not in skip:
-        bits = [2] if args.quick else [2, 3, 4]
-        for threads in sorted({1, threads_all}):
-            for side, tier in [("robuq", t) for t in tiers] + [("torch", None)]:
-                run.log(f"block linears: {side}{f' [{tier}]' if tier else ''}, {threads} thread(s)")
+        results["linears"] = _measure_linears(run, args, models, tiers, threads_all, warmup, repeats)
+    if "forward" not in skip:
+        _measure_forward(run, args, results, models, configs, baselines, tiers, workdir, warmup, repeats)
+    results["load_after"] = list(os.getloadavg())
+    return results
+
+
+def _measure_linears(run, args, models, tiers, threads_all, warmup, repeats) -> list:
+    """The block linears' rows: the engine on each tier and PyTorch, on one thread and on all."""
+    rows: list = []
+    bits = [2] if args.quick else [2, 3, 4]
+    for threads in sorted({1, threads_all}):
+        for side, tier in [("robuq", t) for t in tiers] + [("torch", None)]:
+            run.log(f"block linears: {side}{f' [{tier}]' if tier else ''}, {threads} thread(s)")
+            spec = {
+                "kind": "linears",
+                "side": side,
+                "tier": tier,
+                "models": models,
+                "tokens": args.tokens,
+                "bits": bits,
+                "threads": threads,
+                "warmup": warmup,
+                "repeats": repeats,
+            }
+            rows += run.worker(spec, threads)["linears"]
+    return rows
+
+
+def _measure_forward(run, args, results, models, configs, baselines, tiers, workdir, warmup, repeats) -> None:
+    """The forward rows (results["forward"]) of the engine on each tier and config and of every runnable
+    peer, and the peers skipped with the reason (results["skipped"])."""
+    threads_all = args.threads
+    vector = results["machine"].get("vector", [])
+    results["skipped"] = []
+    runnable = []
+    for b in baselines:
+        why = baseline_unavailable(b, vector)
+        if why:
+            run.log(f"skip {b}: {why}")
+            results["skipped"].append({"baseline": b, "reason": why})
+        else:
+            runnable.append(b)
+    for model in models:
+        rq = {c: rq_file(run, workdir, model, c, args.rank, args.seed) for c in configs}
+        from robuq.models import CONFIGS as DIT_CONFIGS
+        from robuq.models import DiT, DiTConfig
+
+        cfg = DiTConfig(**DIT_CONFIGS[model])
+        inputs = {
+            "in_channels": cfg.in_channels,
+            "input_size": cfg.input_size,
+            "num_classes": cfg.num_classes,
+        }
+        jobs = []  # (runtime, config, tier, path, precision, file size MB)
+        for tier in tiers:
+            for c in configs:
+                jobs.append(("robuq", c, tier, rq[c], None, rq[c].stat().st_size / 1e6))
+        for b in runnable:
+            runtime, config = BASELINES[b]
+            try:
+                path = baseline_file(run, workdir, model, args.seed, b, inputs, args.calib)
+            except RuntimeError as e:  # a peer that fails on this model: say so, keep the rest
+                run.log(f"skip {b} on {model}: {e}")
+                results["skipped"].append({"baseline": b, "model": model, "reason": str(e)[-500:]})
+                continue
+            if runtime == "torch":
+                import torch
+
+                with torch.device("meta"):
+                    n_params = sum(p.numel() for p in DiT(cfg).parameters())
+                size = n_params * (2 if config == "bf16" else 4) / 1e6
+            else:
+                size = model_file_mb(path)
+            precision = {"bf16": "bf16", "f32": "f32"}.get(config)
+            jobs.append((runtime, config, None, path, precision, size))
+        for runtime, config, tier, path, precision, size in jobs:
+            # one thread: the engine (the scaling target) and PyTorch fp32; --quick: the first config only
+            one_thread = (
+                runtime == "robuq" and tier == tiers[0] and (not args.quick or config == configs[0])
+            ) or ((runtime, config) == ("torch", "fp32"))
+            for threads in sorted({threads_all} | ({1} if one_thread else set())):
+                what = f"{runtime} {config}" + (f" [{tier}]" if tier else "")
+                run.log(f"forward {model} {what}, {threads} thread(s)")
                 spec = {
-                    "kind": "linears",
-                    "side": side,
-                    "tier": tier,
-                    "models": models,
-                    "tokens": args.tokens,
-                    "bits": bits,
+                    "kind": "forward",
+                    "runtime": runtime,
+                    "model": model,
                     "threads": threads,
                     "warmup": warmup,
                     "repeats": repeats,
+                    "seed": args.seed,
+                    "inputs": inputs,
+                    "path": str(path) if path else None,
+                    "tier": tier,
+                    "precision": precision,
                 }
-                results["linears"] += run.worker(spec, threads)["linears"]
-    if "forward" not in skip:
-        vector = results["machine"].get("vector", [])
-        results["skipped"] = []
-        runnable = []
-        for b in baselines:
-            why = baseline_unavailable(b, vector)
-            if why:
-                run.log(f"skip {b}: {why}")
-                results["skipped"].append({"baseline": b, "reason": why})
-            else:
-                runnable.append(b)
-        for model in models:
-            rq = {c: rq_file(run, workdir, model, c, args.rank, args.seed) for c in configs}
-            from robuq.models import CONFIGS as DIT_CONFIGS
-            from robuq.models import DiT, DiTConfig
-
-            cfg = DiTConfig(**DIT_CONFIGS[model])
-            inputs = {
-                "in_channels": cfg.in_channels,
-                "input_size": cfg.input_size,
-                "num_classes": cfg.num_classes,
-            }
-            jobs = []  # (runtime, config, tier, path, precision, file size MB)
-            for tier in tiers:
-                for c in configs:
-                    jobs.append(("robuq", c, tier, rq[c], None, rq[c].stat().st_size / 1e6))
-            for b in runnable:
-                runtime, config = BASELINES[b]
                 try:
-                    path = baseline_file(run, workdir, model, args.seed, b, inputs, args.calib)
-                except RuntimeError as e:  # a peer that fails on this model: say so, keep the rest
-                    run.log(f"skip {b} on {model}: {e}")
-                    results["skipped"].append({"baseline": b, "model": model, "reason": str(e)[-500:]})
+                    r = run.worker(spec, threads)
+                except RuntimeError as e:
+                    run.log(f"skip {what} on {model}: {e}")
+                    results["skipped"].append({"baseline": what, "model": model, "reason": str(e)[-500:]})
                     continue
-                if runtime == "torch":
-                    import torch
-
-                    with torch.device("meta"):
-                        n_params = sum(p.numel() for p in DiT(cfg).parameters())
-                    size = n_params * (2 if config == "bf16" else 4) / 1e6
-                else:
-                    size = model_file_mb(path)
-                precision = {"bf16": "bf16", "f32": "f32"}.get(config)
-                jobs.append((runtime, config, None, path, precision, size))
-            for runtime, config, tier, path, precision, size in jobs:
-                # one thread: the engine (the scaling target) and PyTorch fp32; --quick: the first config only
-                one_thread = (
-                    runtime == "robuq" and tier == tiers[0] and (not args.quick or config == configs[0])
-                ) or ((runtime, config) == ("torch", "fp32"))
-                for threads in sorted({threads_all} | ({1} if one_thread else set())):
-                    what = f"{runtime} {config}" + (f" [{tier}]" if tier else "")
-                    run.log(f"forward {model} {what}, {threads} thread(s)")
-                    spec = {
-                        "kind": "forward",
-                        "runtime": runtime,
-                        "model": model,
-                        "threads": threads,
-                        "warmup": warmup,
-                        "repeats": repeats,
-                        "seed": args.seed,
-                        "inputs": inputs,
-                        "path": str(path) if path else None,
-                        "tier": tier,
-                        "precision": precision,
-                    }
-                    try:
-                        r = run.worker(spec, threads)
-                    except RuntimeError as e:
-                        run.log(f"skip {what} on {model}: {e}")
-                        results["skipped"].append({"baseline": what, "model": model, "reason": str(e)[-500:]})
-                        continue
-                    row = {"model": model, "runtime": runtime, "config": config, "threads": threads}
-                    if tier:
-                        row["tier"] = tier
-                    results["forward"].append({**row, "file_mb": size, **r})
-    results["load_after"] = list(os.getloadavg())
-    return results
+                row = {"model": model, "runtime": runtime, "config": config, "threads": threads}
+                if tier:
+                    row["tier"] = tier
+                results["forward"].append({**row, "file_mb": size, **r})
 
 
 class BenchUsageError(Exception):
@@ -476,6 +490,31 @@ def _check_output(path: str | None, what: str, directory: bool = False) -> None:
 
 def _check_args(args) -> dict | None:
     """Validates the command line; returns the results of --from-json (None when measuring)."""
+    from robuq import _C
+
+    try:
+        from robuq.models import CONFIGS as DIT_CONFIGS  # needs torch
+
+        dit_models = tuple(DIT_CONFIGS)
+    except ImportError:
+        dit_models = MODELS
+
+    def names(text: str | None) -> list[str]:
+        return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+    for option, given, known in (
+        ("--models", [model_name(m) for m in names(args.models)], dit_models),
+        ("--configs", names(args.configs), CONFIGS),
+        ("--baselines", names(args.baselines), RUNTIMES),
+        ("--skip", names(args.skip), ("ceilings", "linears", "forward")),
+        ("--tiers", names(args.tiers), ("reference", "generic", "avx2", "avx512")),
+    ):
+        unknown = [g for g in given if g not in known]
+        if unknown:
+            raise BenchUsageError(f"{option}: unknown {', '.join(unknown)} (known: {', '.join(known)})")
+    for tier in names(args.tiers):
+        if not _C.tier_available(tier):
+            raise BenchUsageError(f"--tiers: this CPU or build cannot run the {tier} tier")
     for name, low in (("warmup", 0), ("repeats", 1), ("threads", 1), ("tokens", 1), ("rank", 0)):
         v = getattr(args, name)
         if v is not None and v < low:

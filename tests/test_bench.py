@@ -144,6 +144,22 @@ def test_text_readme_and_chart(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_bad_names_exit_2_before_measuring(tmp_path, capsys):
+    """Unknown models, configs, baselines, parts or tiers: one error line naming the known ones, exit 2."""
+    from robuq.bench.cli import main
+
+    for argv, want in [
+        (["--baselines", "torch-fp32"], "--baselines: unknown torch-fp32 (known: torch, torch-bf16, ort"),
+        (["--models", "S/9"], "--models: unknown DiT-S/9"),
+        (["--configs", "W1.58A5"], "--configs: unknown W1.58A5"),
+        (["--skip", "ceiling"], "--skip: unknown ceiling"),
+        (["--tiers", "neon"], "--tiers: unknown neon"),
+    ]:
+        assert main([*argv, "--workdir", str(tmp_path / "w")]) == 2, argv
+        assert want in capsys.readouterr().err, argv
+    assert not (tmp_path / "w").exists()
+
+
 def test_cli_from_json(tmp_path, capsys):
     src = tmp_path / "r.json"
     src.write_text(json.dumps(fake_results()))
