@@ -3,6 +3,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -32,6 +33,9 @@ CArray<T> input_array(const py::object& obj, const char* name, const char* dtype
                                 ", got " + std::to_string(a.ndim()) + "-D");
   return CArray<T>::ensure(a);
 }
+
+// A shape entry for numpy (py::ssize_t) from an int64 size.
+inline py::ssize_t ss(int64_t v) { return static_cast<py::ssize_t>(v); }
 
 template <class T>
 py::array_t<T> new_array(std::vector<py::ssize_t> shape) {

@@ -7,36 +7,27 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
-#include "../../kernels/cuda/host_device_math.h"
-#include "diffusion.h"
 #include "array_util.h"
 #include "engine_calls.h"
-#include "robuq/hadamard.h"
-#include "robuq/qlinear.h"
-#include "robuq/quant.h"
 
 #ifdef ROBUQ_HAVE_CUDA
 #include "cuda_engine.h"
 #endif
 
 namespace py = pybind11;
-namespace host_device = robuq::host_device;
 
 namespace {
 
 using robuq_bind::CArray;
 using robuq_bind::input_array;
 using robuq_bind::new_array;
-
-py::ssize_t ss(int64_t v) { return static_cast<py::ssize_t>(v); }
+using robuq_bind::ss;
 
 // ----------------------------------------------------------------------------------- device side
 std::string unavailable_reason() {

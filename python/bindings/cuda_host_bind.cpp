@@ -18,14 +18,9 @@
 #include "../../kernels/cuda/host_device_math.h"
 #include "diffusion.h"
 #include "array_util.h"
-#include "engine_calls.h"
 #include "robuq/hadamard.h"
 #include "robuq/qlinear.h"
 #include "robuq/quant.h"
-
-#ifdef ROBUQ_HAVE_CUDA
-#include "cuda_engine.h"
-#endif
 
 namespace py = pybind11;
 namespace host_device = robuq::host_device;
@@ -35,8 +30,7 @@ namespace {
 using robuq_bind::CArray;
 using robuq_bind::input_array;
 using robuq_bind::new_array;
-
-py::ssize_t ss(int64_t v) { return static_cast<py::ssize_t>(v); }
+using robuq_bind::ss;
 
 // ------------------------------------------------------------------------------ host emulation
 // One row quantized as hadamard_quantize_kernel does it: min / max, the 8 float64 lanes each summed on

@@ -128,18 +128,23 @@ class Run:
         """self.x, self.y (the training split) and self.num_classes."""
         args = self.args
         try:
-            self.x, self.y, self.num_classes = load_dataset(
-                args.data,
-                split="train",
-                image_size=args.image_size,
-                channels=args.channels,
-                holdout=args.holdout,
-                seed=args.split_seed,
-            )
+            self.x, self.y, self.num_classes = self._split("train")
         except (ValueError, FileNotFoundError) as e:
             raise UsageError(f"--data {args.data}: {e}") from None
         if len(self.x) == 0:
             raise UsageError(f"--data {args.data}: the training split is empty")
+
+    def _split(self, split: str):
+        """(x, y, num_classes) of the run's dataset split ("train" or "heldout", --holdout / --split-seed)."""
+        a = self.args
+        return load_dataset(
+            a.data,
+            split=split,
+            image_size=a.image_size,
+            channels=a.channels,
+            holdout=a.holdout,
+            seed=a.split_seed,
+        )
 
     def _build_model(self, resume_ck: dict | None) -> tuple[DiT, DiTConfig]:
         """The full-precision model: the resumed run's config, --init's weights, or a new one (seeded),
@@ -317,14 +322,7 @@ class Run:
     def _measure_and_allocate(self, names: list[str]) -> dict:
         a, dev = self.args, self.d.device
         try:
-            hx, hy, _ = load_dataset(
-                a.data,
-                split="heldout",
-                image_size=a.image_size,
-                channels=a.channels,
-                holdout=a.holdout,
-                seed=a.split_seed,
-            )
+            hx, hy, _ = self._split("heldout")
         except ValueError:
             hx = torch.zeros(0)
         source = "heldout"
