@@ -360,6 +360,26 @@ def test_pack_rejects_bad_values_and_inputs():
         _C.unpack_ternary(np.zeros((2, 2), np.uint8), 4)
 
 
+@pytest.mark.parametrize("t,out,n_in", [(1, 1, 1), (5, 17, 3), (7, 16, 5), (3, 33, 130), (2, 40, 515)])
+def test_table_lookup_layout_specification(t, out, n_in):
+    """The table-lookup GEMM's kernel layout (robuq/ternary_gemm.h), as its scalar specification builds and
+    reads it (kernels/ref/ternary_lut_ref.cpp): exact against the integer product for every bit width, with
+    random codes in the padding positions (the repack must not read them). The avx2 tier's on-the-fly
+    decoder is held to the same indices in test_kernels_avx2.py."""
+    rng = np.random.default_rng(t * 31 + out * 7 + n_in)
+    w = rng.integers(-1, 2, (out, n_in), dtype=np.int8)
+    p = _C.pack_ternary(w)
+    if n_in % 4:
+        mask = np.uint8((0xFF << (2 * (n_in % 4))) & 0xFF)
+        p[:, -1] = (p[:, -1] & ~mask) | (rng.integers(0, 256, out, dtype=np.uint8) & mask)
+    idx = _C.ternary_lut_indices(p, n_in)
+    assert idx.shape == ((out + 15) // 16, (n_in + 3) // 4, 32)
+    for bits in (1, 2, 4, 8):
+        q = rng.integers(0, 2**bits, (t, n_in), dtype=np.uint8)
+        got = _C.ternary_matmul(q, p, n_in, bits, tier="reference")
+        np.testing.assert_array_equal(got, q.astype(np.int64) @ w.astype(np.int64).T)
+
+
 # ---------------------------------------------------------------------------------------- bad inputs
 def test_bad_inputs_raise_clear_errors():
     x = _rows("normal", 2, 64, 8)

@@ -1,5 +1,5 @@
 // The DiT's other operations on the GPU, in float32 (statistics in float64 where the CPU engine uses it),
-// following engine/ops.cpp operation for operation: patchify / unpatchify, embeddings, LayerNorm + adaLN
+// following engine/ops.cpp and kernels/ref/ops_ref.cpp operation for operation: patchify / unpatchify, embeddings, LayerNorm + adaLN
 // modulate (bit-identical to the CPU reference: the same 8 float64 lanes, each summed by one thread),
 // attention (every dot product and the softmax sum in the reference's order; exp is host_device_math.h's) and the
 // classifier-free-guidance combination of the sampler's model calls.

@@ -193,11 +193,12 @@ py::array_t<int8_t> py_unpack_ternary(const py::object& p_obj, int64_t cols) {
   return out;
 }
 
-// ---------------------------------------------------------------------- ternary GEMM (avx2 tier)
+// ------------------------------------------------- ternary table-lookup GEMM (reference layout, avx2, avx512)
 py::array_t<int32_t> py_ternary_matmul(const py::object& q_obj, const py::object& p_obj, int64_t in, int bits,
                                        int threads, const std::string& tier) {
   const robuq::Tier t = robuq::parse_tier(tier);
-  if (!robuq::tier_uses_avx2_kernels(t)) throw std::invalid_argument("ternary_matmul: tier must be 'avx2' or 'avx512'");
+  if (t != robuq::Tier::Reference && !robuq::tier_uses_avx2_kernels(t))
+    throw std::invalid_argument("ternary_matmul: tier must be 'reference', 'avx2' or 'avx512'");
   if (!robuq::tier_available(t))
     throw std::invalid_argument(std::string("ternary_matmul: the ") + tier + " tier is not available on this CPU / build");
   CArray<uint8_t> q = input_array<uint8_t>(q_obj, "codes", "uint8", 2, "[T, in]");
@@ -220,6 +221,11 @@ py::array_t<int32_t> py_ternary_matmul(const py::object& q_obj, const py::object
   int32_t* a = acc.mutable_data();
   {
     py::gil_scoped_release release;
+    if (t == robuq::Tier::Reference) {  // the layout's specification: repack, then the scalar GEMM over it
+      const robuq::TernaryLutWeights lw = robuq::ref::ternary_lut_repack(ps, out, in);
+      robuq::ref::ternary_gemm_lut(qs, T, bits, lw, a);
+      return acc;
+    }
 #ifdef ROBUQ_HAVE_AVX512
     if (t == robuq::Tier::Avx512) {
       robuq::ternary_gemm_avx512(qs, T, bits, ps, out, in, wsum.data(), a, threads);
@@ -240,7 +246,7 @@ py::array_t<uint8_t> py_ternary_lut_indices(const py::object& p_obj, int64_t in,
     if (!robuq::tier_available(robuq::Tier::Avx2)) throw std::invalid_argument("the avx2 tier is not available");
     robuq::ternary_lut_indices_avx2(p.data(), out, in, idx.mutable_data());
   } else if (tier == "reference") {
-    const robuq::TernaryWeightsAvx2 w = robuq::ternary_repack_avx2(p.data(), out, in);
+    const robuq::TernaryLutWeights w = robuq::ref::ternary_lut_repack(p.data(), out, in);
     std::memcpy(idx.mutable_data(), w.idx.data(), w.idx.size());
   } else {
     throw std::invalid_argument("tier must be 'reference' or 'avx2'");
@@ -413,9 +419,10 @@ void bind_kernels(py::module_& m) {
         py::arg("bits"), py::arg("threads") = 1, py::arg("tier") = "avx2",
         "ternary_matmul(codes uint8 [T, in], packed uint8 [out, ceil(in / 4)], in_features, bits, threads=1,\n"
         "               tier='avx2') -> int32 [T, out]\n\n"
-        "Exact sum_k codes[t, k] * w[r, k] by the table-lookup GEMM of the named tier ('avx2': vpshufb,\n"
-        "'avx512': vpermb, bits 7 and 8 on the avx2 kernel), weights in the .rq 2-bit layout (padding positions\n"
-        "may hold any code). The tier must be available.");
+        "Exact sum_k codes[t, k] * w[r, k] by the table-lookup GEMM of the named tier ('reference': the scalar\n"
+        "repack into the kernel layout and a scalar GEMM over it, any CPU; 'avx2': vpshufb; 'avx512': vpermb,\n"
+        "bits 7 and 8 on the avx2 kernel), weights in the .rq 2-bit layout (padding positions may hold any\n"
+        "code). The tier must be available.");
   m.def("ternary_lut_indices", &py_ternary_lut_indices, py::arg("packed"), py::arg("in_features"),
         py::arg("tier") = "reference",
         "ternary_lut_indices(packed, in_features, tier='reference') -> uint8 [ceil(out / 16), ceil(in / 4), 32]\n\n"

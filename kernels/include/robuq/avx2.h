@@ -1,5 +1,5 @@
 // AVX2 + FMA kernels of the avx2 tier (kernels/avx2/*.cpp, the only files compiled with -mavx2 -mfma -mf16c).
-// Call them only when tier_available(Tier::Avx2); the dispatchers in qlinear.cpp and engine/ops.cpp do.
+// Call them only when tier_available(Tier::Avx2); the dispatchers in kernels/qlinear.cpp and kernels/ops.cpp do.
 //
 // Two kinds of contract:
 //  * bit-identical to the scalar reference (robuq::ref): the Hadamard transform, the clipping range and the
@@ -83,7 +83,7 @@ void gated_residual_row(float* x, const float* b, const float* gate, int64_t D);
 // interleaved lanes combined pairwise), then with levels > 0 the grid round(p * levels) / levels.
 void softmax_row(float* s, int64_t n, float scale, int levels);
 
-// One (sample n, head h) of ops::attention (engine/ops.h): q, k, v fake-quantized per row when bits > 0
+// One (sample n, head h) of ops::attention (robuq/ops.h): q, k, v fake-quantized per row when bits > 0
 // (quantize_row, bit-identical to the reference), S = q k^T and O = P v with gemm_panels, softmax_row.
 size_t attention_scratch_floats(int64_t T, int64_t head_dim);
 // attention_head's first part, shared with the avx512 tier: Q (fake-quantized) [T, head_dim], the key panels

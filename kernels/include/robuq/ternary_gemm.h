@@ -4,7 +4,8 @@
 // File layout of the weights (robuq/pack.h, docs/rq-format.md): 2 bits per weight, code c = w + 1, byte j of
 // a row holds weights 4j .. 4j+3, weight 4j+i in bits 2i .. 2i+1. The AVX2 kernel reads that layout and turns
 // each work item's rows into the kernel layout below on the fly (nothing is copied at load time);
-// ternary_repack_avx2() builds the same layout for a whole matrix (the executable specification).
+// ref::ternary_lut_repack() builds the same layout for a whole matrix (the executable specification,
+// kernels/ref/ternary_lut_ref.cpp).
 //
 // Kernel layout ("pair-table indices"). The input channels are cut into chunks of 4, chunk j = inputs
 // 4j .. 4j+3 = group A (4j, 4j+1) and group B (4j+2, 4j+3). The 9 ternary patterns (w0, w1) of a group are
@@ -23,7 +24,8 @@
 
 namespace robuq {
 
-struct TernaryWeightsAvx2 {
+// A whole matrix in the kernel layout (ref::ternary_lut_repack).
+struct TernaryLutWeights {
   int64_t out = 0, in = 0;
   int64_t chunks = 0;       // ceil(in / 4)
   int64_t col_blocks = 0;   // ceil(out / 16)
@@ -31,9 +33,15 @@ struct TernaryWeightsAvx2 {
   std::vector<int32_t> wsum;  // [out] sum_k w[r][k]
 };
 
+namespace ref {
 // packed: [out, ceil(in / 4)] bytes in the file layout. Throws std::invalid_argument on a negative shape or a
 // code 3 in a used position (padding positions are not inspected).
-TernaryWeightsAvx2 ternary_repack_avx2(const uint8_t* packed, int64_t out, int64_t in);
+TernaryLutWeights ternary_lut_repack(const uint8_t* packed, int64_t out, int64_t in);
+
+// acc[t * out + r] = sum_k q[t * in + k] * w[r][k] read from the repacked layout (scalar, single thread, slow;
+// any CPU). Throws std::invalid_argument on bits outside 1..8 or T < 0.
+void ternary_gemm_lut(const uint8_t* q, int64_t T, int bits, const TernaryLutWeights& w, int32_t* acc);
+}  // namespace ref
 
 // acc[t * out + r] = sum_k q[t * in + k] * w[r][k], exact int32, for weights in the file layout (packed:
 // [out, ceil(in / 4)] bytes, every used code in 0..2; padding positions may hold anything) with wsum[r] =
@@ -50,12 +58,7 @@ void ternary_gemm_avx512(const uint8_t* q, int64_t T, int bits, const uint8_t* p
                          const int32_t* wsum, int32_t* acc, int threads);
 
 // The kernel layout idx (ceil(out / 16) * ceil(in / 4) * 32 bytes) as the AVX2 kernel decodes it from the file
-// layout; equal to ternary_repack_avx2(packed, out, in).idx when the padding codes are 1 (weight 0).
+// layout; equal to ref::ternary_lut_repack(packed, out, in).idx when the padding codes are 1 (weight 0).
 void ternary_lut_indices_avx2(const uint8_t* packed, int64_t out, int64_t in, uint8_t* idx);
-
-// Portable scalar twin that reads the repacked layout (tests the layout on any CPU; same contract, single
-// thread, slow).
-void ternary_gemm_repacked_generic(const uint8_t* q, int64_t T, int bits, const TernaryWeightsAvx2& w,
-                                   int32_t* acc);
 
 }  // namespace robuq

@@ -1,5 +1,7 @@
-// Load-time repack of ternary weights into the pair-table layout of robuq/ternary_gemm.h, and a portable
-// scalar GEMM that reads that layout (the layout's executable specification; the AVX2 kernel must agree).
+// The table-lookup GEMM's weight layout in scalar code (robuq/ternary_gemm.h): the repack of a whole matrix
+// from the file layout and a GEMM that reads the repacked layout. Together they are the layout's executable
+// specification: the AVX2 kernel's on-the-fly decoder must produce the same indices (ternary_lut_indices_avx2),
+// and the GEMM over them must equal the plain integer product (tests/test_kernels.py).
 #include <stdexcept>
 #include <string>
 
@@ -25,9 +27,11 @@ inline void slot_weights(unsigned slot, int& w0, int& w1) {
 
 }  // namespace
 
-TernaryWeightsAvx2 ternary_repack_avx2(const uint8_t* packed, int64_t out, int64_t in) {
-  if (out < 0 || in < 0) throw std::invalid_argument("ternary_repack_avx2: negative shape");
-  TernaryWeightsAvx2 w;
+namespace ref {
+
+TernaryLutWeights ternary_lut_repack(const uint8_t* packed, int64_t out, int64_t in) {
+  if (out < 0 || in < 0) throw std::invalid_argument("ternary_lut_repack: negative shape");
+  TernaryLutWeights w;
   w.out = out;
   w.in = in;
   w.chunks = (in + 3) / 4;
@@ -47,7 +51,7 @@ TernaryWeightsAvx2 ternary_repack_avx2(const uint8_t* packed, int64_t out, int64
         if (4 * j + s >= in) {
           c[s] = 1;  // padding: weight 0, not inspected
         } else if (c[s] == 3) {
-          throw std::invalid_argument("ternary_repack_avx2: invalid code 3 at [" + std::to_string(r) + ", " +
+          throw std::invalid_argument("ternary_lut_repack: invalid code 3 at [" + std::to_string(r) + ", " +
                                       std::to_string(4 * j + s) + "]");
         }
         sum += static_cast<int32_t>(c[s]) - 1;
@@ -62,10 +66,9 @@ TernaryWeightsAvx2 ternary_repack_avx2(const uint8_t* packed, int64_t out, int64
   return w;
 }
 
-void ternary_gemm_repacked_generic(const uint8_t* q, int64_t T, int bits, const TernaryWeightsAvx2& w,
-                                   int32_t* acc) {
-  if (bits < 1 || bits > 8) throw std::invalid_argument("ternary_gemm_repacked_generic: bits must be in 1..8");
-  if (T < 0) throw std::invalid_argument("ternary_gemm_repacked_generic: negative T");
+void ternary_gemm_lut(const uint8_t* q, int64_t T, int bits, const TernaryLutWeights& w, int32_t* acc) {
+  if (bits < 1 || bits > 8) throw std::invalid_argument("ternary_gemm_lut: bits must be in 1..8");
+  if (T < 0) throw std::invalid_argument("ternary_gemm_lut: negative T");
   for (int64_t t = 0; t < T; ++t) {
     const uint8_t* qt = q + t * w.in;
     for (int64_t r = 0; r < w.out; ++r) {
@@ -89,4 +92,5 @@ void ternary_gemm_repacked_generic(const uint8_t* q, int64_t T, int bits, const 
   }
 }
 
+}  // namespace ref
 }  // namespace robuq
