@@ -117,8 +117,7 @@ void run_sample(robuq_engine* e, const int32_t* classes, int n, const robuq_samp
   else if (o.sampler == ROBUQ_SAMPLER_DDIM)
     p.sampler = robuq::Sampler::DDIM;
   else
-    fail_argument("unknown sampler " + std::to_string(o.sampler) +
-                  " (use ROBUQ_SAMPLER_DDPM or ROBUQ_SAMPLER_DDIM)");
+    fail_argument("unknown sampler " + std::to_string(o.sampler) + " (use ROBUQ_SAMPLER_DDPM or ROBUQ_SAMPLER_DDIM)");
   if (!std::isfinite(o.eta) || o.eta < 0.0) fail_argument("eta must be a finite number >= 0");
   p.eta = o.eta;
   if (o.cfg_mode == ROBUQ_CFG_MODE_DIT)
@@ -322,8 +321,7 @@ int robuq_to_uint8(const float* x_nchw, int n, int channels, int height, int wid
   return guarded("robuq_to_uint8", [&]() -> int {
     if (x_nchw == nullptr) fail_argument("x_nchw is NULL");
     if (out_nhwc == nullptr) fail_argument("out_nhwc is NULL");
-    if (n < 0 || channels < 0 || height < 0 || width < 0)
-      fail_argument("n, channels, height and width must be >= 0");
+    if (n < 0 || channels < 0 || height < 0 || width < 0) fail_argument("n, channels, height and width must be >= 0");
     to_uint8(x_nchw, n, channels, height, width, out_nhwc);
     return ROBUQ_OK;
   });

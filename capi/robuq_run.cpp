@@ -174,7 +174,8 @@ Args parse_args(int argc, char** argv, bool* exit_now) {
       }
     } else if (opt == "--steps") {
       a.steps = next();
-      if (robuq_steps_count(a.steps.c_str(), nullptr) != ROBUQ_OK) throw UsageError{"--steps " + a.steps + ": " + api_error()};
+      if (robuq_steps_count(a.steps.c_str(), nullptr) != ROBUQ_OK)
+        throw UsageError{"--steps " + a.steps + ": " + api_error()};
     } else if (opt == "--cfg-scale") {
       const std::string v = next();
       if (!parse_double(v, &a.cfg_scale) || !std::isfinite(a.cfg_scale))
@@ -233,8 +234,7 @@ void check_output(const std::string& out) {
   struct stat st;
   if (::stat(out.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) throw UsageError{"output " + out + " is a directory"};
   const std::string dir = dir_of(out);
-  if (::stat(dir.c_str(), &st) != 0)
-    throw UsageError{"cannot write " + out + ": " + dir + " does not exist"};
+  if (::stat(dir.c_str(), &st) != 0) throw UsageError{"cannot write " + out + ": " + dir + " does not exist"};
   if (!S_ISDIR(st.st_mode)) throw UsageError{"cannot write " + out + ": " + dir + " is not a directory"};
   if (::access(dir.c_str(), W_OK | X_OK) != 0)
     throw UsageError{"cannot write " + out + ": directory " + dir + " is not writable"};
@@ -391,7 +391,8 @@ int run(const Args& a) {
   o.progress = on_progress;
   o.progress_user = &prog;
 
-  const size_t count = static_cast<size_t>(n) * static_cast<size_t>(C) * static_cast<size_t>(S) * static_cast<size_t>(S);
+  const size_t count =
+      static_cast<size_t>(n) * static_cast<size_t>(C) * static_cast<size_t>(S) * static_cast<size_t>(S);
   std::string what;
   if (info.latent) {
     std::vector<float> x0(count);

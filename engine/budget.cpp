@@ -67,8 +67,8 @@ Budget default_budget() {
   if (pages > 0 && page > 0) b.max_memory = std::min(b.max_memory, 0.5 * static_cast<double>(pages) * page);
   b.max_memory = env_number("ROBUQ_MAX_MEMORY", b.max_memory, true);
   b.max_macs = env_number("ROBUQ_MAX_MACS", b.max_macs, false);
-  b.max_tokens = static_cast<int64_t>(
-      std::min(env_number("ROBUQ_MAX_TOKENS", static_cast<double>(b.max_tokens), false), 1e12));
+  b.max_tokens =
+      static_cast<int64_t>(std::min(env_number("ROBUQ_MAX_TOKENS", static_cast<double>(b.max_tokens), false), 1e12));
   return b;
 }
 
@@ -106,14 +106,16 @@ ForwardCost forward_cost(const ModelConfig& c, int64_t N_, int threads) {
   const double tokens = N * T;
   double floats = tokens * (pf + 7 * D + M + p2out) + N * (ops::kFreqDim + 10 * D);
   const double qb = std::min(T, 64.0);
-  const double att = std::max(3 * T * head_dim + qb * T + qb * head_dim + head_dim, 2 * T * head_dim + (T + 16) * head_dim + (head_dim + 16) * T + 6 * T + head_dim);
+  const double att = std::max(3 * T * head_dim + qb * T + qb * head_dim + head_dim,
+                              2 * T * head_dim + (T + 16) * head_dim + (head_dim + 16) * T + 6 * T + head_dim);
   floats += static_cast<double>(threads) * att;
   // A quantized linear's scratch: per-token codes (bytes), scales and zero points, rotated rows per thread,
   // and the GEMM's lookup tables (about two bytes per token and input).
   const double widest = std::max(D, M);
   double bytes = 4 * floats + tokens * (3 * widest + 8) + 4.0 * threads * 2 * widest;
   // The call's input and output and the sampler's state (x, noise, model output, the guided copies).
-  bytes += 4 * N * static_cast<double>(px) * 3 + 4 * N * (px / static_cast<double>(c.in_channels)) * c.out_channels() * 2;
+  bytes +=
+      4 * N * static_cast<double>(px) * 3 + 4 * N * (px / static_cast<double>(c.in_channels)) * c.out_channels() * 2;
   // 25 % for what the allocator and the kernels' per-thread buffers add (measured: the digits model at
   // N = 1024 peaks 397 MB over its base, the estimate is 0.46 GB).
   r.activation_bytes = 1.25 * bytes;
@@ -137,9 +139,10 @@ void check_model_budget(const ModelConfig& c, int threads, const Budget& b) {
                       " (attention grows with its square); set ROBUQ_MAX_TOKENS to run it anyway");
   const ForwardCost f = forward_cost(c, 1, threads);
   if (f.macs_per_sample > b.max_macs)
-    throw FormatError("model_config: one sample's forward needs " + sci(f.macs_per_sample) + " multiply-adds" +
-                      shape + ", over the engine's limit of " + sci(b.max_macs) +
-                      " (DiT-XL/2 at 512x512 needs 5.3e+11, at 1024x1024 2.9e+12); set ROBUQ_MAX_MACS to run it anyway");
+    throw FormatError(
+        "model_config: one sample's forward needs " + sci(f.macs_per_sample) + " multiply-adds" + shape +
+        ", over the engine's limit of " + sci(b.max_macs) +
+        " (DiT-XL/2 at 512x512 needs 5.3e+11, at 1024x1024 2.9e+12); set ROBUQ_MAX_MACS to run it anyway");
   if (f.activation_bytes > b.max_memory)
     throw FormatError("model_config: one sample's forward needs " + format_bytes(f.activation_bytes) +
                       " of activations" + shape + ", over the engine's max_memory of " + format_bytes(b.max_memory) +
@@ -150,7 +153,8 @@ void check_call_budget(const ModelConfig& c, int64_t N, int threads, const Budge
   const ForwardCost f = forward_cost(c, N, threads);
   if (f.activation_bytes > b.max_memory) {
     const ForwardCost one = forward_cost(c, 1, threads);
-    const double each = N > 1 ? (f.activation_bytes - one.activation_bytes) / static_cast<double>(N - 1) : f.activation_bytes;
+    const double each =
+        N > 1 ? (f.activation_bytes - one.activation_bytes) / static_cast<double>(N - 1) : f.activation_bytes;
     const double fixed = one.activation_bytes - each;
     const int64_t fit = each > 0 ? static_cast<int64_t>(std::floor((b.max_memory - fixed) / each)) : 0;
     throw std::invalid_argument(std::string(what) + ": " + std::to_string(N) + " samples per forward need " +

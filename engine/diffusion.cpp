@@ -35,7 +35,8 @@ std::vector<int64_t> parse_counts(const std::string& spec) {
     size_t comma = spec.find(',', pos);
     if (comma == std::string::npos) comma = spec.size();
     const std::string tok = spec.substr(pos, comma - pos);
-    if (tok.empty() || tok.size() > 9 || !std::all_of(tok.begin(), tok.end(), [](unsigned char ch) { return std::isdigit(ch) != 0; }))
+    if (tok.empty() || tok.size() > 9 ||
+        !std::all_of(tok.begin(), tok.end(), [](unsigned char ch) { return std::isdigit(ch) != 0; }))
       throw std::invalid_argument("bad respacing '" + spec + "': use 'N', 'N1,N2,...' or 'ddimN'");
     counts.push_back(std::stoll(tok));
     pos = comma + 1;
@@ -156,8 +157,8 @@ void check_finite_step(const float* v, int64_t n, int64_t per, const char* what,
   }
   if (bad >= 0)
     throw NonFiniteError(std::string(what) + " became non-finite (" + (std::isnan(v[bad]) ? "nan" : "inf") +
-                         ") at step " + std::to_string(i + 1) + " of " + std::to_string(K) + " (t = " +
-                         std::to_string(t) + ", sample " + std::to_string(bad / per) +
+                         ") at step " + std::to_string(i + 1) + " of " + std::to_string(K) +
+                         " (t = " + std::to_string(t) + ", sample " + std::to_string(bad / per) +
                          "): the model's values overflow float32");
 }
 }  // namespace
@@ -178,10 +179,11 @@ void check_ddim_eta(const SpacedSchedule& sched, double eta, const std::string& 
     }
     char b[32];
     std::snprintf(b, sizeof b, "%.9g", bound);
-    throw std::invalid_argument("eta " + std::to_string(eta) + " makes DDIM's variance larger than 1 - alpha_bar_prev at step " +
-                                std::to_string(i + 1) + " of " + std::to_string(K) + " (t = " +
-                                std::to_string(sched.timestep_map[t]) + "), so the sample would be NaN; with steps '" +
-                                steps + "' eta must be at most " + b + " (0..1 is always valid)");
+    throw std::invalid_argument(
+        "eta " + std::to_string(eta) + " makes DDIM's variance larger than 1 - alpha_bar_prev at step " +
+        std::to_string(i + 1) + " of " + std::to_string(K) + " (t = " + std::to_string(sched.timestep_map[t]) +
+        "), so the sample would be NaN; with steps '" + steps + "' eta must be at most " + b +
+        " (0..1 is always valid)");
   }
 }
 

@@ -36,9 +36,9 @@ enum class Sampler { DDPM, DDIM };
 
 struct SampleOptions {
   Sampler sampler = Sampler::DDPM;
-  double eta = 0.0;             // DDIM only
-  bool clip_denoised = false;   // clamp the predicted x0 to [-1, 1]
-  bool learn_sigma = true;      // model output has 2C channels (eps, variance) instead of C
+  double eta = 0.0;            // DDIM only
+  bool clip_denoised = false;  // clamp the predicted x0 to [-1, 1]
+  bool learn_sigma = true;     // model output has 2C channels (eps, variance) instead of C
   uint64_t seed = 0;
   // Empty: one noise stream for the whole batch, gaussian_noise(seed, key) of size N * C * H * W. Otherwise
   // N seeds, one stream per sample: sample n draws gaussian_noise(seeds[n], key) of size C * H * W, so its
@@ -70,9 +70,9 @@ using CancelFn = std::function<bool()>;
 
 // Runs the reverse process from noise gaussian_noise(seed, 0) of shape [N, C, H, W] (size per_sample
 // * N), adding gaussian_noise(seed, 1 + i) at step i (i = 0 at the largest t); with opt.seeds, each sample
-// from its own stream instead; opt.x_T, when set, replaces the starting noise. Writes x0 to out. Throws std::invalid_argument if opt.seeds is neither
-// empty nor N long, NonFiniteError (errors.h) as soon as a step leaves a non-finite value in x (naming the
-// step; nothing is written to out).
+// from its own stream instead; opt.x_T, when set, replaces the starting noise. Writes x0 to out. Throws
+// std::invalid_argument if opt.seeds is neither empty nor N long, NonFiniteError (errors.h) as soon as a step leaves a
+// non-finite value in x (naming the step; nothing is written to out).
 void sample_loop(const SpacedSchedule& sched, const ModelFn& model, int64_t N, int64_t C, int64_t HW,
                  const SampleOptions& opt, float* out, const ProgressFn& progress = nullptr);
 

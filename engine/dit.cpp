@@ -86,8 +86,8 @@ void LinearLayer::forward(const float* x, int64_t T, float* y, int threads, Post
 struct DiT::Workspace {
   int64_t N = -1;
   int threads = 0;
-  std::vector<float> patches, x, h, qkv, att, branch, mlp, feats;   // token-major [N * T, ...]
-  std::vector<float> tfreq, temb_h, temb, c, silu_c, mod;             // per sample [N, ...]
+  std::vector<float> patches, x, h, qkv, att, branch, mlp, feats;  // token-major [N * T, ...]
+  std::vector<float> tfreq, temb_h, temb, c, silu_c, mod;          // per sample [N, ...]
   std::vector<float> att_scratch;
 };
 
@@ -154,8 +154,8 @@ DiT::DiT(RqFile& file, const RqSpec& spec) : cfg_(spec.model), attention_bits_(s
   final_linear_ = find_linear("final_layer.linear");
   for (int64_t i = 0; i < cfg_.depth; ++i) {
     const std::string b = "blocks." + std::to_string(i) + ".";
-    blocks_.push_back({find_linear(b + "adaLN_modulation.1"), find_linear(b + "attn.qkv"),
-                       find_linear(b + "attn.proj"), find_linear(b + "mlp.fc1"), find_linear(b + "mlp.fc2")});
+    blocks_.push_back({find_linear(b + "adaLN_modulation.1"), find_linear(b + "attn.qkv"), find_linear(b + "attn.proj"),
+                       find_linear(b + "mlp.fc1"), find_linear(b + "mlp.fc2")});
   }
 }
 

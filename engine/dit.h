@@ -73,7 +73,7 @@ class DiT {
   int attention_bits_ = 0;
   const float* patch_w_ = nullptr;  // [D, C * p * p]
   const float* patch_b_ = nullptr;
-  const float* pos_embed_ = nullptr;  // [T, D]
+  const float* pos_embed_ = nullptr;    // [T, D]
   const float* label_table_ = nullptr;  // [label_rows, D]
   std::vector<std::unique_ptr<LinearLayer>> linears_;
   const LinearLayer *t_fc1_ = nullptr, *t_fc2_ = nullptr, *final_ada_ = nullptr, *final_linear_ = nullptr;

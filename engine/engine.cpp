@@ -157,8 +157,8 @@ SamplePlan plan_sample(const RqSpec& spec, const int64_t* classes, int64_t n, co
   return plan;
 }
 
-void Engine::sample(const int64_t* classes, int64_t n, const SampleParams& p, float* out,
-                    const ProgressFn& progress, const CancelFn& cancel) {
+void Engine::sample(const int64_t* classes, int64_t n, const SampleParams& p, float* out, const ProgressFn& progress,
+                    const CancelFn& cancel) {
   Impl& m = *impl_;
   const ModelConfig& c = m.spec.model;
   const SamplePlan plan = plan_sample(m.spec, classes, n, p);

@@ -29,8 +29,8 @@ struct EngineInfo {
   bool mapped = false;  // false: the file was read into memory (mmap failed)
   int threads = 1;
   ModelConfig model;
-  int attention_bits = 0;              // 0: float attention
-  std::vector<LinearShape> linears;    // every linear, in forward order
+  int attention_bits = 0;            // 0: float attention
+  std::vector<LinearShape> linears;  // every linear, in forward order
   // The quantized layers, as in the file except hadamard_block: for "block" the resolved block size.
   std::vector<LayerQuantSpec> layers;
   bool has_sampling = false;
@@ -40,16 +40,16 @@ struct EngineInfo {
 
 // Sampler settings of Engine::sample (python/robuq/diffusion.py: sample_classes is the reference).
 struct SampleParams {
-  std::string steps = "250";   // respacing: "250", "10,10,5" or "ddim25" (docs/training.md)
-  double cfg_scale = 4.0;      // != 1: classifier-free guidance (needs the null class)
-  uint64_t seed = 0;           // noise streams gaussian_noise(seed, key) (robuq.rng)
+  std::string steps = "250";    // respacing: "250", "10,10,5" or "ddim25" (docs/training.md)
+  double cfg_scale = 4.0;       // != 1: classifier-free guidance (needs the null class)
+  uint64_t seed = 0;            // noise streams gaussian_noise(seed, key) (robuq.rng)
   std::vector<uint64_t> seeds;  // non-empty: one seed per sample instead (SampleOptions::seeds)
   // Null, or the starting noise x_T, float32 [n, C, S, S] (SampleOptions::x_T); must stay valid during sample().
   // Non-finite values are refused.
   const float* noise = nullptr;
   Sampler sampler = Sampler::DDPM;
-  double eta = 0.0;            // DDIM only; >= 0
-  std::string cfg_mode;        // "dit" | "all"; empty: the file's sampling.cfg_mode ("dit" without one)
+  double eta = 0.0;      // DDIM only; >= 0
+  std::string cfg_mode;  // "dit" | "all"; empty: the file's sampling.cfg_mode ("dit" without one)
   // nullopt: the file's sampling.clip_denoised (without one: true for pixel models, false for latent)
   std::optional<bool> clip_denoised;
 };
@@ -59,10 +59,10 @@ struct SampleParams {
 // known cfg_mode, one seed per sample (if any), a satisfiable respacing. std::invalid_argument otherwise,
 // before any model call.
 struct SamplePlan {
-  SampleOptions opt;      // the sampler's options, the file's defaults filled in
-  SpacedSchedule sched;   // 1000 training steps respaced by params.steps
-  bool cfg = false;       // cfg_scale != 1: each model call runs [x; x] with labels [classes; null]
-  int64_t guided = 0;     // guided eps channels: min(3, C) for "dit", C for "all"
+  SampleOptions opt;            // the sampler's options, the file's defaults filled in
+  SpacedSchedule sched;         // 1000 training steps respaced by params.steps
+  bool cfg = false;             // cfg_scale != 1: each model call runs [x; x] with labels [classes; null]
+  int64_t guided = 0;           // guided eps channels: min(3, C) for "dit", C for "all"
   std::vector<int64_t> labels;  // [classes; null] with cfg, else classes
 };
 class RqFile;

@@ -197,19 +197,12 @@ class Parser {
   void validate(int depth) {
     if (at_end()) fail("unexpected end of input, expected a value");
     switch (peek()) {
-      case '{':
-        return validate_object(depth + 1);
-      case '[':
-        return validate_array(depth + 1);
-      case '"':
-        string_into(scratch_);
-        return;
-      case 't':
-        return literal("true");
-      case 'f':
-        return literal("false");
-      case 'n':
-        return literal("null");
+      case '{': return validate_object(depth + 1);
+      case '[': return validate_array(depth + 1);
+      case '"': string_into(scratch_); return;
+      case 't': return literal("true");
+      case 'f': return literal("false");
+      case 'n': return literal("null");
       default:
         if (peek() == '-' || (peek() >= '0' && peek() <= '9')) {
           (void)number();
@@ -236,9 +229,8 @@ class Parser {
   // first in the input (its second occurrence) is reported.
   void check_duplicates(size_t from) {
     if (keys_.size() - from < 2) return;
-    std::sort(keys_.begin() + static_cast<std::ptrdiff_t>(from), keys_.end(), [](const KeyRef& a, const KeyRef& b) {
-      return a.hash != b.hash ? a.hash < b.hash : a.at < b.at;
-    });
+    std::sort(keys_.begin() + static_cast<std::ptrdiff_t>(from), keys_.end(),
+              [](const KeyRef& a, const KeyRef& b) { return a.hash != b.hash ? a.hash < b.hash : a.at < b.at; });
     size_t worst = std::string::npos;
     for (size_t i = from; i + 1 < keys_.size();) {
       size_t j = i + 1;
@@ -489,8 +481,7 @@ class Parser {
           append_utf8(out, cp);
           break;
         }
-        default:
-          fail("invalid escape \\" + std::string(1, e) + " in a string", p_ - 2);
+        default: fail("invalid escape \\" + std::string(1, e) + " in a string", p_ - 2);
       }
     }
   }

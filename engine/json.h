@@ -49,9 +49,9 @@ struct Elements;
 struct Value {
   Type type = Type::Null;
   bool boolean = false;
-  double number = 0.0;     // every number, as the nearest double
-  bool is_int = false;     // an integer literal that fits int64 ...
-  int64_t integer = 0;     // ... and its exact value
+  double number = 0.0;  // every number, as the nearest double
+  bool is_int = false;  // an integer literal that fits int64 ...
+  int64_t integer = 0;  // ... and its exact value
   std::string string;
 
   bool is_null() const { return type == Type::Null; }
@@ -72,7 +72,7 @@ struct Value {
   std::shared_ptr<const std::string> keep_;  // the text, when the document owns it
   const char* text_ = nullptr;               // containers: the document's text ...
   size_t size_ = 0;
-  size_t pos_ = 0;                           // ... and the offset of '[' or '{'
+  size_t pos_ = 0;  // ... and the offset of '[' or '{'
 };
 
 using Member = std::pair<std::string, Value>;

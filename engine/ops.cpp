@@ -56,6 +56,5 @@ void unpatchify(const float* feats, int64_t N, int64_t grid, int64_t p, int64_t 
       }
 }
 
-
 }  // namespace ops
 }  // namespace robuq

@@ -11,7 +11,7 @@
 namespace robuq {
 namespace ops {
 
-constexpr int64_t kFreqDim = 256;    // timestep frequency features
+constexpr int64_t kFreqDim = 256;  // timestep frequency features
 
 // t [N] -> out [N, 256]: freqs_i = exp(float(-ln 10000) * i / 128) in float32, args = float(t) * freqs,
 // out = [cos(args), sin(args)] (robuq.models.timestep_embedding, dim 256).

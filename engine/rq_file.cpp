@@ -198,8 +198,7 @@ void RqFile::parse_header() {
     const std::optional<json::Value> dt = v.find("dtype");
     const std::optional<json::Value> sh = v.find("shape");
     const std::optional<json::Value> off = v.find("data_offsets");
-    if (!dt || !sh || !off)
-      throw FormatError(where + ": entry needs dtype, shape and data_offsets");
+    if (!dt || !sh || !off) throw FormatError(where + ": entry needs dtype, shape and data_offsets");
 
     TensorEntry t;
     t.name = name;

@@ -76,8 +76,8 @@ class Fields {
     if (f.type != json::Type::Number || !f.is_int)
       fail(where(key), std::string("expected an integer, got ") + describe(f));
     if (f.integer < lo || f.integer > hi)
-      fail(where(key), std::to_string(f.integer) + " is out of range [" + std::to_string(lo) + ", " +
-                           std::to_string(hi) + "]");
+      fail(where(key),
+           std::to_string(f.integer) + " is out of range [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
     return f.integer;
   }
   double number(const std::string& key) {
@@ -140,13 +140,13 @@ ModelConfig parse_model_config(const json::Value& v) {
   c.space = f.string("space", {"pixel", "latent"});
   f.no_unknown();
   if (c.hidden_size % c.num_heads != 0)
-    fail("model_config.hidden_size", std::to_string(c.hidden_size) + " is not divisible by num_heads " +
-                                         std::to_string(c.num_heads));
+    fail("model_config.hidden_size",
+         std::to_string(c.hidden_size) + " is not divisible by num_heads " + std::to_string(c.num_heads));
   if (c.hidden_size % 4 != 0)
     fail("model_config.hidden_size", std::to_string(c.hidden_size) + " is not divisible by 4 (2D sin-cos embedding)");
   if (c.input_size % c.patch_size != 0)
-    fail("model_config.input_size", std::to_string(c.input_size) + " is not divisible by patch_size " +
-                                        std::to_string(c.patch_size));
+    fail("model_config.input_size",
+         std::to_string(c.input_size) + " is not divisible by patch_size " + std::to_string(c.patch_size));
   if (c.num_patches() > (1 << 20))
     fail("model_config.input_size", "too many patches (" + std::to_string(c.num_patches()) + ")");
   if (!(c.mlp_ratio > 0.0) || c.mlp_ratio > 64.0)
@@ -198,8 +198,8 @@ LayerQuantSpec parse_layer(const std::string& name, const json::Value& v, const 
       try {
         p = make_hadamard_plan(l.in, HadamardForm::Full);
       } catch (const std::invalid_argument& e) {
-        fail(f.where("hadamard"), std::string("\"full\" is impossible for in_features ") + std::to_string(l.in) + ": " +
-                                      e.what());
+        fail(f.where("hadamard"),
+             std::string("\"full\" is impossible for in_features ") + std::to_string(l.in) + ": " + e.what());
       }
       if (l.hadamard_k != p.K || l.hadamard_m != p.M)
         fail(f.where("hadamard_k"), "hadamard_k x hadamard_m = " + std::to_string(l.hadamard_k) + " x " +
@@ -263,8 +263,7 @@ RqSpec parse_rq_spec(const std::map<std::string, std::string>& meta) {
     const LinearShape* shape = nullptr;
     for (const auto& l : linears)
       if (l.name == kv.first) shape = &l;
-    if (shape == nullptr)
-      fail("quant_config.layers." + kv.first, "the model has no linear layer of that name");
+    if (shape == nullptr) fail("quant_config.layers." + kv.first, "the model has no linear layer of that name");
     s.layers.push_back(parse_layer(kv.first, kv.second, *shape));
   }
 

@@ -56,14 +56,14 @@ ROBUQ_HD void gaussian_pair(uint64_t base, uint64_t p, float* z0, float* z1) {
 // ------------------------------------------------------------------------------------ one step
 // The scalars of step t (float64 schedule values rounded to float32, as robuq.diffusion._extract does).
 struct Scalars {
-  float srac, srm1;              // sqrt(1 / alphas_cumprod), sqrt(1 / alphas_cumprod - 1)
-  float c1, c2;                  // posterior mean coefficients
-  float min_log, max_log;        // clipped posterior log variance, log beta (learned-range variance)
-  float fixed_log;               // fixed "large" log variance (learn_sigma false)
-  float sigma, sqrt_ap, dir;     // DDIM: eta-scaled sigma, sqrt(alphas_cumprod_prev), direction coefficient
-  int ddpm, learn_sigma, clip;   // sampler DDPM (else DDIM), variance channels present, clamp x0 to [-1, 1]
-  int last;                      // t == 0: DDPM adds no noise
-  int add_noise;                 // DDIM: noise added at this step (eta != 0 and t > 0)
+  float srac, srm1;             // sqrt(1 / alphas_cumprod), sqrt(1 / alphas_cumprod - 1)
+  float c1, c2;                 // posterior mean coefficients
+  float min_log, max_log;       // clipped posterior log variance, log beta (learned-range variance)
+  float fixed_log;              // fixed "large" log variance (learn_sigma false)
+  float sigma, sqrt_ap, dir;    // DDIM: eta-scaled sigma, sqrt(alphas_cumprod_prev), direction coefficient
+  int ddpm, learn_sigma, clip;  // sampler DDPM (else DDIM), variance channels present, clamp x0 to [-1, 1]
+  int last;                     // t == 0: DDPM adds no noise
+  int add_noise;                // DDIM: noise added at this step (eta != 0 and t > 0)
 };
 
 ROBUQ_HD float exp_f(float x) {
@@ -105,8 +105,8 @@ ROBUQ_HD int64_t gaussian_threads(const uint64_t* seeds, int64_t N, int64_t per)
 
 // Thread i of the noise kernel: out [N, per] <- stream (seed, key) over all N * per values (seeds null), or
 // stream (seeds[s], key) over the per values of sample s.
-ROBUQ_HD void gaussian_thread(int64_t i, uint64_t seed, const uint64_t* seeds, uint64_t key, int64_t N,
-                              int64_t per, float* out) {
+ROBUQ_HD void gaussian_thread(int64_t i, uint64_t seed, const uint64_t* seeds, uint64_t key, int64_t N, int64_t per,
+                              float* out) {
   const int64_t len = seeds == nullptr ? N * per : per;
   const int64_t pairs = (len + 1) / 2;
   const int64_t s = i / pairs, p = i % pairs;

@@ -37,8 +37,7 @@ const CpuFeatures& cpu_features() {
 bool tier_available(Tier t) {
   switch (t) {
     case Tier::Reference:
-    case Tier::Generic:
-      return true;
+    case Tier::Generic: return true;
     case Tier::Avx2:
 #ifdef ROBUQ_HAVE_AVX2
       return cpu_features().avx2 && cpu_features().fma && cpu_features().f16c;

@@ -96,8 +96,8 @@ size_t attention_scratch_floats(int64_t T, int64_t head_dim) {
 #endif
 }
 
-void attention(const float* qkv, int64_t N, int64_t T, int64_t H, int64_t head_dim, int bits, float* out, float* scratch,
-               int threads) {
+void attention(const float* qkv, int64_t N, int64_t T, int64_t H, int64_t head_dim, int bits, float* out,
+               float* scratch, int threads) {
   const size_t per = attention_scratch_floats(T, head_dim);
   const int64_t tasks = N * H;
   const int nt = std::min<int64_t>(team(threads, tasks * T * T * head_dim), tasks);

@@ -37,9 +37,7 @@ WeightFormat parse_weight_format(const std::string& name) {
   throw std::invalid_argument("unknown weight format '" + name + "' (expected " + known + ")");
 }
 
-const char* weight_format_name(WeightFormat format) {
-  return valid_weight_format(format) ? traits(format).name : "?";
-}
+const char* weight_format_name(WeightFormat format) { return valid_weight_format(format) ? traits(format).name : "?"; }
 
 int weight_code_max(WeightFormat format) {
   if (!valid_weight_format(format)) throw std::invalid_argument("invalid weight format");
@@ -120,8 +118,7 @@ void check_weight_codes(WeightFormat format, const uint8_t* packed, int64_t out,
       else
         what = std::string("invalid ") + weight_format_name(format) + " code " + std::to_string(c);
       throw std::invalid_argument(what + " at row " + std::to_string(r) + ", column " + std::to_string(bad) +
-                                  " (codes must be in [-" + std::to_string(cmax) + ", " + std::to_string(cmax) +
-                                  "])");
+                                  " (codes must be in [-" + std::to_string(cmax) + ", " + std::to_string(cmax) + "])");
     }
   }
 }
@@ -254,12 +251,8 @@ void linear_f32(const float* x, int64_t T, int64_t in, const float* W, const flo
   if (threads < 1) throw std::invalid_argument("linear_f32: threads must be >= 1");
   if (T == 0) return;
   switch (active_tier()) {
-    case Tier::Reference:
-      ref::linear_f32(x, T, in, W, b, out, y);
-      return;
-    case Tier::Generic:
-      generic::linear_f32(x, T, in, W, b, out, y, threads);
-      return;
+    case Tier::Reference: ref::linear_f32(x, T, in, W, b, out, y); return;
+    case Tier::Generic: generic::linear_f32(x, T, in, W, b, out, y, threads); return;
     case Tier::Avx2:
     case Tier::Avx512:
 #ifdef ROBUQ_HAVE_AVX2

@@ -12,7 +12,9 @@ namespace robuq {
 namespace detail {
 
 // Code k of one packed row (robuq/format.h); QLinear rejects invalid codes at construction.
-inline int weight_code(WeightFormat format, const uint8_t* row, int64_t k) { return decode_weight_code(format, row, k); }
+inline int weight_code(WeightFormat format, const uint8_t* row, int64_t k) {
+  return decode_weight_code(format, row, k);
+}
 
 // Decodes row r's `in` codes into dst (int8). Codes must be valid.
 void decode_row(WeightFormat format, const uint8_t* row, int64_t in, int8_t* dst);
@@ -53,10 +55,10 @@ namespace generic {
 // for float activations). The avx2 tier runs ternary and int4 weights with quantized activations straight
 // from the file layout (`direct`: nothing is held) and shares the generic kernels for everything else.
 struct Prepared {
-  bool direct = false;        // avx2 tier: the kernels read desc.packed
-  int64_t ld = 0;             // row stride of w8 / of the activation codes
-  std::vector<int8_t> w8;     // [out, ld] codes, for act_bits > 0 (generic integer GEMM)
-  std::vector<float> wf;      // [out, in] codes as float, for act_bits == 0
+  bool direct = false;     // avx2 tier: the kernels read desc.packed
+  int64_t ld = 0;          // row stride of w8 / of the activation codes
+  std::vector<int8_t> w8;  // [out, ld] codes, for act_bits > 0 (generic integer GEMM)
+  std::vector<float> wf;   // [out, in] codes as float, for act_bits == 0
 };
 // direct: prepare for the avx2 kernels (only when avx2_direct(d), on a CPU with AVX2); otherwise the generic
 // layout.
@@ -73,8 +75,8 @@ namespace avx2 {
 // The avx2 tier's QLinear::forward (kernels/avx2/qlinear_avx2.cpp); p from generic::prepare(d, avx2_direct(d)).
 // post is applied with avx2::gelu_tanh's arithmetic. avx512: the avx512 tier (the ternary integer GEMM on
 // avx512::ternary_gemm, everything else the same).
-void qlinear_forward(const QLinearDesc& d, const generic::Prepared& p, const float* x, int64_t T, float* y,
-                     int threads, PostOp post, bool avx512 = false);
+void qlinear_forward(const QLinearDesc& d, const generic::Prepared& p, const float* x, int64_t T, float* y, int threads,
+                     PostOp post, bool avx512 = false);
 }  // namespace avx2
 
 }  // namespace robuq

@@ -249,7 +249,8 @@ void CudaEngine::sample(const int64_t* classes, int64_t n, const SampleParams& p
         res = m.cfg_out.get();
       }
       const bool need_noise = t > 0 && (opt.sampler == Sampler::DDPM || opt.eta != 0.0);
-      if (need_noise) cuda::gaussian(opt.seed, seeds.get(), static_cast<uint64_t>(1 + i), n, per, noise.get(), m.stream);
+      if (need_noise)
+        cuda::gaussian(opt.seed, seeds.get(), static_cast<uint64_t>(1 + i), n, per, noise.get(), m.stream);
       cuda::sampler_step(step_scalars(plan.sched, t, opt), x.get(), res, n, per, cout * HW,
                          need_noise ? noise.get() : nullptr, m.stream);
       check(cudaStreamSynchronize(m.stream), "sampling step");

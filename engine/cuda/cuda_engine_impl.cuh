@@ -301,7 +301,7 @@ struct CudaEngine::Impl {
       run_linear(*b.proj, att.get(), NT, x.get(), scratch, false, md + 2 * D, st, T);  // x += gate_msa * proj
       cuda::layernorm_modulate(x.get(), N, T, D, md + 3 * D, md + 4 * D, st, h.get(), stream);
       mark(Part::Norm);
-      run_linear(*b.fc1, h.get(), NT, mlp.get(), scratch, true);  // GELU fused
+      run_linear(*b.fc1, h.get(), NT, mlp.get(), scratch, true);                      // GELU fused
       run_linear(*b.fc2, mlp.get(), NT, x.get(), scratch, false, md + 5 * D, st, T);  // x += gate_mlp * fc2
     }
     run_linear(*final_ada, silu_c.get(), N, mod.get(), scratch);

@@ -95,7 +95,8 @@ double CudaEngine::time_linear(const std::string& name, int64_t T, int iters, bo
   m.run_linear(L, xd.get(), T, yd.get(), s);  // warm-up; leaves the codes for gemm_only
   const bool gemv = L.quant && L.act_bits > 0 && cuda::qgemv_applies(T);
   const bool fast = L.quant && L.act_bits > 0 && !gemv && cuda::qgemm_fast_applies(L.format, L.in);
-  if (gemm_only && !(L.quant && L.act_bits > 0)) throw std::invalid_argument("gemm_only needs a layer with quantized activations");
+  if (gemm_only && !(L.quant && L.act_bits > 0))
+    throw std::invalid_argument("gemm_only needs a layer with quantized activations");
   struct Event {
     cudaEvent_t e = nullptr;
     Event() { check(cudaEventCreate(&e), "cudaEventCreate"); }

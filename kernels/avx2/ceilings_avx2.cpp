@@ -24,10 +24,9 @@ namespace robuq {
 namespace {
 
 alignas(32) const float kOnes[8] = {1, 1, 1, 1, 1, 1, 1, 1};
-alignas(32) const uint8_t kBytes[64] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 0,
-                                        1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 0,
-                                        3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7, 9, 3,
-                                        3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7, 9, 3};
+alignas(32) const uint8_t kBytes[64] = {1, 2, 3, 4,  5,  6,  7,  8,  9,  10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6,
+                                        7, 8, 9, 10, 11, 12, 13, 14, 15, 0,  3,  1,  4,  1,  5,  9, 2, 6, 5, 3, 5, 8,
+                                        9, 7, 9, 3,  3,  1,  4,  1,  5,  9,  2,  6,  5,  3,  5,  8, 9, 7, 9, 3};
 
 // Each returns the operations (multiply-adds or lookups) done by n iterations.
 double loop_fma(int64_t n) {
@@ -120,8 +119,8 @@ double loop_pshufb(int64_t n) {
       "vzeroupper\n\t"
       : [n] "+r"(n)
       : [b] "r"(kBytes)
-      : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12",
-        "cc", "memory");
+      : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "cc",
+        "memory");
   return 0.0;
 }
 

@@ -14,8 +14,8 @@ namespace robuq {
 namespace avx2 {
 namespace {
 
-constexpr int kPanel = 16;   // outputs per panel
-constexpr int kRows = 6;     // rows (tokens) per micro-tile
+constexpr int kPanel = 16;  // outputs per panel
+constexpr int kRows = 6;    // rows (tokens) per micro-tile
 
 // out[i * ldo + j] = sum_k x_i[k] * P(j, k) for 6 rows x_i (pointers; a tile with fewer rows repeats one and
 // drops its results), j < 16 (kTwo) or j < 8. Named accumulators: GCC keeps them in registers (arrays of
@@ -30,11 +30,11 @@ void micro6(const float* const xr[kRows], const float* p, int64_t K, float* out,
     const __m256 w0 = _mm256_loadu_ps(pk);
     __m256 w1 = w0;
     if (kTwo) w1 = _mm256_loadu_ps(pk + 8);
-#define ROBUQ_ROW(i)                                    \
-  {                                                     \
-    const __m256 xb = _mm256_broadcast_ss(x##i + k);    \
-    a##i = _mm256_fmadd_ps(xb, w0, a##i);               \
-    if (kTwo) b##i = _mm256_fmadd_ps(xb, w1, b##i);     \
+#define ROBUQ_ROW(i)                                 \
+  {                                                  \
+    const __m256 xb = _mm256_broadcast_ss(x##i + k); \
+    a##i = _mm256_fmadd_ps(xb, w0, a##i);            \
+    if (kTwo) b##i = _mm256_fmadd_ps(xb, w1, b##i);  \
   }
     ROBUQ_ROW(0) ROBUQ_ROW(1) ROBUQ_ROW(2) ROBUQ_ROW(3) ROBUQ_ROW(4) ROBUQ_ROW(5)
 #undef ROBUQ_ROW
@@ -121,7 +121,8 @@ void linear_f32(const float* x, int64_t T, int64_t in, const float* W, const flo
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
 #pragma omp for schedule(static)
-    for (int64_t p = 0; p < np; ++p) pack_panels_rows(W + p * kPanel * in, in, std::min<int64_t>(kPanel, out - p * kPanel), in, P + p * in * kPanel);
+    for (int64_t p = 0; p < np; ++p)
+      pack_panels_rows(W + p * kPanel * in, in, std::min<int64_t>(kPanel, out - p * kPanel), in, P + p * in * kPanel);
 #pragma omp for schedule(static)
     for (int64_t it = 0; it < items; ++it) {
       // Consecutive items share a panel (it stays in cache); rows of x stream.

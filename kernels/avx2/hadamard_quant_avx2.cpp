@@ -89,8 +89,8 @@ constexpr int kMaxGroup = 12;  // outputs c per pass: 12 accumulators + x + a te
 
 void kxk(const float* X, int64_t M, int64_t K, const float* sgn, float norm, float* Y) {
   using Fn = void (*)(const float*, int64_t, int64_t, const float*, int64_t, float, float*);
-  static constexpr Fn fns[kMaxGroup] = {kxk_group<1>, kxk_group<2>, kxk_group<3>,  kxk_group<4>,
-                                        kxk_group<5>, kxk_group<6>, kxk_group<7>,  kxk_group<8>,
+  static constexpr Fn fns[kMaxGroup] = {kxk_group<1>, kxk_group<2>,  kxk_group<3>,  kxk_group<4>,
+                                        kxk_group<5>, kxk_group<6>,  kxk_group<7>,  kxk_group<8>,
                                         kxk_group<9>, kxk_group<10>, kxk_group<11>, kxk_group<12>};
   for (int64_t c0 = 0; c0 < K; c0 += kMaxGroup) {
     const int64_t nc = std::min<int64_t>(kMaxGroup, K - c0);

@@ -97,8 +97,8 @@ void int4_gemm(const uint8_t* q, int64_t T, const uint8_t* packed, int64_t out, 
   }
   const int64_t items = (out + kRowBlock - 1) / kRowBlock;
   const int64_t work = T * out * in;
-  int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({static_cast<int64_t>(threads), items,
-                                                                     work / (int64_t(1) << 18)})));
+  int nt = static_cast<int>(
+      std::max<int64_t>(1, std::min<int64_t>({static_cast<int64_t>(threads), items, work / (int64_t(1) << 18)})));
   const int64_t epi_floats = e.block_scratch(kRowBlock);
   std::vector<int32_t> sums(static_cast<size_t>(nt * kTok * kRowBlock));
   std::vector<float> ebuf(static_cast<size_t>(std::max<int64_t>(1, nt * epi_floats)));

@@ -13,7 +13,6 @@ namespace robuq {
 namespace avx2 {
 namespace {
 
-
 // 8 floats from x[0..n) (n < 8), the rest `fill`.
 inline __m256 load_partial(const float* x, int64_t n, float fill) {
   alignas(32) float t[8];
@@ -82,8 +81,8 @@ void layernorm_modulate_row(const float* x, int64_t D, const float* shift, const
 void gated_residual_row(float* x, const float* b, const float* gate, int64_t D) {
   int64_t k = 0;
   for (; k + 8 <= D; k += 8)
-    _mm256_storeu_ps(x + k, _mm256_add_ps(_mm256_loadu_ps(x + k),
-                                          _mm256_mul_ps(_mm256_loadu_ps(gate + k), _mm256_loadu_ps(b + k))));
+    _mm256_storeu_ps(
+        x + k, _mm256_add_ps(_mm256_loadu_ps(x + k), _mm256_mul_ps(_mm256_loadu_ps(gate + k), _mm256_loadu_ps(b + k))));
   for (; k < D; ++k) x[k] = x[k] + gate[k] * b[k];
 }
 
@@ -136,9 +135,10 @@ void softmax_row(float* s, int64_t n, float scale, int levels) {
 }
 
 size_t attention_scratch_floats(int64_t T, int64_t head_dim) {
-  // Q [T, head_dim]; key panels [round16(T), head_dim]; value panels [round16(head_dim), T]; a row-major K / V staging buffer
-  // [T, head_dim]; scores [6, T]; codes (head_dim bytes).
-  return static_cast<size_t>(T * head_dim + round16(T) * head_dim + round16(head_dim) * T + T * head_dim + kQueryRows * T + head_dim);
+  // Q [T, head_dim]; key panels [round16(T), head_dim]; value panels [round16(head_dim), T]; a row-major K / V staging
+  // buffer [T, head_dim]; scores [6, T]; codes (head_dim bytes).
+  return static_cast<size_t>(T * head_dim + round16(T) * head_dim + round16(head_dim) * T + T * head_dim +
+                             kQueryRows * T + head_dim);
 }
 
 AttentionBuffers attention_prepare(const float* qkv, int64_t n, int64_t h, int64_t T, int64_t H, int64_t head_dim,
@@ -161,8 +161,8 @@ AttentionBuffers attention_prepare(const float* qkv, int64_t n, int64_t h, int64
   return {Q, Kp, Vp, S, kQueryRows};
 }
 
-void attention_head(const float* qkv, int64_t n, int64_t h, int64_t T, int64_t H, int64_t head_dim, int bits, float* out,
-                    float* scratch) {
+void attention_head(const float* qkv, int64_t n, int64_t h, int64_t T, int64_t H, int64_t head_dim, int bits,
+                    float* out, float* scratch) {
   const AttentionBuffers b = attention_prepare(qkv, n, h, T, H, head_dim, bits, scratch);
   const int64_t D = H * head_dim;
   const float scale = static_cast<float>(std::pow(static_cast<double>(head_dim), -0.5));
@@ -171,7 +171,8 @@ void attention_head(const float* qkv, int64_t n, int64_t h, int64_t T, int64_t H
     const int64_t nb = std::min(kQueryRows, T - i0);
     gemm_panels(b.Q + i0 * head_dim, head_dim, nb, b.Kp, T, head_dim, b.S, T);  // S[i, j] = sum_d Q[i, d] K[j, d]
     for (int64_t i = 0; i < nb; ++i) softmax_row(b.S + i * T, T, scale, levels);
-    gemm_panels(b.S, T, nb, b.Vp, head_dim, T, out + (n * T + i0) * D + h * head_dim, D);  // O[i, d] = sum_j P[i, j] V[j, d]
+    gemm_panels(b.S, T, nb, b.Vp, head_dim, T, out + (n * T + i0) * D + h * head_dim,
+                D);  // O[i, d] = sum_j P[i, j] V[j, d]
   }
 }
 

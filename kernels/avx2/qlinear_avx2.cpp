@@ -11,9 +11,9 @@
 #include <vector>
 
 #include "qlinear_avx2.h"
+#include "robuq/avx2.h"
 #include "robuq/avx512.h"
 #include "robuq/profile.h"
-#include "robuq/avx2.h"
 #include "simd_avx2.h"
 
 #ifdef _OPENMP
@@ -65,8 +65,8 @@ T* grow(std::vector<T>& v, size_t n) {
 
 }  // namespace
 
-void qlinear_forward(const QLinearDesc& d, const generic::Prepared& p, const float* x, int64_t T, float* y,
-                     int threads, PostOp post, bool avx512) {
+void qlinear_forward(const QLinearDesc& d, const generic::Prepared& p, const float* x, int64_t T, float* y, int threads,
+                     PostOp post, bool avx512) {
   if (!p.direct) {
     generic::qlinear_forward(d, p, x, T, y, threads);
     if (post == PostOp::GeluTanh) {

@@ -23,8 +23,8 @@ namespace avx2 {
 //          then y + v with v = sum_j u[t, j] up[r, j] (low-rank up-projection with gemm_panels: one chain of
 //          fused multiply-adds over j ascending), then y + bias[r].
 struct QEpilogue {
-  int32_t* acc = nullptr;          // [T, out], acc mode
-  float* y = nullptr;              // [T, out], y mode
+  int32_t* acc = nullptr;  // [T, out], acc mode
+  float* y = nullptr;      // [T, out], y mode
   int64_t out = 0;
   const float* scale_x = nullptr;  // [T]
   const float* zero_x = nullptr;   // [T]
@@ -33,8 +33,8 @@ struct QEpilogue {
   const float* bias = nullptr;     // [out] or null
   const float* u = nullptr;        // [T, rank] or null
   int64_t rank = 0;
-  const float* up = nullptr;       // [out, rank]
-  bool gelu = false;               // then y = GELU(y) (simd::gelu8, avx2::gelu_tanh's arithmetic)
+  const float* up = nullptr;  // [out, rank]
+  bool gelu = false;          // then y = GELU(y) (simd::gelu8, avx2::gelu_tanh's arithmetic)
 
   static int64_t ld(int64_t nr) { return (nr + 15) / 16 * 16; }
   // Floats of per-thread scratch for blocks of up to nr outputs and tiles of up to kTileRows tokens: the

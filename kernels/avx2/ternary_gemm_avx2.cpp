@@ -29,11 +29,12 @@
 //  * Blocking: the tables of all T tokens are built first (4 bytes per token and input, in a buffer of the
 //    calling thread kept between calls), laid out per micro-tile of TT = 6 tokens as [chunk][token][16]. The
 //    work is cut into items of (all tokens, unless the threads need more items) x (up to 256 outputs, fewer
-//    when in is large, so the item's weight indices stay in L2; a multiple of the thread count). Inside an item, for each micro-tile, for each block of KB chunks
-//    (the tile's tables for it, 12 KiB, stay in L1), for each 16-output column block, the micro kernel runs
-//    6 tokens x 16 outputs over the block with every accumulator in a register, and its int16 sums are added
-//    into the tile's int32 row buffer; once per micro-tile each row (+ z * wsum) goes through the epilogue
-//    (qlinear_avx2.h: the float64 dequantization, low-rank up-projection and bias, or a plain int32 store).
+//    when in is large, so the item's weight indices stay in L2; a multiple of the thread count). Inside an item, for
+//    each micro-tile, for each block of KB chunks (the tile's tables for it, 12 KiB, stay in L1), for each 16-output
+//    column block, the micro kernel runs 6 tokens x 16 outputs over the block with every accumulator in a register, and
+//    its int16 sums are added into the tile's int32 row buffer; once per micro-tile each row (+ z * wsum) goes through
+//    the epilogue (qlinear_avx2.h: the float64 dequantization, low-rank up-projection and bias, or a plain int32
+//    store).
 //  * Speed (Zen 3, one core): the micro kernel does ~4.1 G lookups/s (~265 G multiply-adds/s); the whole GEMM
 //    ~200-225 G multiply-adds/s per core for bits 1..4 on the DiT-XL/2 shapes, ~4.5x torch.matmul fp32.
 //    The limit is the vector ALU ports: each lookup costs one vpshufb and one vpaddb.
@@ -60,9 +61,9 @@
 namespace robuq {
 namespace {
 
-constexpr int64_t KB = 128;   // max chunks (4 inputs each) per k-block; the int16 bound above needs KB <= 128
-constexpr int TT = 6;         // tokens per micro-tile (fixed: the micro kernel's register allocation)
-constexpr int64_t OBB = 16;   // 16-output column blocks per work item (256 outputs)
+constexpr int64_t KB = 128;  // max chunks (4 inputs each) per k-block; the int16 bound above needs KB <= 128
+constexpr int TT = 6;        // tokens per micro-tile (fixed: the micro kernel's register allocation)
+constexpr int64_t OBB = 16;  // 16-output column blocks per work item (256 outputs)
 
 // Weight pair (w0, w1) of the group-local slots 0..7: slot s <-> pattern p = s (s < 4) or s + 1, with
 // p = (w0 + 1) + 3 (w1 + 1). Repeated for group B (slots 8..15) and for the second lane.
@@ -116,6 +117,8 @@ void build_tables(const uint8_t* q, int64_t in, int z, int8_t* tab) {
 // (vpmaddubsw with ones adds the group-A and group-B byte of each output) and clears them. The kernel runs
 // nfull rounds of R iterations of U chunks (U * R <= N, the int8 bound for the bit width), then `rem` < N
 // single chunks, then flushes and stores the int16 sums to out[6][16].
+// The assembly macros below keep one instruction per line (not reformatted).
+// clang-format off
 #define ROBUQ_STEP(off)                                                                         \
   "vmovdqu " #off "*32(%[wp]), %%ymm13\n\t"                                                     \
   "vbroadcasti128 " #off "*96+0(%[tp]), %%ymm14\n\t"                                            \
@@ -215,6 +218,7 @@ void micro_asm(const int8_t* tp, const uint8_t* wp, int64_t nj, int64_t r, int16
 #undef ROBUQ_FLUSH
 #undef ROBUQ_FLUSH1
 #undef ROBUQ_STEP
+// clang-format on
 
 struct MicroPlan {
   void (*fn)(const int8_t*, const uint8_t*, int64_t, int64_t, int16_t*);
@@ -224,11 +228,11 @@ struct MicroPlan {
 
 MicroPlan micro_plan(int bits) {
   switch (bits) {
-    case 1: return {micro_asm<7>, 9, 126};  // U r = 63 <= 63
-    case 2: return {micro_asm<7>, 4, 112};  // 28 <= 31
-    case 3: return {micro_asm<7>, 2, 126};  // 14 <= 15
-    case 4: return {micro_asm<7>, 1, 126};  //  7 <= 7
-    case 5: return {micro_asm<3>, 1, 126};  //  3 <= 3
+    case 1: return {micro_asm<7>, 9, 126};   // U r = 63 <= 63
+    case 2: return {micro_asm<7>, 4, 112};   // 28 <= 31
+    case 3: return {micro_asm<7>, 2, 126};   // 14 <= 15
+    case 4: return {micro_asm<7>, 1, 126};   //  7 <= 7
+    case 5: return {micro_asm<3>, 1, 126};   //  3 <= 3
     default: return {micro_asm<1>, 1, 128};  // 1 <= 1
   }
 }
@@ -239,8 +243,8 @@ inline void add_tile(const int16_t* out, int32_t* C, int64_t ldc) {
     const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(out + 16 * t));
     __m256i* c = reinterpret_cast<__m256i*>(C + t * ldc);
     _mm256_storeu_si256(c, _mm256_add_epi32(_mm256_loadu_si256(c), _mm256_cvtepi16_epi32(_mm256_castsi256_si128(a))));
-    _mm256_storeu_si256(c + 1,
-                        _mm256_add_epi32(_mm256_loadu_si256(c + 1), _mm256_cvtepi16_epi32(_mm256_extracti128_si256(a, 1))));
+    _mm256_storeu_si256(
+        c + 1, _mm256_add_epi32(_mm256_loadu_si256(c + 1), _mm256_cvtepi16_epi32(_mm256_extracti128_si256(a, 1))));
   }
 }
 
@@ -289,7 +293,7 @@ void release_table_buffers() {
 alignas(32) constexpr uint8_t kNibbleSlotA[32] = {
     0, 1, 2, 1, 3, 0x80, 4, 0x80, 5, 6, 7, 6, 3, 0x80, 4, 0x80,   // nibble c0 | c1 << 2 -> slot; code 3
     0, 1, 2, 1, 3, 0x80, 4, 0x80, 5, 6, 7, 6, 3, 0x80, 4, 0x80};  // read as 1 (weight 0); both lanes
-alignas(32) constexpr uint8_t kNibbleSlotB[32] = {  // group B: slot + 8
+alignas(32) constexpr uint8_t kNibbleSlotB[32] = {                // group B: slot + 8
     8, 9, 10, 9, 11, 0x80, 12, 0x80, 13, 14, 15, 14, 11, 0x80, 12, 0x80,
     8, 9, 10, 9, 11, 0x80, 12, 0x80, 13, 14, 15, 14, 11, 0x80, 12, 0x80};
 

@@ -145,8 +145,8 @@ void softmax_row(float* s, int64_t n, float scale, int levels) {
 
 namespace avx512 {
 
-void attention_head(const float* qkv, int64_t n, int64_t h, int64_t T, int64_t H, int64_t head_dim, int bits, float* out,
-                    float* scratch) {
+void attention_head(const float* qkv, int64_t n, int64_t h, int64_t T, int64_t H, int64_t head_dim, int bits,
+                    float* out, float* scratch) {
   const avx2::AttentionBuffers b = avx2::attention_prepare(qkv, n, h, T, H, head_dim, bits, scratch);
   const int64_t D = H * head_dim;
   const float scale = static_cast<float>(std::pow(static_cast<double>(head_dim), -0.5));

@@ -11,8 +11,8 @@
 
 #include <chrono>
 #include <cstdint>
-#include <stdexcept>
 #include <cstring>
+#include <stdexcept>
 
 #include "robuq/avx512.h"
 
@@ -20,8 +20,8 @@ namespace robuq {
 namespace {
 
 alignas(64) const uint8_t kBytes[512] = {
-    1, 2,  3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 0, 17, 33, 49, 2, 7, 63, 62, 5, 9, 11, 13, 40, 41, 42, 3, 1,
-    3, 1,  4, 1, 5, 9, 2, 6, 5, 3,  5,  8,  9,  7,  9,  3, 27, 18, 28, 18, 28, 45, 23, 53, 60, 2, 8, 7, 4, 7, 1, 3};
+    1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 0, 17, 33, 49, 2,  7,  63, 62, 5,  9,  11, 13, 40, 41, 42, 3, 1,
+    3, 1, 4, 1, 5, 9, 2, 6, 5, 3,  5,  8,  9,  7,  9,  3, 27, 18, 28, 18, 28, 45, 23, 53, 60, 2,  8,  7,  4,  7,  1, 3};
 
 // vpermb: 8 x (vpermb 64-entry lookup, vpaddb), 4 index registers -> 64 lookups per vpermb
 double loop_vpermb(int64_t n) {
@@ -69,7 +69,9 @@ double loop_vpermb(int64_t n) {
       "vzeroupper\n\t"
       : [n] "+r"(n)
       : [b] "r"(kBytes)
-      : "cc", "memory", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22", "xmm23", "xmm24", "xmm25", "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31");
+      : "cc", "memory", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10",
+        "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22",
+        "xmm23", "xmm24", "xmm25", "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31");
   return 0.0;
 }
 
@@ -124,7 +126,9 @@ double loop_vpermi2b(int64_t n) {
       "vzeroupper\n\t"
       : [n] "+r"(n)
       : [b] "r"(kBytes)
-      : "cc", "memory", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22", "xmm23", "xmm24", "xmm25", "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31");
+      : "cc", "memory", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10",
+        "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22",
+        "xmm23", "xmm24", "xmm25", "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31");
   return 0.0;
 }
 
@@ -159,7 +163,9 @@ double loop_dpbusd_zmm(int64_t n) {
       "vzeroupper\n\t"
       : [n] "+r"(n)
       : [b] "r"(kBytes)
-      : "cc", "memory", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22", "xmm23", "xmm24", "xmm25", "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31");
+      : "cc", "memory", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10",
+        "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22",
+        "xmm23", "xmm24", "xmm25", "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31");
   return 0.0;
 }
 
@@ -194,7 +200,9 @@ double loop_dpbusd_ymm(int64_t n) {
       "vzeroupper\n\t"
       : [n] "+r"(n)
       : [b] "r"(kBytes)
-      : "cc", "memory", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22", "xmm23", "xmm24", "xmm25", "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31");
+      : "cc", "memory", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10",
+        "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22",
+        "xmm23", "xmm24", "xmm25", "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31");
   return 0.0;
 }
 
@@ -244,7 +252,9 @@ double loop_pshufb_zmm(int64_t n) {
       "vzeroupper\n\t"
       : [n] "+r"(n)
       : [b] "r"(kBytes)
-      : "cc", "memory", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22", "xmm23", "xmm24", "xmm25", "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31");
+      : "cc", "memory", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10",
+        "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22",
+        "xmm23", "xmm24", "xmm25", "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31");
   return 0.0;
 }
 
@@ -301,7 +311,9 @@ double loop_tl3_step(int64_t n) {
       "vzeroupper\n\t"
       : [n] "+r"(n)
       : [b] "r"(kBytes)
-      : "cc", "memory", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22", "xmm23", "xmm24", "xmm25", "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31");
+      : "cc", "memory", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10",
+        "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22",
+        "xmm23", "xmm24", "xmm25", "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31");
   return 0.0;
 }
 
@@ -312,9 +324,12 @@ struct Loop {
 };
 
 const Loop kLoops[] = {
-    {"vpermb", loop_vpermb, 8 * 64},           {"vpermi2b", loop_vpermi2b, 8 * 64},
-    {"vpdpbusd_zmm", loop_dpbusd_zmm, 10 * 64}, {"vpdpbusd_ymm", loop_dpbusd_ymm, 10 * 32},
-    {"pshufb_zmm", loop_pshufb_zmm, 8 * 64},   {"tl3_step", loop_tl3_step, 12 * 192},
+    {"vpermb", loop_vpermb, 8 * 64},
+    {"vpermi2b", loop_vpermi2b, 8 * 64},
+    {"vpdpbusd_zmm", loop_dpbusd_zmm, 10 * 64},
+    {"vpdpbusd_ymm", loop_dpbusd_ymm, 10 * 32},
+    {"pshufb_zmm", loop_pshufb_zmm, 8 * 64},
+    {"tl3_step", loop_tl3_step, 12 * 192},
 };
 
 }  // namespace

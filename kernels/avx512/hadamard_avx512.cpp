@@ -40,8 +40,8 @@ void butterflies(const float* src, float* dst, int64_t n, int64_t M) {
   const __m512 s1 = sign_lanes(1), s2 = sign_lanes(2), s4 = sign_lanes(4), s8 = sign_lanes(8);
   for (int64_t i = 0; i < n; i += 16) {
     __m512 v = _mm512_loadu_ps(src + i);
-    v = _mm512_add_ps(_mm512_permute_ps(v, 0xB1), xorps(v, s1));       // lanes [1, 0, 3, 2, ...]
-    v = _mm512_add_ps(_mm512_permute_ps(v, 0x4E), xorps(v, s2));       // lanes [2, 3, 0, 1, ...]
+    v = _mm512_add_ps(_mm512_permute_ps(v, 0xB1), xorps(v, s1));        // lanes [1, 0, 3, 2, ...]
+    v = _mm512_add_ps(_mm512_permute_ps(v, 0x4E), xorps(v, s2));        // lanes [2, 3, 0, 1, ...]
     v = _mm512_add_ps(_mm512_shuffle_f32x4(v, v, 0xB1), xorps(v, s4));  // 128-bit blocks [1, 0, 3, 2]
     v = _mm512_add_ps(_mm512_shuffle_f32x4(v, v, 0x4E), xorps(v, s8));  // 128-bit blocks [2, 3, 0, 1]
     _mm512_storeu_ps(dst + i, v);

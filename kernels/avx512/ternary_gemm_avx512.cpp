@@ -57,19 +57,19 @@ namespace {
 inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
 inline int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
 
-constexpr int TT = 4;                 // tokens per micro tile
-constexpr int OV = 3;                 // 32-output vectors per micro tile
-constexpr int64_t MBO = 32 * OV;      // outputs per output block (96)
-constexpr int64_t KB = 32;            // chunks (6 inputs) per k-block; the int16 bound above needs KB <= 85
+constexpr int TT = 4;                   // tokens per micro tile
+constexpr int OV = 3;                   // 32-output vectors per micro tile
+constexpr int64_t MBO = 32 * OV;        // outputs per output block (96)
+constexpr int64_t KB = 32;              // chunks (6 inputs) per k-block; the int16 bound above needs KB <= 85
 constexpr int64_t kCBytes = 256 << 10;  // int32 sums of one token block (per thread; L2)
 
 struct Consts {
-  uint8_t sel[3][64];    // lanes 0..31: input i of the chunk, lanes 32..63: input 3 + i
-  uint64_t pos[3], neg[3];  // lanes whose pattern has weight +1 / -1 at position i
-  uint8_t pat[64];       // 6-bit group c0 | c1 << 2 | c2 << 4 -> pattern (code 3 read as 1)
-  uint8_t group_add[64];  // + 32 for the group-B byte (odd triple) of each chunk
-  uint8_t row_perm[64];  // qword lane L gets packed bytes 6L .. 6L+7 (8 triples = 48 bits)
-  uint8_t shift_ctl[64];  // triple i of a lane starts at bit 6i
+  uint8_t sel[3][64];                   // lanes 0..31: input i of the chunk, lanes 32..63: input 3 + i
+  uint64_t pos[3], neg[3];              // lanes whose pattern has weight +1 / -1 at position i
+  uint8_t pat[64];                      // 6-bit group c0 | c1 << 2 | c2 << 4 -> pattern (code 3 read as 1)
+  uint8_t group_add[64];                // + 32 for the group-B byte (odd triple) of each chunk
+  uint8_t row_perm[64];                 // qword lane L gets packed bytes 6L .. 6L+7 (8 triples = 48 bits)
+  uint8_t shift_ctl[64];                // triple i of a lane starts at bit 6i
   uint16_t tr_lo[5][32], tr_hi[5][32];  // 32 x 32 word transpose, round k = 16 >> s
   constexpr Consts() : sel(), pos(), neg(), pat(), group_add(), row_perm(), shift_ctl(), tr_lo(), tr_hi() {
     for (int i = 0; i < 3; ++i)
@@ -127,8 +127,7 @@ void transpose32x32_epi16(__m512i r[32]) {
 }
 
 // Rows 32 g .. 32 g + 31, chunks 32 kg .. 32 kg + 31 (of `chunks`) into idx (layout above).
-void decode_group(const uint8_t* packed, int64_t out, int64_t pc, int64_t chunks, int64_t g, int64_t kg,
-                  uint8_t* idx) {
+void decode_group(const uint8_t* packed, int64_t out, int64_t pc, int64_t chunks, int64_t g, int64_t kg, uint8_t* idx) {
   const int64_t b0 = kg * 48, nb = imin(48, pc - b0);
   const __mmask64 m = (uint64_t(1) << nb) - 1;  // nb <= 48
   const __m512i perm = load512(kC.row_perm), ctl = load512(kC.shift_ctl), pat = load512(kC.pat);
@@ -143,8 +142,7 @@ void decode_group(const uint8_t* packed, int64_t out, int64_t pc, int64_t chunks
   }
   transpose32x32_epi16(r);
   const int64_t mb = g / OV, v = g % OV, nj = imin(32, chunks - kg * 32);
-  for (int64_t j = 0; j < nj; ++j)
-    _mm512_storeu_si512(idx + ((mb * chunks + kg * 32 + j) * OV + v) * 64, r[j]);
+  for (int64_t j = 0; j < nj; ++j) _mm512_storeu_si512(idx + ((mb * chunks + kg * 32 + j) * OV + v) * 64, r[j]);
 }
 
 // ------------------------------------------------------------------------------------------- tables
@@ -187,6 +185,8 @@ void build_tables(const uint8_t* q, int64_t in, int64_t j0, int64_t nj, int z, i
 // vectors, zmm27/28 a token's table, zmm29/30 lookups, zmm31 bytes of 1. One STEP = one chunk = 12 lookups
 // (vpermb table, index -> the 64 pattern sums of 32 outputs x 2 groups) added with vpaddb; a FOLD adds each
 // int8 accumulator's (A, B) byte pairs into its int16 sums (vpmaddubsw with ones) and clears it.
+// The assembly macros below keep one instruction per line (not reformatted).
+// clang-format off
 #define ROBUQ_TOK(off, a, b, c, tr)                                                   \
   "vmovdqu64 " #off "(%[tp]), %%zmm" #tr "\n\t"                                       \
   "vpermb %%zmm" #tr ", %%zmm24, %%zmm29\n\t"                                         \
@@ -258,6 +258,7 @@ void micro_sums(const int8_t* tp, const uint8_t* ip, int64_t nj, int16_t* out) {
 #undef ROBUQ_FOLD
 #undef ROBUQ_ZERO
 #undef ROBUQ_STORE
+// clang-format on
 
 template <int N>
 void micro(const int8_t* tab, const uint8_t* idx, int64_t nj, int32_t* C, int64_t ldc) {
@@ -380,8 +381,8 @@ struct EpiRow {
     const __m512d d1 = _mm512_sub_pd(_mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(a, 1)), _mm512_mul_pd(zx, ws1));
     const __m256 f0 = _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_mul_pd(sx, sw0), d0));
     const __m256 f1 = _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_mul_pd(sx, sw1), d1));
-    __m512 f = _mm512_castpd_ps(
-        _mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(f0)), _mm256_castps_pd(f1), 1));
+    __m512 f =
+        _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(f0)), _mm256_castps_pd(f1), 1));
     if (lowrank) f = _mm512_add_ps(f, v);
     if (has_bias) f = _mm512_add_ps(f, bias);
     if (gelu) f = gelu16(f);
@@ -434,7 +435,8 @@ void epilogue_rows(const avx2::QEpilogue& e, int64_t t0, int64_t nt, const int32
       __m512 v = _mm512_setzero_ps();
       if (panel != nullptr) {
         const float* ut = u + (t0 + i) * rank;
-        for (int64_t j = 0; j < rank; ++j) v = _mm512_fmadd_ps(_mm512_set1_ps(ut[j]), _mm512_loadu_ps(panel + j * 16), v);
+        for (int64_t j = 0; j < rank; ++j)
+          v = _mm512_fmadd_ps(_mm512_set1_ps(ut[j]), _mm512_loadu_ps(panel + j * 16), v);
       }
       row(t0 + i, r, m, _mm512_maskz_loadu_epi32(m, C + i * ldc + r), ws0, ws1, sw0, sw1, v, bias);
     }

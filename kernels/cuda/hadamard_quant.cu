@@ -5,8 +5,8 @@
 #include <stdexcept>
 #include <string>
 
-#include "kernels.cuh"
 #include "host_device_math.h"
+#include "kernels.cuh"
 
 namespace robuq {
 namespace cuda {
@@ -158,7 +158,8 @@ __global__ void __launch_bounds__(kThreads) hadamard_quantize_kernel(HadamardQua
       }
       mn = host_device::fmin_hd(mn, red_min[0]);
       mx = host_device::fmax_hd(mx, red_max[0]);
-      qp = host_device::quant_params(host_device::clip_gauss(mn, mx, mean, host_device::combine_lanes(lanes), n, a.clip_k), a.bits);
+      qp = host_device::quant_params(
+          host_device::clip_gauss(mn, mx, mean, host_device::combine_lanes(lanes), n, a.clip_k), a.bits);
     }
   } else if (tid == 0) {
     for (int w = 1; w < kThreads / 32; ++w) {
@@ -212,9 +213,10 @@ void hadamard_quantize(const HadamardQuantArgs& a, cudaStream_t stream) {
     throw std::invalid_argument("hadamard_quantize: plan does not match the width");
   if (a.lr_rank < 0 || a.lr_rank > kMaxFusedRank || (a.lr_rank > 0 && (a.lr_down == nullptr || a.lr_u == nullptr)))
     throw std::invalid_argument("hadamard_quantize: fused low-rank rank must be 0.." + std::to_string(kMaxFusedRank));
-  const size_t smem = a.lr_rank > 0 ? lowrank_offset(a) + sizeof(float) * static_cast<size_t>(a.lr_rank) * (kLrChunk + 1)
-                                    : (a.K > 1 ? sizeof(float) * static_cast<size_t>(2 * a.n) + static_cast<size_t>(a.K * a.K)
-                                               : sizeof(float) * static_cast<size_t>(a.n));
+  const size_t smem = a.lr_rank > 0
+                          ? lowrank_offset(a) + sizeof(float) * static_cast<size_t>(a.lr_rank) * (kLrChunk + 1)
+                          : (a.K > 1 ? sizeof(float) * static_cast<size_t>(2 * a.n) + static_cast<size_t>(a.K * a.K)
+                                     : sizeof(float) * static_cast<size_t>(a.n));
   allow_dynamic_smem(hadamard_quantize_kernel, smem, "hadamard_quantize (shared memory)");
   hadamard_quantize_kernel<<<static_cast<unsigned>(a.T), kThreads, smem, stream>>>(a);
   check(cudaGetLastError(), "hadamard_quantize launch");

@@ -44,7 +44,7 @@ ROBUQ_HD float bits_f32(uint32_t u) {
 // Round to nearest integer, ties to even, for |v| < 2^22 (the codes' range is far inside): adding and
 // subtracting 1.5 * 2^23 leaves exactly the rounded value in the default rounding mode. NaN stays NaN.
 ROBUQ_HD float round_half_even(float v) {
-  const float magic = 12582912.0f;  // 1.5 * 2^23
+  const float magic = 12582912.0f;                     // 1.5 * 2^23
   if (!(v < 4194304.0f && v > -4194304.0f)) return v;  // already integral (or NaN / inf)
   const float t = v + magic;
   return t - magic;
@@ -234,11 +234,11 @@ ROBUQ_HD float exp_hd(float x) {
   if (x > 88.72284f) return bits_f32(0x7f800000u);
   if (x < -103.97209f) return 0.0f;
   const float log2e = 1.44269504088896341f;
-  const float ln2_hi = 0.693145751953125f;     // 12 significant bits: n * ln2_hi is exact for |n| < 2^11
+  const float ln2_hi = 0.693145751953125f;  // 12 significant bits: n * ln2_hi is exact for |n| < 2^11
   const float ln2_lo = 1.42860682030941723e-6f;
   const float n = round_half_even(x * log2e);
   const float r = (x - n * ln2_hi) - n * ln2_lo;
-  float p = 1.98412698e-4f;  // 1/5040
+  float p = 1.98412698e-4f;    // 1/5040
   p = p * r + 1.38888889e-3f;  // 1/720
   p = p * r + 8.33333333e-3f;  // 1/120
   p = p * r + 4.16666667e-2f;  // 1/24
@@ -336,7 +336,6 @@ ROBUQ_HD uint32_t load_b_reg(WeightFormat format, const uint8_t* row_bytes, int6
     if (k + q < in) w |= static_cast<uint32_t>(row_bytes[k + q]) << (8 * q);
   return w;
 }
-
 
 // ------------------------------------------------------- the ternary fast path (docs/cuda.md, "GEMM")
 // The k order inside an integer dot product does not change it, so the fast ternary GEMM pairs activation

@@ -42,8 +42,7 @@ void allow_dynamic_smem(Kernel kernel, size_t dynamic, const char* what) {
     throw std::invalid_argument(std::string(what) + ": needs " + std::to_string(attr.sharedSizeBytes + dynamic) +
                                 " bytes of shared memory per block, the device allows " + std::to_string(optin));
   if (attr.sharedSizeBytes + dynamic > 48 * 1024)
-    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(dynamic)),
-          what);
+    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(dynamic)), what);
   granted[key] = dynamic;
 }
 
@@ -56,7 +55,7 @@ __host__ __device__ inline int64_t codes_ld(int64_t in) { return (in + kCodesAli
 // --------------------------------------------------------------------- fused Hadamard + quantize
 struct HadamardQuantArgs {
   int64_t T = 0, n = 0;
-  int form = 0;                  // 0 none, 1 full (K * M), 2 block (K = 1, M = block)
+  int form = 0;  // 0 none, 1 full (K * M), 2 block (K = 1, M = block)
   int64_t K = 1, M = 1;
   float norm = 1.0f;
   const int8_t* base = nullptr;  // H_K [K, K] on the device (K > 1)
@@ -93,34 +92,33 @@ struct Epilogue {
   const int32_t* wsum = nullptr;  // [out]
   const float* bias = nullptr;    // [out] or null
   int64_t rank = 0;
-  const float* u = nullptr;       // [T, rank]: rotated x @ down^T (lowrank_down)
-  const float* up = nullptr;      // [out, rank]
-  int gelu = 0;                   // 1: GELU (tanh) after the bias
-  const float* gate = nullptr;    // null: plain store; else gated residual
-  int64_t gate_stride = 0;        // floats between gate rows
-  int64_t rows_per_gate = 1;      // tokens per sample
+  const float* u = nullptr;     // [T, rank]: rotated x @ down^T (lowrank_down)
+  const float* up = nullptr;    // [out, rank]
+  int gelu = 0;                 // 1: GELU (tanh) after the bias
+  const float* gate = nullptr;  // null: plain store; else gated residual
+  int64_t gate_stride = 0;      // floats between gate rows
+  int64_t rows_per_gate = 1;    // tokens per sample
   const float* resid = nullptr;
 };
 
 // Ternary / int4 / int8 (format 0 / 1 / 2) weights in the file layout [out, pc] x activation codes
 // [T, codes_ld(in)] on the int8 tensor cores (mma.sync m16n8k32 u8 x s8 -> s32).
 void qgemm(WeightFormat format, const uint8_t* codes, int64_t T, int64_t in, const uint8_t* packed, int64_t pc,
-           int64_t out, const float* scale_x, const float* zero_x, const Epilogue& e, float* y,
-           cudaStream_t stream);
+           int64_t out, const float* scale_x, const float* zero_x, const Epilogue& e, float* y, cudaStream_t stream);
 
 // The ternary fast path (docs/cuda.md): weights ternary, in % 64 == 0, codes written by hadamard_quantize
 // with interleave = 1 and their row sums. qgemm_fast_applies says whether qgemm_ternary_fast takes a layer
 // (so the engine knows which code layout to ask for).
 bool qgemm_fast_applies(WeightFormat format, int64_t in);
 void qgemm_ternary_fast(const uint8_t* codes, const int32_t* rowsum, int64_t T, int64_t in, const uint8_t* packed,
-                        int64_t pc, int64_t out, const float* scale_x, const float* zero_x, const Epilogue& e,
-                        float* y, cudaStream_t stream);
+                        int64_t pc, int64_t out, const float* scale_x, const float* zero_x, const Epilogue& e, float* y,
+                        cudaStream_t stream);
 // Few rows (T <= kGemvMaxRows, codes in the plain layout): one warp per output, dp4a. qgemv_applies says
 // whether the engine uses it for T rows.
 constexpr int kGemvMaxRows = 16;
 bool qgemv_applies(int64_t T);
-void qgemv(WeightFormat format, const uint8_t* codes, int64_t T, int64_t in, const uint8_t* packed, int64_t pc, int64_t out,
-           const float* scale_x, const float* zero_x, const Epilogue& e, float* y, cudaStream_t stream);
+void qgemv(WeightFormat format, const uint8_t* codes, int64_t T, int64_t in, const uint8_t* packed, int64_t pc,
+           int64_t out, const float* scale_x, const float* zero_x, const Epilogue& e, float* y, cudaStream_t stream);
 // GEMM kernel choice, for measurements (python -m robuq.bench.gpu --gemm-variants): 0 automatic (default),
 // 1 the general kernel for every layer (and no GEMV), 2..kGemmVariants a fixed tile shape of the fast kernel
 // (see qgemm.cu). Process-wide.
@@ -141,8 +139,7 @@ void linear_f32(const float* x, int64_t T, int64_t in, const float* W, int64_t o
 
 // ---------------------------------------------------------------------------------- other ops
 void patchify(const float* x, int64_t N, int64_t C, int64_t S, int64_t p, float* out, cudaStream_t stream);
-void unpatchify(const float* feats, int64_t N, int64_t grid, int64_t p, int64_t C, float* out,
-                cudaStream_t stream);
+void unpatchify(const float* feats, int64_t N, int64_t grid, int64_t p, int64_t C, float* out, cudaStream_t stream);
 // x[r, k] += pos[r % T, k]
 void add_pos_embed(float* x, const float* pos, int64_t NT, int64_t T, int64_t D, cudaStream_t stream);
 // c[n, k] = temb[n, k] + table[y[n], k]; silu_c = silu(c)
@@ -159,8 +156,7 @@ void attention(const float* qkv, int64_t N, int64_t T, int64_t H, int64_t head_d
                cudaStream_t stream);
 // Classifier-free guidance: out[i] = guided channels uncond + s (cond - uncond), others cond, for
 // ob = [cond (n samples); uncond (n samples)] of per = cout * HW floats each.
-void cfg_combine(const float* ob, int64_t n, int64_t per, int64_t guided, float scale, float* out,
-                 cudaStream_t stream);
+void cfg_combine(const float* ob, int64_t n, int64_t per, int64_t guided, float scale, float* out, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace robuq

@@ -1,14 +1,14 @@
 // The DiT's other operations on the GPU, in float32 (statistics in float64 where the CPU engine uses it),
-// following engine/ops.cpp and kernels/ref/ops_ref.cpp operation for operation: patchify / unpatchify, embeddings, LayerNorm + adaLN
-// modulate (bit-identical to the CPU reference: the same 8 float64 lanes, each summed by one thread),
+// following engine/ops.cpp and kernels/ref/ops_ref.cpp operation for operation: patchify / unpatchify, embeddings,
+// LayerNorm + adaLN modulate (bit-identical to the CPU reference: the same 8 float64 lanes, each summed by one thread),
 // attention (every dot product and the softmax sum in the reference's order; exp is host_device_math.h's) and the
 // classifier-free-guidance combination of the sampler's model calls.
 #include <cmath>
 #include <stdexcept>
 #include <string>
 
-#include "kernels.cuh"
 #include "host_device_math.h"
+#include "kernels.cuh"
 
 namespace robuq {
 namespace cuda {
@@ -195,9 +195,8 @@ __global__ void __launch_bounds__(kAttThreads)
 // the output j ascending (one thread per (d, all query rows)). So its results are attention_kernel's bits.
 constexpr int kAttRows2 = 8;
 constexpr int kAttChunk = 32;
-__global__ void __launch_bounds__(kAttThreads)
-    attention_chunked_kernel(const float* qkv, int T, int H, int head_dim_, float score_scale, float levels,
-                             float* out) {
+__global__ void __launch_bounds__(kAttThreads) attention_chunked_kernel(const float* qkv, int T, int H, int head_dim_,
+                                                                        float score_scale, float levels, float* out) {
   static_assert(kAttThreads == 4 * 32 && kAttRows2 == 8, "4 warps x 2 query rows");
   extern __shared__ float sm[];
   const int64_t i0 = static_cast<int64_t>(blockIdx.x) * kAttRows2, h = blockIdx.y, n = blockIdx.z;
@@ -205,9 +204,9 @@ __global__ void __launch_bounds__(kAttThreads)
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int64_t D = static_cast<int64_t>(H) * head_dim_, row3 = 3 * D;
   const int ld = head_dim_ + 1;
-  float* q = sm;                       // [kAttRows2][head_dim]
-  float* s = q + kAttRows2 * head_dim_;      // [kAttRows2][T]
-  float* kv = s + kAttRows2 * T;       // [kAttChunk][head_dim + 1]
+  float* q = sm;                         // [kAttRows2][head_dim]
+  float* s = q + kAttRows2 * head_dim_;  // [kAttRows2][T]
+  float* kv = s + kAttRows2 * T;         // [kAttChunk][head_dim + 1]
   const float* base = qkv + n * static_cast<int64_t>(T) * row3 + h * head_dim_;
   for (int idx = tid; idx < kAttRows2 * head_dim_; idx += kAttThreads) {
     const int r = idx / head_dim_, d = idx % head_dim_;
@@ -367,13 +366,12 @@ void attention(const float* qkv, int64_t N, int64_t T, int64_t H, int64_t head_d
   const float score_scale = static_cast<float>(std::pow(static_cast<double>(head_dim_), -0.5));
   const float levels = bits > 0 ? static_cast<float>((1 << bits) - 1) : 0.0f;
   if (head_dim_ <= 2 * kAttThreads) {
-    const size_t smem2 =
-        sizeof(float) * static_cast<size_t>(kAttRows2 * (head_dim_ + T) + kAttChunk * (head_dim_ + 1));
+    const size_t smem2 = sizeof(float) * static_cast<size_t>(kAttRows2 * (head_dim_ + T) + kAttChunk * (head_dim_ + 1));
     allow_dynamic_smem(attention_chunked_kernel, smem2, "attention (shared memory)");
     const dim3 grid2(static_cast<unsigned>((T + kAttRows2 - 1) / kAttRows2), static_cast<unsigned>(H),
                      static_cast<unsigned>(N));
-    attention_chunked_kernel<<<grid2, kAttThreads, smem2, stream>>>(src, static_cast<int>(T), static_cast<int>(H),
-                                                                    static_cast<int>(head_dim_), score_scale, levels, out);
+    attention_chunked_kernel<<<grid2, kAttThreads, smem2, stream>>>(
+        src, static_cast<int>(T), static_cast<int>(H), static_cast<int>(head_dim_), score_scale, levels, out);
     check(cudaGetLastError(), "attention launch");
     return;
   }

@@ -12,8 +12,8 @@
 #include <stdexcept>
 #include <string>
 
-#include "kernels.cuh"
 #include "host_device_math.h"
+#include "kernels.cuh"
 
 namespace robuq {
 namespace cuda {
@@ -41,8 +41,8 @@ __device__ __forceinline__ void mma_u8s8(int32_t* c, const uint32_t* a, const ui
 // Everything after the integer / float dot product, for output (t, r): low-rank term, bias, GELU, then a
 // plain store or the gated residual. The additions are in the CPU reference's order.
 __device__ __forceinline__ void finish(const Epilogue& e, int64_t t, int64_t r, int64_t out, float v, float* y) {
-  v = host_device::epilogue_finish(v, e.u + t * e.rank, e.up + r * e.rank, e.rank, e.bias != nullptr ? e.bias + r : nullptr,
-                          e.gelu);
+  v = host_device::epilogue_finish(v, e.u + t * e.rank, e.up + r * e.rank, e.rank,
+                                   e.bias != nullptr ? e.bias + r : nullptr, e.gelu);
   if (e.gate != nullptr)
     v = host_device::gated_residual_hd(e.resid[t * out + r], e.gate[(t / e.rows_per_gate) * e.gate_stride + r], v);
   y[t * out + r] = v;
@@ -50,9 +50,8 @@ __device__ __forceinline__ void finish(const Epilogue& e, int64_t t, int64_t r, 
 
 template <WeightFormat FMT>
 __global__ void __launch_bounds__(kWarps * 32)
-    qgemm_kernel(const uint8_t* __restrict__ codes, int T, int in, int ld, const uint8_t* __restrict__ packed,
-                 int pc, int out, const float* __restrict__ scale_x, const float* __restrict__ zero_x, Epilogue e,
-                 float* y) {
+    qgemm_kernel(const uint8_t* __restrict__ codes, int T, int in, int ld, const uint8_t* __restrict__ packed, int pc,
+                 int out, const float* __restrict__ scale_x, const float* __restrict__ zero_x, Epilogue e, float* y) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int row0 = blockIdx.y * kBlockM + (warp / 2) * kWarpM;
   const int col0 = blockIdx.x * kBlockN + (warp % 2) * kWarpN;
@@ -205,7 +204,8 @@ __global__ void __launch_bounds__(WARPS_M* WARPS_N * 32)
         const int t = row0 + mi * 16 + host_device::frag_c_row(lane, i);
         const int r = col0 + ni * 8 + host_device::frag_c_col(lane, i);
         if (t < T && r < out) {
-          const float v = host_device::epilogue_quant(acc[mi][ni][i] - rowsum[t], scale_x[t], zero_x[t], e.wscale[r], e.wsum[r]);
+          const float v =
+              host_device::epilogue_quant(acc[mi][ni][i] - rowsum[t], scale_x[t], zero_x[t], e.wscale[r], e.wsum[r]);
           finish(e, t, r, out, v, y);
         }
       }
@@ -327,7 +327,8 @@ __global__ void __launch_bounds__(WARPS_M* WARPS_N * 32)
         const int t = bm0 + wm0 + mi * 16 + host_device::frag_c_row(lane, i);
         const int r = bn0 + wn0 + ni * 8 + host_device::frag_c_col(lane, i);
         if (t < T && r < out) {
-          const float v = host_device::epilogue_quant(acc[mi][ni][i] - rowsum[t], scale_x[t], zero_x[t], e.wscale[r], e.wsum[r]);
+          const float v =
+              host_device::epilogue_quant(acc[mi][ni][i] - rowsum[t], scale_x[t], zero_x[t], e.wscale[r], e.wsum[r]);
           finish(e, t, r, out, v, y);
         }
       }
@@ -345,9 +346,8 @@ __device__ __forceinline__ int dp4a_us(uint32_t a, uint32_t b, int c) {
 constexpr int kGemvWarps = 4;
 template <WeightFormat FMT>
 __global__ void __launch_bounds__(kGemvWarps * 32)
-    qgemv_kernel(const uint8_t* __restrict__ codes, int T, int in, int ld, const uint8_t* __restrict__ packed,
-                 int pc, int out, const float* __restrict__ scale_x, const float* __restrict__ zero_x, Epilogue e,
-                 float* y) {
+    qgemv_kernel(const uint8_t* __restrict__ codes, int T, int in, int ld, const uint8_t* __restrict__ packed, int pc,
+                 int out, const float* __restrict__ scale_x, const float* __restrict__ zero_x, Epilogue e, float* y) {
   const int lane = threadIdx.x & 31;
   const int r = blockIdx.x * kGemvWarps + (threadIdx.x >> 5);
   if (r >= out) return;
@@ -359,14 +359,16 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
     const uint32_t w = host_device::load_b_reg(FMT, row, in, k0, 0, 0);  // codes k0 .. k0 + 3 (zero past in)
 #pragma unroll
     for (int t = 0; t < kGemvMaxRows; ++t)
-      if (t < T) acc[t] = dp4a_us(*reinterpret_cast<const uint32_t*>(codes + static_cast<int64_t>(t) * ld + k0), w, acc[t]);
+      if (t < T)
+        acc[t] = dp4a_us(*reinterpret_cast<const uint32_t*>(codes + static_cast<int64_t>(t) * ld + k0), w, acc[t]);
   }
 #pragma unroll
   for (int t = 0; t < kGemvMaxRows; ++t) {
     if (t >= T) break;
     int v = acc[t];
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    if (lane == t) finish(e, t, r, out, host_device::epilogue_quant(v, scale_x[t], zero_x[t], e.wscale[r], e.wsum[r]), y);
+    if (lane == t)
+      finish(e, t, r, out, host_device::epilogue_quant(v, scale_x[t], zero_x[t], e.wscale[r], e.wsum[r]), y);
   }
 }
 
@@ -417,21 +419,31 @@ void check_int_range(int64_t v, const char* what) {
 
 }  // namespace
 
-void qgemm(WeightFormat format, const uint8_t* codes, int64_t T, int64_t in, const uint8_t* packed, int64_t pc, int64_t out,
-           const float* scale_x, const float* zero_x, const Epilogue& e, float* y, cudaStream_t stream) {
+void qgemm(WeightFormat format, const uint8_t* codes, int64_t T, int64_t in, const uint8_t* packed, int64_t pc,
+           int64_t out, const float* scale_x, const float* zero_x, const Epilogue& e, float* y, cudaStream_t stream) {
   if (T == 0 || out == 0) return;
   const int64_t ld = codes_ld(in);
   check_int_range(T * ld, "T * ld");
   check_int_range(out * pc, "out * packed_cols");
   if ((T + kBlockM - 1) / kBlockM > 65535)
     throw std::invalid_argument("qgemm: T = " + std::to_string(T) + " exceeds the grid limit (65535 * 64 rows)");
-  const dim3 grid(static_cast<unsigned>((out + kBlockN - 1) / kBlockN), static_cast<unsigned>((T + kBlockM - 1) / kBlockM));
-  const int Ti = static_cast<int>(T), ini = static_cast<int>(in), ldi = static_cast<int>(ld), pci = static_cast<int>(pc),
-            oi = static_cast<int>(out);
+  const dim3 grid(static_cast<unsigned>((out + kBlockN - 1) / kBlockN),
+                  static_cast<unsigned>((T + kBlockM - 1) / kBlockM));
+  const int Ti = static_cast<int>(T), ini = static_cast<int>(in), ldi = static_cast<int>(ld),
+            pci = static_cast<int>(pc), oi = static_cast<int>(out);
   switch (format) {
-    case WeightFormat::Ternary: qgemm_kernel<WeightFormat::Ternary><<<grid, kWarps * 32, 0, stream>>>(codes, Ti, ini, ldi, packed, pci, oi, scale_x, zero_x, e, y); break;
-    case WeightFormat::Int4: qgemm_kernel<WeightFormat::Int4><<<grid, kWarps * 32, 0, stream>>>(codes, Ti, ini, ldi, packed, pci, oi, scale_x, zero_x, e, y); break;
-    case WeightFormat::Int8: qgemm_kernel<WeightFormat::Int8><<<grid, kWarps * 32, 0, stream>>>(codes, Ti, ini, ldi, packed, pci, oi, scale_x, zero_x, e, y); break;
+    case WeightFormat::Ternary:
+      qgemm_kernel<WeightFormat::Ternary>
+          <<<grid, kWarps * 32, 0, stream>>>(codes, Ti, ini, ldi, packed, pci, oi, scale_x, zero_x, e, y);
+      break;
+    case WeightFormat::Int4:
+      qgemm_kernel<WeightFormat::Int4>
+          <<<grid, kWarps * 32, 0, stream>>>(codes, Ti, ini, ldi, packed, pci, oi, scale_x, zero_x, e, y);
+      break;
+    case WeightFormat::Int8:
+      qgemm_kernel<WeightFormat::Int8>
+          <<<grid, kWarps * 32, 0, stream>>>(codes, Ti, ini, ldi, packed, pci, oi, scale_x, zero_x, e, y);
+      break;
     default: throw std::invalid_argument("qgemm: unknown weight format " + std::to_string(static_cast<int>(format)));
   }
   check(cudaGetLastError(), "qgemm launch");
@@ -441,43 +453,46 @@ namespace {
 int g_gemm_variant = 0;
 
 template <int WM, int WN, int WARPS_M, int WARPS_N>
-void launch_pipe(const uint8_t* codes, const int32_t* rowsum, int64_t T, int64_t ld, const uint8_t* packed,
-                 int64_t pc, int64_t out, const float* scale_x, const float* zero_x, const Epilogue& e, float* y,
+void launch_pipe(const uint8_t* codes, const int32_t* rowsum, int64_t T, int64_t ld, const uint8_t* packed, int64_t pc,
+                 int64_t out, const float* scale_x, const float* zero_x, const Epilogue& e, float* y,
                  cudaStream_t stream) {
   constexpr int BM = WARPS_M * WM * 16, BN = WARPS_N * WN * 8;
   const int64_t gy = (T + BM - 1) / BM;
   if (gy > 65535) throw std::invalid_argument("qgemm: T = " + std::to_string(T) + " exceeds the grid limit");
   const dim3 grid(static_cast<unsigned>((out + BN - 1) / BN), static_cast<unsigned>(gy));
-  qgemm_pipe_kernel<WM, WN, WARPS_M, WARPS_N><<<grid, WARPS_M * WARPS_N * 32, 0, stream>>>(
-      codes, rowsum, static_cast<int>(T), static_cast<int>(ld), packed, static_cast<int>(pc), static_cast<int>(out),
-      scale_x, zero_x, e, y);
+  qgemm_pipe_kernel<WM, WN, WARPS_M, WARPS_N>
+      <<<grid, WARPS_M * WARPS_N * 32, 0, stream>>>(codes, rowsum, static_cast<int>(T), static_cast<int>(ld), packed,
+                                                    static_cast<int>(pc), static_cast<int>(out), scale_x, zero_x, e, y);
 }
 
 template <int WM, int WN, int WARPS_M, int WARPS_N>
-void launch_fast(const uint8_t* codes, const int32_t* rowsum, int64_t T, int64_t ld, const uint8_t* packed,
-                 int64_t pc, int64_t out, const float* scale_x, const float* zero_x, const Epilogue& e, float* y,
+void launch_fast(const uint8_t* codes, const int32_t* rowsum, int64_t T, int64_t ld, const uint8_t* packed, int64_t pc,
+                 int64_t out, const float* scale_x, const float* zero_x, const Epilogue& e, float* y,
                  cudaStream_t stream) {
   constexpr int BM = WARPS_M * WM * 16, BN = WARPS_N * WN * 8;
   const int64_t gy = (T + BM - 1) / BM;
   if (gy > 65535) throw std::invalid_argument("qgemm: T = " + std::to_string(T) + " exceeds the grid limit");
   const dim3 grid(static_cast<unsigned>((out + BN - 1) / BN), static_cast<unsigned>(gy));
-  qgemm_fast_kernel<WM, WN, WARPS_M, WARPS_N><<<grid, WARPS_M * WARPS_N * 32, 0, stream>>>(
-      codes, rowsum, static_cast<int>(T), static_cast<int>(ld), packed, static_cast<int>(pc), static_cast<int>(out),
-      scale_x, zero_x, e, y);
+  qgemm_fast_kernel<WM, WN, WARPS_M, WARPS_N>
+      <<<grid, WARPS_M * WARPS_N * 32, 0, stream>>>(codes, rowsum, static_cast<int>(T), static_cast<int>(ld), packed,
+                                                    static_cast<int>(pc), static_cast<int>(out), scale_x, zero_x, e, y);
 }
 }  // namespace
 
 void set_gemm_variant(int v) {
-  if (v < 0 || v > kGemmVariants) throw std::invalid_argument("GEMM variant must be 0.." + std::to_string(kGemmVariants));
+  if (v < 0 || v > kGemmVariants)
+    throw std::invalid_argument("GEMM variant must be 0.." + std::to_string(kGemmVariants));
   g_gemm_variant = v;
 }
 int gemm_variant() { return g_gemm_variant; }
 
-bool qgemm_fast_applies(WeightFormat format, int64_t in) { return format == WeightFormat::Ternary && in % 64 == 0 && g_gemm_variant != 1; }
+bool qgemm_fast_applies(WeightFormat format, int64_t in) {
+  return format == WeightFormat::Ternary && in % 64 == 0 && g_gemm_variant != 1;
+}
 
 void qgemm_ternary_fast(const uint8_t* codes, const int32_t* rowsum, int64_t T, int64_t in, const uint8_t* packed,
-                        int64_t pc, int64_t out, const float* scale_x, const float* zero_x, const Epilogue& e,
-                        float* y, cudaStream_t stream) {
+                        int64_t pc, int64_t out, const float* scale_x, const float* zero_x, const Epilogue& e, float* y,
+                        cudaStream_t stream) {
   if (T == 0 || out == 0) return;
   if (in % 64 != 0 || pc * 4 != in) throw std::invalid_argument("qgemm_ternary_fast: in must be a multiple of 64");
   const int64_t ld = codes_ld(in);
@@ -505,20 +520,29 @@ void qgemm_ternary_fast(const uint8_t* codes, const int32_t* rowsum, int64_t T, 
   check(cudaGetLastError(), "qgemm_ternary_fast launch");
 }
 
-void qgemv(WeightFormat format, const uint8_t* codes, int64_t T, int64_t in, const uint8_t* packed, int64_t pc, int64_t out,
-           const float* scale_x, const float* zero_x, const Epilogue& e, float* y, cudaStream_t stream) {
+void qgemv(WeightFormat format, const uint8_t* codes, int64_t T, int64_t in, const uint8_t* packed, int64_t pc,
+           int64_t out, const float* scale_x, const float* zero_x, const Epilogue& e, float* y, cudaStream_t stream) {
   if (T == 0 || out == 0) return;
   if (T > kGemvMaxRows) throw std::invalid_argument("qgemv: at most " + std::to_string(kGemvMaxRows) + " rows");
   const int64_t ld = codes_ld(in);
   check_int_range(T * ld, "T * ld");
   check_int_range(out * pc, "out * packed_cols");
   const unsigned blocks = static_cast<unsigned>((out + kGemvWarps - 1) / kGemvWarps);
-  const int Ti = static_cast<int>(T), ini = static_cast<int>(in), ldi = static_cast<int>(ld), pci = static_cast<int>(pc),
-            oi = static_cast<int>(out);
+  const int Ti = static_cast<int>(T), ini = static_cast<int>(in), ldi = static_cast<int>(ld),
+            pci = static_cast<int>(pc), oi = static_cast<int>(out);
   switch (format) {
-    case WeightFormat::Ternary: qgemv_kernel<WeightFormat::Ternary><<<blocks, kGemvWarps * 32, 0, stream>>>(codes, Ti, ini, ldi, packed, pci, oi, scale_x, zero_x, e, y); break;
-    case WeightFormat::Int4: qgemv_kernel<WeightFormat::Int4><<<blocks, kGemvWarps * 32, 0, stream>>>(codes, Ti, ini, ldi, packed, pci, oi, scale_x, zero_x, e, y); break;
-    case WeightFormat::Int8: qgemv_kernel<WeightFormat::Int8><<<blocks, kGemvWarps * 32, 0, stream>>>(codes, Ti, ini, ldi, packed, pci, oi, scale_x, zero_x, e, y); break;
+    case WeightFormat::Ternary:
+      qgemv_kernel<WeightFormat::Ternary>
+          <<<blocks, kGemvWarps * 32, 0, stream>>>(codes, Ti, ini, ldi, packed, pci, oi, scale_x, zero_x, e, y);
+      break;
+    case WeightFormat::Int4:
+      qgemv_kernel<WeightFormat::Int4>
+          <<<blocks, kGemvWarps * 32, 0, stream>>>(codes, Ti, ini, ldi, packed, pci, oi, scale_x, zero_x, e, y);
+      break;
+    case WeightFormat::Int8:
+      qgemv_kernel<WeightFormat::Int8>
+          <<<blocks, kGemvWarps * 32, 0, stream>>>(codes, Ti, ini, ldi, packed, pci, oi, scale_x, zero_x, e, y);
+      break;
     default: throw std::invalid_argument("qgemv: unknown weight format " + std::to_string(static_cast<int>(format)));
   }
   check(cudaGetLastError(), "qgemv launch");
@@ -532,12 +556,24 @@ void qlinear_float_act(WeightFormat format, const float* xr, int64_t T, int64_t 
   check_int_range(T * in, "T * in");
   check_int_range(out * pc, "out * packed_cols");
   const dim3 grid = row_grid(T, out);
-  const int Ti = static_cast<int>(T), ini = static_cast<int>(in), pci = static_cast<int>(pc), oi = static_cast<int>(out);
+  const int Ti = static_cast<int>(T), ini = static_cast<int>(in), pci = static_cast<int>(pc),
+            oi = static_cast<int>(out);
   switch (format) {
-    case WeightFormat::Ternary: qlinear_float_act_kernel<WeightFormat::Ternary><<<grid, kRowThreads, 0, stream>>>(xr, Ti, ini, packed, pci, oi, e, y); break;
-    case WeightFormat::Int4: qlinear_float_act_kernel<WeightFormat::Int4><<<grid, kRowThreads, 0, stream>>>(xr, Ti, ini, packed, pci, oi, e, y); break;
-    case WeightFormat::Int8: qlinear_float_act_kernel<WeightFormat::Int8><<<grid, kRowThreads, 0, stream>>>(xr, Ti, ini, packed, pci, oi, e, y); break;
-    default: throw std::invalid_argument("qlinear_float_act: unknown weight format " + std::to_string(static_cast<int>(format)));
+    case WeightFormat::Ternary:
+      qlinear_float_act_kernel<WeightFormat::Ternary>
+          <<<grid, kRowThreads, 0, stream>>>(xr, Ti, ini, packed, pci, oi, e, y);
+      break;
+    case WeightFormat::Int4:
+      qlinear_float_act_kernel<WeightFormat::Int4>
+          <<<grid, kRowThreads, 0, stream>>>(xr, Ti, ini, packed, pci, oi, e, y);
+      break;
+    case WeightFormat::Int8:
+      qlinear_float_act_kernel<WeightFormat::Int8>
+          <<<grid, kRowThreads, 0, stream>>>(xr, Ti, ini, packed, pci, oi, e, y);
+      break;
+    default:
+      throw std::invalid_argument("qlinear_float_act: unknown weight format " +
+                                  std::to_string(static_cast<int>(format)));
   }
   check(cudaGetLastError(), "qlinear_float_act launch");
 }
@@ -548,7 +584,7 @@ void linear_f32(const float* x, int64_t T, int64_t in, const float* W, int64_t o
   check_int_range(T * in, "T * in");
   check_int_range(out * in, "out * in");
   linear_f32_kernel<<<row_grid(T, out), kRowThreads, 0, stream>>>(x, static_cast<int>(T), static_cast<int>(in), W,
-                                                                   static_cast<int>(out), e, y);
+                                                                  static_cast<int>(out), e, y);
   check(cudaGetLastError(), "linear_f32 launch");
 }
 
@@ -586,8 +622,8 @@ void rowdot_f32(const float* x, int64_t T, int64_t in, const float* w, int64_t o
   check_int_range(out * in, "out * in");
   check_int_range(T * out, "T * out");
   const int64_t blocks = (T * out + kRowdotThreads - 1) / kRowdotThreads;
-  rowdot_kernel<<<static_cast<unsigned>(blocks), kRowdotThreads, 0, stream>>>(x, static_cast<int>(T), static_cast<int>(in),
-                                                                              w, static_cast<int>(out), u);
+  rowdot_kernel<<<static_cast<unsigned>(blocks), kRowdotThreads, 0, stream>>>(
+      x, static_cast<int>(T), static_cast<int>(in), w, static_cast<int>(out), u);
   check(cudaGetLastError(), "rowdot_f32 launch");
 }
 

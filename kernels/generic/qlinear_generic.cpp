@@ -17,12 +17,12 @@ namespace robuq {
 namespace generic {
 namespace {
 
-constexpr int kLanes = 8;            // float partial sums per dot product
-constexpr int64_t kTokBlock = 64;    // tokens per tile
-constexpr int64_t kRowBlock = 32;    // output rows per tile (a multiple of the micro-tiles below)
+constexpr int kLanes = 8;                // float partial sums per dot product
+constexpr int64_t kTokBlock = 64;        // tokens per tile
+constexpr int64_t kRowBlock = 32;        // output rows per tile (a multiple of the micro-tiles below)
 constexpr int kF32Tok = 4, kF32Row = 4;  // float micro-tile
 constexpr int kI8Tok = 2, kI8Row = 2;    // integer micro-tile
-constexpr int64_t kCodeAlign = 32;   // code rows are zero padded to a multiple of this
+constexpr int64_t kCodeAlign = 32;       // code rows are zero padded to a multiple of this
 
 // ---- float micro-kernel: out[i][j] = x_i . w_j over K, in the fixed lane order
 template <int MT, int MR>
@@ -48,8 +48,10 @@ using F32Tile = void (*)(const float*, int64_t, const float*, int64_t, int64_t, 
 
 template <int MT>
 constexpr F32Tile f32_tile_for(int mr) {
-  return mr == 1 ? &dot_tile_f32<MT, 1> : mr == 2 ? &dot_tile_f32<MT, 2> : mr == 3 ? &dot_tile_f32<MT, 3>
-                                                                                   : &dot_tile_f32<MT, 4>;
+  return mr == 1   ? &dot_tile_f32<MT, 1>
+         : mr == 2 ? &dot_tile_f32<MT, 2>
+         : mr == 3 ? &dot_tile_f32<MT, 3>
+                   : &dot_tile_f32<MT, 4>;
 }
 F32Tile f32_tile(int mt, int mr) {
   static_assert(kF32Tok == 4 && kF32Row == 4, "dispatch below covers 4 x 4");
@@ -81,7 +83,7 @@ I8Tile i8_tile(int mt, int mr) {
   return mr == 1 ? &dot_tile_i8<2, 1> : &dot_tile_i8<2, 2>;
 }
 
-constexpr int64_t kMinMacsPerThread = int64_t(1) << 18;  // below this a GEMM stays on one thread
+constexpr int64_t kMinMacsPerThread = int64_t(1) << 18;     // below this a GEMM stays on one thread
 constexpr int64_t kMinRowWorkPerThread = int64_t(1) << 15;  // floats per thread for row-wise passes
 
 // Runs body(t0, t1, r0, r1) over the fixed tiles of a [T, R] output (K deep), sharing whole tiles among
@@ -107,8 +109,8 @@ void for_each_tile(int64_t T, int64_t R, int64_t K, int threads, const Body& bod
 
 // Float GEMM y = x W^T over fixed tiles; store(t, r, dot) writes each output.
 template <class Store>
-void gemm_f32(const float* x, int64_t ldx, int64_t T, const float* w, int64_t ldw, int64_t R, int64_t K,
-              int threads, const Store& store) {
+void gemm_f32(const float* x, int64_t ldx, int64_t T, const float* w, int64_t ldw, int64_t R, int64_t K, int threads,
+              const Store& store) {
   for_each_tile(T, R, K, threads, [&](int64_t t0, int64_t t1, int64_t r0, int64_t r1) {
     float out[kF32Tok][kF32Row];
     for (int64_t t = t0; t < t1; t += kF32Tok) {
@@ -124,8 +126,8 @@ void gemm_f32(const float* x, int64_t ldx, int64_t T, const float* w, int64_t ld
 }
 
 template <class Store>
-void gemm_i8(const uint8_t* q, int64_t ldq, int64_t T, const int8_t* w, int64_t ldw, int64_t R, int64_t K,
-             int threads, const Store& store) {
+void gemm_i8(const uint8_t* q, int64_t ldq, int64_t T, const int8_t* w, int64_t ldw, int64_t R, int64_t K, int threads,
+             const Store& store) {
   for_each_tile(T, R, K, threads, [&](int64_t t0, int64_t t1, int64_t r0, int64_t r1) {
     int32_t out[kI8Tok][kI8Row];
     for (int64_t t = t0; t < t1; t += kI8Tok) {
@@ -152,8 +154,8 @@ thread_local std::vector<float> tl_row;
 
 // Rotate (and quantize) token rows t0..t1: rot[t] = x[t] @ H when rot is non-null; codes[t] (zero padded
 // to ld), scale[t], zero[t] when bits > 0. Bit-identical to ref::hadamard_quantize row by row.
-void rotate_quantize_rows(const QLinearDesc& d, const float* x, int64_t t0, int64_t t1, int64_t ld,
-                          uint8_t* codes, float* scale, float* zero, float* rot) {
+void rotate_quantize_rows(const QLinearDesc& d, const float* x, int64_t t0, int64_t t1, int64_t ld, uint8_t* codes,
+                          float* scale, float* zero, float* rot) {
   const int64_t n = d.in;
   float* buf = detail::thread_scratch(tl_row, static_cast<size_t>(n + d.plan.scratch_size()));
   float* hs = buf + n;

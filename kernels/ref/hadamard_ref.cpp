@@ -177,8 +177,7 @@ HadamardPlan make_hadamard_plan(int64_t n, HadamardForm form, int64_t block) {
   p.form = form;
   p.n = n;
   switch (form) {
-    case HadamardForm::None:
-      break;
+    case HadamardForm::None: break;
     case HadamardForm::Full: {
       const HadamardFactor f = hadamard_factor(n);
       p.K = f.K;
@@ -191,8 +190,10 @@ HadamardPlan make_hadamard_plan(int64_t n, HadamardForm form, int64_t block) {
       int64_t b = block;
       if (b == 0) b = largest_pow2_divisor(n);
       if (b < 0 || !is_pow2(b))
-        throw std::invalid_argument("Hadamard block size must be a power of two (or 0 for the largest one "
-                                    "dividing the width), got " + std::to_string(block));
+        throw std::invalid_argument(
+            "Hadamard block size must be a power of two (or 0 for the largest one "
+            "dividing the width), got " +
+            std::to_string(block));
       if (n % b != 0)
         throw std::invalid_argument("Hadamard block size " + std::to_string(b) + " does not divide the width " +
                                     std::to_string(n));
@@ -201,8 +202,7 @@ HadamardPlan make_hadamard_plan(int64_t n, HadamardForm form, int64_t block) {
       p.norm = static_cast<float>(1.0 / std::sqrt(static_cast<double>(b)));
       break;
     }
-    default:
-      throw std::invalid_argument("invalid Hadamard form");
+    default: throw std::invalid_argument("invalid Hadamard form");
   }
   return p;
 }
@@ -257,8 +257,7 @@ namespace ref {
 void hadamard_transform_row(const HadamardPlan& plan, float* row, float* scratch) {
   const int64_t n = plan.n;
   switch (plan.form) {
-    case HadamardForm::None:
-      return;
+    case HadamardForm::None: return;
     case HadamardForm::Block:
       for (int64_t off = 0; off < n; off += plan.block) walsh_hadamard(row + off, plan.block);
       break;

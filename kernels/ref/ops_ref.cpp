@@ -49,8 +49,8 @@ size_t attention_scratch_floats(int64_t T, int64_t head_dim) {
   return static_cast<size_t>(3 * T * head_dim + qb * T + qb * head_dim + head_dim);
 }
 
-void attention_head(const float* qkv, int64_t n, int64_t h, int64_t T, int64_t H, int64_t head_dim, int bits, float* out,
-                    float* scratch) {
+void attention_head(const float* qkv, int64_t n, int64_t h, int64_t T, int64_t H, int64_t head_dim, int bits,
+                    float* out, float* scratch) {
   const int64_t D = H * head_dim;
   const int64_t qb = std::min(T, kQueryBlock);
   float* Q = scratch;

@@ -26,7 +26,8 @@ void check_clip_k(float clip_k) {
 namespace ref {
 
 static_assert(kStatLanes == 8, "lane_sum combines 8 lanes");
-// (declared in robuq/quant.h) sum_k v_k over 8 interleaved float64 lanes (v_k = x_k, or (x_k - m)^2 when square), combined as
+// (declared in robuq/quant.h) sum_k v_k over 8 interleaved float64 lanes (v_k = x_k, or (x_k - m)^2 when square),
+// combined as
 // ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)).
 double lane_sum(const float* x, int64_t n, double m, bool square) {
   double l[kStatLanes] = {};
@@ -62,8 +63,7 @@ ClipRange clip_range(const float* x, int64_t n, float clip_k) {
   return {static_cast<float>(lo), static_cast<float>(hi)};
 }
 
-void quantize_row(const float* x, int64_t n, int bits, float clip_k, uint8_t* codes, float* scale,
-                  float* zero) {
+void quantize_row(const float* x, int64_t n, int bits, float clip_k, uint8_t* codes, float* scale, float* zero) {
   const ClipRange r = clip_range(x, n, clip_k);
   const float lo = r.lo;
   const float qmax = static_cast<float>((1 << bits) - 1);
@@ -80,16 +80,16 @@ void quantize_row(const float* x, int64_t n, int bits, float clip_k, uint8_t* co
   *zero = -lo / s;
 }
 
-void quantize_tokens(const float* x, int64_t T, int64_t n, int bits, float clip_k, uint8_t* codes,
-                     float* scale, float* zero) {
+void quantize_tokens(const float* x, int64_t T, int64_t n, int bits, float clip_k, uint8_t* codes, float* scale,
+                     float* zero) {
   check_act_bits(bits);
   check_clip_k(clip_k);
   if (n < 1) throw std::invalid_argument("quantization width must be >= 1, got " + std::to_string(n));
   for (int64_t t = 0; t < T; ++t) quantize_row(x + t * n, n, bits, clip_k, codes + t * n, scale + t, zero + t);
 }
 
-void hadamard_quantize(const HadamardPlan& plan, const float* x, int64_t T, int bits, float clip_k,
-                       uint8_t* codes, float* scale, float* zero, float* rotated) {
+void hadamard_quantize(const HadamardPlan& plan, const float* x, int64_t T, int bits, float clip_k, uint8_t* codes,
+                       float* scale, float* zero, float* rotated) {
   check_act_bits(bits);
   check_clip_k(clip_k);
   const int64_t n = plan.n;

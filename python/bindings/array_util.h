@@ -29,8 +29,8 @@ CArray<T> input_array(const py::object& obj, const char* name, const char* dtype
     throw std::invalid_argument(std::string(name) + " must have dtype " + dtype_name + ", got " +
                                 std::string(py::str(a.dtype())));
   if (a.ndim() != ndim)
-    throw std::invalid_argument(std::string(name) + " must be " + std::to_string(ndim) + "-D " + shape_doc +
-                                ", got " + std::to_string(a.ndim()) + "-D");
+    throw std::invalid_argument(std::string(name) + " must be " + std::to_string(ndim) + "-D " + shape_doc + ", got " +
+                                std::to_string(a.ndim()) + "-D");
   return CArray<T>::ensure(a);
 }
 

@@ -124,30 +124,37 @@ class PyCudaEngine {
 }  // namespace
 
 void bind_cuda(py::module_& m) {
-  m.def("cuda_compiled", [] {
+  m.def(
+      "cuda_compiled",
+      [] {
 #ifdef ROBUQ_HAVE_CUDA
-    return true;
+        return true;
 #else
-    return false;
+        return false;
 #endif
-  }, "Whether this build contains the CUDA backend (CMake found nvcc).");
-  m.def("cuda_available", [] { return unavailable_reason().empty(); },
-        "Whether the CUDA backend is compiled in and a device of compute capability 8.0+ is usable.");
+      },
+      "Whether this build contains the CUDA backend (CMake found nvcc).");
+  m.def(
+      "cuda_available", [] { return unavailable_reason().empty(); },
+      "Whether the CUDA backend is compiled in and a device of compute capability 8.0+ is usable.");
   m.def("cuda_unavailable_reason", &unavailable_reason,
         "Why cuda_available() is False ('' when it is True): not compiled in, no driver, no device, too old.");
-  m.def("cuda_build_info", [] {
-    py::dict d;
+  m.def(
+      "cuda_build_info",
+      [] {
+        py::dict d;
 #ifdef ROBUQ_HAVE_CUDA
-    d["compiled"] = true;
-    d["archs"] = std::string(ROBUQ_CUDA_ARCHS);
-    d["report_dir"] = std::string(ROBUQ_CUDA_REPORT_DIR);
+        d["compiled"] = true;
+        d["archs"] = std::string(ROBUQ_CUDA_ARCHS);
+        d["report_dir"] = std::string(ROBUQ_CUDA_REPORT_DIR);
 #else
-    d["compiled"] = false;
-    d["archs"] = std::string();
-    d["report_dir"] = std::string();
+        d["compiled"] = false;
+        d["archs"] = std::string();
+        d["report_dir"] = std::string();
 #endif
-    return d;
-  }, "cuda_build_info() -> dict: compiled (bool), archs ('80,90'), report_dir (ptxas resource reports).");
+        return d;
+      },
+      "cuda_build_info() -> dict: compiled (bool), archs ('80,90'), report_dir (ptxas resource reports).");
 
 #ifdef ROBUQ_HAVE_CUDA
   py::class_<PyCudaEngine>(m, "CudaEngine",

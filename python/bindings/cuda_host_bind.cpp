@@ -16,8 +16,8 @@
 #include <vector>
 
 #include "../../kernels/cuda/host_device_math.h"
-#include "diffusion.h"
 #include "array_util.h"
+#include "diffusion.h"
 #include "robuq/hadamard.h"
 #include "robuq/qlinear.h"
 #include "robuq/quant.h"
@@ -63,7 +63,8 @@ void rotate_row(const robuq::HadamardPlan& plan, float* row, std::vector<float>&
   for (int64_t off = 0; off < n; off += M) host_device::walsh_hadamard(row + off, M);
   if (K > 1) {
     mix.resize(static_cast<size_t>(n));
-    for (int64_t i = 0; i < n; ++i) mix[static_cast<size_t>(i)] = host_device::kmix_value(row, plan.base.data(), K, M, i / M, i % M);
+    for (int64_t i = 0; i < n; ++i)
+      mix[static_cast<size_t>(i)] = host_device::kmix_value(row, plan.base.data(), K, M, i / M, i % M);
     for (int64_t i = 0; i < n; ++i) row[i] = mix[static_cast<size_t>(i)] * plan.norm;
   } else {
     for (int64_t i = 0; i < n; ++i) row[i] = row[i] * plan.norm;
@@ -109,7 +110,6 @@ py::tuple py_hadamard_quantize(const py::object& x_obj, int bits, float clip_k, 
   }
   return py::make_tuple(codes, scale, zero, rotated);
 }
-
 
 // codes of a packed [rows, packed_cols] matrix through the B-fragment loader (host_device::load_b_reg), 4 at a time.
 py::array_t<int8_t> py_unpack(const py::object& packed_obj, int64_t cols, const std::string& weight) {
@@ -169,7 +169,8 @@ std::vector<int32_t> gemm_emulate(const uint8_t* codes, int64_t T, int64_t in, c
             A[lane][i] = v;
           }
           const int64_t c = col0 + host_device::frag_b_col(lane);
-          for (int i = 0; i < 2; ++i) B[lane][i] = c < out ? host_device::load_b_reg(format, packed + c * pc, in, k0, lane, i) : 0u;
+          for (int i = 0; i < 2; ++i)
+            B[lane][i] = c < out ? host_device::load_b_reg(format, packed + c * pc, in, k0, lane, i) : 0u;
         }
         mma_emulate(A, B, C);
       }
@@ -184,10 +185,10 @@ std::vector<int32_t> gemm_emulate(const uint8_t* codes, int64_t T, int64_t in, c
 
 // The fast ternary GEMM (qgemm_fast_kernel) one 16 x 8 tile at a time: codes written in the interleave16
 // layout with row sums as hadamard_quantize writes them, per 64-code step each lane's 16-byte activation loads
-// and 4-byte weight load, the fragments of sub-steps 0 and 1 (host_device::fast_a_frag / fast_b_frag), the emulated mma,
-// then the row sum subtracted. Needs in % 64 == 0.
-std::vector<int32_t> gemm_fast_emulate(const uint8_t* codes, int64_t T, int64_t in, const uint8_t* packed,
-                                       int64_t pc, int64_t out) {
+// and 4-byte weight load, the fragments of sub-steps 0 and 1 (host_device::fast_a_frag / fast_b_frag), the emulated
+// mma, then the row sum subtracted. Needs in % 64 == 0.
+std::vector<int32_t> gemm_fast_emulate(const uint8_t* codes, int64_t T, int64_t in, const uint8_t* packed, int64_t pc,
+                                       int64_t out) {
   const int64_t ld = (in + 63) / 64 * 64;
   std::vector<uint8_t> il(static_cast<size_t>(T * ld), 0);
   std::vector<int32_t> rowsum(static_cast<size_t>(T), 0);
@@ -308,19 +309,20 @@ py::array_t<float> py_qlinear(const std::string& weight, int64_t in, const py::o
     for (int64_t r = 0; r < out; ++r) {
       float v;
       if (act_bits > 0) {
-        v = host_device::epilogue_quant(acc[static_cast<size_t>(t * out + r)], sx[t], zx[t], scale.data()[r], wsum.data()[r]);
+        v = host_device::epilogue_quant(acc[static_cast<size_t>(t * out + r)], sx[t], zx[t], scale.data()[r],
+                                        wsum.data()[r]);
       } else {  // qlinear_float_act_kernel
         float a = 0.0f;
         for (int64_t k0 = 0; k0 < in; k0 += 4) {
           const uint32_t w = host_device::load_b_reg(f, packed.data() + r * pc, in, k0, 0, 0);
           for (int64_t q = 0; q < 4 && k0 + q < in; ++q)
-            a = a + rot[static_cast<size_t>(t * in + k0 + q)] * static_cast<float>(host_device::s8_lane(w, static_cast<int>(q)));
+            a = a + rot[static_cast<size_t>(t * in + k0 + q)] *
+                        static_cast<float>(host_device::s8_lane(w, static_cast<int>(q)));
         }
         v = scale.data()[r] * a;
       }
-      y.mutable_data()[t * out + r] =
-          host_device::epilogue_finish(v, u.data() + t * R, R > 0 ? up.data() + r * R : nullptr, R,
-                              bp != nullptr ? bp + r : nullptr, gelu ? 1 : 0);
+      y.mutable_data()[t * out + r] = host_device::epilogue_finish(
+          v, u.data() + t * R, R > 0 ? up.data() + r * R : nullptr, R, bp != nullptr ? bp + r : nullptr, gelu ? 1 : 0);
     }
   return y;
 }
@@ -357,7 +359,8 @@ py::array_t<float> py_layernorm_modulate(const py::object& x_obj, const py::obje
     host_device::layernorm_stats(mean, host_device::combine_lanes(lanes), D, &m, &rstd);
     const int64_t n = r / T;
     for (int64_t k = 0; k < D; ++k)
-      y.mutable_data()[r * D + k] = host_device::modulate_hd(xr[k], m, rstd, sc.data()[n * D + k], sh.data()[n * D + k]);
+      y.mutable_data()[r * D + k] =
+          host_device::modulate_hd(xr[k], m, rstd, sc.data()[n * D + k], sh.data()[n * D + k]);
   }
   return y;
 }
@@ -366,12 +369,14 @@ py::array_t<float> py_layernorm_modulate(const py::object& x_obj, const py::obje
 py::array_t<float> py_attention(const py::object& qkv_obj, int64_t N, int64_t H, int bits) {
   CArray<float> qkv = input_array<float>(qkv_obj, "qkv", "float32", 2, "[N * T, 3 D]");
   const int64_t NT = qkv.shape(0), D3 = qkv.shape(1);
-  if (N < 1 || H < 1 || NT % N != 0 || D3 % (3 * H) != 0) throw std::invalid_argument("qkv must be [N * T, 3 H head_dim]");
+  if (N < 1 || H < 1 || NT % N != 0 || D3 % (3 * H) != 0)
+    throw std::invalid_argument("qkv must be [N * T, 3 H head_dim]");
   if (bits != 0) check_bits(bits);
   const int64_t T = NT / N, D = D3 / 3, head_dim_ = D / H;
   std::vector<float> work(qkv.data(), qkv.data() + NT * D3);
   if (bits > 0)
-    for (int64_t row = 0; row < NT * 3 * H; ++row) host_device::fake_quant_row(qkv.data() + row * head_dim_, head_dim_, bits, work.data() + row * head_dim_);
+    for (int64_t row = 0; row < NT * 3 * H; ++row)
+      host_device::fake_quant_row(qkv.data() + row * head_dim_, head_dim_, bits, work.data() + row * head_dim_);
   const float score_scale = static_cast<float>(std::pow(static_cast<double>(head_dim_), -0.5));
   const float levels = bits > 0 ? static_cast<float>((1 << bits) - 1) : 0.0f;
   auto out = new_array<float>({ss(NT), ss(D)});
@@ -400,7 +405,9 @@ py::array_t<float> py_attention(const py::object& qkv_obj, int64_t N, int64_t H,
         }
         for (int64_t d = 0; d < head_dim_; ++d) {
           float acc = 0.0f;
-          for (int64_t j = 0; j < T; ++j) acc = acc + s[static_cast<size_t>(j)] * work[static_cast<size_t>((n * T + j) * D3 + 2 * D + h * head_dim_ + d)];
+          for (int64_t j = 0; j < T; ++j)
+            acc = acc +
+                  s[static_cast<size_t>(j)] * work[static_cast<size_t>((n * T + j) * D3 + 2 * D + h * head_dim_ + d)];
           out.mutable_data()[(n * T + i) * D + h * head_dim_ + d] = acc;
         }
       }
@@ -408,7 +415,6 @@ py::array_t<float> py_attention(const py::object& qkv_obj, int64_t N, int64_t H,
 }
 
 }  // namespace
-
 
 // The CUDA engine's reverse-process loop (CudaEngine::sample) with the device kernels' thread bodies run on
 // the host (engine/sampler_step.h) and a Python model callback in place of the device forward: x_T from
@@ -455,16 +461,14 @@ py::array_t<float> py_host_sample_loop(const py::function& model, int64_t N, int
   return out;
 }
 
-
 void bind_cuda_host(py::module_& m) {
   py::module_ h = m.def_submodule(
       "cuda_host",
       "The CUDA kernels' per-thread arithmetic (kernels/cuda/host_device_math.h) compiled for the host, arranged as\n"
       "the device kernels arrange it; tests/test_cuda_host.py checks it against the CPU reference kernels.");
-  h.def("sample_loop", &py_host_sample_loop, py::arg("model"), py::arg("N"), py::arg("C"), py::arg("H"),
-        py::arg("W"), py::arg("steps") = "250", py::arg("sampler") = "ddpm", py::arg("eta") = 0.0,
-        py::arg("clip_denoised") = false, py::arg("learn_sigma") = true, py::arg("seed") = 0,
-        py::arg("seeds") = py::none(),
+  h.def("sample_loop", &py_host_sample_loop, py::arg("model"), py::arg("N"), py::arg("C"), py::arg("H"), py::arg("W"),
+        py::arg("steps") = "250", py::arg("sampler") = "ddpm", py::arg("eta") = 0.0, py::arg("clip_denoised") = false,
+        py::arg("learn_sigma") = true, py::arg("seed") = 0, py::arg("seeds") = py::none(),
         "The CUDA engine's sampling loop arranged as on the device (noise and update kernels' thread bodies),\n"
         "with a model callback; the same arguments as robuq._C.sample_loop, plus per-sample seeds.");
   h.def("quantize_rows", &py_quantize_rows, py::arg("x"), py::arg("bits"), py::arg("clip_k"),

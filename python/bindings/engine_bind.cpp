@@ -15,8 +15,8 @@
 #include <string>
 
 #include "array_util.h"
-#include "engine_calls.h"
 #include "engine.h"
+#include "engine_calls.h"
 #include "half.h"
 #include "json.h"
 #include "robuq/profile.h"
@@ -35,8 +35,8 @@ using robuq_bind::new_array;
 class PyQLinear {
  public:
   PyQLinear(const std::string& weight, int64_t in_features, const py::object& packed, const py::object& scale,
-            const py::object& wsum, const py::object& bias, const py::object& down, const py::object& up,
-            int act_bits, float clip_k, const std::string& hadamard, int64_t hadamard_block) {
+            const py::object& wsum, const py::object& bias, const py::object& down, const py::object& up, int act_bits,
+            float clip_k, const std::string& hadamard, int64_t hadamard_block) {
     robuq::QLinearDesc d;
     d.format = robuq::parse_weight_format(weight);
     d.in = in_features;
@@ -338,9 +338,8 @@ void bind_engine(py::module_& m) {
       py::set_error(nonfinite_error, e.what());
     } catch (const robuq::IoError& e) {
       // OSError(errno, strerror, filename): Python picks the subclass (FileNotFoundError for ENOENT, ...).
-      py::object err = py::reinterpret_steal<py::object>(
-          PyObject_CallFunction(PyExc_OSError, "iss", e.error_number(), std::strerror(e.error_number()),
-                                e.path().c_str()));
+      py::object err = py::reinterpret_steal<py::object>(PyObject_CallFunction(
+          PyExc_OSError, "iss", e.error_number(), std::strerror(e.error_number()), e.path().c_str()));
       if (err) PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(err.ptr())), err.ptr());
     }
   });
@@ -383,8 +382,7 @@ void bind_engine(py::module_& m) {
                         "down float32 [rank, in], up float32 [out, rank]; act_bits 1..8 or 0 (float\n"
                         "activations); clip_k <= 0 minmax, > 0 gauss ratio. forward() runs the active tier.")
       .def(py::init<const std::string&, int64_t, const py::object&, const py::object&, const py::object&,
-                    const py::object&, const py::object&, const py::object&, int, float, const std::string&,
-                    int64_t>(),
+                    const py::object&, const py::object&, const py::object&, int, float, const std::string&, int64_t>(),
            py::arg("weight"), py::arg("in_features"), py::arg("packed"), py::arg("scale"), py::arg("wsum"),
            py::arg("bias") = py::none(), py::arg("down") = py::none(), py::arg("up") = py::none(),
            py::arg("act_bits") = 0, py::arg("clip_k") = 0.0f, py::arg("hadamard") = "none",
@@ -417,15 +415,18 @@ void bind_engine(py::module_& m) {
       py::arg("depth"), py::arg("hidden_size"), py::arg("patch_size"), py::arg("num_heads"), py::arg("mlp_ratio"),
       py::arg("input_size"), py::arg("in_channels"), py::arg("learn_sigma"), py::arg("n"), py::arg("threads"),
       "forward_cost(...) -> dict: the budget's estimate (budget.h) of a forward of n samples of that model.");
-  m.def("default_budget", []() {
-    const robuq::Budget b = robuq::default_budget();
-    py::dict d;
-    d["max_memory"] = b.max_memory;
-    d["max_macs"] = b.max_macs;
-    d["max_tokens"] = b.max_tokens;
-    d["max_threads"] = robuq::max_threads();
-    return d;
-  }, "default_budget() -> dict: the limits a new Engine gets (ROBUQ_MAX_MEMORY / _MACS / _TOKENS applied).");
+  m.def(
+      "default_budget",
+      []() {
+        const robuq::Budget b = robuq::default_budget();
+        py::dict d;
+        d["max_memory"] = b.max_memory;
+        d["max_macs"] = b.max_macs;
+        d["max_tokens"] = b.max_tokens;
+        d["max_threads"] = robuq::max_threads();
+        return d;
+      },
+      "default_budget() -> dict: the limits a new Engine gets (ROBUQ_MAX_MEMORY / _MACS / _TOKENS applied).");
   m.def("max_threads", &robuq::max_threads, "max_threads() -> int: the most threads an engine uses (4 x cores).");
   m.def("linear_f32", &py_linear_f32, py::arg("x"), py::arg("w"), py::arg("b") = py::none(), py::arg("threads") = 1,
         "linear_f32(x float32 [T, in], w float32 [out, in], b float32 [out] or None, threads=1)\n"

@@ -125,8 +125,8 @@ py::array_t<float> sample_call(EngineT& engine, const py::object& classes_obj, c
         throw std::invalid_argument("noise must be float32 [n, C, S, S] = [" + std::to_string(n) + ", " +
                                     std::to_string(c.in_channels) + ", " + std::to_string(S) + ", " +
                                     std::to_string(S) + "], got [" + std::to_string(noise->shape(0)) + ", " +
-                                    std::to_string(noise->shape(1)) + ", " + std::to_string(noise->shape(2)) +
-                                    ", " + std::to_string(noise->shape(3)) + "]");
+                                    std::to_string(noise->shape(1)) + ", " + std::to_string(noise->shape(2)) + ", " +
+                                    std::to_string(noise->shape(3)) + "]");
     p.noise = noise->data();
   }
   auto out = new_array<float>({static_cast<py::ssize_t>(n), static_cast<py::ssize_t>(c.in_channels),

@@ -38,7 +38,8 @@ bool use_avx2_tier(const std::string& tier) {
     throw std::invalid_argument(
         "tier must be 'reference', 'avx2' or 'avx512' (the generic tier runs the reference kernels here)");
   if (t != robuq::Tier::Reference && !robuq::tier_available(t))
-    throw std::invalid_argument(std::string("the ") + robuq::tier_name(t) + " tier is not available on this CPU / build");
+    throw std::invalid_argument(std::string("the ") + robuq::tier_name(t) +
+                                " tier is not available on this CPU / build");
   return robuq::tier_uses_avx2_kernels(t);
 }
 
@@ -104,8 +105,9 @@ py::tuple py_quantize_tokens(const py::object& x_obj, int bits, float clip_k, co
   const int64_t T = x.shape(0), n = x.shape(1);
   robuq::check_act_bits(bits);
   robuq::check_clip_k(clip_k);
-  if (n < 1) throw std::invalid_argument("x must have at least one column to quantize, got shape [" +
-                                         std::to_string(T) + ", 0]");
+  if (n < 1)
+    throw std::invalid_argument("x must have at least one column to quantize, got shape [" + std::to_string(T) +
+                                ", 0]");
   auto codes = new_array<uint8_t>({static_cast<py::ssize_t>(T), static_cast<py::ssize_t>(n)});
   auto scale = new_array<float>({static_cast<py::ssize_t>(T)});
   auto zero = new_array<float>({static_cast<py::ssize_t>(T)});
@@ -117,10 +119,11 @@ py::tuple py_quantize_tokens(const py::object& x_obj, int bits, float clip_k, co
     py::gil_scoped_release release;
 #ifdef ROBUQ_HAVE_AVX512
     if (robuq::parse_tier(tier) == robuq::Tier::Avx512)
-      for (int64_t t = 0; t < T; ++t) robuq::avx512::quantize_row(src + t * n, n, bits, clip_k, c + t * n, s + t, z + t);
+      for (int64_t t = 0; t < T; ++t)
+        robuq::avx512::quantize_row(src + t * n, n, bits, clip_k, c + t * n, s + t, z + t);
     else
 #endif
-    if (vec)
+        if (vec)
       for (int64_t t = 0; t < T; ++t) robuq::avx2::quantize_row(src + t * n, n, bits, clip_k, c + t * n, s + t, z + t);
     else
       robuq::ref::quantize_tokens(src, T, n, bits, clip_k, c, s, z);
@@ -128,8 +131,8 @@ py::tuple py_quantize_tokens(const py::object& x_obj, int bits, float clip_k, co
   return py::make_tuple(codes, scale, zero);
 }
 
-py::tuple py_hadamard_quantize(const py::object& x_obj, int bits, float clip_k, const std::string& form,
-                               int64_t block, bool return_rotated, const std::string& tier, int threads) {
+py::tuple py_hadamard_quantize(const py::object& x_obj, int bits, float clip_k, const std::string& form, int64_t block,
+                               bool return_rotated, const std::string& tier, int threads) {
   const bool vec = use_avx2_tier(tier);
   if (threads < 1) throw std::invalid_argument("threads must be >= 1");
   CArray<float> x = input_array<float>(x_obj, "x", "float32", 2, "[T, n]");
@@ -180,9 +183,9 @@ py::array_t<int8_t> py_unpack_ternary(const py::object& p_obj, int64_t cols) {
   const int64_t R = p.shape(0), B = p.shape(1);
   if (cols < 0) throw std::invalid_argument("cols must be >= 0, got " + std::to_string(cols));
   if (B != robuq::ternary_packed_cols(cols))
-    throw std::invalid_argument("packed has " + std::to_string(B) + " bytes per row but cols = " +
-                                std::to_string(cols) + " needs ceil(cols / 4) = " +
-                                std::to_string(robuq::ternary_packed_cols(cols)));
+    throw std::invalid_argument("packed has " + std::to_string(B) +
+                                " bytes per row but cols = " + std::to_string(cols) +
+                                " needs ceil(cols / 4) = " + std::to_string(robuq::ternary_packed_cols(cols)));
   auto out = new_array<int8_t>({static_cast<py::ssize_t>(R), static_cast<py::ssize_t>(cols)});
   const uint8_t* src = p.data();
   int8_t* dst = out.mutable_data();
@@ -200,7 +203,8 @@ py::array_t<int32_t> py_ternary_matmul(const py::object& q_obj, const py::object
   if (t != robuq::Tier::Reference && !robuq::tier_uses_avx2_kernels(t))
     throw std::invalid_argument("ternary_matmul: tier must be 'reference', 'avx2' or 'avx512'");
   if (!robuq::tier_available(t))
-    throw std::invalid_argument(std::string("ternary_matmul: the ") + tier + " tier is not available on this CPU / build");
+    throw std::invalid_argument(std::string("ternary_matmul: the ") + tier +
+                                " tier is not available on this CPU / build");
   CArray<uint8_t> q = input_array<uint8_t>(q_obj, "codes", "uint8", 2, "[T, in]");
   CArray<uint8_t> p = input_array<uint8_t>(p_obj, "packed", "uint8", 2, "[out, ceil(in / 4)]");
   const int64_t T = q.shape(0), out = p.shape(0);
@@ -386,8 +390,8 @@ void bind_kernels(py::module_& m) {
         "Dense orthonormal H (y = x @ H): 'full' kron(H_K, H_M) / sqrt(n); 'block' I (x) H_b / sqrt(b) with\n"
         "b a power of two dividing n (0: the largest); 'none' the identity. block is ignored unless\n"
         "form == 'block'. The reference for the fast transform.");
-  m.def("hadamard_transform", &py_hadamard_transform, py::arg("x"), py::arg("form") = "full",
-        py::arg("block") = 0, py::arg("tier") = "reference",
+  m.def("hadamard_transform", &py_hadamard_transform, py::arg("x"), py::arg("form") = "full", py::arg("block") = 0,
+        py::arg("tier") = "reference",
         "hadamard_transform(x, form='full', block=0, tier='reference') -> float32 array [T, n]\n\n"
         "Fast transform x @ H of each row of x (float32, [T, n]; not modified), in the operation order\n"
         "of docs/quantization.md. tier: 'reference' or 'avx2' (bit-identical).");
@@ -441,9 +445,9 @@ void bind_kernels(py::module_& m) {
         "attention(qkv float32 [N * T, 3 D], N, num_heads, bits=0, threads=1) -> float32 [N * T, D]: the engine's\n"
         "multi-head attention core on the active tier (bits > 0: q, k, v fake-quantized per (token, head),\n"
         "probabilities on the 1 / (2^bits - 1) grid).");
-  m.def("qlinear_forward_post", &py_qlinear_forward_post, py::arg("weight"), py::arg("in_features"),
-        py::arg("packed"), py::arg("scale"), py::arg("wsum"), py::arg("bias"), py::arg("act_bits"), py::arg("clip_k"),
-        py::arg("hadamard"), py::arg("x"), py::arg("threads") = 1, py::arg("post") = "gelu_tanh",
+  m.def("qlinear_forward_post", &py_qlinear_forward_post, py::arg("weight"), py::arg("in_features"), py::arg("packed"),
+        py::arg("scale"), py::arg("wsum"), py::arg("bias"), py::arg("act_bits"), py::arg("clip_k"), py::arg("hadamard"),
+        py::arg("x"), py::arg("threads") = 1, py::arg("post") = "gelu_tanh",
         "qlinear_forward_post(weight, in_features, packed, scale, wsum, bias, act_bits, clip_k, hadamard, x,\n"
         "                     threads=1, post='gelu_tanh') -> float32 [T, out]\n\n"
         "One forward of a QLinear over the arrays (as robuq._C.QLinear) with a post op fused into it\n"

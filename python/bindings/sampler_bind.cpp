@@ -49,9 +49,9 @@ py::array_t<float> py_gaussian(uint64_t seed, uint64_t key, const std::vector<py
 
 // model(x float32 [N, C, H, W], t int64 [N]) -> float32 [N, C_out, H, W]
 py::array_t<float> py_sample_loop(const py::function& model, int64_t N, int64_t C, int64_t H, int64_t W,
-                                  const std::string& steps, const std::string& sampler, double eta,
-                                  bool clip_denoised, bool learn_sigma, uint64_t seed,
-                                  const std::optional<std::vector<uint64_t>>& seeds, bool check_finite) {
+                                  const std::string& steps, const std::string& sampler, double eta, bool clip_denoised,
+                                  bool learn_sigma, uint64_t seed, const std::optional<std::vector<uint64_t>>& seeds,
+                                  bool check_finite) {
   if (N < 1 || C < 1 || H < 1 || W < 1) throw std::invalid_argument("N, C, H, W must be positive");
   robuq::SampleOptions opt;
   opt.sampler = parse_sampler(sampler);

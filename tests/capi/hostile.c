@@ -10,12 +10,12 @@
 
 #include <robuq.h>
 
-static void report(const char *label, int status) {
+static void report(const char* label, int status) {
   printf("%s\t%d\t%s\n", label, status, status == ROBUQ_OK ? "" : robuq_last_error());
 }
 
-static void open_fails(const char *label, const char *path, int threads) {
-  robuq_engine *e = robuq_open(path, threads);
+static void open_fails(const char* label, const char* path, int threads) {
+  robuq_engine* e = robuq_open(path, threads);
   if (e) {
     robuq_close(e);
     report(label, 0);
@@ -24,28 +24,28 @@ static void open_fails(const char *label, const char *path, int threads) {
   }
 }
 
-static int stop_at_two(int done, int total, void *user) {
+static int stop_at_two(int done, int total, void* user) {
   (void)total;
-  *(int *)user = done;
+  *(int*)user = done;
   return done >= 2;
 }
 
-static void *other_thread(void *arg) {
+static void* other_thread(void* arg) {
   (void)arg;
   robuq_open(NULL, 0); /* fails on this thread only */
   return NULL;
 }
 
-static int save(const char *dir, const char *name, const float *x, size_t count) {
+static int save(const char* dir, const char* name, const float* x, size_t count) {
   char path[4096];
   snprintf(path, sizeof path, "%s/%s", dir, name);
-  FILE *f = fopen(path, "wb");
+  FILE* f = fopen(path, "wb");
   if (!f) return 1;
   fwrite(x, sizeof(float), count, f);
   return fclose(f) != 0;
 }
 
-int main(int argc, char **argv) {
+int main(int argc, char** argv) {
   if (argc != 5) return 2;
   uint8_t px[4 * 16 * 16 * 3];
   float x0[4 * 16 * 16 * 3];
@@ -57,7 +57,7 @@ int main(int argc, char **argv) {
   open_fails("open_garbage", argv[3], 0);
   open_fails("open_threads", argv[1], -1);
 
-  robuq_engine *e = robuq_open(argv[1], 1);
+  robuq_engine* e = robuq_open(argv[1], 1);
   if (!e) {
     printf("open\t%d\t%s\n", (int)robuq_last_status(), robuq_last_error());
     return 1;

@@ -94,8 +94,8 @@ struct AttentionBuffers {
 };
 AttentionBuffers attention_prepare(const float* qkv, int64_t n, int64_t h, int64_t T, int64_t H, int64_t head_dim,
                                    int bits, float* scratch);
-void attention_head(const float* qkv, int64_t n, int64_t h, int64_t T, int64_t H, int64_t head_dim, int bits, float* out,
-                    float* scratch);
+void attention_head(const float* qkv, int64_t n, int64_t h, int64_t T, int64_t H, int64_t head_dim, int bits,
+                    float* out, float* scratch);
 
 }  // namespace avx2
 }  // namespace robuq

@@ -28,8 +28,8 @@ bool hadamard_row(const HadamardPlan& plan, const float* sgn, const float* x, fl
 
 // One (sample n, head h) of ops::attention, bit-identical to avx2::attention_head (same scratch size:
 // avx2::attention_scratch_floats).
-void attention_head(const float* qkv, int64_t n, int64_t h, int64_t T, int64_t H, int64_t head_dim, int bits, float* out,
-                    float* scratch);
+void attention_head(const float* qkv, int64_t n, int64_t h, int64_t T, int64_t H, int64_t head_dim, int bits,
+                    float* out, float* scratch);
 
 // Per-token quantization of one row: the contract of ref::quantize_row / avx2::quantize_row, bit-identical.
 void quantize_row(const float* x, int64_t n, int bits, float clip_k, uint8_t* codes, float* scale, float* zero);

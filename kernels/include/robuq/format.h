@@ -12,8 +12,8 @@ enum class WeightFormat : int { Ternary = 0, Int4 = 1, Int8 = 2 };
 
 struct WeightFormatTraits {
   WeightFormat format;
-  const char* name;    // as the .rq metadata spells it
-  int code_min;        // the valid codes: code_min..code_max (symmetric: w ~ scale[row] * code)
+  const char* name;  // as the .rq metadata spells it
+  int code_min;      // the valid codes: code_min..code_max (symmetric: w ~ scale[row] * code)
   int code_max;
   int codes_per_byte;  // packed row bytes = ceil(in / codes_per_byte)
 };
@@ -42,14 +42,12 @@ constexpr int64_t packed_row_bytes(WeightFormat format, int64_t in) {
 // bits 11, int4 -8, int8 -128): the loader refuses them (check_weight_codes), so kernels never see them.
 inline int decode_weight_code(WeightFormat format, const uint8_t* row, int64_t k) {
   switch (format) {
-    case WeightFormat::Ternary:
-      return static_cast<int>((row[k >> 2] >> (2 * (k & 3))) & 3u) - 1;
+    case WeightFormat::Ternary: return static_cast<int>((row[k >> 2] >> (2 * (k & 3))) & 3u) - 1;
     case WeightFormat::Int4: {
       const unsigned nib = (row[k >> 1] >> (4 * (k & 1))) & 15u;
       return static_cast<int>(nib) - (nib >= 8 ? 16 : 0);
     }
-    case WeightFormat::Int8:
-      return static_cast<int>(static_cast<int8_t>(row[k]));
+    case WeightFormat::Int8: return static_cast<int>(static_cast<int8_t>(row[k]));
   }
   return 0;
 }

@@ -48,9 +48,9 @@ struct HadamardPlan {
   int64_t n = 0;
   int64_t K = 1;
   int64_t M = 1;
-  int64_t block = 0;          // resolved block size (Block only; 0 otherwise)
+  int64_t block = 0;  // resolved block size (Block only; 0 otherwise)
   float norm = 1.0f;
-  std::vector<int8_t> base;   // H_K, K * K (empty when K == 1)
+  std::vector<int8_t> base;  // H_K, K * K (empty when K == 1)
 
   // Floats of scratch space a row transform needs (n when K > 1, else 0).
   int64_t scratch_size() const { return K > 1 ? n : 0; }

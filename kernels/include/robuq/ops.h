@@ -31,8 +31,8 @@ void gated_residual_row(float* x, const float* b, const float* gate, int64_t D);
 
 // One (sample n, head h) of ops::attention in scalar code; scratch: attention_scratch_floats(T, head_dim).
 size_t attention_scratch_floats(int64_t T, int64_t head_dim);
-void attention_head(const float* qkv, int64_t n, int64_t h, int64_t T, int64_t H, int64_t head_dim, int bits, float* out,
-                    float* scratch);
+void attention_head(const float* qkv, int64_t n, int64_t h, int64_t T, int64_t H, int64_t head_dim, int bits,
+                    float* out, float* scratch);
 
 }  // namespace ref
 
@@ -57,8 +57,8 @@ void gated_residual(float* x, const float* b, const float* gate, int64_t stride,
 // round(p * (2^bits - 1)) / (2^bits - 1). Scores are (q . k) * float32(head_dim^-0.5), softmax with max
 // subtraction. scratch: threads * attention_scratch_floats(T, head_dim) floats (enough for every tier).
 size_t attention_scratch_floats(int64_t T, int64_t head_dim);
-void attention(const float* qkv, int64_t N, int64_t T, int64_t H, int64_t head_dim, int bits, float* out, float* scratch,
-               int threads);
+void attention(const float* qkv, int64_t N, int64_t T, int64_t H, int64_t head_dim, int bits, float* out,
+               float* scratch, int threads);
 
 }  // namespace ops
 }  // namespace robuq

@@ -31,11 +31,11 @@ struct QLinearDesc {
   const int32_t* wsum = nullptr;    // [out] sum of codes per row
   const float* bias = nullptr;      // [out] or null
   int64_t rank = 0;
-  const float* down = nullptr;      // [rank, in] float32 (converted from the file's F16 by the loader)
-  const float* up = nullptr;        // [out, rank] float32
-  int act_bits = 0;                 // 1..8, or 0 for float activations
-  float clip_k = 0.0f;              // <= 0: minmax
-  HadamardPlan plan;                // width in
+  const float* down = nullptr;  // [rank, in] float32 (converted from the file's F16 by the loader)
+  const float* up = nullptr;    // [out, rank] float32
+  int act_bits = 0;             // 1..8, or 0 for float activations
+  float clip_k = 0.0f;          // <= 0: minmax
+  HadamardPlan plan;            // width in
 };
 
 // Bytes per packed row of `in` weights in the file layout.

@@ -44,19 +44,18 @@ double lane_sum(const float* x, int64_t n, double m, bool square);
 ClipRange clip_range(const float* x, int64_t n, float clip_k);
 
 // One row: codes[n] (uint8), *scale, *zero. n >= 1; bits and clip_k are not re-validated here.
-void quantize_row(const float* x, int64_t n, int bits, float clip_k, uint8_t* codes, float* scale,
-                  float* zero);
+void quantize_row(const float* x, int64_t n, int bits, float clip_k, uint8_t* codes, float* scale, float* zero);
 
 // T rows of n floats (row-major). codes: T * n, scale / zero: T. Validates bits, clip_k and n >= 1.
-void quantize_tokens(const float* x, int64_t T, int64_t n, int bits, float clip_k, uint8_t* codes,
-                     float* scale, float* zero);
+void quantize_tokens(const float* x, int64_t T, int64_t n, int bits, float clip_k, uint8_t* codes, float* scale,
+                     float* zero);
 
 // Fused pass over T rows of plan.n floats: copy the row to a scratch buffer, transform it
 // (hadamard_transform_row), quantize it. x is not modified. When rotated is non-null the transformed
 // float row is also written there (T * plan.n floats; the low-rank branch reads it). The result is
 // bit-identical to quantize_tokens(hadamard_transform(x)).
-void hadamard_quantize(const HadamardPlan& plan, const float* x, int64_t T, int bits, float clip_k,
-                       uint8_t* codes, float* scale, float* zero, float* rotated);
+void hadamard_quantize(const HadamardPlan& plan, const float* x, int64_t T, int bits, float clip_k, uint8_t* codes,
+                       float* scale, float* zero, float* rotated);
 
 }  // namespace ref
 }  // namespace robuq

@@ -27,9 +27,9 @@ namespace robuq {
 // A whole matrix in the kernel layout (ref::ternary_lut_repack).
 struct TernaryLutWeights {
   int64_t out = 0, in = 0;
-  int64_t chunks = 0;       // ceil(in / 4)
-  int64_t col_blocks = 0;   // ceil(out / 16)
-  std::vector<uint8_t> idx; // col_blocks * chunks * 32 bytes, layout above
+  int64_t chunks = 0;         // ceil(in / 4)
+  int64_t col_blocks = 0;     // ceil(out / 16)
+  std::vector<uint8_t> idx;   // col_blocks * chunks * 32 bytes, layout above
   std::vector<int32_t> wsum;  // [out] sum_k w[r][k]
 };
 
