@@ -19,8 +19,7 @@ def test_shipped_rq_files_match_a_fresh_export():
 
 
 @pytest.mark.parametrize("asset,ckpt", SHIPPED)
-def test_parity_on_shipped_models(asset, ckpt):
-    torch.set_num_threads(1)
+def test_parity_on_shipped_models(asset, ckpt, torch_one_thread):
     rc = parity.main([str(ship.ASSETS_DIR / asset), str(ship.MODELS_DIR / ckpt), "--threads", "1"])
     assert rc == 0
 

@@ -15,7 +15,7 @@ from robuq import ampn, data, diffusion
 from robuq.quant import QuantConfig
 from robuq.train import load_checkpoint, load_model, main
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 TINY = ["--data", "digits", "--depth", "1", "--hidden-size", "64", "--num-heads", "2", "--no-progress"]
 
