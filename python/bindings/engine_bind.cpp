@@ -187,6 +187,16 @@ py::dict model_config_dict(const robuq::ModelConfig& c) {
   return d;
 }
 
+// Engine.budget() / robuq._C.default_budget(): the limits as a dict.
+py::dict budget_dict(const robuq::Budget& b) {
+  py::dict d;
+  d["max_memory"] = b.max_memory;
+  d["max_macs"] = b.max_macs;
+  d["max_tokens"] = b.max_tokens;
+  d["max_threads"] = robuq::max_threads();
+  return d;
+}
+
 py::dict info_dict(const robuq::EngineInfo& i) {
   py::dict d;
   d["path"] = i.path;
@@ -298,15 +308,7 @@ class PyEngine {
 
   int threads() const { return e_->threads(); }
 
-  py::dict budget() const {
-    const robuq::Budget& b = e_->budget();
-    py::dict d;
-    d["max_memory"] = b.max_memory;
-    d["max_macs"] = b.max_macs;
-    d["max_tokens"] = b.max_tokens;
-    d["max_threads"] = robuq::max_threads();
-    return d;
-  }
+  py::dict budget() const { return budget_dict(e_->budget()); }
 
   // The budget's estimate of a call of N samples per forward (budget.h).
   py::dict cost(int64_t N) const {
@@ -416,16 +418,7 @@ void bind_engine(py::module_& m) {
       py::arg("input_size"), py::arg("in_channels"), py::arg("learn_sigma"), py::arg("n"), py::arg("threads"),
       "forward_cost(...) -> dict: the budget's estimate (budget.h) of a forward of n samples of that model.");
   m.def(
-      "default_budget",
-      []() {
-        const robuq::Budget b = robuq::default_budget();
-        py::dict d;
-        d["max_memory"] = b.max_memory;
-        d["max_macs"] = b.max_macs;
-        d["max_tokens"] = b.max_tokens;
-        d["max_threads"] = robuq::max_threads();
-        return d;
-      },
+      "default_budget", []() { return budget_dict(robuq::default_budget()); },
       "default_budget() -> dict: the limits a new Engine gets (ROBUQ_MAX_MEMORY / _MACS / _TOKENS applied).");
   m.def("max_threads", &robuq::max_threads, "max_threads() -> int: the most threads an engine uses (4 x cores).");
   m.def("linear_f32", &py_linear_f32, py::arg("x"), py::arg("w"), py::arg("b") = py::none(), py::arg("threads") = 1,
