@@ -61,8 +61,10 @@ def _rows(t, n, seed, kind):
     [(1152, "full", 0), (4608, "full", 0), (384, "full", 0), (640, "full", 0), (256, "full", 0)]
     + [(96, "full", 0), (1152, "block", 0), (384, "block", 16), (384, "block", 8)],
 )
-def test_hadamard_bit_identical_to_reference(n, form, block):
-    x = _rows(5, n, n + block, "heavy")
+@pytest.mark.parametrize("kind", ["heavy", "zeros"])
+def test_hadamard_bit_identical_to_reference(n, form, block, kind):
+    # "zeros": signed zeros, where x + (-y), x - y and fma(y, -1, x) must all give the reference's zero sign
+    x = _rows(5, n, n + block, kind)
     got = _C.hadamard_transform(x, form, block, tier="avx512")
     np.testing.assert_array_equal(got.view(np.uint32), _C.hadamard_transform(x, form, block).view(np.uint32))
 

@@ -16,6 +16,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <utility>
 
 #include "robuq/avx512.h"
 #include "robuq/hadamard.h"
@@ -37,13 +38,16 @@ inline __m512 xorps(__m512 a, __m512 b) {
 // dst = Walsh-Hadamard butterflies of src over consecutive segments of M floats (M a power of two >= 16, n a
 // multiple of M). src may equal dst.
 void butterflies(const float* src, float* dst, int64_t n, int64_t M) {
-  const __m512 s1 = sign_lanes(1), s2 = sign_lanes(2), s4 = sign_lanes(4), s8 = sign_lanes(8);
+  // p + v * (+-1): one rounding of p + (+-v), as p + (v ^ sign) is (one fused instruction instead of two)
+  const __m512 one = _mm512_set1_ps(1.0f);
+  const __m512 s1 = xorps(one, sign_lanes(1)), s2 = xorps(one, sign_lanes(2)), s4 = xorps(one, sign_lanes(4));
+  const __m512 s8 = xorps(one, sign_lanes(8));
   for (int64_t i = 0; i < n; i += 16) {
     __m512 v = _mm512_loadu_ps(src + i);
-    v = _mm512_add_ps(_mm512_permute_ps(v, 0xB1), xorps(v, s1));        // lanes [1, 0, 3, 2, ...]
-    v = _mm512_add_ps(_mm512_permute_ps(v, 0x4E), xorps(v, s2));        // lanes [2, 3, 0, 1, ...]
-    v = _mm512_add_ps(_mm512_shuffle_f32x4(v, v, 0xB1), xorps(v, s4));  // 128-bit blocks [1, 0, 3, 2]
-    v = _mm512_add_ps(_mm512_shuffle_f32x4(v, v, 0x4E), xorps(v, s8));  // 128-bit blocks [2, 3, 0, 1]
+    v = _mm512_fmadd_ps(v, s1, _mm512_permute_ps(v, 0xB1));        // lanes [1, 0, 3, 2, ...]
+    v = _mm512_fmadd_ps(v, s2, _mm512_permute_ps(v, 0x4E));        // lanes [2, 3, 0, 1, ...]
+    v = _mm512_fmadd_ps(v, s4, _mm512_shuffle_f32x4(v, v, 0xB1));  // 128-bit blocks [1, 0, 3, 2]
+    v = _mm512_fmadd_ps(v, s8, _mm512_shuffle_f32x4(v, v, 0x4E));  // 128-bit blocks [2, 3, 0, 1]
     _mm512_storeu_ps(dst + i, v);
   }
   for (int64_t h = 16; h < M; h *= 2)
@@ -79,6 +83,112 @@ void kxk_group(const float* X, int64_t M, int64_t K, const float* sgn, int64_t c
 #pragma GCC unroll 18
     for (int j = 0; j < NC; ++j) _mm512_storeu_ps(Y + (c0 + j) * M + b, _mm512_mul_ps(acc[j], vn));
   }
+}
+
+// ---- K x K step with the signs known at compile time (the K of DiT's widths: 12 and 36)
+// Each term y + (+-x) is one rounding of the exact sum, whichever instruction computes it: vaddps / vsubps, or
+// vfmadd / vfnmadd with x * 1.0 (exact). Zen 4 runs float adds and fused multiply-adds on different pipes, so
+// half the outputs of a pass take the add form and half the fma form: about 1.7 terms per cycle instead of the
+// 0.7 of the sign-xor-then-add form, with the same bits.
+// Signs of H_K[a, c] (the construction of kernels/ref/hadamard_ref.cpp: Sylvester, Paley I, Paley II), evaluated
+// by the compiler; checked once against hadamard_base(K) before use.
+constexpr bool c_is_prime(int q) {
+  if (q < 2) return false;
+  for (int d = 2; d * d <= q; ++d)
+    if (q % d == 0) return false;
+  return true;
+}
+constexpr int c_chi(int q, int v) {  // quadratic character of GF(q)
+  v = ((v % q) + q) % q;
+  if (v == 0) return 0;
+  for (int x = 1; x < q; ++x)
+    if ((x * x) % q == v) return 1;
+  return -1;
+}
+constexpr int c_hadamard(int K, int i, int j) {
+  if ((K & (K - 1)) == 0) {
+    int parity = 0;
+    for (int v = i & j; v != 0; v &= v - 1) parity ^= 1;
+    return parity ? -1 : 1;
+  }
+  if ((K - 1) % 4 == 3 && c_is_prime(K - 1)) {  // Paley I
+    const int q = K - 1;
+    const int s = i == 0 ? (j == 0 ? 0 : 1) : j == 0 ? -1 : c_chi(q, (j - 1) - (i - 1));
+    return s + (i == j ? 1 : 0);
+  }
+  // Paley II
+  const int q = K / 2 - 1, ci = i / 2, cj = j / 2, s = i % 2, t = j % 2;
+  const int cij = ci == 0 ? (cj == 0 ? 0 : 1) : cj == 0 ? 1 : c_chi(q, (cj - 1) - (ci - 1));
+  const int A = (s == 1 && t == 1) ? -1 : 1;
+  const int B = (s == 0 && t == 0) ? 1 : -1;
+  return cij * A + (ci == cj ? B : 0);
+}
+
+template <bool Neg, bool Fma>
+inline __attribute__((always_inline)) __m512 term(__m512 acc, __m512 x, __m512 one) {
+  if (Fma) return Neg ? _mm512_fnmadd_ps(x, one, acc) : _mm512_fmadd_ps(x, one, acc);
+  return Neg ? _mm512_sub_ps(acc, x) : _mm512_add_ps(acc, x);
+}
+
+template <int K, int C0, int A, int... J>
+inline __attribute__((always_inline)) void kxk_row(const float* X, int64_t M, int64_t b, __m512* acc, __m512 one,
+                                                   std::integer_sequence<int, J...>) {
+  const __m512 x = _mm512_loadu_ps(X + A * M + b);
+  ((acc[J] = term<(c_hadamard(K, A, C0 + J) < 0), (J & 1) != 0>(acc[J], x, one)), ...);
+}
+
+template <int K, int C0, int NC, int... A>
+inline __attribute__((always_inline)) void kxk_rows(const float* X, int64_t M, int64_t b, __m512* acc, __m512 one,
+                                                    std::integer_sequence<int, A...>) {
+  (kxk_row<K, C0, A + 1>(X, M, b, acc, one, std::make_integer_sequence<int, NC>{}), ...);
+}
+
+template <int K, int C0, int... J>
+inline __attribute__((always_inline)) void kxk_first(const float* X, __m512* acc, __m512 neg0,
+                                                     std::integer_sequence<int, J...>) {
+  const __m512 x0 = _mm512_loadu_ps(X);
+  ((acc[J] = c_hadamard(K, 0, C0 + J) < 0 ? xorps(x0, neg0) : x0), ...);
+}
+
+// Y[c, :] = norm * sum_a H_K[a, c] X[a, :] for c = C0 .. C0 + NC - 1, a ascending (the reference's order).
+template <int K, int C0, int NC>
+void kxk_fixed_group(const float* X, int64_t M, float norm, float* Y) {
+  const __m512 vn = _mm512_set1_ps(norm), one = _mm512_set1_ps(1.0f), neg0 = _mm512_set1_ps(-0.0f);
+  for (int64_t b = 0; b < M; b += 16) {
+    __m512 acc[NC];
+    kxk_first<K, C0>(X + b, acc, neg0, std::make_integer_sequence<int, NC>{});
+    kxk_rows<K, C0, NC>(X, M, b, acc, one, std::make_integer_sequence<int, K - 1>{});
+#pragma GCC unroll 18
+    for (int j = 0; j < NC; ++j) _mm512_storeu_ps(Y + (C0 + j) * M + b, _mm512_mul_ps(acc[j], vn));
+  }
+}
+
+// sgn (RowTransform's table: sgn[a * K + c] = -0.0f where H_K[a, c] < 0) agrees with c_hadamard. Every plan of
+// one K has the same table (hadamard_base is deterministic), so one check per K and process suffices.
+template <int K>
+bool fixed_signs_match(const float* sgn) {
+  for (int a = 0; a < K; ++a)
+    for (int c = 0; c < K; ++c)
+      if (std::signbit(sgn[a * K + c]) != (c_hadamard(K, a, c) < 0)) return false;
+  return true;
+}
+
+// The K x K step for K = 12 or 36 with compile-time signs; false for other K.
+bool kxk_fixed(const float* X, int64_t M, int64_t K, const float* sgn, float norm, float* Y) {
+  if (K == 36) {
+    static const bool ok = fixed_signs_match<36>(sgn);
+    if (!ok) return false;
+    kxk_fixed_group<36, 0, 18>(X, M, norm, Y);
+    kxk_fixed_group<36, 18, 18>(X, M, norm, Y);
+    return true;
+  }
+  if (K == 12) {
+    static const bool ok = fixed_signs_match<12>(sgn);
+    if (!ok) return false;
+    kxk_fixed_group<12, 0, 12>(X, M, norm, Y);
+    return true;
+  }
+  return false;
 }
 
 constexpr int kMaxGroup = 18;  // outputs c per pass: 18 accumulators + x + temporaries in 32 registers
@@ -193,7 +303,7 @@ bool hadamard_row(const HadamardPlan& p, const float* sgn, const float* x, float
   const int64_t n = p.n;
   if (p.form == HadamardForm::Full && p.K > 1 && p.M >= 16) {
     butterflies(x, scratch, n, p.M);
-    kxk(scratch, p.M, p.K, sgn, p.norm, rot);
+    if (!kxk_fixed(scratch, p.M, p.K, sgn, p.norm, rot)) kxk(scratch, p.M, p.K, sgn, p.norm, rot);
     return true;
   }
   const int64_t seg = p.form == HadamardForm::Block ? p.block : p.form == HadamardForm::Full ? p.M : 0;
