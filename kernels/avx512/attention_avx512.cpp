@@ -81,12 +81,9 @@ inline __m512 exp512(__m512 x) {  // exp256's steps (kernels/avx2/simd_avx2.h), 
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
   const __m512 r2 = _mm512_mul_ps(r, r);
   __m512 y = _mm512_add_ps(_mm512_fmadd_ps(p, r2, r), _mm512_set1_ps(1.0f));
-  const __m512i ni = _mm512_cvtps_epi32(n);
-  const __m512i na = _mm512_srai_epi32(ni, 1);
-  const __m512i nb = _mm512_sub_epi32(ni, na);
-  const __m512i bias = _mm512_set1_epi32(127);
-  y = _mm512_mul_ps(y, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(na, bias), 23)));
-  y = _mm512_mul_ps(y, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(nb, bias), 23)));
+  // y * 2^n in one instruction: exp256 multiplies by 2^(n >> 1) (exact: no under- or overflow for |n| <= 128)
+  // and then by 2^(n - (n >> 1)), one rounding, as vscalefps does (checked equal for all 2^32 inputs)
+  y = _mm512_scalef_ps(y, n);
   y = _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ), _mm512_setzero_ps());
   y = _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask(x, hi, _CMP_GT_OQ), _mm512_set1_ps(__builtin_inff()));
   return _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), x);
@@ -141,13 +138,49 @@ void softmax_row(float* s, int64_t n, float scale, int levels) {
   }
 }
 
+// avx2::attention_prepare's buffers and values, 16 wide: every row fake-quantized with avx512::quantize_row
+// (bit-identical to avx2::quantize_row) and dst = (float(code) - zero) * scale, the same two roundings.
+void fake_quant_row(const float* src, int64_t head_dim, int bits, uint8_t* codes, float* dst) {
+  float s, z;
+  avx512::quantize_row(src, head_dim, bits, 0.0f, codes, &s, &z);
+  const __m512 vs = _mm512_set1_ps(s), vz = _mm512_set1_ps(z);
+  for (int64_t d = 0; d < head_dim; d += 16) {
+    const __mmask16 m = d + 16 <= head_dim ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (head_dim - d)) - 1);
+    const __m512 c = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, codes + d)));
+    _mm512_mask_storeu_ps(dst + d, m, _mm512_mul_ps(_mm512_sub_ps(c, vz), vs));
+  }
+}
+
+inline int64_t round16(int64_t v) { return (v + 15) / 16 * 16; }
+
+avx2::AttentionBuffers prepare(const float* qkv, int64_t n, int64_t h, int64_t T, int64_t H, int64_t head_dim, int bits,
+                               float* scratch) {
+  if (bits == 0) return avx2::attention_prepare(qkv, n, h, T, H, head_dim, bits, scratch);
+  const int64_t D = H * head_dim;
+  float* Q = scratch;  // the layout of avx2::attention_scratch_floats
+  float* Kp = Q + T * head_dim;
+  float* Vp = Kp + round16(T) * head_dim;
+  float* stage = Vp + round16(head_dim) * T;
+  float* S = stage + T * head_dim;
+  uint8_t* codes = reinterpret_cast<uint8_t*>(S + kRows * T);
+  const float* base = qkv + n * T * 3 * D + h * head_dim;
+  for (int64_t i = 0; i < T; ++i) {
+    fake_quant_row(base + i * 3 * D, head_dim, bits, codes, Q + i * head_dim);
+    fake_quant_row(base + i * 3 * D + D, head_dim, bits, codes, stage + i * head_dim);
+  }
+  avx2::pack_panels_rows(stage, head_dim, T, head_dim, Kp);
+  for (int64_t i = 0; i < T; ++i) fake_quant_row(base + i * 3 * D + 2 * D, head_dim, bits, codes, stage + i * head_dim);
+  avx2::pack_panels_cols(stage, head_dim, head_dim, T, Vp);
+  return {Q, Kp, Vp, S, kRows};
+}
+
 }  // namespace
 
 namespace avx512 {
 
 void attention_head(const float* qkv, int64_t n, int64_t h, int64_t T, int64_t H, int64_t head_dim, int bits,
                     float* out, float* scratch) {
-  const avx2::AttentionBuffers b = avx2::attention_prepare(qkv, n, h, T, H, head_dim, bits, scratch);
+  const avx2::AttentionBuffers b = prepare(qkv, n, h, T, H, head_dim, bits, scratch);
   const int64_t D = H * head_dim;
   const float scale = static_cast<float>(std::pow(static_cast<double>(head_dim), -0.5));
   const int levels = bits > 0 ? (1 << bits) - 1 : 0;
