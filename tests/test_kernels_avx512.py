@@ -112,7 +112,7 @@ def test_ternary_matmul_exact_all_bits(t, out, n_in):
 def test_ternary_matmul_extreme_weights_and_codes():
     """All weights +1 (or -1) and all codes at the maximum: every table entry at its bound, every int8 run and
     int16 k-block sum at its extreme."""
-    n_in = 6 * 32 * 3 + 5
+    n_in = 6 * 64 * 2 + 5  # two full k-blocks of 64 chunks (6 inputs each) and a partial one
     for sign in (1, -1):
         w = np.full((97, n_in), sign, np.int8)
         p = _C.pack_ternary(w)
