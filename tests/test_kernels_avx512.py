@@ -59,7 +59,8 @@ def _rows(t, n, seed, kind):
 @pytest.mark.parametrize(
     "n,form,block",
     [(1152, "full", 0), (4608, "full", 0), (384, "full", 0), (640, "full", 0), (256, "full", 0)]
-    + [(96, "full", 0), (1152, "block", 0), (384, "block", 16), (384, "block", 8)],
+    + [(768, "full", 0), (3072, "full", 0), (96, "full", 0), (1152, "block", 0), (384, "block", 16)]
+    + [(384, "block", 8), (1024, "block", 256), (512, "block", 64), (2048, "block", 512)],
 )
 @pytest.mark.parametrize("kind", ["heavy", "zeros"])
 def test_hadamard_bit_identical_to_reference(n, form, block, kind):

@@ -35,21 +35,52 @@ inline __m512 xorps(__m512 a, __m512 b) {
   return _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(a), _mm512_castps_si512(b)));
 }
 
+// Butterfly stages h = 1, 2, 4, 8 inside one vector.
+inline __m512 butterfly16(__m512 v, __m512 s1, __m512 s2, __m512 s4, __m512 s8) {
+  // p + v * (+-1): one rounding of p + (+-v), as p + (v ^ sign) is (one fused instruction instead of two)
+  v = _mm512_fmadd_ps(v, s1, _mm512_permute_ps(v, 0xB1));           // lanes [1, 0, 3, 2, ...]
+  v = _mm512_fmadd_ps(v, s2, _mm512_permute_ps(v, 0x4E));           // lanes [2, 3, 0, 1, ...]
+  v = _mm512_fmadd_ps(v, s4, _mm512_shuffle_f32x4(v, v, 0xB1));     // 128-bit blocks [1, 0, 3, 2]
+  return _mm512_fmadd_ps(v, s8, _mm512_shuffle_f32x4(v, v, 0x4E));  // 128-bit blocks [2, 3, 0, 1]
+}
+
+// All stages of one segment of NV vectors (M = 16 NV floats) in registers: the stages h >= 16 pair vectors
+// i and i + h / 16 in the same order as the pass-per-stage loop below.
+template <int NV>
+void butterflies_regs(const float* src, float* dst, int64_t n, __m512 s1, __m512 s2, __m512 s4, __m512 s8) {
+  for (int64_t i = 0; i < n; i += 16 * NV) {
+    __m512 v[NV];
+#pragma GCC unroll 16
+    for (int k = 0; k < NV; ++k) v[k] = butterfly16(_mm512_loadu_ps(src + i + 16 * k), s1, s2, s4, s8);
+#pragma GCC unroll 4
+    for (int h = 1; h < NV; h *= 2)
+#pragma GCC unroll 16
+      for (int k = 0; k < NV; ++k)
+        if ((k & h) == 0) {
+          const __m512 u = v[k], w = v[k + h];
+          v[k] = _mm512_add_ps(u, w);
+          v[k + h] = _mm512_sub_ps(u, w);
+        }
+#pragma GCC unroll 16
+    for (int k = 0; k < NV; ++k) _mm512_storeu_ps(dst + i + 16 * k, v[k]);
+  }
+}
+
 // dst = Walsh-Hadamard butterflies of src over consecutive segments of M floats (M a power of two >= 16, n a
 // multiple of M). src may equal dst.
 void butterflies(const float* src, float* dst, int64_t n, int64_t M) {
-  // p + v * (+-1): one rounding of p + (+-v), as p + (v ^ sign) is (one fused instruction instead of two)
   const __m512 one = _mm512_set1_ps(1.0f);
   const __m512 s1 = xorps(one, sign_lanes(1)), s2 = xorps(one, sign_lanes(2)), s4 = xorps(one, sign_lanes(4));
   const __m512 s8 = xorps(one, sign_lanes(8));
-  for (int64_t i = 0; i < n; i += 16) {
-    __m512 v = _mm512_loadu_ps(src + i);
-    v = _mm512_fmadd_ps(v, s1, _mm512_permute_ps(v, 0xB1));        // lanes [1, 0, 3, 2, ...]
-    v = _mm512_fmadd_ps(v, s2, _mm512_permute_ps(v, 0x4E));        // lanes [2, 3, 0, 1, ...]
-    v = _mm512_fmadd_ps(v, s4, _mm512_shuffle_f32x4(v, v, 0xB1));  // 128-bit blocks [1, 0, 3, 2]
-    v = _mm512_fmadd_ps(v, s8, _mm512_shuffle_f32x4(v, v, 0x4E));  // 128-bit blocks [2, 3, 0, 1]
-    _mm512_storeu_ps(dst + i, v);
+  switch (M) {  // segments of up to 16 vectors stay in registers (XL/2: 32 and 128 floats)
+    case 16: butterflies_regs<1>(src, dst, n, s1, s2, s4, s8); return;
+    case 32: butterflies_regs<2>(src, dst, n, s1, s2, s4, s8); return;
+    case 64: butterflies_regs<4>(src, dst, n, s1, s2, s4, s8); return;
+    case 128: butterflies_regs<8>(src, dst, n, s1, s2, s4, s8); return;
+    case 256: butterflies_regs<16>(src, dst, n, s1, s2, s4, s8); return;
+    default: break;
   }
+  for (int64_t i = 0; i < n; i += 16) _mm512_storeu_ps(dst + i, butterfly16(_mm512_loadu_ps(src + i), s1, s2, s4, s8));
   for (int64_t h = 16; h < M; h *= 2)
     for (int64_t start = 0; start < n; start += 2 * h)
       for (int64_t i = start; i < start + h; i += 16) {
