@@ -399,7 +399,10 @@ void epilogue_rows(const avx2::QEpilogue& e, int64_t t0, int64_t nt, const int32
       std::memcpy(e.acc + (t0 + i) * out, C + i * ldc, sizeof(int32_t) * static_cast<size_t>(out));
     return;
   }
-  const EpiRow row{e.scale_x, e.zero_x, e.y, out, e.u != nullptr && panels != nullptr, e.bias != nullptr, e.gelu};
+  // GELU runs as a second pass over the finished rows (still in L1 / L2): its long dependency chain overlaps
+  // better in a loop of independent vectors than at the end of each output's dequantization chain (the same
+  // operations on the same values, so the same bits; measured 85 -> ~60 cycles per 16 outputs).
+  const EpiRow row{e.scale_x, e.zero_x, e.y, out, e.u != nullptr && panels != nullptr, e.bias != nullptr, false};
   const float* const u = e.u;
   const int64_t rank = e.rank;
   for (int64_t r = 0; r < out; r += 16) {
@@ -441,6 +444,20 @@ void epilogue_rows(const avx2::QEpilogue& e, int64_t t0, int64_t nt, const int32
       row(t0 + i, r, m, _mm512_maskz_loadu_epi32(m, C + i * ldc + r), ws0, ws1, sw0, sw1, v, bias);
     }
   }
+  if (e.gelu)
+    for (int64_t i = 0; i < nt; ++i) {
+      float* yr = e.y + (t0 + i) * out;
+      int64_t r = 0;
+      for (; r + 32 <= out; r += 32) {
+        const __m512 a = gelu16(_mm512_loadu_ps(yr + r)), b = gelu16(_mm512_loadu_ps(yr + r + 16));
+        _mm512_storeu_ps(yr + r, a);
+        _mm512_storeu_ps(yr + r + 16, b);
+      }
+      for (; r < out; r += 16) {
+        const __mmask16 m = r + 16 <= out ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (out - r)) - 1);
+        _mm512_mask_storeu_ps(yr + r, m, gelu16(_mm512_maskz_loadu_ps(m, yr + r)));
+      }
+    }
 }
 
 void check_args(int bits, int64_t T, int64_t out, int64_t in, int threads) {
