@@ -137,8 +137,9 @@ void softmax_row(float* s, int64_t n, float scale, int levels) {
 size_t attention_scratch_floats(int64_t T, int64_t head_dim) {
   // Q [T, head_dim]; key panels [round16(T), head_dim]; value panels [round16(head_dim), T]; a row-major K / V staging
   // buffer [T, head_dim]; scores [6, T]; codes (head_dim bytes).
+  // + the integer scores' per-row and per-key statistics (6 x round16(T)).
   return static_cast<size_t>(T * head_dim + round16(T) * head_dim + round16(head_dim) * T + T * head_dim +
-                             kQueryRows * T + head_dim);
+                             kQueryRows * T + head_dim + 6 * round16(T));
 }
 
 AttentionBuffers attention_prepare(const float* qkv, int64_t n, int64_t h, int64_t T, int64_t H, int64_t head_dim,
@@ -161,8 +162,143 @@ AttentionBuffers attention_prepare(const float* qkv, int64_t n, int64_t h, int64
   return {Q, Kp, Vp, S, kQueryRows};
 }
 
+namespace {
+
+// ---- integer scores (bits > 0), the contract shared with the avx512 tier (kernels/avx512/attention_avx512.cpp):
+// q and k rows are quantized per row (quantize_row: codes c, scale s, zero z; the fake-quantized value is
+// (c - z) s). With dot = sum_d cq_d ck_d (exact in int32), Aq = sum_d cq_d, Ck = fma(-head_dim, zk, Bk) where
+// Bk = sum_d ck_d, the score is, in float32:
+//     t = float(dot);  t = fma(-zk, float(Aq), t);  t = fma(-zq, Ck, t);  S = (sq * sk) * t
+// i.e. sq sk sum_d (cq_d - zq)(ck_d - zk) with four roundings (the float chain over the fake-quantized values
+// it replaces rounds once per d). Each tier gets dot with its own integer instructions (here vpmaddwd on int16
+// pairs); the float steps are the same operations in the same order, so both tiers give the same bits.
+constexpr int64_t kKeysPerPanel = 8;
+
+struct IntStats {
+  float *sq, *nzq, *aq, *sk, *nzk, *ck;
+};
+
+IntStats int_stats(float* base, int64_t T) {
+  const int64_t T16 = round16(T);
+  return {base, base + T16, base + 2 * T16, base + 3 * T16, base + 4 * T16, base + 5 * T16};
+}
+
+// Row codes as int16 pairs (dst[hd2], zero-padded) and their statistics.
+void quantize_head_row_i16(const float* src, int64_t head_dim, int64_t hd2, int bits, uint8_t* codes, int16_t* dst,
+                           float* scale, float* zero, int32_t* sum) {
+  quantize_row(src, head_dim, bits, 0.0f, codes, scale, zero);
+  int32_t acc = 0;
+  for (int64_t d = 0; d < head_dim; ++d) {
+    dst[d] = static_cast<int16_t>(codes[d]);
+    acc += codes[d];
+  }
+  for (int64_t d = head_dim; d < hd2; ++d) dst[d] = 0;
+  *sum = acc;
+}
+
+// S rows i0 .. i0 + mt - 1 (mt <= 6) for keys of NP consecutive 8-key panels starting at panel p0.
+template <int NP>
+void int_scores_tile(const int16_t* Qc, int64_t hd2, int64_t i0, int mt, const int16_t* Kc, int64_t p0,
+                     const IntStats& st, int64_t T, float* S) {
+  const int16_t* qr[kQueryRows];
+  for (int r = 0; r < kQueryRows; ++r) qr[r] = Qc + (i0 + (r < mt ? r : mt - 1)) * hd2;
+  __m256i acc[kQueryRows][NP];
+  for (int r = 0; r < kQueryRows; ++r)
+    for (int p = 0; p < NP; ++p) acc[r][p] = _mm256_setzero_si256();
+  const int64_t G = hd2 / 2;
+  for (int64_t g = 0; g < G; ++g) {
+    __m256i kv[NP];
+    for (int p = 0; p < NP; ++p)
+      kv[p] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(Kc + ((p0 + p) * G + g) * 2 * kKeysPerPanel));
+    for (int r = 0; r < kQueryRows; ++r) {
+      int32_t pair;
+      std::memcpy(&pair, qr[r] + 2 * g, 4);
+      const __m256i q = _mm256_set1_epi32(pair);
+      for (int p = 0; p < NP; ++p) acc[r][p] = _mm256_add_epi32(acc[r][p], _mm256_madd_epi16(q, kv[p]));
+    }
+  }
+  for (int r = 0; r < mt; ++r) {
+    const int64_t i = i0 + r;
+    const __m256 aq = _mm256_set1_ps(st.aq[i]), nzq = _mm256_set1_ps(st.nzq[i]), sq = _mm256_set1_ps(st.sq[i]);
+    for (int p = 0; p < NP; ++p) {
+      const int64_t j = (p0 + p) * kKeysPerPanel;
+      __m256 t = _mm256_cvtepi32_ps(acc[r][p]);
+      t = _mm256_fmadd_ps(_mm256_loadu_ps(st.nzk + j), aq, t);
+      t = _mm256_fmadd_ps(nzq, _mm256_loadu_ps(st.ck + j), t);
+      const __m256 v = _mm256_mul_ps(_mm256_mul_ps(sq, _mm256_loadu_ps(st.sk + j)), t);
+      if (j + kKeysPerPanel <= T)
+        _mm256_storeu_ps(S + r * T + j, v);
+      else
+        store_partial(S + r * T + j, T - j, v);
+    }
+  }
+}
+
+void attention_head_int(const float* qkv, int64_t n, int64_t h, int64_t T, int64_t H, int64_t head_dim, int bits,
+                        float* out, float* scratch) {
+  const int64_t D = H * head_dim, hd2 = (head_dim + 1) / 2 * 2, T16 = round16(T);
+  // the layout of attention_prepare, the Q and key-panel regions holding int16 codes
+  float* Qf = scratch;
+  float* Kf = Qf + T * head_dim;
+  float* Vp = Kf + T16 * head_dim;
+  float* stage = Vp + round16(head_dim) * T;
+  float* S = stage + T * head_dim;
+  uint8_t* codes = reinterpret_cast<uint8_t*>(S + kQueryRows * T);
+  const IntStats st = int_stats(reinterpret_cast<float*>(codes) + head_dim, T);
+  int16_t* Qc = reinterpret_cast<int16_t*>(Qf);  // [T][hd2]
+  int16_t* Kc = reinterpret_cast<int16_t*>(Kf);  // [T16 / 8][hd2 / 2][8 keys][2]
+  int16_t* krow = reinterpret_cast<int16_t*>(stage);
+  const float* base = qkv + n * T * 3 * D + h * head_dim;
+  const float fhd = static_cast<float>(head_dim);
+  for (int64_t i = 0; i < T; ++i) {
+    float s, z;
+    int32_t sum;
+    quantize_head_row_i16(base + i * 3 * D, head_dim, hd2, bits, codes, Qc + i * hd2, &s, &z, &sum);
+    st.sq[i] = s;
+    st.nzq[i] = -z;
+    st.aq[i] = static_cast<float>(sum);
+    quantize_head_row_i16(base + i * 3 * D + D, head_dim, hd2, bits, codes, krow, &s, &z, &sum);
+    st.sk[i] = s;
+    st.nzk[i] = -z;
+    st.ck[i] = std::fma(-fhd, z, static_cast<float>(sum));
+    const int64_t p = i / kKeysPerPanel, l = i % kKeysPerPanel;
+    for (int64_t g = 0; g < hd2 / 2; ++g) {
+      int16_t* dst = Kc + ((p * (hd2 / 2) + g) * kKeysPerPanel + l) * 2;
+      dst[0] = krow[2 * g];
+      dst[1] = krow[2 * g + 1];
+    }
+  }
+  for (int64_t i = T; i < T16; ++i) {  // padding keys: zero codes and statistics
+    st.sk[i] = st.nzk[i] = st.ck[i] = 0.0f;
+    const int64_t p = i / kKeysPerPanel, l = i % kKeysPerPanel;
+    for (int64_t g = 0; g < hd2 / 2; ++g) {
+      int16_t* dst = Kc + ((p * (hd2 / 2) + g) * kKeysPerPanel + l) * 2;
+      dst[0] = dst[1] = 0;
+    }
+  }
+  for (int64_t i = 0; i < T; ++i) load_head_row(base + i * 3 * D + 2 * D, head_dim, bits, codes, stage + i * head_dim);
+  pack_panels_cols(stage, head_dim, head_dim, T, Vp);  // O[i, d] = sum_j P[i, j] V[j, d]
+  const float scale = static_cast<float>(std::pow(static_cast<double>(head_dim), -0.5));
+  const int levels = (1 << bits) - 1;
+  const int64_t np = (T + kKeysPerPanel - 1) / kKeysPerPanel;
+  for (int64_t i0 = 0; i0 < T; i0 += kQueryRows) {
+    const int mt = static_cast<int>(std::min(kQueryRows, T - i0));
+    int64_t p = 0;
+    for (; p + 2 <= np; p += 2) int_scores_tile<2>(Qc, hd2, i0, mt, Kc, p, st, T, S);
+    for (; p < np; ++p) int_scores_tile<1>(Qc, hd2, i0, mt, Kc, p, st, T, S);
+    for (int64_t i = 0; i < mt; ++i) softmax_row(S + i * T, T, scale, levels);
+    gemm_panels(S, T, mt, Vp, head_dim, T, out + (n * T + i0) * D + h * head_dim, D);
+  }
+}
+
+}  // namespace
+
 void attention_head(const float* qkv, int64_t n, int64_t h, int64_t T, int64_t H, int64_t head_dim, int bits,
                     float* out, float* scratch) {
+  if (bits > 0) {
+    attention_head_int(qkv, n, h, T, H, head_dim, bits, out, scratch);
+    return;
+  }
   const AttentionBuffers b = attention_prepare(qkv, n, h, T, H, head_dim, bits, scratch);
   const int64_t D = H * head_dim;
   const float scale = static_cast<float>(std::pow(static_cast<double>(head_dim), -0.5));

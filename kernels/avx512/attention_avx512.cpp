@@ -174,12 +174,179 @@ avx2::AttentionBuffers prepare(const float* qkv, int64_t n, int64_t h, int64_t T
   return {Q, Kp, Vp, S, kRows};
 }
 
+// ---- integer scores (bits > 0): the contract of kernels/avx2/ops_avx2.cpp (attention_head_int), with the
+// exact integer dot products from vpdpbusd (u8 query codes x s8 key codes - 128, so dot = acc + 128 Aq) and
+// the same float steps: t = float(dot); t = fma(-zk, float(Aq), t); t = fma(-zq, Ck, t); S = (sq * sk) * t.
+struct IntStats {
+  float *sq, *nzq, *aq, *sk, *nzk, *ck;
+};
+
+void quantize_head_row_u8(const float* src, int64_t head_dim, int64_t hd4, int bits, uint8_t* dst, float* scale,
+                          float* zero, int32_t* sum) {
+  avx512::quantize_row(src, head_dim, bits, 0.0f, dst, scale, zero);
+  int32_t acc = 0;
+  for (int64_t d = 0; d < head_dim; ++d) acc += dst[d];
+  for (int64_t d = head_dim; d < hd4; ++d) dst[d] = 0;
+  *sum = acc;
+}
+
+// The int32 sums of 6 query rows x 4 panels of 16 keys over G groups of 4 dimensions into out[6][4][16]:
+// Kc panels at kp + p * stride (stride = G * 64 bytes), query rows at q[r]. Inline assembly with fixed
+// registers: GCC's allocation of the intrinsic version copies every vpdpbusd accumulator once per use (as it
+// did for the ternary kernels). zmm0-23 accumulators (row r, panel p: 4 r + p), zmm24-27 the group's key
+// vectors, zmm28 a row's broadcast codes.
+// clang-format off
+#define ROBUQ_QROW(r, a0, a1, a2, a3)                                                 \
+  "vpbroadcastd (%[q" #r "]), %%zmm28\n\t"                                            \
+  "vpdpbusd %%zmm24, %%zmm28, %%zmm" #a0 "\n\t"                                       \
+  "vpdpbusd %%zmm25, %%zmm28, %%zmm" #a1 "\n\t"                                       \
+  "vpdpbusd %%zmm26, %%zmm28, %%zmm" #a2 "\n\t"                                       \
+  "vpdpbusd %%zmm27, %%zmm28, %%zmm" #a3 "\n\t"                                       \
+  "add $4, %[q" #r "]\n\t"
+#define ROBUQ_Z(a) "vpxord %%zmm" #a ", %%zmm" #a ", %%zmm" #a "\n\t"
+#define ROBUQ_S(a, off) "vmovdqu64 %%zmm" #a ", " #off "(%[out])\n\t"
+void int_dot_6x4(const uint8_t* const qrow[6], const int8_t* kp, int64_t stride, int64_t G, int32_t* out) {
+  const uint8_t *q0 = qrow[0], *q1 = qrow[1], *q2 = qrow[2], *q3 = qrow[3], *q4 = qrow[4], *q5 = qrow[5];
+  const int8_t* k3 = kp + 3 * stride;
+  asm volatile(
+      ROBUQ_Z(0) ROBUQ_Z(1) ROBUQ_Z(2) ROBUQ_Z(3) ROBUQ_Z(4) ROBUQ_Z(5) ROBUQ_Z(6) ROBUQ_Z(7) ROBUQ_Z(8) ROBUQ_Z(9)
+      ROBUQ_Z(10) ROBUQ_Z(11) ROBUQ_Z(12) ROBUQ_Z(13) ROBUQ_Z(14) ROBUQ_Z(15) ROBUQ_Z(16) ROBUQ_Z(17) ROBUQ_Z(18)
+      ROBUQ_Z(19) ROBUQ_Z(20) ROBUQ_Z(21) ROBUQ_Z(22) ROBUQ_Z(23)
+      "test %[g], %[g]\n\t"
+      "jz 2f\n"
+      "1:\n\t"
+      "vmovdqu64 (%[kp]), %%zmm24\n\t"
+      "vmovdqu64 (%[kp], %[st]), %%zmm25\n\t"
+      "vmovdqu64 (%[kp], %[st], 2), %%zmm26\n\t"
+      "vmovdqu64 (%[k3]), %%zmm27\n\t"
+      ROBUQ_QROW(0, 0, 1, 2, 3) ROBUQ_QROW(1, 4, 5, 6, 7) ROBUQ_QROW(2, 8, 9, 10, 11)
+      ROBUQ_QROW(3, 12, 13, 14, 15) ROBUQ_QROW(4, 16, 17, 18, 19) ROBUQ_QROW(5, 20, 21, 22, 23)
+      "add $64, %[kp]\n\t"
+      "add $64, %[k3]\n\t"
+      "dec %[g]\n\t"
+      "jnz 1b\n"
+      "2:\n\t"
+      ROBUQ_S(0, 0) ROBUQ_S(1, 64) ROBUQ_S(2, 128) ROBUQ_S(3, 192) ROBUQ_S(4, 256) ROBUQ_S(5, 320)
+      ROBUQ_S(6, 384) ROBUQ_S(7, 448) ROBUQ_S(8, 512) ROBUQ_S(9, 576) ROBUQ_S(10, 640) ROBUQ_S(11, 704)
+      ROBUQ_S(12, 768) ROBUQ_S(13, 832) ROBUQ_S(14, 896) ROBUQ_S(15, 960) ROBUQ_S(16, 1024) ROBUQ_S(17, 1088)
+      ROBUQ_S(18, 1152) ROBUQ_S(19, 1216) ROBUQ_S(20, 1280) ROBUQ_S(21, 1344) ROBUQ_S(22, 1408) ROBUQ_S(23, 1472)
+      "vzeroupper\n\t"
+      : [q0] "+r"(q0), [q1] "+r"(q1), [q2] "+r"(q2), [q3] "+r"(q3), [q4] "+r"(q4), [q5] "+r"(q5), [kp] "+r"(kp),
+        [k3] "+r"(k3), [g] "+r"(G)
+      : [st] "r"(stride), [out] "r"(out)
+      : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12",
+        "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22", "xmm23", "xmm24",
+        "xmm25", "xmm26", "xmm27", "xmm28", "cc", "memory");
+}
+#undef ROBUQ_QROW
+#undef ROBUQ_Z
+#undef ROBUQ_S
+// clang-format on
+
+// S rows i0 .. i0 + mt - 1 (mt <= 6) for the keys of NP 16-key panels from panel p0: Kc [panel][hd4 / 4][16][4].
+template <int NP>
+void int_scores_tile(const uint8_t* Qc, int64_t hd4, int64_t i0, int mt, const int8_t* Kc, int64_t p0,
+                     const IntStats& st, int64_t T, float* S) {
+  const uint8_t* qr[kRows];
+  for (int r = 0; r < kRows; ++r) qr[r] = Qc + (i0 + (r < mt ? r : mt - 1)) * hd4;
+  const int64_t G = hd4 / 4;
+  alignas(64) int32_t dots[kRows][4][16];
+  if (NP == 4) {
+    int_dot_6x4(qr, Kc + p0 * G * 64, G * 64, G, &dots[0][0][0]);
+  } else {
+    for (int r = 0; r < kRows; ++r)
+      for (int p = 0; p < NP; ++p) {
+        __m512i acc = _mm512_setzero_si512();
+        for (int64_t g = 0; g < G; ++g) {
+          int32_t quad;
+          std::memcpy(&quad, qr[r] + 4 * g, 4);
+          acc = _mm512_dpbusd_epi32(acc, _mm512_set1_epi32(quad), _mm512_loadu_si512(Kc + ((p0 + p) * G + g) * 64));
+        }
+        _mm512_store_si512(dots[r][p], acc);
+      }
+  }
+  for (int r = 0; r < mt; ++r) {
+    const int64_t i = i0 + r;
+    const __m512 aq = _mm512_set1_ps(st.aq[i]), nzq = _mm512_set1_ps(st.nzq[i]), sq = _mm512_set1_ps(st.sq[i]);
+    const __m512i bias = _mm512_set1_epi32(128 * static_cast<int32_t>(st.aq[i]));
+    for (int p = 0; p < NP; ++p) {
+      const int64_t j = (p0 + p) * 16;
+      __m512 t = _mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_load_si512(dots[r][p]), bias));
+      t = _mm512_fmadd_ps(_mm512_loadu_ps(st.nzk + j), aq, t);
+      t = _mm512_fmadd_ps(nzq, _mm512_loadu_ps(st.ck + j), t);
+      const __m512 v = _mm512_mul_ps(_mm512_mul_ps(sq, _mm512_loadu_ps(st.sk + j)), t);
+      const __mmask16 m = j + 16 <= T ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (T - j)) - 1);
+      _mm512_mask_storeu_ps(S + r * T + j, m, v);
+    }
+  }
+}
+
+void attention_head_int(const float* qkv, int64_t n, int64_t h, int64_t T, int64_t H, int64_t head_dim, int bits,
+                        float* out, float* scratch) {
+  const int64_t D = H * head_dim, hd4 = (head_dim + 3) / 4 * 4, T16 = round16(T), G = hd4 / 4;
+  // avx2::attention_scratch_floats' layout, the Q and key-panel regions holding the codes
+  float* Qf = scratch;
+  float* Kf = Qf + T * head_dim;
+  float* Vp = Kf + T16 * head_dim;
+  float* stage = Vp + round16(head_dim) * T;
+  float* S = stage + T * head_dim;
+  uint8_t* codes = reinterpret_cast<uint8_t*>(S + kRows * T);
+  float* sb = reinterpret_cast<float*>(codes) + head_dim;
+  const IntStats st{sb, sb + T16, sb + 2 * T16, sb + 3 * T16, sb + 4 * T16, sb + 5 * T16};
+  uint8_t* Qc = reinterpret_cast<uint8_t*>(Qf);  // [T][hd4]
+  int8_t* Kc = reinterpret_cast<int8_t*>(Kf);    // [T16 / 16][hd4 / 4][16 keys][4]
+  uint8_t* krow = reinterpret_cast<uint8_t*>(stage);
+  const float* base = qkv + n * T * 3 * D + h * head_dim;
+  const float fhd = static_cast<float>(head_dim);
+  for (int64_t i = 0; i < T; ++i) {
+    float s, z;
+    int32_t sum;
+    quantize_head_row_u8(base + i * 3 * D, head_dim, hd4, bits, Qc + i * hd4, &s, &z, &sum);
+    st.sq[i] = s;
+    st.nzq[i] = -z;
+    st.aq[i] = static_cast<float>(sum);
+    quantize_head_row_u8(base + i * 3 * D + D, head_dim, hd4, bits, krow, &s, &z, &sum);
+    st.sk[i] = s;
+    st.nzk[i] = -z;
+    st.ck[i] = std::fma(-fhd, z, static_cast<float>(sum));
+    const int64_t p = i / 16, l = i % 16;
+    for (int64_t g = 0; g < G; ++g) {  // codes - 128 as s8 (the padding codes 0 of the queries meet 0x80 here)
+      uint32_t quad;
+      std::memcpy(&quad, krow + 4 * g, 4);
+      quad ^= 0x80808080u;
+      std::memcpy(Kc + ((p * G + g) * 16 + l) * 4, &quad, 4);
+    }
+  }
+  for (int64_t i = T; i < T16; ++i) {
+    st.sk[i] = st.nzk[i] = st.ck[i] = 0.0f;
+    const int64_t p = i / 16, l = i % 16;
+    for (int64_t g = 0; g < G; ++g) std::memset(Kc + ((p * G + g) * 16 + l) * 4, 0, 4);
+  }
+  for (int64_t i = 0; i < T; ++i) fake_quant_row(base + i * 3 * D + 2 * D, head_dim, bits, codes, stage + i * head_dim);
+  avx2::pack_panels_cols(stage, head_dim, head_dim, T, Vp);
+  const float scale = static_cast<float>(std::pow(static_cast<double>(head_dim), -0.5));
+  const int levels = (1 << bits) - 1;
+  const int64_t np = (T + 15) / 16;
+  for (int64_t i0 = 0; i0 < T; i0 += kRows) {
+    const int mt = static_cast<int>(imin(kRows, T - i0));
+    int64_t p = 0;
+    for (; p + 4 <= np; p += 4) int_scores_tile<4>(Qc, hd4, i0, mt, Kc, p, st, T, S);
+    for (; p < np; ++p) int_scores_tile<1>(Qc, hd4, i0, mt, Kc, p, st, T, S);
+    for (int64_t i = 0; i < mt; ++i) softmax_row(S + i * T, T, scale, levels);
+    gemm_panels16(S, T, mt, Vp, head_dim, T, out + (n * T + i0) * D + h * head_dim, D);
+  }
+}
+
 }  // namespace
 
 namespace avx512 {
 
 void attention_head(const float* qkv, int64_t n, int64_t h, int64_t T, int64_t H, int64_t head_dim, int bits,
                     float* out, float* scratch) {
+  if (bits > 0) {
+    attention_head_int(qkv, n, h, T, H, head_dim, bits, out, scratch);
+    return;
+  }
   const avx2::AttentionBuffers b = prepare(qkv, n, h, T, H, head_dim, bits, scratch);
   const int64_t D = H * head_dim;
   const float scale = static_cast<float>(std::pow(static_cast<double>(head_dim), -0.5));
