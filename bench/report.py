@@ -332,6 +332,9 @@ def sections(res: dict, markdown: bool) -> list[tuple[str, str]]:
         "vpdpbusd_ymm": "vpdpbusd ymm (u8 x s8 multiply-adds)",
         "pshufb_zmm": "vpshufb zmm 16-entry lookups",
         "tl3_step": "ternary micro-kernel step (multiply-adds)",
+        "tl4_step": "4-weight vpermi2b step + fold (multiply-adds; rejected)",
+        "fma_add_zmm": "fp32 fma + add zmm interleaved (additions; K x K step)",
+        "xor_add_zmm": "fp32 xor + add zmm (additions; old K x K step)",
     }
     by = {(c["kind"], c["threads"]): c["gops"] for c in res["ceilings"]}
     for kind in dict.fromkeys(c["kind"] for c in res["ceilings"]):

@@ -7,6 +7,8 @@
 //   vpdpbusd_zmm: u8 x s8 multiply-adds, 64 per instruction;  vpdpbusd_ymm: 32 per instruction
 //   pshufb_zmm:   16-entry lookups per 128-bit lane (vpshufb zmm + vpaddb)
 //   tl3_step:     the ternary micro kernel's inner step, in multiply-adds (192 per vpermb)
+//   tl4_step:     the rejected 4-weight vpermi2b step with its fold, in multiply-adds (256 per lookup)
+//   fma_add_zmm / xor_add_zmm: the Hadamard K x K step's term forms, in float additions (16 per term)
 #include "avx512_common.h"  // first
 
 #include <chrono>
@@ -317,6 +319,104 @@ double loop_tl3_step(int64_t n) {
   return 0.0;
 }
 
+// tl4_step: the rejected 4-weight candidate (docs/performance.md): a 128-entry vpermi2b table per token holds the
+// 81 patterns of 4 ternary weights, one lookup = 64 outputs x 4 inputs (256 multiply-adds). A step of 4 tokens x
+// 2 output vectors (2 index + 8 table loads, 8 x (copy, vpermi2b, vpaddb)); every 15 steps the int8 sums are
+// folded into int16 by sign extension (the lanes are 64 different outputs). Counts multiply-adds.
+// clang-format off
+#define ROBUQ_C4_LK(tl, th, ir, t, a)                                                 \
+  "vmovdqa64 %%zmm" #ir ", %%zmm" #t "\n\t"                                           \
+  "vpermi2b %%zmm" #th ", %%zmm" #tl ", %%zmm" #t "\n\t"                              \
+  "vpaddb %%zmm" #t ", %%zmm" #a ", %%zmm" #a "\n\t"
+#define ROBUQ_C4_STEP                                                                 \
+  "vmovdqu64 0(%[b]), %%zmm8\n\t"                                                     \
+  "vmovdqu64 64(%[b]), %%zmm9\n\t"                                                    \
+  "vmovdqu64 128(%[b]), %%zmm10\n\t"                                                  \
+  "vmovdqu64 192(%[b]), %%zmm11\n\t"                                                  \
+  "vmovdqu64 256(%[b]), %%zmm12\n\t"                                                  \
+  "vmovdqu64 320(%[b]), %%zmm13\n\t"                                                  \
+  ROBUQ_C4_LK(10, 11, 8, 20, 0) ROBUQ_C4_LK(10, 11, 9, 21, 1)                         \
+  ROBUQ_C4_LK(12, 13, 8, 22, 2) ROBUQ_C4_LK(12, 13, 9, 23, 3)                         \
+  "vmovdqu64 384(%[b]), %%zmm14\n\t"                                                  \
+  "vmovdqu64 448(%[b]), %%zmm15\n\t"                                                  \
+  "vmovdqu64 128(%[b]), %%zmm16\n\t"                                                  \
+  "vmovdqu64 192(%[b]), %%zmm17\n\t"                                                  \
+  ROBUQ_C4_LK(14, 15, 8, 24, 4) ROBUQ_C4_LK(14, 15, 9, 25, 5)                         \
+  ROBUQ_C4_LK(16, 17, 8, 26, 6) ROBUQ_C4_LK(16, 17, 9, 27, 7)
+#define ROBUQ_C4_FOLD1(a)                                                             \
+  "vpmovsxbw %%ymm" #a ", %%zmm28\n\t"                                                \
+  "vextracti64x4 $1, %%zmm" #a ", %%ymm29\n\t"                                        \
+  "vpmovsxbw %%ymm29, %%zmm29\n\t"                                                    \
+  "vpaddw %%zmm28, %%zmm18, %%zmm18\n\t"                                              \
+  "vpaddw %%zmm29, %%zmm19, %%zmm19\n\t"                                              \
+  "vpxord %%zmm" #a ", %%zmm" #a ", %%zmm" #a "\n\t"
+double loop_tl4_step(int64_t n) {
+  asm volatile(
+      "vpxord %%zmm18, %%zmm18, %%zmm18\n\t"
+      "vpxord %%zmm19, %%zmm19, %%zmm19\n\t"
+      "1:\n\t"
+      ROBUQ_C4_STEP ROBUQ_C4_STEP ROBUQ_C4_STEP ROBUQ_C4_STEP ROBUQ_C4_STEP ROBUQ_C4_STEP ROBUQ_C4_STEP
+      ROBUQ_C4_STEP ROBUQ_C4_STEP ROBUQ_C4_STEP ROBUQ_C4_STEP ROBUQ_C4_STEP ROBUQ_C4_STEP ROBUQ_C4_STEP
+      ROBUQ_C4_STEP
+      ROBUQ_C4_FOLD1(0) ROBUQ_C4_FOLD1(1) ROBUQ_C4_FOLD1(2) ROBUQ_C4_FOLD1(3) ROBUQ_C4_FOLD1(4)
+      ROBUQ_C4_FOLD1(5) ROBUQ_C4_FOLD1(6) ROBUQ_C4_FOLD1(7)
+      "dec %[n]\n\t"
+      "jnz 1b\n\t"
+      "vzeroupper\n\t"
+      : [n] "+r"(n)
+      : [b] "r"(kBytes)
+      : "cc", "memory", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10",
+        "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22",
+        "xmm23", "xmm24", "xmm25", "xmm26", "xmm27", "xmm28", "xmm29");
+  return 0.0;
+}
+#undef ROBUQ_C4_LK
+#undef ROBUQ_C4_STEP
+#undef ROBUQ_C4_FOLD1
+
+// fma_add_zmm: the Hadamard K x K step's two term forms interleaved (vfmadd231ps with 1.0, vaddps), 12 chains
+// -> terms per second; xor_add_zmm: the sign-xor-then-add form it replaced (vxorps + vaddps per term).
+#define ROBUQ_FA(a) "vfmadd231ps %%zmm30, %%zmm31, %%zmm" #a "\n\t"
+#define ROBUQ_AD(a) "vaddps %%zmm30, %%zmm" #a ", %%zmm" #a "\n\t"
+#define ROBUQ_XA(a, t) "vxorps %%zmm29, %%zmm30, %%zmm" #t "\n\t" "vaddps %%zmm" #t ", %%zmm" #a ", %%zmm" #a "\n\t"
+double loop_fma_add_zmm(int64_t n) {
+  asm volatile(
+      "vmovdqu64 0(%[b]), %%zmm30\n\t"
+      "vpxord %%zmm31, %%zmm31, %%zmm31\n\t"
+      "1:\n\t"
+      ROBUQ_FA(0) ROBUQ_AD(1) ROBUQ_FA(2) ROBUQ_AD(3) ROBUQ_FA(4) ROBUQ_AD(5)
+      ROBUQ_FA(6) ROBUQ_AD(7) ROBUQ_FA(8) ROBUQ_AD(9) ROBUQ_FA(10) ROBUQ_AD(11)
+      "dec %[n]\n\t"
+      "jnz 1b\n\t"
+      "vzeroupper\n\t"
+      : [n] "+r"(n)
+      : [b] "r"(kBytes)
+      : "cc", "memory", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10",
+        "xmm11", "xmm30", "xmm31");
+  return 0.0;
+}
+double loop_xor_add_zmm(int64_t n) {
+  asm volatile(
+      "vmovdqu64 0(%[b]), %%zmm30\n\t"
+      "vpxord %%zmm29, %%zmm29, %%zmm29\n\t"
+      "1:\n\t"
+      ROBUQ_XA(0, 12) ROBUQ_XA(1, 13) ROBUQ_XA(2, 14) ROBUQ_XA(3, 15) ROBUQ_XA(4, 16) ROBUQ_XA(5, 17)
+      ROBUQ_XA(6, 18) ROBUQ_XA(7, 19) ROBUQ_XA(8, 20) ROBUQ_XA(9, 21) ROBUQ_XA(10, 22) ROBUQ_XA(11, 23)
+      "dec %[n]\n\t"
+      "jnz 1b\n\t"
+      "vzeroupper\n\t"
+      : [n] "+r"(n)
+      : [b] "r"(kBytes)
+      : "cc", "memory", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10",
+        "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22",
+        "xmm23", "xmm29", "xmm30");
+  return 0.0;
+}
+#undef ROBUQ_FA
+#undef ROBUQ_AD
+#undef ROBUQ_XA
+// clang-format on
+
 struct Loop {
   const char* name;
   double (*fn)(int64_t);
@@ -330,6 +430,9 @@ const Loop kLoops[] = {
     {"vpdpbusd_ymm", loop_dpbusd_ymm, 10 * 32},
     {"pshufb_zmm", loop_pshufb_zmm, 8 * 64},
     {"tl3_step", loop_tl3_step, 12 * 192},
+    {"tl4_step", loop_tl4_step, 15 * 8 * 256},
+    {"fma_add_zmm", loop_fma_add_zmm, 12 * 16},
+    {"xor_add_zmm", loop_xor_add_zmm, 12 * 16},
 };
 
 }  // namespace
