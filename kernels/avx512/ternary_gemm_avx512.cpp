@@ -65,24 +65,25 @@ constexpr int64_t KB = 64;              // chunks (6 inputs) per k-block; the in
 constexpr int64_t kCBytes = 256 << 10;  // int32 sums of one token block (per thread; L2)
 
 struct Consts {
-  uint8_t sel[3][64];                   // lanes 0..31: input i of the chunk, lanes 32..63: input 3 + i
-  uint64_t pos[3], neg[3];              // lanes whose pattern has weight +1 / -1 at position i
+  uint8_t dsel[64];                     // digit table byte 3 k + c (k < 6 inputs, c = w + 1) <- input k
+  uint64_t dnz, dneg;                   // digit bytes with c != 1 (nonzero) and with c == 0 (negated)
+  uint8_t dig[3][64];                   // lane l (pattern p = l & 31 of group l >> 5): digit byte of position i
   uint8_t pat[64];                      // 6-bit group c0 | c1 << 2 | c2 << 4 -> pattern (code 3 read as 1)
   uint8_t group_add[64];                // + 32 for the group-B byte (odd triple) of each chunk
   uint8_t row_perm[64];                 // qword lane L gets packed bytes 6L .. 6L+7 (8 triples = 48 bits)
   uint8_t shift_ctl[64];                // triple i of a lane starts at bit 6i
   uint16_t tr_lo[5][32], tr_hi[5][32];  // 32 x 32 word transpose, round k = 16 >> s
-  constexpr Consts() : sel(), pos(), neg(), pat(), group_add(), row_perm(), shift_ctl(), tr_lo(), tr_hi() {
-    for (int i = 0; i < 3; ++i)
-      for (int l = 0; l < 64; ++l) sel[i][l] = static_cast<uint8_t>(l < 32 ? i : 3 + i);
+  constexpr Consts() : dsel(), dnz(), dneg(), dig(), pat(), group_add(), row_perm(), shift_ctl(), tr_lo(), tr_hi() {
+    for (int b = 0; b < 18; ++b) {
+      dsel[b] = static_cast<uint8_t>(b / 3);
+      if (b % 3 != 1) dnz |= uint64_t(1) << b;
+      if (b % 3 == 0) dneg |= uint64_t(1) << b;
+    }
     for (int l = 0; l < 64; ++l) {
-      const int p = l & 31;
-      if (p >= 27) continue;
+      const int p = l & 31, g = l >> 5;
       const int c[3] = {p % 3, (p / 3) % 3, p / 9};
-      for (int i = 0; i < 3; ++i) {
-        if (c[i] == 2) pos[i] |= uint64_t(1) << l;
-        if (c[i] == 0) neg[i] |= uint64_t(1) << l;
-      }
+      for (int i = 0; i < 3; ++i)  // unused patterns (p >= 27) read the zero byte of their input
+        dig[i][l] = static_cast<uint8_t>(3 * (3 * g + i) + (p < 27 ? c[i] : 1));
     }
     for (int u = 0; u < 64; ++u) {
       int p = 0, m = 1;
@@ -150,8 +151,11 @@ void decode_group(const uint8_t* packed, int64_t out, int64_t pc, int64_t chunks
 // Tables of chunks j0 .. j0 + nj - 1 of one token (codes q, `in` of them): chunk j's 64 bytes at
 // dst + (j - j0) * stride.
 void build_tables(const uint8_t* q, int64_t in, int64_t j0, int64_t nj, int z, int8_t* dst, int64_t stride) {
+  // Per chunk: the 18-byte digit table d[3 k + c] = q'_k (c - 1) of its 6 inputs (one zero-masked vpermb and a
+  // masked negation), then the 64 pattern sums as three vpermb lookups of d added up (int8, exact: |sum| <= 3 z).
   const __m512i vz = _mm512_set1_epi8(static_cast<char>(z));
-  const __m512i s0 = load512(kC.sel[0]), s1 = load512(kC.sel[1]), s2 = load512(kC.sel[2]);
+  const __m512i dsel = load512(kC.dsel), g0 = load512(kC.dig[0]), g1 = load512(kC.dig[1]), g2 = load512(kC.dig[2]);
+  const __m512i zero = _mm512_setzero_si512();
   for (int64_t j = j0; j < j0 + nj; ++j) {
     const int64_t k = 6 * j;
     long long bytes;
@@ -164,14 +168,10 @@ void build_tables(const uint8_t* q, int64_t in, int64_t j0, int64_t nj, int z, i
       std::memcpy(&bytes, b, 8);
     }
     const __m512i v = _mm512_sub_epi8(_mm512_set1_epi64(bytes), vz);
-    const __m512i a0 = _mm512_permutexvar_epi8(s0, v), a1 = _mm512_permutexvar_epi8(s1, v);
-    const __m512i a2 = _mm512_permutexvar_epi8(s2, v);
-    __m512i t = _mm512_maskz_mov_epi8(kC.pos[0], a0);
-    t = _mm512_mask_sub_epi8(t, kC.neg[0], t, a0);
-    t = _mm512_mask_add_epi8(t, kC.pos[1], t, a1);
-    t = _mm512_mask_sub_epi8(t, kC.neg[1], t, a1);
-    t = _mm512_mask_add_epi8(t, kC.pos[2], t, a2);
-    t = _mm512_mask_sub_epi8(t, kC.neg[2], t, a2);
+    __m512i d = _mm512_maskz_permutexvar_epi8(kC.dnz, dsel, v);
+    d = _mm512_mask_sub_epi8(d, kC.dneg, zero, d);
+    const __m512i t = _mm512_add_epi8(_mm512_add_epi8(_mm512_permutexvar_epi8(g0, d), _mm512_permutexvar_epi8(g1, d)),
+                                      _mm512_permutexvar_epi8(g2, d));
     _mm512_storeu_si512(dst + (j - j0) * stride, t);
   }
 }
