@@ -1,6 +1,8 @@
-// One attention head on AVX-512, bit-identical to avx2::attention_head (kernels/avx2/ops_avx2.cpp): the same
-// preparation (avx2::attention_prepare: fake-quantized Q, key and value panels of 16 outputs), then per block of
-// query rows S = Q K^T, the softmax row by row, and O = P V, with the same float operations per output:
+// One attention head on AVX-512, bit-identical to avx2::attention_head (kernels/avx2/ops_avx2.cpp). Quantized
+// (bits 1..8): q k^T from the codes' exact integer dot products (vpdpbusd) and the shared float32 correction
+// (attention_head_int below; the contract is stated in ops_avx2.cpp). Float (bits 0): avx2::attention_prepare's
+// Q, key and value panels of 16 outputs. Then per block of query rows the softmax row by row and O = P V, and in
+// the float case S = Q K^T, with the same float operations per output:
 //  * the products: every output one chain of fused multiply-adds over k ascending from +0 (gemm_panels' chain),
 //    a panel of 16 outputs being one zmm here (6 rows x 4 panels of accumulators per pass);
 //  * the softmax: s * scale, the row maximum, exp (exp512 = exp256's steps), the sum over the same 8
@@ -138,8 +140,8 @@ void softmax_row(float* s, int64_t n, float scale, int levels) {
   }
 }
 
-// avx2::attention_prepare's buffers and values, 16 wide: every row fake-quantized with avx512::quantize_row
-// (bit-identical to avx2::quantize_row) and dst = (float(code) - zero) * scale, the same two roundings.
+// A row fake-quantized as avx2's load_head_row does, 16 wide: avx512::quantize_row (bit-identical to
+// avx2::quantize_row), then dst = (float(code) - zero) * scale, the same two roundings.
 void fake_quant_row(const float* src, int64_t head_dim, int bits, uint8_t* codes, float* dst) {
   float s, z;
   avx512::quantize_row(src, head_dim, bits, 0.0f, codes, &s, &z);
@@ -152,27 +154,6 @@ void fake_quant_row(const float* src, int64_t head_dim, int bits, uint8_t* codes
 }
 
 inline int64_t round16(int64_t v) { return (v + 15) / 16 * 16; }
-
-avx2::AttentionBuffers prepare(const float* qkv, int64_t n, int64_t h, int64_t T, int64_t H, int64_t head_dim, int bits,
-                               float* scratch) {
-  if (bits == 0) return avx2::attention_prepare(qkv, n, h, T, H, head_dim, bits, scratch);
-  const int64_t D = H * head_dim;
-  float* Q = scratch;  // the layout of avx2::attention_scratch_floats
-  float* Kp = Q + T * head_dim;
-  float* Vp = Kp + round16(T) * head_dim;
-  float* stage = Vp + round16(head_dim) * T;
-  float* S = stage + T * head_dim;
-  uint8_t* codes = reinterpret_cast<uint8_t*>(S + kRows * T);
-  const float* base = qkv + n * T * 3 * D + h * head_dim;
-  for (int64_t i = 0; i < T; ++i) {
-    fake_quant_row(base + i * 3 * D, head_dim, bits, codes, Q + i * head_dim);
-    fake_quant_row(base + i * 3 * D + D, head_dim, bits, codes, stage + i * head_dim);
-  }
-  avx2::pack_panels_rows(stage, head_dim, T, head_dim, Kp);
-  for (int64_t i = 0; i < T; ++i) fake_quant_row(base + i * 3 * D + 2 * D, head_dim, bits, codes, stage + i * head_dim);
-  avx2::pack_panels_cols(stage, head_dim, head_dim, T, Vp);
-  return {Q, Kp, Vp, S, kRows};
-}
 
 // ---- integer scores (bits > 0): the contract of kernels/avx2/ops_avx2.cpp (attention_head_int), with the
 // exact integer dot products from vpdpbusd (u8 query codes x s8 key codes - 128, so dot = acc + 128 Aq) and
@@ -347,7 +328,7 @@ void attention_head(const float* qkv, int64_t n, int64_t h, int64_t T, int64_t H
     attention_head_int(qkv, n, h, T, H, head_dim, bits, out, scratch);
     return;
   }
-  const avx2::AttentionBuffers b = prepare(qkv, n, h, T, H, head_dim, bits, scratch);
+  const avx2::AttentionBuffers b = avx2::attention_prepare(qkv, n, h, T, H, head_dim, bits, scratch);  // float (bits 0)
   const int64_t D = H * head_dim;
   const float scale = static_cast<float>(std::pow(static_cast<double>(head_dim), -0.5));
   const int levels = bits > 0 ? (1 << bits) - 1 : 0;
