@@ -245,7 +245,9 @@ def test_layernorm_modulate_avx2_equals_generic(tier):
 
 
 @pytest.mark.parametrize("bits", [0, 8])
-@pytest.mark.parametrize("t,heads,head_dim", [(64, 6, 64), (37, 4, 72), (256, 2, 72)])
+@pytest.mark.parametrize(
+    "t,heads,head_dim", [(64, 6, 64), (37, 4, 72), (256, 2, 72), (11, 3, 18), (70, 2, 5)]
+)
 def test_attention_avx2(tier, bits, t, heads, head_dim):
     n = 2
     rng = np.random.default_rng(t + head_dim + bits)

@@ -213,9 +213,12 @@ def test_fused_gelu_on_avx512(restore_tier):
 
 
 @pytest.mark.parametrize("bits", [0, 8])
-@pytest.mark.parametrize("t,heads,head_dim", [(64, 6, 64), (37, 4, 72), (256, 2, 72), (9, 1, 20)])
+@pytest.mark.parametrize(
+    "t,heads,head_dim", [(64, 6, 64), (37, 4, 72), (256, 2, 72), (9, 1, 20), (11, 3, 18), (70, 2, 5)]
+)
 def test_attention_avx512_equals_avx2(restore_tier, bits, t, heads, head_dim):
-    """The AVX-512 attention head (16-wide panels, softmax) gives the avx2 bits, for any thread count."""
+    """The AVX-512 attention head gives the avx2 bits, for any thread count: float (bits 0) and the integer
+    q k^T path (bits 8), head dims not a multiple of 4 (code padding), key counts not a multiple of 64."""
     n = 2
     rng = np.random.default_rng(t + head_dim + bits)
     qkv = rng.normal(0, 1.5, (n * t, 3 * heads * head_dim)).astype(np.float32)
