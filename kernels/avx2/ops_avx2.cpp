@@ -142,15 +142,31 @@ size_t attention_scratch_floats(int64_t T, int64_t head_dim) {
                              kQueryRows * T + head_dim + 6 * round16(T));
 }
 
+AttentionScratch attention_scratch(float* scratch, int64_t T, int64_t head_dim) {
+  AttentionScratch a;
+  const int64_t T16 = round16(T);
+  a.Q = scratch;
+  a.Kp = a.Q + T * head_dim;
+  a.Vp = a.Kp + T16 * head_dim;
+  a.stage = a.Vp + round16(head_dim) * T;
+  a.S = a.stage + T * head_dim;
+  a.codes = reinterpret_cast<uint8_t*>(a.S + kQueryRows * T);
+  a.sq = a.S + kQueryRows * T + head_dim;
+  a.nzq = a.sq + T16;
+  a.aq = a.nzq + T16;
+  a.sk = a.aq + T16;
+  a.nzk = a.sk + T16;
+  a.ck = a.nzk + T16;
+  a.query_rows = kQueryRows;
+  return a;
+}
+
 AttentionBuffers attention_prepare(const float* qkv, int64_t n, int64_t h, int64_t T, int64_t H, int64_t head_dim,
                                    int bits, float* scratch) {
   const int64_t D = H * head_dim;
-  float* Q = scratch;
-  float* Kp = Q + T * head_dim;
-  float* Vp = Kp + round16(T) * head_dim;
-  float* stage = Vp + round16(head_dim) * T;
-  float* S = stage + T * head_dim;
-  uint8_t* codes = reinterpret_cast<uint8_t*>(S + kQueryRows * T);
+  const AttentionScratch a = attention_scratch(scratch, T, head_dim);
+  float *Q = a.Q, *Kp = a.Kp, *Vp = a.Vp, *stage = a.stage, *S = a.S;
+  uint8_t* codes = a.codes;
   const float* base = qkv + n * T * 3 * D + h * head_dim;
   for (int64_t i = 0; i < T; ++i) {
     load_head_row(base + i * 3 * D, head_dim, bits, codes, Q + i * head_dim);
@@ -174,15 +190,6 @@ namespace {
 // pairs); the float steps are the same operations in the same order, so both tiers give the same bits.
 constexpr int64_t kKeysPerPanel = 8;
 
-struct IntStats {
-  float *sq, *nzq, *aq, *sk, *nzk, *ck;
-};
-
-IntStats int_stats(float* base, int64_t T) {
-  const int64_t T16 = round16(T);
-  return {base, base + T16, base + 2 * T16, base + 3 * T16, base + 4 * T16, base + 5 * T16};
-}
-
 // Row codes as int16 pairs (dst[hd2], zero-padded) and their statistics.
 void quantize_head_row_i16(const float* src, int64_t head_dim, int64_t hd2, int bits, uint8_t* codes, int16_t* dst,
                            float* scale, float* zero, int32_t* sum) {
@@ -199,7 +206,7 @@ void quantize_head_row_i16(const float* src, int64_t head_dim, int64_t hd2, int 
 // S rows i0 .. i0 + mt - 1 (mt <= 6) for keys of NP consecutive 8-key panels starting at panel p0.
 template <int NP>
 void int_scores_tile(const int16_t* Qc, int64_t hd2, int64_t i0, int mt, const int16_t* Kc, int64_t p0,
-                     const IntStats& st, int64_t T, float* S) {
+                     const AttentionScratch& st, int64_t T, float* S) {
   const int16_t* qr[kQueryRows];
   for (int r = 0; r < kQueryRows; ++r) qr[r] = Qc + (i0 + (r < mt ? r : mt - 1)) * hd2;
   __m256i acc[kQueryRows][NP];
@@ -237,16 +244,11 @@ void int_scores_tile(const int16_t* Qc, int64_t hd2, int64_t i0, int mt, const i
 void attention_head_int(const float* qkv, int64_t n, int64_t h, int64_t T, int64_t H, int64_t head_dim, int bits,
                         float* out, float* scratch) {
   const int64_t D = H * head_dim, hd2 = (head_dim + 1) / 2 * 2, T16 = round16(T);
-  // the layout of attention_prepare, the Q and key-panel regions holding int16 codes
-  float* Qf = scratch;
-  float* Kf = Qf + T * head_dim;
-  float* Vp = Kf + T16 * head_dim;
-  float* stage = Vp + round16(head_dim) * T;
-  float* S = stage + T * head_dim;
-  uint8_t* codes = reinterpret_cast<uint8_t*>(S + kQueryRows * T);
-  const IntStats st = int_stats(reinterpret_cast<float*>(codes) + head_dim, T);
-  int16_t* Qc = reinterpret_cast<int16_t*>(Qf);  // [T][hd2]
-  int16_t* Kc = reinterpret_cast<int16_t*>(Kf);  // [T16 / 8][hd2 / 2][8 keys][2]
+  const AttentionScratch st = attention_scratch(scratch, T, head_dim);
+  float *Vp = st.Vp, *stage = st.stage, *S = st.S;
+  uint8_t* codes = st.codes;
+  int16_t* Qc = reinterpret_cast<int16_t*>(st.Q);   // [T][hd2]
+  int16_t* Kc = reinterpret_cast<int16_t*>(st.Kp);  // [T16 / 8][hd2 / 2][8 keys][2]
   int16_t* krow = reinterpret_cast<int16_t*>(stage);
   const float* base = qkv + n * T * 3 * D + h * head_dim;
   const float fhd = static_cast<float>(head_dim);

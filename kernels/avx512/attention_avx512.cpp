@@ -158,10 +158,6 @@ inline int64_t round16(int64_t v) { return (v + 15) / 16 * 16; }
 // ---- integer scores (bits > 0): the contract of kernels/avx2/ops_avx2.cpp (attention_head_int), with the
 // exact integer dot products from vpdpbusd (u8 query codes x s8 key codes - 128, so dot = acc + 128 Aq) and
 // the same float steps: t = float(dot); t = fma(-zk, float(Aq), t); t = fma(-zq, Ck, t); S = (sq * sk) * t.
-struct IntStats {
-  float *sq, *nzq, *aq, *sk, *nzk, *ck;
-};
-
 void quantize_head_row_u8(const float* src, int64_t head_dim, int64_t hd4, int bits, uint8_t* dst, float* scale,
                           float* zero, int32_t* sum) {
   avx512::quantize_row(src, head_dim, bits, 0.0f, dst, scale, zero);
@@ -227,7 +223,7 @@ void int_dot_6x4(const uint8_t* const qrow[6], const int8_t* kp, int64_t stride,
 // S rows i0 .. i0 + mt - 1 (mt <= 6) for the keys of NP 16-key panels from panel p0: Kc [panel][hd4 / 4][16][4].
 template <int NP>
 void int_scores_tile(const uint8_t* Qc, int64_t hd4, int64_t i0, int mt, const int8_t* Kc, int64_t p0,
-                     const IntStats& st, int64_t T, float* S) {
+                     const avx2::AttentionScratch& st, int64_t T, float* S) {
   const uint8_t* qr[kRows];
   for (int r = 0; r < kRows; ++r) qr[r] = Qc + (i0 + (r < mt ? r : mt - 1)) * hd4;
   const int64_t G = hd4 / 4;
@@ -265,17 +261,11 @@ void int_scores_tile(const uint8_t* Qc, int64_t hd4, int64_t i0, int mt, const i
 void attention_head_int(const float* qkv, int64_t n, int64_t h, int64_t T, int64_t H, int64_t head_dim, int bits,
                         float* out, float* scratch) {
   const int64_t D = H * head_dim, hd4 = (head_dim + 3) / 4 * 4, T16 = round16(T), G = hd4 / 4;
-  // avx2::attention_scratch_floats' layout, the Q and key-panel regions holding the codes
-  float* Qf = scratch;
-  float* Kf = Qf + T * head_dim;
-  float* Vp = Kf + T16 * head_dim;
-  float* stage = Vp + round16(head_dim) * T;
-  float* S = stage + T * head_dim;
-  uint8_t* codes = reinterpret_cast<uint8_t*>(S + kRows * T);
-  float* sb = reinterpret_cast<float*>(codes) + head_dim;
-  const IntStats st{sb, sb + T16, sb + 2 * T16, sb + 3 * T16, sb + 4 * T16, sb + 5 * T16};
-  uint8_t* Qc = reinterpret_cast<uint8_t*>(Qf);  // [T][hd4]
-  int8_t* Kc = reinterpret_cast<int8_t*>(Kf);    // [T16 / 16][hd4 / 4][16 keys][4]
+  const avx2::AttentionScratch st = avx2::attention_scratch(scratch, T, head_dim);
+  float *Vp = st.Vp, *stage = st.stage, *S = st.S;
+  uint8_t* codes = st.codes;
+  uint8_t* Qc = reinterpret_cast<uint8_t*>(st.Q);  // [T][hd4]
+  int8_t* Kc = reinterpret_cast<int8_t*>(st.Kp);   // [T16 / 16][hd4 / 4][16 keys][4]
   uint8_t* krow = reinterpret_cast<uint8_t*>(stage);
   const float* base = qkv + n * T * 3 * D + h * head_dim;
   const float fhd = static_cast<float>(head_dim);

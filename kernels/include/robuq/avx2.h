@@ -92,6 +92,19 @@ struct AttentionBuffers {
   float *Q, *Kp, *Vp, *S;
   int64_t query_rows;
 };
+// The regions of one head's scratch (attention_scratch_floats of them), shared by both tiers' attention: Q
+// [T, head_dim], key panels [round16(T), head_dim], value panels [round16(head_dim), T], a row staging buffer
+// [T, head_dim], scores [query_rows, T], a codes row (head_dim bytes in head_dim floats), and the quantized
+// path's per-row / per-key statistics (round16(T) floats each: q's scale, -zero and code sum; k's scale,
+// -zero and fma(-head_dim, zero, code sum)). The quantized path keeps its q codes and key-code panels in the Q
+// and key-panel regions.
+struct AttentionScratch {
+  float *Q, *Kp, *Vp, *stage, *S;
+  uint8_t* codes;
+  float *sq, *nzq, *aq, *sk, *nzk, *ck;
+  int64_t query_rows;
+};
+AttentionScratch attention_scratch(float* scratch, int64_t T, int64_t head_dim);
 AttentionBuffers attention_prepare(const float* qkv, int64_t n, int64_t h, int64_t T, int64_t H, int64_t head_dim,
                                    int bits, float* scratch);
 void attention_head(const float* qkv, int64_t n, int64_t h, int64_t T, int64_t H, int64_t head_dim, int bits,
