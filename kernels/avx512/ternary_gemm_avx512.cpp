@@ -364,12 +364,13 @@ void pack_up(const float* up, int64_t out, int64_t rank, int64_t p0, int64_t p1,
 }
 
 // One output vector (token t, outputs r .. r + 15 under mask m): the epilogue of its exact sums a, plus the
-// low-rank term v (when lowrank), the bias and GELU. The locals are the QEpilogue fields.
+// low-rank term v (when lowrank) and the bias (GELU follows in epilogue_rows' second pass). The locals are the
+// QEpilogue fields.
 struct EpiRow {
   const float *scale_x, *zero_x;
   float* y;
   int64_t out;
-  bool lowrank, has_bias, gelu;
+  bool lowrank, has_bias;
 
   inline void operator()(int64_t t, int64_t r, __mmask16 m, __m512i a, __m512d ws0, __m512d ws1, __m512d sw0,
                          __m512d sw1, __m512 v, __m512 bias) const {
@@ -385,7 +386,6 @@ struct EpiRow {
         _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(f0)), _mm256_castps_pd(f1), 1));
     if (lowrank) f = _mm512_add_ps(f, v);
     if (has_bias) f = _mm512_add_ps(f, bias);
-    if (gelu) f = gelu16(f);
     _mm512_mask_storeu_ps(y + t * out + r, m, f);
   }
 };
@@ -402,7 +402,7 @@ void epilogue_rows(const avx2::QEpilogue& e, int64_t t0, int64_t nt, const int32
   // GELU runs as a second pass over the finished rows (still in L1 / L2): its long dependency chain overlaps
   // better in a loop of independent vectors than at the end of each output's dequantization chain (the same
   // operations on the same values, so the same bits; measured 85 -> ~60 cycles per 16 outputs).
-  const EpiRow row{e.scale_x, e.zero_x, e.y, out, e.u != nullptr && panels != nullptr, e.bias != nullptr, false};
+  const EpiRow row{e.scale_x, e.zero_x, e.y, out, e.u != nullptr && panels != nullptr, e.bias != nullptr};
   const float* const u = e.u;
   const int64_t rank = e.rank;
   for (int64_t r = 0; r < out; r += 16) {
