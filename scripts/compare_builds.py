@@ -1,10 +1,12 @@
 """Bit-identity check for refactors: the engine's outputs from two builds of robuq._C must be equal.
 
-    python scripts/compare_builds.py dump BUILD_DIR OUT.npz   # BUILD_DIR holds _C*.so (cmake target _C)
+    python scripts/compare_builds.py dump BUILD_DIR OUT.npz [MORE.rq ...]  # BUILD_DIR: _C*.so (target _C)
     python scripts/compare_builds.py diff OLD.npz NEW.npz      # exit 1 unless every array is bit-identical
 
 `dump` loads that extension in place of the installed one and records, on every kernel tier this CPU runs,
-a float32 forward and an 8-step DDIM sample of each shipped model and the GELU kernel. Build both
+a float32 forward and an 8-step DDIM sample of each shipped model and the GELU kernel, and a forward of
+each further .rq named (e.g. `robuq-export --random` DiT-XL/2 files: head dim 72, low-rank branches, 8-bit
+attention, the shapes the shipped models lack). Build both
 sides with the same flags (e.g. cmake -DCMAKE_BUILD_TYPE=Release -DROBUQ_CUDA=OFF, target _C) so only the
 source differs.
 """
@@ -29,7 +31,7 @@ def _load_extension(build_dir: str):
     return mod
 
 
-def dump(build_dir: str, out_path: str) -> None:
+def dump(build_dir: str, out_path: str, more: list[str]) -> None:
     C = _load_extension(build_dir)
     import robuq
     from robuq import Engine
@@ -40,10 +42,11 @@ def dump(build_dir: str, out_path: str) -> None:
         if not C.tier_available(tier):
             continue
         C.set_tier(tier)
-        for f in sorted(glob.glob(os.path.join(assets, "*.rq"))):
+        for f in sorted(glob.glob(os.path.join(assets, "*.rq"))) + more:
             e = Engine(f, threads=2)
             name = f"{tier}/{os.path.basename(f)}"
-            out[name + "/sample"] = np.asarray(e.sample([3, 7, 1], steps="ddim8", seed=1))
+            if f not in more:
+                out[name + "/sample"] = np.asarray(e.sample([3, 7, 1], steps="ddim8", seed=1))
             mc = e.info["model_config"]
             size, ch = mc["input_size"], mc["in_channels"]
             x = np.random.default_rng(5).standard_normal((5, ch, size, size)).astype(np.float32)
@@ -67,8 +70,8 @@ def diff(a_path: str, b_path: str) -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 4 and sys.argv[1] == "dump":
-        dump(sys.argv[2], sys.argv[3])
+    if len(sys.argv) >= 4 and sys.argv[1] == "dump":
+        dump(sys.argv[2], sys.argv[3], sys.argv[4:])
     elif len(sys.argv) == 4 and sys.argv[1] == "diff":
         sys.exit(diff(sys.argv[2], sys.argv[3]))
     else:

@@ -27,27 +27,45 @@ namespace {
 constexpr int64_t kMinRowWorkPerThread = int64_t(1) << 15;  // floats per thread for the per-token pass
 
 // u[j] = rot . down[j] for j < R: 8 lanes (element k in lane k % 8) of fused multiply-adds, k ascending, merged
-// pairwise. Four rows of down per pass share the loads of rot.
-void down_project(const float* rot, int64_t n, const float* down, int64_t R, float* u) {
+// pairwise. Every output is that one chain whatever is computed beside it, so the forms below give the same bits.
+// NT tokens (rows rot[t], outputs u[t]) x NJ rows of down per pass: NT = 2, NJ = 4 keeps 8 independent chains
+// (both FMA pipes) and the 4 rows' slice of down in L1 for the second token; one token alone runs NJ = 4.
+template <int NT, int NJ>
+void down_rows(const float* const* rot, int64_t n, const float* down, float* const* u, int64_t j0) {
   const int64_t n8 = n / 8 * 8;
-  alignas(32) float tail[8];
-  for (int64_t j0 = 0; j0 < R; j0 += 4) {
-    const int nj = static_cast<int>(std::min<int64_t>(4, R - j0));
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-    for (int64_t k = 0; k < n8; k += 8) {
-      const __m256 x = _mm256_loadu_ps(rot + k);
-      for (int j = 0; j < nj; ++j) acc[j] = _mm256_fmadd_ps(x, _mm256_loadu_ps(down + (j0 + j) * n + k), acc[j]);
+  __m256 acc[NT][NJ] = {};
+  for (int64_t k = 0; k < n8; k += 8) {
+    __m256 x[NT] = {};
+    for (int t = 0; t < NT; ++t) x[t] = _mm256_loadu_ps(rot[t] + k);
+    for (int j = 0; j < NJ; ++j) {
+      const __m256 w = _mm256_loadu_ps(down + (j0 + j) * n + k);
+      for (int t = 0; t < NT; ++t) acc[t][j] = _mm256_fmadd_ps(x[t], w, acc[t][j]);
     }
-    if (n8 < n) {
-      for (int l = 0; l < 8; ++l) tail[l] = n8 + l < n ? rot[n8 + l] : 0.0f;
+  }
+  if (n8 < n) {
+    alignas(32) float w[8];
+    for (int t = 0; t < NT; ++t) {
+      alignas(32) float tail[8];
+      for (int l = 0; l < 8; ++l) tail[l] = n8 + l < n ? rot[t][n8 + l] : 0.0f;
       const __m256 x = _mm256_load_ps(tail);
-      alignas(32) float w[8];
-      for (int j = 0; j < nj; ++j) {
+      for (int j = 0; j < NJ; ++j) {
         for (int l = 0; l < 8; ++l) w[l] = n8 + l < n ? down[(j0 + j) * n + n8 + l] : 0.0f;
-        acc[j] = _mm256_fmadd_ps(x, _mm256_load_ps(w), acc[j]);
+        acc[t][j] = _mm256_fmadd_ps(x, _mm256_load_ps(w), acc[t][j]);
       }
     }
-    for (int j = 0; j < nj; ++j) u[j0 + j] = simd::pairwise_sum8(acc[j]);
+  }
+  for (int t = 0; t < NT; ++t)
+    for (int j = 0; j < NJ; ++j) u[t][j0 + j] = simd::pairwise_sum8(acc[t][j]);
+}
+
+// down_project for nt (1 or 2) tokens: rot[t] . down[j] -> u[t][j].
+void down_project(const float* const* rot, int nt, int64_t n, const float* down, int64_t R, float* const* u) {
+  using Fn = void (*)(const float* const*, int64_t, const float*, float* const*, int64_t);
+  static constexpr Fn one[4] = {down_rows<1, 1>, down_rows<1, 2>, down_rows<1, 3>, down_rows<1, 4>};
+  static constexpr Fn two[4] = {down_rows<2, 1>, down_rows<2, 2>, down_rows<2, 3>, down_rows<2, 4>};
+  for (int64_t j0 = 0; j0 < R; j0 += 4) {
+    const int64_t nj = R - j0 < 4 ? R - j0 : 4;
+    (nt == 2 ? two : one)[nj - 1](rot, n, down, u, j0);
   }
 }
 
@@ -87,7 +105,7 @@ void qlinear_forward(const QLinearDesc& d, const generic::Prepared& p, const flo
   // over the tokens (one parallel region per layer), else token-parallel here.
   const int64_t per = n + std::max<int64_t>(d.plan.scratch_size(), 1);
   const int nt1 = std::max(1, threads);
-  float* rows = grow(s.rows, static_cast<size_t>(nt1 * per));
+  float* rows = grow(s.rows, static_cast<size_t>(nt1 * 2 * per));  // two rows per thread (token pairs)
   const RowTransform transform(d.plan);
   struct Prep final : RowPrep {
     const QLinearDesc* d;
@@ -98,23 +116,33 @@ void qlinear_forward(const QLinearDesc& d, const generic::Prepared& p, const flo
     int64_t per;
     double share;  // profiling: a thread-second counts 1 / threads of a second of wall time
     bool avx512;   // the avx512 tier's Hadamard transform (bit-identical)
-    void operator()(int64_t t, int tid) const override {
-      const double t0 = profile::enabled() ? profile::now() : -1.0;
+    // Hadamard + quantize of token t into rot
+    void row(int64_t t, float* rot) const {
       const int64_t n = d->in;
-      float* rot = rows + tid * per;
 #ifdef ROBUQ_HAVE_AVX512
       if (avx512) {
         if (!avx512::hadamard_row(d->plan, transform->signs(), x + t * n, rot, rot + n))
           (*transform)(x + t * n, rot, rot + n);
         avx512::quantize_row(rot, n, d->act_bits, d->clip_k, codes + t * n, scale + t, zero + t);
-      } else
-#endif
-      {
-        (*transform)(x + t * n, rot, rot + n);
-        quantize_row(rot, n, d->act_bits, d->clip_k, codes + t * n, scale + t, zero + t);
+        return;
       }
-      if (d->rank > 0) down_project(rot, n, d->down, d->rank, u + t * d->rank);
-      if (t0 >= 0) profile::add(profile::HadamardQuantize, (profile::now() - t0) * share);
+#endif
+      (*transform)(x + t * n, rot, rot + n);
+      quantize_row(rot, n, d->act_bits, d->clip_k, codes + t * n, scale + t, zero + t);
+    }
+    void operator()(int64_t t0, int64_t cnt, int tid) const override {
+      const double start = profile::enabled() ? profile::now() : -1.0;
+      const int64_t n = d->in, R = d->rank;
+      float* const rot[2] = {rows + tid * 2 * per, rows + tid * 2 * per + per};
+      for (int64_t t = t0; t < t0 + cnt; t += 2) {
+        const int nt = t + 1 < t0 + cnt ? 2 : 1;
+        for (int i = 0; i < nt; ++i) row(t + i, rot[i]);
+        if (R > 0) {
+          float* const ut[2] = {u + t * R, u + (t + 1) * R};
+          down_project(rot, nt, n, d->down, R, ut);
+        }
+      }
+      if (start >= 0) profile::add(profile::HadamardQuantize, (profile::now() - start) * share);
     }
   } prep;
   prep.d = &d;
@@ -132,12 +160,12 @@ void qlinear_forward(const QLinearDesc& d, const generic::Prepared& p, const flo
   if (!fused) {
     const int nt = detail::useful_threads(threads, T * n, kMinRowWorkPerThread);
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-    for (int64_t t = 0; t < T; ++t) {
+    for (int64_t t = 0; t < T; t += 2) {
       int tid = 0;
 #ifdef _OPENMP
       tid = omp_get_thread_num();
 #endif
-      prep(t, tid);
+      prep(t, std::min<int64_t>(2, T - t), tid);
     }
   }
 

@@ -100,16 +100,18 @@ struct QEpilogue {
   }
 };
 
-// Makes row t of the activation codes (and whatever else the epilogue reads of token t) on thread `tid`
-// (< the GEMM's thread count). Lets a GEMM quantize each token in the parallel pass that first reads it.
+// Makes rows t0 .. t0 + n - 1 of the activation codes (and whatever else the epilogue reads of those tokens) on
+// thread `tid` (< the GEMM's thread count). Lets a GEMM quantize each token in the parallel pass that first
+// reads it; a range lets the preparation work on two tokens at once (the low-rank down-projection shares its
+// weight loads between them). Each token's results are the same whatever the range.
 struct RowPrep {
   virtual ~RowPrep() = default;
-  virtual void operator()(int64_t t, int tid) const = 0;
+  virtual void operator()(int64_t t0, int64_t n, int tid) const = 0;
 };
 
 // Ternary weights in the file layout (robuq/pack.h) x activation codes of `bits` bits (table-lookup GEMM,
-// ternary_gemm_avx2.cpp); wsum = the rows' code sums. The tiles go through e. With prep, row t of q is made
-// by (*prep)(t, tid) inside the GEMM's parallel region, before anything reads it.
+// ternary_gemm_avx2.cpp); wsum = the rows' code sums. The tiles go through e. With prep, the rows of q are made
+// by (*prep)(t0, n, tid) inside the GEMM's parallel region, before anything reads them.
 void ternary_gemm(const uint8_t* q, int64_t T, int bits, const uint8_t* packed, int64_t out, int64_t in,
                   const int32_t* wsum, const QEpilogue& e, int threads, const RowPrep* prep);
 

@@ -400,6 +400,7 @@ void gemm_direct(const uint8_t* q, int64_t T, int bits, const uint8_t* packed, i
 #else
     const int tid = 0;
 #endif
+    static_assert(TT % 2 == 0, "token pairs");
     int32_t* const C = cbufs.data() + static_cast<size_t>(tid) * TT * ldc;
     uint8_t* const ibuf = ibufs + tid * idx_bytes;
     float* const escr = ebufs.data() + tid * epi_floats;
@@ -407,13 +408,16 @@ void gemm_direct(const uint8_t* q, int64_t T, int bits, const uint8_t* packed, i
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
-    for (int64_t t = 0; t < n_tiles * TT; ++t) {
-      int8_t* tab = tabs + (t / TT) * tile_bytes + (t % TT) * 16;
-      if (t < T) {
-        if (prep != nullptr) (*prep)(t, tid);  // the row's codes, made by this thread just before use
-        build_tables(q + t * in, in, z, tab);
-      } else {
-        for (int64_t j = 0; j < (chunks + 1) / 2 * 2; ++j) std::memset(tab + j * TT * 16, 0, 16);
+    for (int64_t t2 = 0; t2 < n_tiles * TT; t2 += 2) {  // token pairs (TT is even)
+      // the rows' codes, made by this thread just before use
+      if (prep != nullptr && t2 < T) (*prep)(t2, std::min<int64_t>(2, T - t2), tid);
+      for (int64_t t = t2; t < t2 + 2; ++t) {
+        int8_t* tab = tabs + (t / TT) * tile_bytes + (t % TT) * 16;
+        if (t < T) {
+          build_tables(q + t * in, in, z, tab);
+        } else {
+          for (int64_t j = 0; j < (chunks + 1) / 2 * 2; ++j) std::memset(tab + j * TT * 16, 0, 16);
+        }
       }
     }
 #ifdef _OPENMP
@@ -485,12 +489,12 @@ void ternary_gemm(const uint8_t* q, int64_t T, int bits, const uint8_t* packed, 
   if (prep != nullptr) {
     const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, T)));
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-    for (int64_t t = 0; t < T; ++t) {
+    for (int64_t t = 0; t < T; t += 2) {
       int tid = 0;
 #ifdef _OPENMP
       tid = omp_get_thread_num();
 #endif
-      (*prep)(t, tid);
+      (*prep)(t, std::min<int64_t>(2, T - t), tid);
     }
   }
   // 7 or 8 bits: q = 16 q_hi + q_lo, q_lo < 16 (4 bits), q_hi < 2^(bits-4); exact sums first, then e.

@@ -55,6 +55,23 @@ void micro(const float* x, int64_t ldx, int mt, const float* panels, int64_t K, 
     }
 }
 
+// micro<1> for a last panel with at most 8 outputs (head dim 72 = 4.5 panels): the same chains in ymm, half
+// the FMA work of the zmm panel whose upper lanes would be padding.
+void micro_half(const float* x, int64_t ldx, int mt, const float* panel, int64_t K, float* y, int64_t ldy, int64_t nr) {
+  const float* xr[kRows];
+  for (int i = 0; i < kRows; ++i) xr[i] = x + (i < mt ? i : mt - 1) * ldx;
+  __m256 acc[kRows];
+#pragma GCC unroll 6
+  for (int i = 0; i < kRows; ++i) acc[i] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < K; ++k) {
+    const __m256 w = _mm256_loadu_ps(panel + k * 16);
+#pragma GCC unroll 6
+    for (int i = 0; i < kRows; ++i) acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(xr[i][k]), w, acc[i]);
+  }
+  const __mmask8 m = static_cast<__mmask8>((1u << nr) - 1);
+  for (int i = 0; i < mt; ++i) _mm256_mask_storeu_ps(y + i * ldy, m, acc[i]);
+}
+
 void gemm_panels16(const float* x, int64_t ldx, int64_t T, const float* panels, int64_t R, int64_t K, float* y,
                    int64_t ldy) {
   const int64_t np = (R + 15) / 16;
@@ -63,8 +80,13 @@ void gemm_panels16(const float* x, int64_t ldx, int64_t T, const float* panels, 
     int64_t p = 0;
     for (; p + 4 <= np; p += 4)
       micro<4>(x + t * ldx, ldx, mt, panels + p * K * 16, K, y + t * ldy + 16 * p, ldy, imin(64, R - 16 * p));
-    for (; p < np; ++p)
-      micro<1>(x + t * ldx, ldx, mt, panels + p * K * 16, K, y + t * ldy + 16 * p, ldy, imin(16, R - 16 * p));
+    for (; p < np; ++p) {
+      const int64_t nr = imin(16, R - 16 * p);
+      if (nr <= 8)
+        micro_half(x + t * ldx, ldx, mt, panels + p * K * 16, K, y + t * ldy + 16 * p, ldy, nr);
+      else
+        micro<1>(x + t * ldx, ldx, mt, panels + p * K * 16, K, y + t * ldy + 16 * p, ldy, nr);
+    }
   }
 }
 
@@ -161,10 +183,15 @@ inline int64_t round16(int64_t v) { return (v + 15) / 16 * 16; }
 void quantize_head_row_u8(const float* src, int64_t head_dim, int64_t hd4, int bits, uint8_t* dst, float* scale,
                           float* zero, int32_t* sum) {
   avx512::quantize_row(src, head_dim, bits, 0.0f, dst, scale, zero);
-  int32_t acc = 0;
-  for (int64_t d = 0; d < head_dim; ++d) acc += dst[d];
   for (int64_t d = head_dim; d < hd4; ++d) dst[d] = 0;
-  *sum = acc;
+  // the codes' sum with vpsadbw (sums of 8 bytes against zero into 64-bit lanes), 64 codes per step
+  __m512i acc = _mm512_setzero_si512();
+  for (int64_t d = 0; d < head_dim; d += 64) {
+    const int64_t left = head_dim - d;
+    const __mmask64 m = left >= 64 ? ~__mmask64(0) : (__mmask64(1) << left) - 1;
+    acc = _mm512_add_epi64(acc, _mm512_sad_epu8(_mm512_maskz_loadu_epi8(m, dst + d), _mm512_setzero_si512()));
+  }
+  *sum = static_cast<int32_t>(_mm512_reduce_add_epi64(acc));
 }
 
 // The int32 sums of 6 query rows x 4 panels of 16 keys over G groups of 4 dimensions into out[6][4][16]:

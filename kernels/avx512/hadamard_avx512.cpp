@@ -268,14 +268,10 @@ void min_max(const float* x, int64_t n, float* mn_out, float* mx_out) {
     vmn = _mm512_min_ps(v, vmn);
     vmx = _mm512_max_ps(v, vmx);
   }
-  alignas(64) float a[16], b[16];
-  _mm512_store_ps(a, vmn);
-  _mm512_store_ps(b, vmx);
-  float mn = a[0], mx = b[0];
-  for (int l = 1; l < 16; ++l) {
-    mn = a[l] < mn ? a[l] : mn;
-    mx = b[l] > mx ? b[l] : mx;
-  }
+  // The lanes' minimum / maximum as a tree (4 dependent steps instead of 15): min / max of non-NaN values are
+  // exact in any order, and a lane holds NaN only when x[0] is NaN, in which case every lane does (vminps keeps
+  // its second operand, the chain, when either is NaN), so the result is the lane-by-lane scan's.
+  float mn = _mm512_reduce_min_ps(vmn), mx = _mm512_reduce_max_ps(vmx);
   for (; i < n; ++i) {
     mn = x[i] < mn ? x[i] : mn;
     mx = x[i] > mx ? x[i] : mx;

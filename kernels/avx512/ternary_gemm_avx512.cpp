@@ -525,8 +525,7 @@ void ternary_gemm(const uint8_t* q, int64_t T, int bits, const uint8_t* packed, 
 #endif
     for (int64_t it = 0; it < items; ++it) {
       const int64_t t0 = it * TB, nt_ = imin(TB, T - t0), tiles = (nt_ + TT - 1) / TT;
-      if (prep != nullptr)
-        for (int64_t t = t0; t < t0 + nt_; ++t) (*prep)(t, tid);
+      if (prep != nullptr) (*prep)(t0, nt_, tid);
       std::memset(C, 0, static_cast<size_t>(tiles * TT * ldc) * 4);
       for (int64_t j0 = 0; j0 < chunks; j0 += KB) {
         const int64_t nj = imin(KB, chunks - j0);
