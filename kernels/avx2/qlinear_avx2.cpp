@@ -116,27 +116,32 @@ void qlinear_forward(const QLinearDesc& d, const generic::Prepared& p, const flo
     int64_t per;
     double share;  // profiling: a thread-second counts 1 / threads of a second of wall time
     bool avx512;   // the avx512 tier's Hadamard transform (bit-identical)
-    // Hadamard + quantize of token t into rot
-    void row(int64_t t, float* rot) const {
+    // Hadamard transform of token t into rot (rot + n: its scratch)
+    void rotate(int64_t t, float* rot) const {
       const int64_t n = d->in;
 #ifdef ROBUQ_HAVE_AVX512
-      if (avx512) {
-        if (!avx512::hadamard_row(d->plan, transform->signs(), x + t * n, rot, rot + n))
-          (*transform)(x + t * n, rot, rot + n);
-        avx512::quantize_row(rot, n, d->act_bits, d->clip_k, codes + t * n, scale + t, zero + t);
-        return;
-      }
+      if (avx512 && avx512::hadamard_row(d->plan, transform->signs(), x + t * n, rot, rot + n)) return;
 #endif
       (*transform)(x + t * n, rot, rot + n);
-      quantize_row(rot, n, d->act_bits, d->clip_k, codes + t * n, scale + t, zero + t);
     }
     void operator()(int64_t t0, int64_t cnt, int tid) const override {
       const double start = profile::enabled() ? profile::now() : -1.0;
       const int64_t n = d->in, R = d->rank;
+      const int bits = d->act_bits;
+      const float k = d->clip_k;
       float* const rot[2] = {rows + tid * 2 * per, rows + tid * 2 * per + per};
       for (int64_t t = t0; t < t0 + cnt; t += 2) {
         const int nt = t + 1 < t0 + cnt ? 2 : 1;
-        for (int i = 0; i < nt; ++i) row(t + i, rot[i]);
+        for (int i = 0; i < nt; ++i) rotate(t + i, rot[i]);
+#ifdef ROBUQ_HAVE_AVX512
+        if (avx512 && nt == 2)
+          avx512::quantize_rows2(rot[0], rot[1], n, bits, k, codes + t * n, codes + (t + 1) * n, scale + t, zero + t);
+        else if (avx512)
+          avx512::quantize_row(rot[0], n, bits, k, codes + t * n, scale + t, zero + t);
+        else
+#endif
+          for (int i = 0; i < nt; ++i)
+            quantize_row(rot[i], n, bits, k, codes + (t + i) * n, scale + t + i, zero + t + i);
         if (R > 0) {
           float* const ut[2] = {u + t * R, u + (t + 1) * R};
           down_project(rot, nt, n, d->down, R, ut);

@@ -33,6 +33,10 @@ void attention_head(const float* qkv, int64_t n, int64_t h, int64_t T, int64_t H
 
 // Per-token quantization of one row: the contract of ref::quantize_row / avx2::quantize_row, bit-identical.
 void quantize_row(const float* x, int64_t n, int bits, float clip_k, uint8_t* codes, float* scale, float* zero);
+// quantize_row of two rows (scale[0], zero[0] for x0; scale[1], zero[1] for x1), the same bits as two calls; their
+// float64 statistics run as two interleaved chains.
+void quantize_rows2(const float* x0, const float* x1, int64_t n, int bits, float clip_k, uint8_t* codes0,
+                    uint8_t* codes1, float* scale, float* zero);
 
 // Activation bit widths the AVX-512 ternary GEMM takes (1..6; 7 and 8 bits run the avx2 kernel).
 bool ternary_gemm_supported(int bits);
