@@ -33,12 +33,15 @@ constexpr int64_t kMinRowWorkPerThread = int64_t(1) << 15;  // floats per thread
 template <int NT, int NJ>
 void down_rows(const float* const* rot, int64_t n, const float* down, float* const* u, int64_t j0) {
   const int64_t n8 = n / 8 * 8;
-  __m256 acc[NT][NJ] = {};
+  __m256 acc[NT][NJ];
+  for (int t = 0; t < NT; ++t)
+    for (int j = 0; j < NJ; ++j) acc[t][j] = _mm256_setzero_ps();
   for (int64_t k = 0; k < n8; k += 8) {
-    __m256 x[NT] = {};
+    __m256 x[NT];
     for (int t = 0; t < NT; ++t) x[t] = _mm256_loadu_ps(rot[t] + k);
     for (int j = 0; j < NJ; ++j) {
-      const __m256 w = _mm256_loadu_ps(down + (j0 + j) * n + k);
+      __m256 w = _mm256_loadu_ps(down + (j0 + j) * n + k);
+      if constexpr (NT > 1) __asm__("" : "+x"(w));  // one load for the NT fmas (GCC folds it into each: NT loads)
       for (int t = 0; t < NT; ++t) acc[t][j] = _mm256_fmadd_ps(x[t], w, acc[t][j]);
     }
   }
@@ -54,8 +57,12 @@ void down_rows(const float* const* rot, int64_t n, const float* down, float* con
       }
     }
   }
-  for (int t = 0; t < NT; ++t)
-    for (int j = 0; j < NJ; ++j) u[t][j0 + j] = simd::pairwise_sum8(acc[t][j]);
+  for (int t = 0; t < NT; ++t) {
+    if constexpr (NJ == 4)
+      _mm_storeu_ps(u[t] + j0, simd::pairwise_sum8x4(acc[t][0], acc[t][1], acc[t][2], acc[t][3]));
+    else
+      for (int j = 0; j < NJ; ++j) u[t][j0 + j] = simd::pairwise_sum8(acc[t][j]);
+  }
 }
 
 // down_project for nt (1 or 2) tokens: rot[t] . down[j] -> u[t][j].

@@ -50,6 +50,15 @@ inline float pairwise_sum8(__m256 v) {
   return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
 }
 
+// pairwise_sum8 of four vectors at once, [sum(a), sum(b), sum(c), sum(d)]: vhaddps forms the same pairs
+// (l0 + l1, l2 + l3, ...), then their sums, then (l0..3) + (l4..7): the same additions, so the same bits.
+inline __m128 pairwise_sum8x4(__m256 a, __m256 b, __m256 c, __m256 d) {
+  const __m256 ab = _mm256_hadd_ps(a, b);  // a01 a23 b01 b23 | a45 a67 b45 b67
+  const __m256 cd = _mm256_hadd_ps(c, d);
+  const __m256 q = _mm256_hadd_ps(ab, cd);  // a0123 b0123 c0123 d0123 | a4567 b4567 c4567 d4567
+  return _mm_add_ps(_mm256_castps256_ps128(q), _mm256_extractf128_ps(q, 1));
+}
+
 // exp(x): n = round(x log2 e), r = x - n ln2 (two fused steps, ln2 split in a high and a low part), e^r by
 // Cephes' degree-6 polynomial, times 2^n applied as two exact power-of-two factors (so n = 128 works).
 // 0 below ln(FLT_MIN), +inf above ln(FLT_MAX), NaN for NaN.
