@@ -296,7 +296,17 @@ void attention_head_int(const float* qkv, int64_t n, int64_t h, int64_t T, int64
   uint8_t* krow = reinterpret_cast<uint8_t*>(stage);
   const float* base = qkv + n * T * 3 * D + h * head_dim;
   const float fhd = static_cast<float>(head_dim);
+  // the head's rows are head_dim floats at a stride of 3 D: fetch them a few rows ahead of their first use
+  constexpr int64_t kAhead = 4;
+  const auto prefetch_row = [&](const float* row) {
+    for (int64_t d = 0; d < head_dim; d += 16) _mm_prefetch(reinterpret_cast<const char*>(row + d), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(row + head_dim - 1), _MM_HINT_T0);
+  };
   for (int64_t i = 0; i < T; ++i) {
+    if (i + kAhead < T) {
+      prefetch_row(base + (i + kAhead) * 3 * D);
+      prefetch_row(base + (i + kAhead) * 3 * D + D);
+    }
     float s, z;
     int32_t sum;
     quantize_head_row_u8(base + i * 3 * D, head_dim, hd4, bits, Qc + i * hd4, &s, &z, &sum);
@@ -320,7 +330,10 @@ void attention_head_int(const float* qkv, int64_t n, int64_t h, int64_t T, int64
     const int64_t p = i / 16, l = i % 16;
     for (int64_t g = 0; g < G; ++g) std::memset(Kc + ((p * G + g) * 16 + l) * 4, 0, 4);
   }
-  for (int64_t i = 0; i < T; ++i) fake_quant_row(base + i * 3 * D + 2 * D, head_dim, bits, codes, stage + i * head_dim);
+  for (int64_t i = 0; i < T; ++i) {
+    if (i + kAhead < T) prefetch_row(base + (i + kAhead) * 3 * D + 2 * D);
+    fake_quant_row(base + i * 3 * D + 2 * D, head_dim, bits, codes, stage + i * head_dim);
+  }
   avx2::pack_panels_cols(stage, head_dim, head_dim, T, Vp);
   const float scale = static_cast<float>(std::pow(static_cast<double>(head_dim), -0.5));
   const int levels = (1 << bits) - 1;
