@@ -51,6 +51,13 @@ def _rows(t, n, seed, kind):
         x = rng.standard_t(3, (t, n)) * rng.uniform(0.2, 3, (t, 1)) + rng.normal(0, 1, (t, 1))
     elif kind == "zeros":  # signed zeros and ties for min / max
         x = rng.choice([0.0, -0.0, 1.0, -1.0, 0.5], (t, n))
+    elif kind == "extreme":  # infinities, NaN, values near the float32 limits, subnormals, codes near halves
+        x = rng.normal(0, 1, (t, n))
+        picks = np.array([np.inf, -np.inf, np.nan, 3.0e38, -3.0e38, 1e-40, -1e-42, 1e-30], np.float64)
+        x[np.arange(t), rng.integers(0, n, t)] = picks[np.arange(t) % len(picks)]
+        if n > 1:
+            x[-1] = (np.arange(n) % 9) / 8.0 + 1e-7  # quotients near half-integers
+            x[-2] = np.linspace(1e-38, 3e-38, n)  # a row of tiny normals and its tiny range
     else:
         x = np.full((t, n), 0.25)
     return np.ascontiguousarray(x, dtype=np.float32)
@@ -71,9 +78,9 @@ def test_hadamard_bit_identical_to_reference(n, form, block, kind):
 
 
 @pytest.mark.parametrize("n", [1, 7, 16, 33, 384, 1152, 4608])
-@pytest.mark.parametrize("kind", ["heavy", "zeros", "const"])
+@pytest.mark.parametrize("kind", ["heavy", "zeros", "const", "extreme"])
 def test_quantize_bit_identical_to_reference(n, kind):
-    x = _rows(6, n, n, kind)
+    x = _rows(11, n, n, kind)  # 5 pairs (quantize_rows2) and a last row alone
     for bits in (1, 2, 3, 4, 8):
         for k in (0.0, Q.clip_constant("gauss", bits)):
             got = _C.quantize_tokens(x, bits, k, tier="avx512")
