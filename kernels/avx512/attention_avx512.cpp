@@ -7,7 +7,7 @@
 //    a panel of 16 outputs being one zmm here (6 rows x 4 panels of accumulators per pass);
 //  * the softmax: s * scale, the row maximum, exp (exp512 = exp256's steps), the sum over the same 8
 //    interleaved lanes (each 16-float block is added as its two 8-float halves, in order), the same
-//    reciprocal, product and 1/levels grid (the grid's quotient q / levels by a checked fma step, grid_quotient).
+//    reciprocal, product and 1/levels grid.
 #include "avx512_common.h"  // first
 
 #include <cmath>
@@ -113,36 +113,8 @@ inline __m512 exp512(__m512 x) {  // exp256's steps (kernels/avx2/simd_avx2.h), 
   return _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), x);
 }
 
-// q / L for the integers q = 0 .. L (the probability grid, L = 2^bits - 1) without a division: y = q * (1 / L),
-// then one fused correction step, y + fma(-y, L, q) / L. Equal to the correctly rounded quotient for every q and
-// every L = 1, 3, .., 255: checked exhaustively once (grid_by_fma_exact), else softmax_row keeps vdivps.
-inline __m512 grid_quotient(__m512 q, __m512 vl, __m512 vr) {
-  const __m512 y = _mm512_mul_ps(q, vr);
-  return _mm512_fmadd_ps(_mm512_fnmadd_ps(y, vl, q), vr, y);
-}
-
-bool grid_by_fma_exact() {
-  for (int bits = 1; bits <= 8; ++bits) {
-    const int L = (1 << bits) - 1;
-    const float fl = static_cast<float>(L);
-    const __m512 vl = _mm512_set1_ps(fl), vr = _mm512_set1_ps(1.0f / fl);
-    for (int q0 = 0; q0 <= L; q0 += 16) {
-      alignas(64) float q[16], want[16], got[16];
-      for (int i = 0; i < 16; ++i) {
-        q[i] = static_cast<float>(q0 + i <= L ? q0 + i : L);
-        volatile float vq = q[i];  // the division itself, as vdivps does it
-        want[i] = vq / fl;
-      }
-      _mm512_store_ps(got, grid_quotient(_mm512_load_ps(q), vl, vr));
-      if (std::memcmp(got, want, sizeof got) != 0) return false;
-    }
-  }
-  return true;
-}
-
 // avx2::softmax_row's operations: in place on one row of n scores.
 void softmax_row(float* s, int64_t n, float scale, int levels) {
-  static const bool fma_grid = grid_by_fma_exact();
   const __m512 vscale = _mm512_set1_ps(scale);
   // s * scale and the maximum (exact in any order; a zero maximum's sign cannot change exp(s - max))
   __m512 vmx = _mm512_set1_ps(-INFINITY);
@@ -179,15 +151,12 @@ void softmax_row(float* s, int64_t n, float scale, int levels) {
   const float inv = 1.0f / (((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7])));
   const __m512 vinv = _mm512_set1_ps(inv);
   const __m512 vl = _mm512_set1_ps(static_cast<float>(levels));
-  const __m512 vr = _mm512_set1_ps(levels > 0 ? 1.0f / static_cast<float>(levels) : 0.0f);
   for (j = 0; j < n; j += 16) {
     const __mmask16 m = j + 16 <= n ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (n - j)) - 1);
     __m512 p = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, s + j), vinv);
     if (levels > 0) {
       p = _mm512_roundscale_ps(_mm512_mul_ps(p, vl), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-      // an integer in 0 .. levels after the clamp (a NaN becomes 0: vmaxps keeps its second operand)
-      p = _mm512_min_ps(_mm512_max_ps(p, _mm512_setzero_ps()), vl);
-      p = fma_grid && levels <= 255 ? grid_quotient(p, vl, vr) : _mm512_div_ps(p, vl);
+      p = _mm512_div_ps(_mm512_min_ps(_mm512_max_ps(p, _mm512_setzero_ps()), vl), vl);
     }
     _mm512_mask_storeu_ps(s + j, m, p);
   }
