@@ -283,65 +283,38 @@ void min_max(const float* x, int64_t n, float* mn_out, float* mx_out) {
 }
 
 // sum_k v_k in float64 over 8 interleaved lanes merged pairwise (simd::lane_sum's order); v_k = x_k, or
-// (x_k - m)^2 with square.
-double lane_sum(const float* x, int64_t n, double m, bool square) {
-  __m512d s = _mm512_setzero_pd();
-  const __m512d vm = _mm512_set1_pd(m);
+// (x_k - m)^2 with square. R rows at once (out[r] for x[r], m[r]): the same operations per row, R independent
+// dependency chains (one row's chain of n / 8 float64 additions is latency-bound).
+template <int R>
+void lane_sums(const float* const* x, int64_t n, const double* m, bool square, double* out) {
+  __m512d s[R], vm[R];
+  for (int r = 0; r < R; ++r) {
+    s[r] = _mm512_setzero_pd();
+    vm[r] = _mm512_set1_pd(m[r]);
+  }
   int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    __m512d d = _mm512_cvtps_pd(_mm256_loadu_ps(x + i));
-    if (square) {
-      d = _mm512_sub_pd(d, vm);
-      d = _mm512_mul_pd(d, d);
+  for (; i + 8 <= n; i += 8)
+    for (int r = 0; r < R; ++r) {
+      __m512d d = _mm512_cvtps_pd(_mm256_loadu_ps(x[r] + i));
+      if (square) {
+        d = _mm512_sub_pd(d, vm[r]);
+        d = _mm512_mul_pd(d, d);
+      }
+      s[r] = _mm512_add_pd(s[r], d);
     }
-    s = _mm512_add_pd(s, d);
-  }
-  alignas(64) double l[8];
-  _mm512_store_pd(l, s);
-  for (; i < n; ++i) {
-    double v = static_cast<double>(x[i]);
-    if (square) {
-      v = v - m;
-      v = v * v;
+  for (int r = 0; r < R; ++r) {
+    alignas(64) double l[8];
+    _mm512_store_pd(l, s[r]);
+    for (int64_t k = i; k < n; ++k) {
+      double v = static_cast<double>(x[r][k]);
+      if (square) {
+        v = v - m[r];
+        v = v * v;
+      }
+      l[k % 8] += v;
     }
-    l[i % 8] += v;
+    out[r] = ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
   }
-  return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
-}
-
-// lane_sum of two rows at once: the same operations per row, two independent dependency chains (one row's
-// chain of n / 8 float64 additions is latency-bound).
-void lane_sum2(const float* x0, const float* x1, int64_t n, double m0, double m1, bool square, double* r0, double* r1) {
-  __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
-  const __m512d vm0 = _mm512_set1_pd(m0), vm1 = _mm512_set1_pd(m1);
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    __m512d d0 = _mm512_cvtps_pd(_mm256_loadu_ps(x0 + i)), d1 = _mm512_cvtps_pd(_mm256_loadu_ps(x1 + i));
-    if (square) {
-      d0 = _mm512_sub_pd(d0, vm0);
-      d0 = _mm512_mul_pd(d0, d0);
-      d1 = _mm512_sub_pd(d1, vm1);
-      d1 = _mm512_mul_pd(d1, d1);
-    }
-    s0 = _mm512_add_pd(s0, d0);
-    s1 = _mm512_add_pd(s1, d1);
-  }
-  alignas(64) double l0[8], l1[8];
-  _mm512_store_pd(l0, s0);
-  _mm512_store_pd(l1, s1);
-  for (; i < n; ++i) {
-    double v0 = static_cast<double>(x0[i]), v1 = static_cast<double>(x1[i]);
-    if (square) {
-      v0 = v0 - m0;
-      v0 = v0 * v0;
-      v1 = v1 - m1;
-      v1 = v1 * v1;
-    }
-    l0[i % 8] += v0;
-    l1[i % 8] += v1;
-  }
-  *r0 = ((l0[0] + l0[1]) + (l0[2] + l0[3])) + ((l0[4] + l0[5]) + (l0[6] + l0[7]));
-  *r1 = ((l1[0] + l1[1]) + (l1[2] + l1[3])) + ((l1[4] + l1[5]) + (l1[6] + l1[7]));
 }
 
 // The clipped range from the row's min / max, mean and sum of squares (the reference's float64 steps).
@@ -372,36 +345,36 @@ void write_codes(const float* x, int64_t n, int bits, float lo, float hi, uint8_
   *zero = -lo / s;
 }
 
+// quantize_row of R rows: scale[r], zero[r] for x[r]; their float64 statistics run as R interleaved chains.
+template <int R>
+void quantize_rows(const float* const* x, int64_t n, int bits, float clip_k, uint8_t* const* codes, float* scale,
+                   float* zero) {
+  float lo[R], hi[R];
+  for (int r = 0; r < R; ++r) min_max(x[r], n, &lo[r], &hi[r]);
+  if (clip_k > 0.0f) {
+    const double zeros[R] = {};
+    double m[R], ss[R];
+    lane_sums<R>(x, n, zeros, false, m);
+    for (int r = 0; r < R; ++r) m[r] /= static_cast<double>(n);
+    lane_sums<R>(x, n, m, true, ss);
+    for (int r = 0; r < R; ++r) clip_range(m[r], ss[r], n, clip_k, &lo[r], &hi[r]);
+  }
+  for (int r = 0; r < R; ++r) write_codes(x[r], n, bits, lo[r], hi[r], codes[r], scale + r, zero + r);
+}
+
 }  // namespace
 
 namespace avx512 {
 
 void quantize_row(const float* x, int64_t n, int bits, float clip_k, uint8_t* codes, float* scale, float* zero) {
-  float lo, hi;
-  min_max(x, n, &lo, &hi);
-  if (clip_k > 0.0f) {
-    const double m = lane_sum(x, n, 0.0, false) / static_cast<double>(n);
-    clip_range(m, lane_sum(x, n, m, true), n, clip_k, &lo, &hi);
-  }
-  write_codes(x, n, bits, lo, hi, codes, scale, zero);
+  quantize_rows<1>(&x, n, bits, clip_k, &codes, scale, zero);
 }
 
 void quantize_rows2(const float* x0, const float* x1, int64_t n, int bits, float clip_k, uint8_t* codes0,
                     uint8_t* codes1, float* scale, float* zero) {
-  float lo0, hi0, lo1, hi1;
-  min_max(x0, n, &lo0, &hi0);
-  min_max(x1, n, &lo1, &hi1);
-  if (clip_k > 0.0f) {
-    double m0, m1, ss0, ss1;
-    lane_sum2(x0, x1, n, 0.0, 0.0, false, &m0, &m1);
-    m0 /= static_cast<double>(n);
-    m1 /= static_cast<double>(n);
-    lane_sum2(x0, x1, n, m0, m1, true, &ss0, &ss1);
-    clip_range(m0, ss0, n, clip_k, &lo0, &hi0);
-    clip_range(m1, ss1, n, clip_k, &lo1, &hi1);
-  }
-  write_codes(x0, n, bits, lo0, hi0, codes0, scale, zero);
-  write_codes(x1, n, bits, lo1, hi1, codes1, scale + 1, zero + 1);
+  const float* const x[2] = {x0, x1};
+  uint8_t* const codes[2] = {codes0, codes1};
+  quantize_rows<2>(x, n, bits, clip_k, codes, scale, zero);
 }
 
 bool hadamard_row(const HadamardPlan& p, const float* sgn, const float* x, float* rot, float* scratch) {
