@@ -335,6 +335,7 @@ def sections(res: dict, markdown: bool) -> list[tuple[str, str]]:
         "tl4_step": "4-weight vpermi2b step + fold (multiply-adds; rejected)",
         "fma_add_zmm": "fp32 fma + add zmm interleaved (additions; K x K step)",
         "xor_add_zmm": "fp32 xor + add zmm (additions; old K x K step)",
+        "amx_tdpbusd": "AMX tdpbusd, 4 tiles (u8 x s8 multiply-adds)",
     }
     by = {(c["kind"], c["threads"]): c["gops"] for c in res["ceilings"]}
     for kind in dict.fromkeys(c["kind"] for c in res["ceilings"]):

@@ -1,14 +1,46 @@
 #include "robuq/cpu.h"
 
 #include <atomic>
+#include <cstdint>
 #include <cstdlib>
 #include <stdexcept>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
 #endif
+#if defined(__linux__) && defined(__x86_64__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 namespace robuq {
+
+namespace {
+#if defined(__x86_64__)
+// XCR0: the state components the OS saves on a context switch (bit 17 tile config, bit 18 tile data).
+uint64_t xcr0() {
+  uint32_t lo = 0, hi = 0;
+  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  return (static_cast<uint64_t>(hi) << 32) | lo;
+}
+
+// AMX-TILE and AMX-INT8 (cpuid leaf 7 edx bits 24, 25), enabled by the OS, and this process allowed to use the
+// tile data: Linux hands the (8 KiB) tile state to a process only after it asks (arch_prctl, since 5.16).
+bool detect_amx_int8() {
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx) == 0) return false;
+  if ((edx & (1u << 24)) == 0 || (edx & (1u << 25)) == 0) return false;
+  if (__get_cpuid(1, &eax, &ebx, &ecx, &edx) == 0 || (ecx & bit_OSXSAVE) == 0) return false;
+  if ((xcr0() & (3u << 17)) != (3u << 17)) return false;
+#if defined(__linux__)
+  constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+  return false;
+#endif
+}
+#endif
+}  // namespace
 
 const CpuFeatures& cpu_features() {
   static const CpuFeatures f = [] {
@@ -28,6 +60,9 @@ const CpuFeatures& cpu_features() {
     r.avx512vnni = __builtin_cpu_supports("avx512vnni");
     // AVX512_BF16: cpuid leaf 7, subleaf 1, eax bit 5 (older compilers lack the builtin name).
     r.avx512bf16 = r.avx512f && __get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx) != 0 && (eax & (1u << 5)) != 0;
+#endif
+#if defined(__x86_64__)
+    r.amx_int8 = r.avx512f && detect_amx_int8();
 #endif
     return r;
   }();
@@ -51,18 +86,26 @@ bool tier_available(Tier t) {
 #else
       return false;
 #endif
+    case Tier::Amx:
+#if defined(ROBUQ_HAVE_AMX)
+      return tier_available(Tier::Avx512) && cpu_features().amx_int8;
+#else
+      return false;
+#endif
   }
   return false;
 }
 
-bool tier_uses_avx2_kernels(Tier t) { return t == Tier::Avx2 || t == Tier::Avx512; }
+bool tier_uses_avx2_kernels(Tier t) { return t == Tier::Avx2 || t == Tier::Avx512 || t == Tier::Amx; }
+bool tier_uses_avx512_kernels(Tier t) { return t == Tier::Avx512 || t == Tier::Amx; }
 
 Tier parse_tier(const std::string& name) {
   if (name == "reference" || name == "ref") return Tier::Reference;
   if (name == "generic") return Tier::Generic;
   if (name == "avx2") return Tier::Avx2;
   if (name == "avx512") return Tier::Avx512;
-  throw std::invalid_argument("unknown kernel tier '" + name + "' (expected reference, generic, avx2 or avx512)");
+  if (name == "amx") return Tier::Amx;
+  throw std::invalid_argument("unknown kernel tier '" + name + "' (expected reference, generic, avx2, avx512 or amx)");
 }
 
 const char* tier_name(Tier t) {
@@ -71,6 +114,7 @@ const char* tier_name(Tier t) {
     case Tier::Generic: return "generic";
     case Tier::Avx2: return "avx2";
     case Tier::Avx512: return "avx512";
+    case Tier::Amx: return "amx";
   }
   return "?";
 }
@@ -79,6 +123,7 @@ namespace {
 std::atomic<int> g_forced{-1};
 
 Tier best_tier() {
+  if (tier_available(Tier::Amx)) return Tier::Amx;
   if (tier_available(Tier::Avx512)) return Tier::Avx512;
   if (tier_available(Tier::Avx2)) return Tier::Avx2;
   return Tier::Generic;

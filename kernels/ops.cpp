@@ -103,7 +103,7 @@ void attention(const float* qkv, int64_t N, int64_t T, int64_t H, int64_t head_d
   const int nt = std::min<int64_t>(team(threads, tasks * T * T * head_dim), tasks);
   const bool vec = use_avx2();
 #ifdef ROBUQ_HAVE_AVX512
-  const bool vec512 = active_tier() == Tier::Avx512;  // the same bits as avx2, 16 wide
+  const bool vec512 = tier_uses_avx512_kernels(active_tier());  // the same bits as avx2, 16 wide
 #endif
   // heads from a shared counter: a thread slowed by another tenant takes fewer (each head is one task, so the
   // results are the same for any split)

@@ -230,11 +230,12 @@ void QLinear::forward(const float* x, int64_t T, float* y, int threads, PostOp p
       return;
     case Tier::Avx2:
     case Tier::Avx512:
+    case Tier::Amx:
 #ifdef ROBUQ_HAVE_AVX2
       // ternary (table lookups) and int4 weights with quantized activations from the file layout; the
-      // rest on the generic kernels. The avx512 tier differs only in the ternary GEMM's integer core.
-      avx2::qlinear_forward(desc_, impl_->get(desc_, generic::avx2_direct(desc_)), x, T, y, threads, post,
-                            tier == Tier::Avx512);
+      // rest on the generic kernels. The avx512 and amx tiers differ only in the ternary GEMM's integer core
+      // and in vector widths (the same bits).
+      avx2::qlinear_forward(desc_, impl_->get(desc_, generic::avx2_direct(desc_)), x, T, y, threads, post, tier);
 #else
       generic::qlinear_forward(desc_, impl_->get(desc_, false), x, T, y, threads);
       apply_post(post, y, T * desc_.out, threads);
@@ -255,6 +256,7 @@ void linear_f32(const float* x, int64_t T, int64_t in, const float* W, const flo
     case Tier::Generic: generic::linear_f32(x, T, in, W, b, out, y, threads); return;
     case Tier::Avx2:
     case Tier::Avx512:
+    case Tier::Amx:
 #ifdef ROBUQ_HAVE_AVX2
       avx2::linear_f32(x, T, in, W, b, out, y, threads);
 #else
@@ -272,6 +274,9 @@ void release_thread_scratch() {
 #endif
 #ifdef ROBUQ_HAVE_AVX512
   avx512::release_gemm_scratch();
+#endif
+#ifdef ROBUQ_HAVE_AMX
+  amx::release_gemm_scratch();
 #endif
 }
 

@@ -6,6 +6,7 @@
 #include <memory>
 #include <vector>
 
+#include "robuq/cpu.h"
 #include "robuq/qlinear.h"
 
 namespace robuq {
@@ -73,10 +74,11 @@ void linear_f32(const float* x, int64_t T, int64_t in, const float* W, const flo
 
 namespace avx2 {
 // The avx2 tier's QLinear::forward (kernels/avx2/qlinear_avx2.cpp); p from generic::prepare(d, avx2_direct(d)).
-// post is applied with avx2::gelu_tanh's arithmetic. avx512: the avx512 tier (the ternary integer GEMM on
-// avx512::ternary_gemm, everything else the same).
+// post is applied with avx2::gelu_tanh's arithmetic. tier: Avx2, or Avx512 (the ternary integer GEMM on
+// avx512::ternary_gemm, the Hadamard transform and quantizer 16 wide, the same bits), or Amx (the same with
+// the ternary GEMM on amx::ternary_gemm).
 void qlinear_forward(const QLinearDesc& d, const generic::Prepared& p, const float* x, int64_t T, float* y, int threads,
-                     PostOp post, bool avx512 = false);
+                     PostOp post, Tier tier = Tier::Avx2);
 }  // namespace avx2
 
 }  // namespace robuq

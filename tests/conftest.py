@@ -14,7 +14,7 @@ from robuq import models
 from robuq import quant as Q
 
 #: the CPU kernel tiers (robuq._C.set_tier); see the `tier` fixture
-TIERS = ["reference", "generic", "avx2", "avx512"]
+TIERS = ["reference", "generic", "avx2", "avx512", "amx"]
 
 TINY = dict(depth=2, hidden_size=96, num_heads=3, input_size=16, in_channels=1, num_classes=10)
 
@@ -136,7 +136,10 @@ def tier(request):
 
     name = request.param
     if not _C.tier_available(name):
-        needs = "AVX-512 F/BW/VL/VBMI/VNNI and AVX2" if name == "avx512" else "AVX2, FMA and F16C"
+        needs = {
+            "avx512": "AVX-512 F/BW/VL/VBMI/VNNI and AVX2",
+            "amx": "AMX-INT8 enabled by the OS, and the avx512 tier",
+        }.get(name, "AVX2, FMA and F16C")
         pytest.skip(f"kernel tier {name!r} is not available on this CPU / build (needs {needs})")
     before = _C.active_tier()
     _C.set_tier(name)

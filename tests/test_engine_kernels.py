@@ -164,7 +164,7 @@ def test_tiers_compute_the_same_integer_term():
     before = _C.active_tier()
     try:
         outs = []
-        for name in ("reference", "generic", "avx2", "avx512"):
+        for name in ("reference", "generic", "avx2", "avx512", "amx"):
             if _C.tier_available(name):
                 _C.set_tier(name)
                 outs.append(eng.forward(x, 2))

@@ -297,7 +297,7 @@ def test_in_process_thread_counts_and_repeats(shipped):
 
 
 def _tiers():
-    return [t for t in ("reference", "generic", "avx2", "avx512") if _C.tier_available(t)]
+    return [t for t in ("reference", "generic", "avx2", "avx512", "amx") if _C.tier_available(t)]
 
 
 def test_tiers_compute_the_same_integers():
@@ -320,7 +320,7 @@ def test_tiers_compute_the_same_integers():
     w = rng.integers(-1, 2, (50, 200)).astype(np.int8)
     packed = _C.pack_ternary(w)
     want = (codes.astype(np.float64) @ w.T.astype(np.float64)).astype(np.int32)
-    for name in ("avx2", "avx512"):
+    for name in ("avx2", "avx512", "amx"):
         if name in _tiers():
             got = _C.ternary_matmul(codes, packed, 200, 4, threads=2, tier=name)
             np.testing.assert_array_equal(got, want)

@@ -164,10 +164,31 @@ std::vector<std::string> ceiling_kinds() {
   if (tier_available(Tier::Avx512))
     for (int i = 0; i < avx512::ceiling_count(); ++i) v.emplace_back(avx512::ceiling_name(i));
 #endif
+#ifdef ROBUQ_HAVE_AMX
+  if (tier_available(Tier::Amx)) v.emplace_back("amx_tdpbusd");
+#endif
   return v;
 }
 
 double measure_ceiling(const std::string& kind, int threads, double seconds) {
+#ifdef ROBUQ_HAVE_AMX
+  if (kind == "amx_tdpbusd" && tier_available(Tier::Amx)) {
+    if (threads < 1) throw std::invalid_argument("measure_ceiling: threads must be >= 1");
+    if (!(seconds > 0)) throw std::invalid_argument("measure_ceiling: seconds must be > 0");
+    std::vector<double> rates(static_cast<size_t>(threads), 0.0);
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+      int tid = 0;
+#ifdef _OPENMP
+      tid = omp_get_thread_num();
+#endif
+      rates[static_cast<size_t>(tid)] = amx::ceiling_tdpbusd(seconds);
+    }
+    double total = 0;
+    for (double r : rates) total += r;
+    return total;
+  }
+#endif
 #ifdef ROBUQ_HAVE_AVX512
   // Only call into kernels/avx512 (compiled with AVX-512 flags) once the CPU is known to run them.
   if (const int i = tier_available(Tier::Avx512) ? avx512::ceiling_find(kind.c_str()) : -1; i >= 0) {

@@ -91,7 +91,8 @@ T* grow(std::vector<T>& v, size_t n) {
 }  // namespace
 
 void qlinear_forward(const QLinearDesc& d, const generic::Prepared& p, const float* x, int64_t T, float* y, int threads,
-                     PostOp post, bool avx512) {
+                     PostOp post, Tier tier) {
+  const bool avx512 = tier_uses_avx512_kernels(tier);
   if (!p.direct) {
     generic::qlinear_forward(d, p, x, T, y, threads);
     if (post == PostOp::GeluTanh) {
@@ -194,6 +195,12 @@ void qlinear_forward(const QLinearDesc& d, const generic::Prepared& p, const flo
   e.rank = R;
   e.up = d.up;
   e.gelu = post == PostOp::GeluTanh;
+#ifdef ROBUQ_HAVE_AMX
+  if (tier == Tier::Amx && d.format == WeightFormat::Ternary) {
+    amx::ternary_gemm(codes, T, d.act_bits, d.packed, d.out, n, d.wsum, e, threads, &prep);
+    return;
+  }
+#endif
 #ifdef ROBUQ_HAVE_AVX512
   if (avx512 && d.format == WeightFormat::Ternary && avx512::ternary_gemm_supported(d.act_bits)) {
     avx512::ternary_gemm(codes, T, d.act_bits, d.packed, d.out, n, d.wsum, e, threads, &prep);

@@ -545,6 +545,18 @@ void ternary_gemm_avx512(const uint8_t* q, int64_t T, int bits, const uint8_t* p
 }
 #endif
 
+#ifdef ROBUQ_HAVE_AMX
+void ternary_gemm_amx(const uint8_t* q, int64_t T, int bits, const uint8_t* packed, int64_t out, int64_t in,
+                      const int32_t* wsum, int32_t* acc, int threads) {
+  if (!tier_available(Tier::Amx))
+    throw std::runtime_error("ternary_gemm_amx: this CPU / OS / build has no amx tier (AMX-INT8 and the avx512 tier)");
+  avx2::QEpilogue e;
+  e.out = out;
+  e.acc = acc;
+  amx::ternary_gemm(q, T, bits, packed, out, in, wsum, e, threads, nullptr);
+}
+#endif
+
 void ternary_lut_indices_avx2(const uint8_t* packed, int64_t out, int64_t in, uint8_t* idx) {
   if (out < 0 || in < 0) throw std::invalid_argument("ternary_lut_indices_avx2: negative shape");
   decode_indices(packed, out, (in + 3) / 4, 0, (out + 15) / 16, idx);

@@ -351,18 +351,6 @@ inline __m512 gelu16(__m512 v) {
   return _mm512_div_ps(v, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
 }
 
-// up [out, rank] -> panels[p][j][16] for the 16-output panels p0 .. p1 - 1.
-void pack_up(const float* up, int64_t out, int64_t rank, int64_t p0, int64_t p1, float* panels) {
-  for (int64_t p = p0; p < p1; ++p) {
-    float* dst = panels + p * rank * 16;
-    for (int64_t j = 0; j < rank; ++j)
-      for (int64_t i = 0; i < 16; ++i) {
-        const int64_t r = p * 16 + i;
-        dst[j * 16 + i] = r < out ? up[r * rank + j] : 0.0f;
-      }
-  }
-}
-
 // One output vector (token t, outputs r .. r + 15 under mask m): the epilogue of its exact sums a, plus the
 // low-rank term v (when lowrank) and the bias (GELU follows in epilogue_rows' second pass). The locals are the
 // QEpilogue fields.
@@ -390,23 +378,39 @@ struct EpiRow {
   }
 };
 
-// Rows t0 .. t0 + nt - 1 of the output from their exact sums C[(t - t0) * ldc + r] (centring undone).
-void epilogue_rows(const avx2::QEpilogue& e, int64_t t0, int64_t nt, const int32_t* C, int64_t ldc,
-                   const float* panels) {
+}  // namespace
+
+namespace avx512 {
+
+// up [out, rank] -> panels[p][j][16] for the 16-output panels p0 .. p1 - 1.
+void pack_up(const float* up, int64_t out, int64_t rank, int64_t p0, int64_t p1, float* panels) {
+  for (int64_t p = p0; p < p1; ++p) {
+    float* dst = panels + p * rank * 16;
+    for (int64_t j = 0; j < rank; ++j)
+      for (int64_t i = 0; i < 16; ++i) {
+        const int64_t r = p * 16 + i;
+        dst[j * 16 + i] = r < out ? up[r * rank + j] : 0.0f;
+      }
+  }
+}
+
+void epilogue_rows(const avx2::QEpilogue& e, int64_t t0, int64_t nt, int64_t r0, int64_t r1, const int32_t* C,
+                   int64_t ldc, const float* panels) {
   const int64_t out = e.out;
   if (e.acc != nullptr) {
     for (int64_t i = 0; i < nt; ++i)
-      std::memcpy(e.acc + (t0 + i) * out, C + i * ldc, sizeof(int32_t) * static_cast<size_t>(out));
+      std::memcpy(e.acc + (t0 + i) * out + r0, C + i * ldc, sizeof(int32_t) * static_cast<size_t>(r1 - r0));
     return;
   }
+  C -= r0;  // C[i * ldc + r] from here on
   // GELU runs as a second pass over the finished rows (still in L1 / L2): its long dependency chain overlaps
   // better in a loop of independent vectors than at the end of each output's dequantization chain (the same
   // operations on the same values, so the same bits; measured 85 -> ~60 cycles per 16 outputs).
   const EpiRow row{e.scale_x, e.zero_x, e.y, out, e.u != nullptr && panels != nullptr, e.bias != nullptr};
   const float* const u = e.u;
   const int64_t rank = e.rank;
-  for (int64_t r = 0; r < out; r += 16) {
-    const __mmask16 m = r + 16 <= out ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (out - r)) - 1);
+  for (int64_t r = r0; r < r1; r += 16) {
+    const __mmask16 m = r + 16 <= r1 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (r1 - r)) - 1);
     const __m512i ws = _mm512_maskz_loadu_epi32(m, e.wsum + r);
     const __m512d ws0 = _mm512_cvtepi32_pd(_mm512_castsi512_si256(ws));
     const __m512d ws1 = _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(ws, 1));
@@ -447,18 +451,22 @@ void epilogue_rows(const avx2::QEpilogue& e, int64_t t0, int64_t nt, const int32
   if (e.gelu)
     for (int64_t i = 0; i < nt; ++i) {
       float* yr = e.y + (t0 + i) * out;
-      int64_t r = 0;
-      for (; r + 32 <= out; r += 32) {
+      int64_t r = r0;
+      for (; r + 32 <= r1; r += 32) {
         const __m512 a = gelu16(_mm512_loadu_ps(yr + r)), b = gelu16(_mm512_loadu_ps(yr + r + 16));
         _mm512_storeu_ps(yr + r, a);
         _mm512_storeu_ps(yr + r + 16, b);
       }
-      for (; r < out; r += 16) {
-        const __mmask16 m = r + 16 <= out ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (out - r)) - 1);
+      for (; r < r1; r += 16) {
+        const __mmask16 m = r + 16 <= r1 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (r1 - r)) - 1);
         _mm512_mask_storeu_ps(yr + r, m, gelu16(_mm512_maskz_loadu_ps(m, yr + r)));
       }
     }
 }
+
+}  // namespace avx512
+
+namespace {
 
 void check_args(int bits, int64_t T, int64_t out, int64_t in, int threads) {
   if (bits < 1 || bits > 6) throw std::invalid_argument("avx512::ternary_gemm: bits must be in 1..6");
@@ -507,7 +515,7 @@ void ternary_gemm(const uint8_t* q, int64_t T, int bits, const uint8_t* packed, 
   float* const panels = lowrank ? reinterpret_cast<float*>(idx + (idx_bytes + 63) / 64 * 64) : nullptr;
   uint8_t* const work = tl_work.get(static_cast<size_t>(per_thread * nt));
   decode_all(packed, out, in, idx, threads);
-  if (lowrank) pack_up(e.up, out, e.rank, 0, n_panels, panels);
+  if (lowrank) avx512::pack_up(e.up, out, e.rank, 0, n_panels, panels);
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt) if (nt > 1)
 #endif
@@ -555,7 +563,7 @@ void ternary_gemm(const uint8_t* q, int64_t T, int bits, const uint8_t* packed, 
           _mm512_storeu_si512(row + r, _mm512_add_epi32(load512(row + r), _mm512_mullo_epi32(vz, load512(wsum + r))));
         for (; r < out; ++r) row[r] += z * wsum[r];
       }
-      epilogue_rows(e, t0, nt_, C, ldc, panels);
+      avx512::epilogue_rows(e, t0, nt_, 0, out, C, ldc, panels);
     }
   }
 }

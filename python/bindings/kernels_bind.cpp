@@ -29,14 +29,14 @@ using robuq_bind::CArray;
 using robuq_bind::input_array;
 using robuq_bind::new_array;
 
-// kernel tier argument of the Hadamard / quantization bindings: "reference" (default), "avx2" or "avx512" (which
-// must be available: these kernels are bit-identical, so tests compare them; the avx512 tier runs the avx2
-// ones).
+// kernel tier argument of the Hadamard / quantization bindings: "reference" (default), "avx2", "avx512" or "amx"
+// (which must be available: these kernels are bit-identical, so tests compare them; the avx512 tier runs the
+// avx2 ones where it has none, the amx tier the avx512 ones).
 bool use_avx2_tier(const std::string& tier) {
   const robuq::Tier t = robuq::parse_tier(tier);
   if (t == robuq::Tier::Generic)
     throw std::invalid_argument(
-        "tier must be 'reference', 'avx2' or 'avx512' (the generic tier runs the reference kernels here)");
+        "tier must be 'reference', 'avx2', 'avx512' or 'amx' (the generic tier runs the reference kernels here)");
   if (t != robuq::Tier::Reference && !robuq::tier_available(t))
     throw std::invalid_argument(std::string("the ") + robuq::tier_name(t) +
                                 " tier is not available on this CPU / build");
@@ -81,7 +81,7 @@ py::array_t<float> py_hadamard_transform(const py::object& x_obj, const std::str
     if (vec) {
       std::vector<float> scratch(static_cast<size_t>(plan.scratch_size()));
 #ifdef ROBUQ_HAVE_AVX512
-      if (robuq::parse_tier(tier) == robuq::Tier::Avx512) {  // the avx512 row transform where it applies
+      if (robuq::tier_uses_avx512_kernels(robuq::parse_tier(tier))) {  // the avx512 row transform where it applies
         const robuq::avx2::RowTransform transform(plan);
         std::vector<float> row(static_cast<size_t>(n)), scr(static_cast<size_t>(std::max<int64_t>(n, 1)));
         for (int64_t t = 0; t < T; ++t) {
@@ -118,7 +118,7 @@ py::tuple py_quantize_tokens(const py::object& x_obj, int bits, float clip_k, co
   {
     py::gil_scoped_release release;
 #ifdef ROBUQ_HAVE_AVX512
-    if (robuq::parse_tier(tier) == robuq::Tier::Avx512) {
+    if (robuq::tier_uses_avx512_kernels(robuq::parse_tier(tier))) {
       // as the engine's linears do: rows in pairs (quantize_rows2), an odd last row alone
       int64_t t = 0;
       for (; t + 2 <= T; t += 2)
@@ -205,7 +205,7 @@ py::array_t<int32_t> py_ternary_matmul(const py::object& q_obj, const py::object
                                        int threads, const std::string& tier) {
   const robuq::Tier t = robuq::parse_tier(tier);
   if (t != robuq::Tier::Reference && !robuq::tier_uses_avx2_kernels(t))
-    throw std::invalid_argument("ternary_matmul: tier must be 'reference', 'avx2' or 'avx512'");
+    throw std::invalid_argument("ternary_matmul: tier must be 'reference', 'avx2', 'avx512' or 'amx'");
   if (!robuq::tier_available(t))
     throw std::invalid_argument(std::string("ternary_matmul: the ") + tier +
                                 " tier is not available on this CPU / build");
@@ -237,6 +237,12 @@ py::array_t<int32_t> py_ternary_matmul(const py::object& q_obj, const py::object
 #ifdef ROBUQ_HAVE_AVX512
     if (t == robuq::Tier::Avx512) {
       robuq::ternary_gemm_avx512(qs, T, bits, ps, out, in, wsum.data(), a, threads);
+      return acc;
+    }
+#endif
+#ifdef ROBUQ_HAVE_AMX
+    if (t == robuq::Tier::Amx) {
+      robuq::ternary_gemm_amx(qs, T, bits, ps, out, in, wsum.data(), a, threads);
       return acc;
     }
 #endif
@@ -429,7 +435,8 @@ void bind_kernels(py::module_& m) {
         "               tier='avx2') -> int32 [T, out]\n\n"
         "Exact sum_k codes[t, k] * w[r, k] by the table-lookup GEMM of the named tier ('reference': the scalar\n"
         "repack into the kernel layout and a scalar GEMM over it, any CPU; 'avx2': vpshufb; 'avx512': vpermb,\n"
-        "bits 7 and 8 on the avx2 kernel), weights in the .rq 2-bit layout (padding positions may hold any\n"
+        "bits 7 and 8 on the avx2 kernel; 'amx': AMX tiles, all bits), weights in the .rq 2-bit layout (padding "
+        "positions may hold any\n"
         "code). The tier must be available.");
   m.def("ternary_lut_indices", &py_ternary_lut_indices, py::arg("packed"), py::arg("in_features"),
         py::arg("tier") = "reference",

@@ -31,16 +31,17 @@ PYBIND11_MODULE(_C, m) {
         d["avx512vbmi"] = f.avx512vbmi;
         d["avx512vnni"] = f.avx512vnni;
         d["avx512_bf16"] = f.avx512bf16;
+        d["amx_int8"] = f.amx_int8;
         return d;
       },
       "CPU features the run-time dispatch sees: dict of bool (avx2, fma, f16c, avx512f, avx512bw, avx512vl,\n"
-      "avx512vbmi, avx512vnni, avx512_bf16).");
+      "avx512vbmi, avx512vnni, avx512_bf16, amx_int8: AMX tiles usable by this process).");
   m.def(
       "active_tier", [] { return std::string(robuq::tier_name(robuq::active_tier())); },
-      "Name of the kernel tier in use: 'reference', 'generic', 'avx2' or 'avx512'.");
+      "Name of the kernel tier in use: 'reference', 'generic', 'avx2', 'avx512' or 'amx'.");
   m.def(
       "set_tier", [](const std::string& name) { robuq::set_tier(robuq::parse_tier(name)); }, py::arg("name"),
-      "Force a kernel tier for this process ('reference', 'generic', 'avx2', 'avx512').");
+      "Force a kernel tier for this process ('reference', 'generic', 'avx2', 'avx512', 'amx').");
   m.def(
       "tier_available", [](const std::string& name) { return robuq::tier_available(robuq::parse_tier(name)); },
       py::arg("name"), "Whether this CPU and build can run the named tier.");

@@ -258,7 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
         "checkpoint", help="the checkpoint it was exported from (robuq-train, QAT or full precision)"
     )
     p.add_argument("--threads", type=int, default=None, help="engine threads (default: all cores)")
-    p.add_argument("--tier", choices=("reference", "generic", "avx2", "avx512"), help="force a kernel tier")
+    p.add_argument(
+        "--tier", choices=("reference", "generic", "avx2", "avx512", "amx"), help="force a kernel tier"
+    )
     p.add_argument("--layer-tol", type=float, default=1e-4, help="per-layer relative error limit (1e-4)")
     p.add_argument("--tol", type=float, default=1e-3, help="whole-forward relative error limit (1e-3)")
     p.add_argument(

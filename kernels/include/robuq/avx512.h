@@ -49,6 +49,15 @@ bool ternary_gemm_supported(int bits);
 void ternary_gemm(const uint8_t* q, int64_t T, int bits, const uint8_t* packed, int64_t out, int64_t in,
                   const int32_t* wsum, const avx2::QEpilogue& e, int threads, const avx2::RowPrep* prep);
 
+// The avx512 epilogue (kernels/avx512/ternary_gemm_avx512.cpp), shared with the amx tier's GEMM: outputs
+// r0 .. r1 - 1 (r0 a multiple of 16) of tokens t0 .. t0 + nt - 1 from their exact (uncentred) sums
+// C[i * ldc + (r - r0)], with the avx2 tier's QEpilogue arithmetic (the same bits); `panels` holds up as
+// pack_up made it for all outputs (null: no low-rank term).
+void epilogue_rows(const avx2::QEpilogue& e, int64_t t0, int64_t nt, int64_t r0, int64_t r1, const int32_t* C,
+                   int64_t ldc, const float* panels);
+// up [out, rank] -> panels[p][j][16] (zero-padded) for the 16-output panels p0 .. p1 - 1.
+void pack_up(const float* up, int64_t out, int64_t rank, int64_t p0, int64_t p1, float* panels);
+
 // The kernel's weight layout for a whole matrix (tests): idx [ceil(out / 96)][ceil(in / 6)][3][64] bytes, see
 // ternary_gemm_avx512.cpp. Bytes of padding outputs (r >= out) are unspecified.
 void ternary_lut_indices(const uint8_t* packed, int64_t out, int64_t in, uint8_t* idx);
@@ -62,4 +71,22 @@ int ceiling_find(const char* kind);
 double ceiling_one_thread(int i, double seconds);
 
 }  // namespace avx512
+
+// The amx tier's kernels (kernels/amx/*.cpp, compiled with the avx512 flags plus -mamx-tile -mamx-int8). Call
+// them only when tier_available(Tier::Amx).
+namespace amx {
+
+// The contract of avx512::ternary_gemm for activation codes of 1..8 bits, on AMX tiles (tdpbusd: unsigned codes
+// x signed weights, exact int32 sums), through the avx512 epilogue: the same bits as the other tiers.
+void ternary_gemm(const uint8_t* q, int64_t T, int bits, const uint8_t* packed, int64_t out, int64_t in,
+                  const int32_t* wsum, const avx2::QEpilogue& e, int threads, const avx2::RowPrep* prep);
+
+// Frees the calling thread's buffers of the amx ternary GEMM.
+void release_gemm_scratch();
+
+// robuq-bench's "amx_tdpbusd" ceiling: u8 x s8 multiply-adds per second of one thread running tdpbusd on 4
+// accumulator tiles (operands in tile registers) for about `seconds`.
+double ceiling_tdpbusd(double seconds);
+
+}  // namespace amx
 }  // namespace robuq

@@ -57,6 +57,11 @@ void ternary_gemm_avx2(const uint8_t* q, int64_t T, int bits, const uint8_t* pac
 void ternary_gemm_avx512(const uint8_t* q, int64_t T, int bits, const uint8_t* packed, int64_t out, int64_t in,
                          const int32_t* wsum, int32_t* acc, int threads);
 
+// The same contract on the amx tier's kernel (robuq/avx512.h, namespace amx; every bit width 1..8). Requires
+// tier_available(Tier::Amx) and a build with ROBUQ_HAVE_AMX.
+void ternary_gemm_amx(const uint8_t* q, int64_t T, int bits, const uint8_t* packed, int64_t out, int64_t in,
+                      const int32_t* wsum, int32_t* acc, int threads);
+
 // The kernel layout idx (ceil(out / 16) * ceil(in / 4) * 32 bytes) as the AVX2 kernel decodes it from the file
 // layout; equal to ref::ternary_lut_repack(packed, out, in).idx when the padding codes are 1 (weight 0).
 void ternary_lut_indices_avx2(const uint8_t* packed, int64_t out, int64_t in, uint8_t* idx);

@@ -1,0 +1,312 @@
+// AMX ternary GEMM (robuq/avx512.h, namespace amx): ternary weights x 1..8-bit activation codes on the tile
+// unit of Intel Sapphire Rapids and later.
+//
+// Why (numbers in docs/performance.md): one tdpbusd multiplies a 16 x 64 tile of unsigned bytes by a 64 x 16
+// tile of signed bytes into 16 x 16 int32 sums, 16384 multiply-adds, about one per 16 cycles per core; a loop of
+// them runs at ~1.9 T multiply-adds/s per core where the avx512 tier's vpermb table step reaches a few hundred
+// G/s. The activation codes are unsigned bytes and the weights -1 / 0 / +1 signed bytes, so the sums are the
+// exact integers sum_k q[t, k] w[r, k] of every tier, uncentred, for any bit width 1..8 (|sum| <= 255 * in,
+// exact in int32 for in < 8.4e6), and the shared avx512 epilogue turns them into the same float bits.
+//
+// Layouts:
+//  * A (activation codes): a token block's rows copied into a[TBp][ldk] (ldk = in rounded up to 64, zero
+//    padded, TBp a multiple of 32 with zero rows), so a tile is 16 consecutive rows x 64 consecutive inputs,
+//    loaded with stride ldk.
+//  * B (weights): tdpbusd wants for 16 outputs and 64 inputs a tile whose row i holds, for each output c, its
+//    4 weights of inputs 4 i .. 4 i + 3 (bytes 4 c .. 4 c + 3): the "VNNI" layout. Weights stay in the .rq
+//    2-bit layout; each call decodes them (threads share the work) into wb[panel of 16 outputs][k-block of
+//    64][16][64] signed bytes, zero beyond `out` and `in` (an XL/2 fc1: 5.3 MB, shared, L3; freed with the
+//    thread's buffer). A 16-byte run of a packed row is exactly the 64 weights of one k-block: vpermb copies
+//    each byte to the 4 lanes of its weights, vpmultishiftqb moves each lane's 2 bits down, vpshufb maps code
+//    c to c - 1; then a 16 x 16 transpose of 32-bit words turns 16 rows into the tile.
+//
+// Work: threads take token blocks from a dynamic schedule (as the avx512 kernel): for its block a thread makes
+// the codes (prep: Hadamard + quantize), copies them into A, and then, per group of outputs whose weights fit
+// in L2 next to A, runs 32-token x 32-output blocks (4 accumulator tiles, 2 A and 2 B tiles) over all k-blocks,
+// stores the int32 sums and applies the epilogue to the group. Each token's result comes from one thread in one
+// fixed order; integer sums are exact anyway, so any split gives the same bits.
+#include "../avx512/avx512_common.h"  // first
+
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <stdexcept>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "../avx2/qlinear_avx2.h"
+#include "robuq/avx512.h"
+
+namespace robuq {
+namespace {
+
+inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
+inline int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
+inline int64_t round_up(int64_t a, int64_t m) { return (a + m - 1) / m * m; }
+
+constexpr int64_t KT = 64;               // inputs per tile (64 bytes per A row)
+constexpr int64_t TILE = 16 * 64;        // bytes of a full tile
+constexpr int64_t kBGroupBytes = 768 << 10;  // weights of one output group (per thread, L2)
+constexpr int64_t kMaxTB = 256;          // tokens per block at most
+
+// The tile configuration (palette 1): tiles 0..3 the 16 x 16 int32 sums, 4..5 A (16 rows x 64 bytes), 6..7 B.
+struct alignas(64) TileConfig {
+  uint8_t palette_id = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+  TileConfig() {
+    for (int i = 0; i < 8; ++i) {
+      colsb[i] = 64;
+      rows[i] = 16;
+    }
+  }
+};
+
+struct Consts {
+  uint8_t rep[64];      // lane j <- packed byte j / 4
+  uint8_t shift[64];    // lane j: bit offset of its 2-bit code in its qword (two packed bytes, each 4 times)
+  uint8_t to_w[64];     // code c (0..3) -> weight c - 1 (code 3, invalid, never reaches here: QLinear rejects it)
+  uint32_t tr_lo[4][16], tr_hi[4][16];  // 16 x 16 dword transpose, round k = 8 >> s
+  constexpr Consts() : rep(), shift(), to_w(), tr_lo(), tr_hi() {
+    for (int j = 0; j < 64; ++j) {
+      rep[j] = static_cast<uint8_t>(j / 4);
+      const int p = j % 8;  // qword lanes 0..3 hold packed byte 2 q, lanes 4..7 byte 2 q + 1
+      shift[j] = static_cast<uint8_t>(p < 4 ? 2 * p : 32 + 2 * (p - 4));
+      const int c = j % 16;
+      to_w[j] = static_cast<uint8_t>(c < 3 ? c - 1 : 0);
+    }
+    for (int s = 0; s < 4; ++s) {
+      const int k = 8 >> s;
+      for (int c = 0; c < 16; ++c) {
+        tr_lo[s][c] = static_cast<uint32_t>((c & k) == 0 ? c : 16 + c - k);
+        tr_hi[s][c] = static_cast<uint32_t>((c & k) == 0 ? c + k : 16 + c);
+      }
+    }
+  }
+};
+alignas(64) constexpr Consts kC{};
+
+inline __m512i load512(const void* p) { return _mm512_loadu_si512(p); }
+
+// r[i] = row i's 16 dwords -> r[j] = dword j of every row (recursive swap of off-diagonal blocks).
+void transpose16x16_epi32(__m512i r[16]) {
+  for (int s = 0; s < 4; ++s) {
+    const int k = 8 >> s;
+    const __m512i lo = load512(kC.tr_lo[s]), hi = load512(kC.tr_hi[s]);
+    for (int a = 0; a < 16; ++a) {
+      if (a & k) continue;
+      const __m512i x = r[a], y = r[a + k];
+      r[a] = _mm512_permutex2var_epi32(x, lo, y);
+      r[a + k] = _mm512_permutex2var_epi32(x, hi, y);
+    }
+  }
+}
+
+// The B tile of outputs 16 p .. 16 p + 15 and inputs 64 kb .. 64 kb + 63 into dst (1 KiB).
+void decode_tile(const uint8_t* packed, int64_t out, int64_t in, int64_t pc, int64_t p, int64_t kb, uint8_t* dst) {
+  const int64_t b0 = kb * 16, nb = imin(16, pc - b0);
+  const __mmask16 lm = static_cast<__mmask16>((1u << nb) - 1);
+  const int64_t valid = imin(64, in - kb * KT);  // weights of inputs >= in read as 0
+  const __mmask64 km = valid >= 64 ? ~__mmask64(0) : (__mmask64(1) << valid) - 1;
+  const __m512i rep = load512(kC.rep), shift = load512(kC.shift), to_w = load512(kC.to_w);
+  const __m512i three = _mm512_set1_epi8(3);
+  __m512i r[16];
+  for (int c = 0; c < 16; ++c) {
+    const int64_t row = p * 16 + c;
+    if (row >= out) {
+      r[c] = _mm512_setzero_si512();
+      continue;
+    }
+    const __m128i x = _mm_maskz_loadu_epi8(lm, packed + row * pc + b0);
+    __m512i y = _mm512_permutexvar_epi8(rep, _mm512_castsi128_si512(x));
+    y = _mm512_and_si512(_mm512_multishift_epi64_epi8(shift, y), three);
+    r[c] = _mm512_maskz_shuffle_epi8(km, to_w, y);
+  }
+  transpose16x16_epi32(r);
+  for (int i = 0; i < 16; ++i) _mm512_storeu_si512(dst + i * 64, r[i]);
+}
+
+void decode_all(const uint8_t* packed, int64_t out, int64_t in, int64_t panels, int64_t kbs, uint8_t* wb,
+                int threads) {
+  const int64_t pc = (in + 3) / 4, n = panels * kbs;
+  const int nt = static_cast<int>(imax(1, imin(threads, n / 16)));
+#ifdef _OPENMP
+#pragma omp parallel for schedule(dynamic, 8) num_threads(nt) if (nt > 1)
+#endif
+  for (int64_t w = 0; w < n; ++w) decode_tile(packed, out, in, pc, w / kbs, w % kbs, wb + w * TILE);
+}
+
+// 32 tokens (A rows a0 .. a0 + 31, stride lda) x 32 outputs (B panels b0, b0 + kbs tiles) over kbs k-blocks:
+// the int32 sums into c[i * ldc + j], i < 32, j < 32.
+inline void block32x32(const uint8_t* a, int64_t lda, const uint8_t* b, int64_t kbs, int32_t* c, int64_t ldc) {
+  const uint8_t* a1 = a + 16 * lda;
+  const uint8_t* b1 = b + kbs * TILE;
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  for (int64_t kb = 0; kb < kbs; ++kb) {
+    _tile_loadd(4, a + kb * KT, lda);
+    _tile_loadd(6, b + kb * TILE, 64);
+    _tile_loadd(7, b1 + kb * TILE, 64);
+    _tile_dpbusd(0, 4, 6);
+    _tile_dpbusd(1, 4, 7);
+    _tile_loadd(5, a1 + kb * KT, lda);
+    _tile_dpbusd(2, 5, 6);
+    _tile_dpbusd(3, 5, 7);
+  }
+  const int64_t st = ldc * 4;
+  _tile_stored(0, c, st);
+  _tile_stored(1, c + 16, st);
+  _tile_stored(2, c + 16 * ldc, st);
+  _tile_stored(3, c + 16 * ldc + 16, st);
+}
+
+// A 64-byte aligned buffer per thread and purpose, kept between calls.
+struct Buffer {
+  uint8_t* p = nullptr;
+  size_t n = 0;
+  ~Buffer() { std::free(p); }
+  uint8_t* get(size_t bytes) {
+    if (bytes < 64) bytes = 64;
+    if (n < bytes) {
+      std::free(p);
+      n = 0;
+      p = static_cast<uint8_t*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64));
+      if (p == nullptr) throw std::bad_alloc();
+      n = bytes;
+    }
+    return p;
+  }
+};
+thread_local Buffer tl_w, tl_work;
+void release_buffer(Buffer& b) {
+  std::free(b.p);
+  b.p = nullptr;
+  b.n = 0;
+}
+
+void check_args(int bits, int64_t T, int64_t out, int64_t in, int threads) {
+  if (bits < 1 || bits > 8) throw std::invalid_argument("amx::ternary_gemm: bits must be in 1..8");
+  if (T < 0 || out < 0 || in < 0) throw std::invalid_argument("amx::ternary_gemm: negative shape");
+  if (threads < 1) throw std::invalid_argument("amx::ternary_gemm: threads must be >= 1");
+}
+
+}  // namespace
+
+namespace amx {
+
+void ternary_gemm(const uint8_t* q, int64_t T, int bits, const uint8_t* packed, int64_t out, int64_t in,
+                  const int32_t* wsum, const avx2::QEpilogue& e, int threads, const avx2::RowPrep* prep) {
+  check_args(bits, T, out, in, threads);
+  (void)wsum;  // the sums are uncentred: nothing to undo
+  if (T == 0 || out == 0) return;
+  const int64_t ldk = imax(KT, round_up(in, KT)), kbs = ldk / KT;
+  const int64_t out_p = round_up(out, 32), panels = out_p / 16;
+  // Token blocks: at least 2 per thread when T allows (a slowed core then costs only its share), a multiple of
+  // 32, at most kMaxTB; the weights stream from L3 once per block.
+  const int64_t TB = imax(32, imin(kMaxTB, round_up((T + 2 * threads - 1) / (2 * threads), 32)));
+  const int64_t items = (T + TB - 1) / TB;
+  // Output groups: the weights of a group (G x ldk bytes) stay in L2 while the block's 32-token rows pass.
+  const int64_t G = imin(out_p, imax(32, kBGroupBytes / ldk / 32 * 32));
+  const bool lowrank = e.y != nullptr && e.u != nullptr && e.rank > 0;
+  const int64_t n_up = (out + 15) / 16, up_bytes = lowrank ? round_up(n_up * e.rank * 16 * 4, 64) : 0;
+  const int64_t wb_bytes = panels * kbs * TILE;
+  const int64_t a_bytes = TB * ldk, c_bytes = round_up(TB * G * 4, 64), per_thread = a_bytes + c_bytes;
+  const int nt = static_cast<int>(imax(1, imin(threads, items)));
+  uint8_t* const wb = tl_w.get(static_cast<size_t>(wb_bytes + up_bytes));
+  float* const up_panels = lowrank ? reinterpret_cast<float*>(wb + wb_bytes) : nullptr;
+  uint8_t* const work = tl_work.get(static_cast<size_t>(per_thread * nt));
+  decode_all(packed, out, in, panels, kbs, wb, threads);
+  if (lowrank) avx512::pack_up(e.up, out, e.rank, 0, n_up, up_panels);
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt) if (nt > 1)
+#endif
+  {
+#ifdef _OPENMP
+    const int tid = omp_get_thread_num();
+#else
+    const int tid = 0;
+#endif
+    const TileConfig cfg;
+    _tile_loadconfig(&cfg);
+    uint8_t* const a = work + tid * per_thread;
+    int32_t* const C = reinterpret_cast<int32_t*>(a + a_bytes);
+#ifdef _OPENMP
+#pragma omp for schedule(dynamic, 1)
+#endif
+    for (int64_t it = 0; it < items; ++it) {
+      const int64_t t0 = it * TB, n = imin(TB, T - t0), np = round_up(n, 32);
+      if (prep != nullptr) (*prep)(t0, n, tid);
+      for (int64_t i = 0; i < np; ++i) {
+        uint8_t* row = a + i * ldk;
+        if (i < n) {
+          std::memcpy(row, q + (t0 + i) * in, static_cast<size_t>(in));
+          std::memset(row + in, 0, static_cast<size_t>(ldk - in));
+        } else {
+          std::memset(row, 0, static_cast<size_t>(ldk));
+        }
+      }
+      for (int64_t g0 = 0; g0 < out_p; g0 += G) {
+        const int64_t g1 = imin(out_p, g0 + G);
+        for (int64_t r = g0; r < g1; r += 32) {
+          const uint8_t* b = wb + (r / 16) * kbs * TILE;
+          for (int64_t i = 0; i < np; i += 32) block32x32(a + i * ldk, ldk, b, kbs, C + i * G + (r - g0), G);
+        }
+        avx512::epilogue_rows(e, t0, n, g0, imin(g1, out), C, G, up_panels);
+      }
+    }
+    _tile_release();
+  }
+}
+
+void release_gemm_scratch() {
+  release_buffer(tl_w);
+  release_buffer(tl_work);
+}
+
+double ceiling_tdpbusd(double seconds) {
+  // 4 accumulators x (2 A, 2 B tiles) from registers: the tile unit's own rate, u8 x s8 multiply-adds
+  alignas(64) static const uint8_t src[TILE] = {};
+  const TileConfig cfg;
+  _tile_loadconfig(&cfg);
+  _tile_loadd(4, src, 64);
+  _tile_loadd(5, src, 64);
+  _tile_loadd(6, src, 64);
+  _tile_loadd(7, src, 64);
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  auto run = [](int64_t n) {
+    for (int64_t i = 0; i < n; ++i) {
+      _tile_dpbusd(0, 4, 6);
+      _tile_dpbusd(1, 4, 7);
+      _tile_dpbusd(2, 5, 6);
+      _tile_dpbusd(3, 5, 7);
+    }
+  };
+  using clock = std::chrono::steady_clock;
+  int64_t n = 1 << 10;
+  for (;;) {  // calibrate: grow until a run takes a tenth of the time asked for
+    const auto t0 = clock::now();
+    run(n);
+    const double dt = std::chrono::duration<double>(clock::now() - t0).count();
+    if (dt > seconds / 10 || n > (int64_t(1) << 40)) break;
+    n *= 4;
+  }
+  const auto t0 = clock::now();
+  run(n * 10);
+  const double dt = std::chrono::duration<double>(clock::now() - t0).count();
+  _tile_release();
+  return static_cast<double>(n * 10) * 4 * 16 * 16 * 64 / dt;
+}
+
+}  // namespace amx
+}  // namespace robuq
