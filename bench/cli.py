@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--tiers",
-        help="engine kernel tiers to run (default: the active tier, plus avx2 when the active one is avx512)",
+        help="engine kernel tiers to run (default: the active tier and the vector tiers below it: amx, "
+        "avx512 and avx2 on an AMX CPU, avx512 and avx2 on an AVX-512 one)",
     )
     p.add_argument(
         "--calib", type=int, default=8, help="random calibration inputs of the static int8 baselines"
@@ -183,7 +184,18 @@ def machine_info() -> dict:
     return info
 
 
-VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512vbmi", "avx512_vnni", "avx512_bf16")
+VECTOR_FLAGS = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512vbmi",
+    "avx512_vnni",
+    "avx512_bf16",
+    "amx_int8",
+    "amx_bf16",
+)
 
 
 def rq_file(run: Runner, workdir: Path, model: str, config: str, rank: int, seed: int) -> Path:
@@ -360,8 +372,8 @@ def measure(args) -> dict:
     tiers = [t.strip() for t in (args.tiers or "").split(",") if t.strip()]
     if not tiers:
         tiers = [_C.active_tier()]
-        if tiers[0] == "avx512" and _C.tier_available("avx2"):
-            tiers.append("avx2")
+        below = {"amx": ["avx512", "avx2"], "avx512": ["avx2"]}.get(tiers[0], [])
+        tiers += [t for t in below if _C.tier_available(t)]
     results["settings"]["tiers"] = tiers
     if "ceilings" not in skip:
         run.log("instruction ceilings")
@@ -507,7 +519,7 @@ def _check_args(args) -> dict | None:
         ("--configs", names(args.configs), CONFIGS),
         ("--baselines", names(args.baselines), RUNTIMES),
         ("--skip", names(args.skip), ("ceilings", "linears", "forward")),
-        ("--tiers", names(args.tiers), ("reference", "generic", "avx2", "avx512")),
+        ("--tiers", names(args.tiers), ("reference", "generic", "avx2", "avx512", "amx")),
     ):
         unknown = [g for g in given if g not in known]
         if unknown:

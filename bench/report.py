@@ -142,8 +142,11 @@ def targets(res: dict) -> list[dict]:
             out.append(
                 _target(f"{model} CFG step >= 5x faster than PyTorch fp32", f"{ratio:.2f}x", ratio >= 5.0)
             )
+    first = (res["settings"].get("tiers") or [None])[0]
     lin = [
-        r for r in linear_rows(res) if r["model"] == model and r["threads"] == ta and r["vs_avx2"] is not None
+        r
+        for r in linear_rows(res)
+        if r["model"] == model and r["threads"] == ta and r["vs_avx2"] is not None and r.get("tier") == first
     ]
     if lin:
         worst = min(lin, key=lambda r: r["vs_avx2"])
@@ -365,22 +368,35 @@ def text_table(res: dict) -> str:
 # with the avx512 tier, and one for AVX2-only CPUs, so a run on one kind never erases the other's figures.
 AVX2_BEGIN = "<!-- robuq-bench:avx2-machine:begin -->"
 AVX2_END = "<!-- robuq-bench:avx2-machine:end -->"
+AMX_BEGIN = "<!-- robuq-bench:amx-machine:begin -->"
+AMX_END = "<!-- robuq-bench:amx-machine:end -->"
 
 
 def machine_kind(res: dict) -> str:
-    """'avx512' when the run measured the engine's avx512 tier (the CPU has it), else 'avx2'."""
+    """'amx' when the run measured the engine's amx tier (an Intel CPU with AMX-INT8), 'avx512' when it
+    measured the avx512 tier (an AVX-512 CPU without AMX), else 'avx2'."""
     tiers = res["settings"].get("tiers")
     if tiers is not None:
-        return "avx512" if "avx512" in tiers else "avx2"
+        return "amx" if "amx" in tiers else "avx512" if "avx512" in tiers else "avx2"
     feats = set(res["machine"].get("vector") or res["machine"].get("features") or [])
+    if "amx_int8" in feats:
+        return "amx"
     return "avx512" if {"avx512f", "avx512bw", "avx512vl", "avx512vbmi"} <= feats else "avx2"
+
+
+def _markers(kind: str) -> tuple[str, str]:
+    return {"avx2": (AVX2_BEGIN, AVX2_END), "amx": (AMX_BEGIN, AMX_END)}.get(kind, (BEGIN, END))
 
 
 def readme_section(res: dict, png: str | None = None, json_path: str | None = None) -> str:
     s = res["settings"]
-    if machine_kind(res) == "avx2":
+    kind = machine_kind(res)
+    if kind == "avx2":
         begin, end, sub = AVX2_BEGIN, AVX2_END, "####"
         heading = f"### Machine kind: AVX2 + FMA only (no AVX-512), {res['date'][:10]}"
+    elif kind == "amx":
+        begin, end, sub = AMX_BEGIN, AMX_END, "####"
+        heading = f"### Machine kind: Intel Xeon with AVX-512 and AMX (amx tier), {res['date'][:10]}"
     else:
         begin, end, heading, sub = BEGIN, END, "## Performance", "###"
     lines = [begin, heading, ""]
@@ -414,14 +430,18 @@ def readme_section(res: dict, png: str | None = None, json_path: str | None = No
 
 def update_readme(path: str, res: dict, png: str | None = None, json_path: str | None = None) -> None:
     """Replaces the text between the robuq-bench markers of the measured machine's kind (the main section for
-    AVX-512 CPUs, the avx2-machine one for AVX2-only CPUs); appends the section when there are none."""
+    AVX-512 CPUs without AMX, the amx-machine one for Intel CPUs with AMX, the avx2-machine one for AVX2-only
+    CPUs); a missing section goes right after the main one (or at the end)."""
     p = Path(path)
     text = p.read_text() if p.exists() else ""
     section = readme_section(res, png=png, json_path=json_path)
-    begin, end = (AVX2_BEGIN, AVX2_END) if machine_kind(res) == "avx2" else (BEGIN, END)
+    begin, end = _markers(machine_kind(res))
     pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
     if pattern.search(text):
         text = pattern.sub(lambda _: section, text)
+    elif begin != BEGIN and END in text:
+        i = text.index(END) + len(END)
+        text = text[:i] + "\n\n" + section + text[i:]
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     p.write_text(text)

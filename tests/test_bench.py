@@ -139,6 +139,16 @@ def test_text_readme_and_chart(tmp_path):
     fourth = readme.read_text()
     assert fourth.count(report.AVX2_BEGIN) == 1 and "2026-04-04" in fourth and "2026-03-03" not in fourth
     assert fourth.split(report.AVX2_BEGIN)[0] == third.split(report.AVX2_BEGIN)[0]
+    # An AMX machine's run gets its own section, right after the main one, and touches no other.
+    res["settings"]["tiers"] = ["amx", "avx512", "avx2"]
+    res["date"] = "2026-05-05 00:00 UTC"
+    report.update_readme(str(readme), res)
+    fifth = readme.read_text()
+    assert fifth.count(report.AMX_BEGIN) == 1 and "AMX (amx tier), 2026-05-05" in fifth
+    assert fifth.index(report.END) < fifth.index(report.AMX_BEGIN) < fifth.index(report.AVX2_BEGIN)
+    main_part = fourth.split(report.END)[0] + report.END
+    assert fifth.split(report.AMX_BEGIN)[0].rstrip("\n") == main_part
+    assert fifth.split(report.AMX_END)[1] == fourth.split(report.END)[1]
     png = tmp_path / "chart.png"
     report.chart(res, str(png))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
