@@ -2,29 +2,34 @@
 // unit of Intel Sapphire Rapids and later.
 //
 // Why (numbers in docs/performance.md): one tdpbusd multiplies a 16 x 64 tile of unsigned bytes by a 64 x 16
-// tile of signed bytes into 16 x 16 int32 sums, 16384 multiply-adds, about one per 16 cycles per core; a loop of
-// them runs at ~1.9 T multiply-adds/s per core where the avx512 tier's vpermb table step reaches a few hundred
-// G/s. The activation codes are unsigned bytes and the weights -1 / 0 / +1 signed bytes, so the sums are the
-// exact integers sum_k q[t, k] w[r, k] of every tier, uncentred, for any bit width 1..8 (|sum| <= 255 * in,
-// exact in int32 for in < 8.4e6), and the shared avx512 epilogue turns them into the same float bits.
+// tile of signed bytes into 16 x 16 int32 sums, 16384 multiply-adds, one per 16 cycles per core: robuq-bench's
+// amx_tdpbusd ceiling measured 3.85 T multiply-adds/s per core on a 2-core Intel Xeon VM (2.2-2.3 T with the
+// operands loaded from L1 / L2), where the avx512 tier's vpermb table step (tl3_step) reached 0.72 T. The activation
+// codes are unsigned bytes and the weights -1 / 0 / +1 signed bytes, so the sums are the exact integers sum_k q[t, k]
+// w[r, k] of every tier, uncentred, for any bit width 1..8 (|sum| <= 255 * in, exact in int32 for in < 8.4e6), and the
+// shared avx512 epilogue turns them into the same float bits.
 //
 // Layouts:
-//  * A (activation codes): a token block's rows copied into a[TBp][ldk] (ldk = in rounded up to 64, zero
-//    padded, TBp a multiple of 32 with zero rows), so a tile is 16 consecutive rows x 64 consecutive inputs,
-//    loaded with stride ldk.
+//  * A (activation codes): all tokens' rows in a[Tp][ldk] (ldk = in rounded up to 64, zero padded; Tp = T
+//    rounded up to 32, zero rows), so a tile is 16 consecutive rows x 64 consecutive inputs, loaded with stride
+//    ldk.
 //  * B (weights): tdpbusd wants for 16 outputs and 64 inputs a tile whose row i holds, for each output c, its
 //    4 weights of inputs 4 i .. 4 i + 3 (bytes 4 c .. 4 c + 3): the "VNNI" layout. Weights stay in the .rq
-//    2-bit layout; each call decodes them (threads share the work) into wb[panel of 16 outputs][k-block of
-//    64][16][64] signed bytes, zero beyond `out` and `in` (an XL/2 fc1: 5.3 MB, shared, L3; freed with the
-//    thread's buffer). A 16-byte run of a packed row is exactly the 64 weights of one k-block: vpermb copies
-//    each byte to the 4 lanes of its weights, vpmultishiftqb moves each lane's 2 bits down, vpshufb maps code
-//    c to c - 1; then a 16 x 16 transpose of 32-bit words turns 16 rows into the tile.
+//    2-bit layout; the thread that takes an output group decodes the group's tiles into its own buffer
+//    b[panel of 16 outputs][k-block of 64][16][64] signed bytes (zero beyond `out` and `in`; at most 512 KiB,
+//    L2) right before using them, so every weight is decoded once per call and nothing is kept between calls.
+//    A 16-byte run of a packed row is exactly the 64 weights of one k-block: vpermb copies each byte to the 4
+//    lanes of its weights, vpmultishiftqb moves each lane's 2 bits down, vpshufb maps code c to c - 1; then a
+//    16 x 16 transpose of 32-bit words turns 16 rows into the tile.
 //
-// Work: threads take token blocks from a dynamic schedule (as the avx512 kernel): for its block a thread makes
-// the codes (prep: Hadamard + quantize), copies them into A, and then, per group of outputs whose weights fit
-// in L2 next to A, runs 32-token x 32-output blocks (4 accumulator tiles, 2 A and 2 B tiles) over all k-blocks,
-// stores the int32 sums and applies the epilogue to the group. Each token's result comes from one thread in one
-// fixed order; integer sums are exact anyway, so any split gives the same bits.
+// Work, in one parallel region: (1) threads take chunks of 16 tokens from a dynamic schedule and make their
+// codes (prep: Hadamard + quantize) into A; (2) after the barrier they take output groups (<= 256 outputs, at
+// least 4 per thread where `out` allows) from a dynamic schedule: decode the group's weights, run 32-token x
+// 32-output blocks (4 accumulator tiles, 2 A and 2 B tiles) over k in chunks whose A rows for all tokens stay
+// in L2, keep the int32 sums of all tokens x the group (L2) and apply the epilogue to them. So the weights
+// stream from memory once per call (a token-block schedule streamed them once per block: 1.2 vs 2.3 T
+// multiply-adds/s per core in a loop test with the weights beyond / within L2). Sums are exact integers and the
+// epilogue works per output, so any split gives the same bits.
 #include "../avx512/avx512_common.h"  // first
 
 #include <chrono>
@@ -48,10 +53,12 @@ inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
 inline int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
 inline int64_t round_up(int64_t a, int64_t m) { return (a + m - 1) / m * m; }
 
-constexpr int64_t KT = 64;               // inputs per tile (64 bytes per A row)
-constexpr int64_t TILE = 16 * 64;        // bytes of a full tile
-constexpr int64_t kBGroupBytes = 768 << 10;  // weights of one output group (per thread, L2)
-constexpr int64_t kMaxTB = 256;          // tokens per block at most
+constexpr int64_t KT = 64;                   // inputs per tile (64 bytes per A row)
+constexpr int64_t TILE = 16 * 64;            // bytes of a full tile
+constexpr int64_t kMaxG = 256;               // outputs per group at most
+constexpr int64_t kBGroupBytes = 512 << 10;  // decoded weights of one output group (per thread, L2)
+constexpr int64_t kAChunkBytes = 768 << 10;  // the A rows of one k chunk for all tokens (L2)
+constexpr int64_t kTokChunk = 16;            // tokens per item of the preparation pass
 
 // The tile configuration (palette 1): tiles 0..3 the 16 x 16 int32 sums, 4..5 A (16 rows x 64 bytes), 6..7 B.
 struct alignas(64) TileConfig {
@@ -69,9 +76,9 @@ struct alignas(64) TileConfig {
 };
 
 struct Consts {
-  uint8_t rep[64];      // lane j <- packed byte j / 4
-  uint8_t shift[64];    // lane j: bit offset of its 2-bit code in its qword (two packed bytes, each 4 times)
-  uint8_t to_w[64];     // code c (0..3) -> weight c - 1 (code 3, invalid, never reaches here: QLinear rejects it)
+  uint8_t rep[64];    // lane j <- packed byte j / 4
+  uint8_t shift[64];  // lane j: bit offset of its 2-bit code in its qword (two packed bytes, each 4 times)
+  uint8_t to_w[64];   // code c (0..3) -> weight c - 1 (code 3, invalid, never reaches here: QLinear rejects it)
   uint32_t tr_lo[4][16], tr_hi[4][16];  // 16 x 16 dword transpose, round k = 8 >> s
   constexpr Consts() : rep(), shift(), to_w(), tr_lo(), tr_hi() {
     for (int j = 0; j < 64; ++j) {
@@ -132,26 +139,25 @@ void decode_tile(const uint8_t* packed, int64_t out, int64_t in, int64_t pc, int
   for (int i = 0; i < 16; ++i) _mm512_storeu_si512(dst + i * 64, r[i]);
 }
 
-void decode_all(const uint8_t* packed, int64_t out, int64_t in, int64_t panels, int64_t kbs, uint8_t* wb,
-                int threads) {
-  const int64_t pc = (in + 3) / 4, n = panels * kbs;
-  const int nt = static_cast<int>(imax(1, imin(threads, n / 16)));
-#ifdef _OPENMP
-#pragma omp parallel for schedule(dynamic, 8) num_threads(nt) if (nt > 1)
-#endif
-  for (int64_t w = 0; w < n; ++w) decode_tile(packed, out, in, pc, w / kbs, w % kbs, wb + w * TILE);
-}
-
-// 32 tokens (A rows a0 .. a0 + 31, stride lda) x 32 outputs (B panels b0, b0 + kbs tiles) over kbs k-blocks:
-// the int32 sums into c[i * ldc + j], i < 32, j < 32.
-inline void block32x32(const uint8_t* a, int64_t lda, const uint8_t* b, int64_t kbs, int32_t* c, int64_t ldc) {
+// 32 tokens (A rows a .. a + 31, stride lda, from k-block kb0) x 32 outputs (B panels b, b + kbs tiles) over
+// nkb k-blocks: the int32 sums into c[i * ldc + j], i < 32, j < 32, added to what c holds unless first.
+inline void block32x32(const uint8_t* a, int64_t lda, const uint8_t* b, int64_t kbs, int64_t kb0, int64_t nkb,
+                       int32_t* c, int64_t ldc, bool first) {
   const uint8_t* a1 = a + 16 * lda;
   const uint8_t* b1 = b + kbs * TILE;
-  _tile_zero(0);
-  _tile_zero(1);
-  _tile_zero(2);
-  _tile_zero(3);
-  for (int64_t kb = 0; kb < kbs; ++kb) {
+  const int64_t st = ldc * 4;
+  if (first) {
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+  } else {
+    _tile_loadd(0, c, st);
+    _tile_loadd(1, c + 16, st);
+    _tile_loadd(2, c + 16 * ldc, st);
+    _tile_loadd(3, c + 16 * ldc + 16, st);
+  }
+  for (int64_t kb = kb0; kb < kb0 + nkb; ++kb) {
     _tile_loadd(4, a + kb * KT, lda);
     _tile_loadd(6, b + kb * TILE, 64);
     _tile_loadd(7, b1 + kb * TILE, 64);
@@ -161,7 +167,6 @@ inline void block32x32(const uint8_t* a, int64_t lda, const uint8_t* b, int64_t 
     _tile_dpbusd(2, 5, 6);
     _tile_dpbusd(3, 5, 7);
   }
-  const int64_t st = ldc * 4;
   _tile_stored(0, c, st);
   _tile_stored(1, c + 16, st);
   _tile_stored(2, c + 16 * ldc, st);
@@ -207,23 +212,27 @@ void ternary_gemm(const uint8_t* q, int64_t T, int bits, const uint8_t* packed, 
   check_args(bits, T, out, in, threads);
   (void)wsum;  // the sums are uncentred: nothing to undo
   if (T == 0 || out == 0) return;
-  const int64_t ldk = imax(KT, round_up(in, KT)), kbs = ldk / KT;
-  const int64_t out_p = round_up(out, 32), panels = out_p / 16;
-  // Token blocks: at least 2 per thread when T allows (a slowed core then costs only its share), a multiple of
-  // 32, at most kMaxTB; the weights stream from L3 once per block.
-  const int64_t TB = imax(32, imin(kMaxTB, round_up((T + 2 * threads - 1) / (2 * threads), 32)));
-  const int64_t items = (T + TB - 1) / TB;
-  // Output groups: the weights of a group (G x ldk bytes) stay in L2 while the block's 32-token rows pass.
-  const int64_t G = imin(out_p, imax(32, kBGroupBytes / ldk / 32 * 32));
+  const int64_t ldk = imax(KT, round_up(in, KT)), kbs = ldk / KT, Tp = round_up(T, 32);
+  const int64_t out_p = round_up(out, 32), pc = (in + 3) / 4;
+  // Output groups of G outputs (a multiple of 32): at least 4 per thread where `out` allows, so that a core
+  // slowed by another tenant costs only its share; at most kMaxG (the group's int32 sums for all tokens stay
+  // in L2 next to its weights).
+  const int64_t g_bal = round_up((out_p + 4 * threads - 1) / (4 * threads), 32);
+  const int64_t g_mem = imax(32, kBGroupBytes / ldk / 32 * 32);
+  const int64_t G = imax(32, imin(imin(imin(kMaxG, g_mem), g_bal), out_p)), groups = (out_p + G - 1) / G;
+  // k in chunks of KC k-blocks: the A rows of one chunk for all tokens (Tp x 64 KC bytes) stay in L2 while the
+  // group's output pairs pass
+  const int64_t KC = imax(1, imin(kbs, kAChunkBytes / (Tp * KT)));
   const bool lowrank = e.y != nullptr && e.u != nullptr && e.rank > 0;
   const int64_t n_up = (out + 15) / 16, up_bytes = lowrank ? round_up(n_up * e.rank * 16 * 4, 64) : 0;
-  const int64_t wb_bytes = panels * kbs * TILE;
-  const int64_t a_bytes = TB * ldk, c_bytes = round_up(TB * G * 4, 64), per_thread = a_bytes + c_bytes;
-  const int nt = static_cast<int>(imax(1, imin(threads, items)));
-  uint8_t* const wb = tl_w.get(static_cast<size_t>(wb_bytes + up_bytes));
-  float* const up_panels = lowrank ? reinterpret_cast<float*>(wb + wb_bytes) : nullptr;
+  const int64_t a_bytes = round_up(Tp * ldk, 64);
+  const int64_t b_bytes = G / 16 * kbs * TILE, c_bytes = round_up(Tp * G * 4, 64), per_thread = b_bytes + c_bytes;
+  const int64_t tok_items = (T + kTokChunk - 1) / kTokChunk;
+  const int nt = static_cast<int>(imax(1, imin(threads, imax(groups, tok_items))));
+  uint8_t* const shared = tl_w.get(static_cast<size_t>(a_bytes + up_bytes));
+  uint8_t* const A = shared;
+  float* const up_panels = lowrank ? reinterpret_cast<float*>(shared + a_bytes) : nullptr;
   uint8_t* const work = tl_work.get(static_cast<size_t>(per_thread * nt));
-  decode_all(packed, out, in, panels, kbs, wb, threads);
   if (lowrank) avx512::pack_up(e.up, out, e.rank, 0, n_up, up_panels);
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt) if (nt > 1)
@@ -234,33 +243,40 @@ void ternary_gemm(const uint8_t* q, int64_t T, int bits, const uint8_t* packed, 
 #else
     const int tid = 0;
 #endif
-    const TileConfig cfg;
-    _tile_loadconfig(&cfg);
-    uint8_t* const a = work + tid * per_thread;
-    int32_t* const C = reinterpret_cast<int32_t*>(a + a_bytes);
+    // 1. the codes of every token (prep: Hadamard + quantize) into A, zero padded to Tp x ldk
 #ifdef _OPENMP
 #pragma omp for schedule(dynamic, 1)
 #endif
-    for (int64_t it = 0; it < items; ++it) {
-      const int64_t t0 = it * TB, n = imin(TB, T - t0), np = round_up(n, 32);
+    for (int64_t it = 0; it < tok_items; ++it) {
+      const int64_t t0 = it * kTokChunk, n = imin(kTokChunk, T - t0);
       if (prep != nullptr) (*prep)(t0, n, tid);
-      for (int64_t i = 0; i < np; ++i) {
-        uint8_t* row = a + i * ldk;
-        if (i < n) {
-          std::memcpy(row, q + (t0 + i) * in, static_cast<size_t>(in));
-          std::memset(row + in, 0, static_cast<size_t>(ldk - in));
-        } else {
-          std::memset(row, 0, static_cast<size_t>(ldk));
+      for (int64_t t = t0; t < t0 + n; ++t) {
+        std::memcpy(A + t * ldk, q + t * in, static_cast<size_t>(in));
+        std::memset(A + t * ldk + in, 0, static_cast<size_t>(ldk - in));
+      }
+      if (t0 + n == T && Tp > T) std::memset(A + T * ldk, 0, static_cast<size_t>((Tp - T) * ldk));
+    }  // implicit barrier: every row of A is written
+    // 2. per output group: decode its weights into B (L2), the sums of all tokens, the epilogue
+    const TileConfig cfg;
+    _tile_loadconfig(&cfg);
+    uint8_t* const B = work + tid * per_thread;
+    int32_t* const C = reinterpret_cast<int32_t*>(B + b_bytes);
+#ifdef _OPENMP
+#pragma omp for schedule(dynamic, 1)
+#endif
+    for (int64_t g = 0; g < groups; ++g) {
+      const int64_t g0 = g * G, g1 = imin(out_p, g0 + G), np = (g1 - g0) / 16;
+      for (int64_t p = 0; p < np; ++p)
+        for (int64_t kb = 0; kb < kbs; ++kb)
+          decode_tile(packed, out, in, pc, g0 / 16 + p, kb, B + (p * kbs + kb) * TILE);
+      for (int64_t k0 = 0; k0 < kbs; k0 += KC) {
+        const int64_t nk = imin(KC, kbs - k0);
+        for (int64_t r = 0; r < g1 - g0; r += 32) {
+          const uint8_t* b = B + (r / 16) * kbs * TILE;
+          for (int64_t i = 0; i < Tp; i += 32) block32x32(A + i * ldk, ldk, b, kbs, k0, nk, C + i * G + r, G, k0 == 0);
         }
       }
-      for (int64_t g0 = 0; g0 < out_p; g0 += G) {
-        const int64_t g1 = imin(out_p, g0 + G);
-        for (int64_t r = g0; r < g1; r += 32) {
-          const uint8_t* b = wb + (r / 16) * kbs * TILE;
-          for (int64_t i = 0; i < np; i += 32) block32x32(a + i * ldk, ldk, b, kbs, C + i * G + (r - g0), G);
-        }
-        avx512::epilogue_rows(e, t0, n, g0, imin(g1, out), C, G, up_panels);
-      }
+      avx512::epilogue_rows(e, 0, T, g0, imin(g1, out), C, G, up_panels);
     }
     _tile_release();
   }
