@@ -26,7 +26,8 @@
 // codes (prep: Hadamard + quantize) into A; (2) after the barrier they take output groups (<= 256 outputs, at
 // least 4 per thread where `out` allows) from a dynamic schedule: decode the group's weights, run 32-token x
 // 32-output blocks (4 accumulator tiles, 2 A and 2 B tiles) over k in chunks whose A rows for all tokens stay
-// in L2, keep the int32 sums of all tokens x the group (L2) and apply the epilogue to them. So the weights
+// in L2, keep the int32 sums of all tokens x the group (L2), and apply the epilogue to each 32 tokens as soon as
+// the last k chunk has finished them (while their sums are in L1). So the weights
 // stream from memory once per call (a token-block schedule streamed them once per block: 1.2 vs 2.3 T
 // multiply-adds/s per core in a loop test with the weights beyond / within L2). Sums are exact integers and the
 // epilogue works per output, so any split gives the same bits.
@@ -269,14 +270,21 @@ void ternary_gemm(const uint8_t* q, int64_t T, int bits, const uint8_t* packed, 
       for (int64_t p = 0; p < np; ++p)
         for (int64_t kb = 0; kb < kbs; ++kb)
           decode_tile(packed, out, in, pc, g0 / 16 + p, kb, B + (p * kbs + kb) * TILE);
-      for (int64_t k0 = 0; k0 < kbs; k0 += KC) {
-        const int64_t nk = imin(KC, kbs - k0);
+      // all k chunks but the last: output pairs outside, token pairs inside (an output pair's weights in L1)
+      const int64_t k_last = (kbs - 1) / KC * KC;
+      for (int64_t k0 = 0; k0 < k_last; k0 += KC) {
         for (int64_t r = 0; r < g1 - g0; r += 32) {
           const uint8_t* b = B + (r / 16) * kbs * TILE;
-          for (int64_t i = 0; i < Tp; i += 32) block32x32(A + i * ldk, ldk, b, kbs, k0, nk, C + i * G + r, G, k0 == 0);
+          for (int64_t i = 0; i < Tp; i += 32) block32x32(A + i * ldk, ldk, b, kbs, k0, KC, C + i * G + r, G, k0 == 0);
         }
       }
-      avx512::epilogue_rows(e, 0, T, g0, imin(g1, out), C, G, up_panels);
+      // the last chunk token pair by token pair, each followed by its epilogue while its sums are in L1
+      for (int64_t i = 0; i < Tp; i += 32) {
+        for (int64_t r = 0; r < g1 - g0; r += 32)
+          block32x32(A + i * ldk, ldk, B + (r / 16) * kbs * TILE, kbs, k_last, kbs - k_last, C + i * G + r, G,
+                     k_last == 0);
+        if (i < T) avx512::epilogue_rows(e, i, imin(32, T - i), g0, imin(g1, out), C + i * G, G, up_panels);
+      }
     }
     _tile_release();
   }
