@@ -77,24 +77,24 @@ struct alignas(64) TileConfig {
 };
 
 struct Consts {
-  uint8_t rep[64];    // lane j <- packed byte j / 4
-  uint8_t shift[64];  // lane j: bit offset of its 2-bit code in its qword (two packed bytes, each 4 times)
-  uint8_t to_w[64];   // code c (0..3) -> weight c - 1 (code 3, invalid, never reaches here: QLinear rejects it)
-  uint32_t tr_lo[4][16], tr_hi[4][16];  // 16 x 16 dword transpose, round k = 8 >> s
-  constexpr Consts() : rep(), shift(), to_w(), tr_lo(), tr_hi() {
-    for (int j = 0; j < 64; ++j) {
-      rep[j] = static_cast<uint8_t>(j / 4);
-      const int p = j % 8;  // qword lanes 0..3 hold packed byte 2 q, lanes 4..7 byte 2 q + 1
-      shift[j] = static_cast<uint8_t>(p < 4 ? 2 * p : 32 + 2 * (p - 4));
-      const int c = j % 16;
-      to_w[j] = static_cast<uint8_t>(c < 3 ? c - 1 : 0);
-    }
-    for (int s = 0; s < 4; ++s) {
-      const int k = 8 >> s;
-      for (int c = 0; c < 16; ++c) {
-        tr_lo[s][c] = static_cast<uint32_t>((c & k) == 0 ? c : 16 + c - k);
-        tr_hi[s][c] = static_cast<uint32_t>((c & k) == 0 ? c + k : 16 + c);
-      }
+  uint8_t shift[64];   // lane l: bit offset of its 2-bit code in its qword (two packed bytes, each 4 times)
+  uint8_t to_w[64];    // code c (0..3) -> weight c - 1 (code 3, invalid, never reaches here: QLinear rejects it)
+  uint8_t t1[2][64];   // 16 x 16 byte transpose, round 1: U[8 i' + c'] = row c' (of 8), byte 8 h + i'
+  uint8_t t2[2][64];   // round 2: O[16 k + c] = U_rows0-7[8 (4 m + k) + c] or U_rows8-15[8 (4 m + k) + c - 8]
+  uint8_t rep[4][64];  // expansion: lane l <- byte 16 k + l / 4 of O (tile row 4 m + k, output l / 4)
+  constexpr Consts() : shift(), to_w(), t1(), t2(), rep() {
+    for (int l = 0; l < 64; ++l) {
+      const int p = l % 8;  // qword lanes 0..3 hold packed byte 2 q, lanes 4..7 byte 2 q + 1
+      shift[l] = static_cast<uint8_t>(p < 4 ? 2 * p : 32 + 2 * (p - 4));
+      const int c = l % 16;
+      to_w[l] = static_cast<uint8_t>(c < 3 ? c - 1 : 0);
+      const int i1 = l / 8, c1 = l % 8;  // round 1
+      for (int h = 0; h < 2; ++h)
+        t1[h][l] = static_cast<uint8_t>(c1 < 4 ? 16 * c1 + 8 * h + i1 : 64 + 16 * (c1 - 4) + 8 * h + i1);
+      const int k = l / 16, c2 = l % 16;  // round 2
+      for (int m = 0; m < 2; ++m)
+        t2[m][l] = static_cast<uint8_t>(c2 < 8 ? 8 * (4 * m + k) + c2 : 64 + 8 * (4 * m + k) + c2 - 8);
+      for (int kk = 0; kk < 4; ++kk) rep[kk][l] = static_cast<uint8_t>(16 * kk + l / 4);
     }
   }
 };
@@ -102,42 +102,43 @@ alignas(64) constexpr Consts kC{};
 
 inline __m512i load512(const void* p) { return _mm512_loadu_si512(p); }
 
-// r[i] = row i's 16 dwords -> r[j] = dword j of every row (recursive swap of off-diagonal blocks).
-void transpose16x16_epi32(__m512i r[16]) {
-  for (int s = 0; s < 4; ++s) {
-    const int k = 8 >> s;
-    const __m512i lo = load512(kC.tr_lo[s]), hi = load512(kC.tr_hi[s]);
-    for (int a = 0; a < 16; ++a) {
-      if (a & k) continue;
-      const __m512i x = r[a], y = r[a + k];
-      r[a] = _mm512_permutex2var_epi32(x, lo, y);
-      r[a + k] = _mm512_permutex2var_epi32(x, hi, y);
-    }
-  }
-}
-
-// The B tile of outputs 16 p .. 16 p + 15 and inputs 64 kb .. 64 kb + 63 into dst (1 KiB).
+// The B tile of outputs 16 p .. 16 p + 15 and inputs 64 kb .. 64 kb + 63 into dst (1 KiB). Row i of the tile
+// holds, for each output c, the 4 weights of packed byte P[c][16 kb + i]: the 16 x 16 packed bytes are
+// transposed (two rounds of vpermt2b), then each tile row is expanded (vpermb copies byte c to lanes 4 c ..
+// 4 c + 3, vpmultishiftqb moves each lane's 2 bits down, vpshufb maps code c to weight c - 1).
 void decode_tile(const uint8_t* packed, int64_t out, int64_t in, int64_t pc, int64_t p, int64_t kb, uint8_t* dst) {
   const int64_t b0 = kb * 16, nb = imin(16, pc - b0);
   const __mmask16 lm = static_cast<__mmask16>((1u << nb) - 1);
   const int64_t valid = imin(64, in - kb * KT);  // weights of inputs >= in read as 0
-  const __mmask64 km = valid >= 64 ? ~__mmask64(0) : (__mmask64(1) << valid) - 1;
-  const __m512i rep = load512(kC.rep), shift = load512(kC.shift), to_w = load512(kC.to_w);
-  const __m512i three = _mm512_set1_epi8(3);
-  __m512i r[16];
-  for (int c = 0; c < 16; ++c) {
-    const int64_t row = p * 16 + c;
-    if (row >= out) {
-      r[c] = _mm512_setzero_si512();
-      continue;
+  __m512i z[4];
+  for (int j = 0; j < 4; ++j) {
+    __m512i v = _mm512_setzero_si512();
+    for (int rho = 0; rho < 4; ++rho) {
+      const int64_t row = p * 16 + 4 * j + rho;
+      const __m128i x = _mm_maskz_loadu_epi8(row < out ? lm : __mmask16(0), packed + imin(row, out - 1) * pc + b0);
+      switch (rho) {  // the lane index of vinserti32x4 is an immediate
+        case 0: v = _mm512_inserti32x4(v, x, 0); break;
+        case 1: v = _mm512_inserti32x4(v, x, 1); break;
+        case 2: v = _mm512_inserti32x4(v, x, 2); break;
+        default: v = _mm512_inserti32x4(v, x, 3); break;
+      }
     }
-    const __m128i x = _mm_maskz_loadu_epi8(lm, packed + row * pc + b0);
-    __m512i y = _mm512_permutexvar_epi8(rep, _mm512_castsi128_si512(x));
-    y = _mm512_and_si512(_mm512_multishift_epi64_epi8(shift, y), three);
-    r[c] = _mm512_maskz_shuffle_epi8(km, to_w, y);
+    z[j] = v;
   }
-  transpose16x16_epi32(r);
-  for (int i = 0; i < 16; ++i) _mm512_storeu_si512(dst + i * 64, r[i]);
+  const __m512i t1a = load512(kC.t1[0]), t1b = load512(kC.t1[1]), t2a = load512(kC.t2[0]), t2b = load512(kC.t2[1]);
+  const __m512i u_lo01 = _mm512_permutex2var_epi8(z[0], t1a, z[1]), u_hi01 = _mm512_permutex2var_epi8(z[0], t1b, z[1]);
+  const __m512i u_lo23 = _mm512_permutex2var_epi8(z[2], t1a, z[3]), u_hi23 = _mm512_permutex2var_epi8(z[2], t1b, z[3]);
+  const __m512i o[4] = {_mm512_permutex2var_epi8(u_lo01, t2a, u_lo23), _mm512_permutex2var_epi8(u_lo01, t2b, u_lo23),
+                        _mm512_permutex2var_epi8(u_hi01, t2a, u_hi23), _mm512_permutex2var_epi8(u_hi01, t2b, u_hi23)};
+  const __m512i shift = load512(kC.shift), to_w = load512(kC.to_w), three = _mm512_set1_epi8(3);
+  for (int i = 0; i < 16; ++i) {
+    // lanes of inputs 4 i + (l % 4) >= valid read as 0
+    const int64_t v = valid - 4 * i;
+    const __mmask64 km = v >= 4 ? ~__mmask64(0) : v <= 0 ? __mmask64(0) : 0x1111111111111111ull * ((1ull << v) - 1);
+    __m512i y = _mm512_permutexvar_epi8(load512(kC.rep[i % 4]), o[i / 4]);
+    y = _mm512_and_si512(_mm512_multishift_epi64_epi8(shift, y), three);
+    _mm512_storeu_si512(dst + i * 64, _mm512_maskz_shuffle_epi8(km, to_w, y));
+  }
 }
 
 // 32 tokens (A rows a .. a + 31, stride lda, from k-block kb0) x 32 outputs (B panels b, b + kbs tiles) over
