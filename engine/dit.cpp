@@ -10,6 +10,7 @@
 
 #include "errors.h"
 #include "ops.h"
+#include "robuq/aligned.h"
 #include "robuq/profile.h"
 
 namespace robuq {
@@ -82,13 +83,17 @@ void LinearLayer::forward(const float* x, int64_t T, float* y, int threads, Post
 }
 
 // -------------------------------------------------------------------------------------------- workspace
+// The activation buffers are 64-byte aligned (robuq/aligned.h): their rows are read and written 64 bytes at a
+// time.
+using FloatBuffer = aligned_vector<float>;
+
 // Every activation buffer of one forward, allocated once per batch size.
 struct DiT::Workspace {
   int64_t N = -1;
   int threads = 0;
-  std::vector<float> patches, x, h, qkv, att, branch, mlp, feats;  // token-major [N * T, ...]
-  std::vector<float> tfreq, temb_h, temb, c, silu_c, mod;          // per sample [N, ...]
-  std::vector<float> att_scratch;
+  FloatBuffer patches, x, h, qkv, att, branch, mlp, feats;  // token-major [N * T, ...]
+  FloatBuffer tfreq, temb_h, temb, c, silu_c, mod;          // per sample [N, ...]
+  FloatBuffer att_scratch;
 };
 
 DiT::~DiT() = default;
@@ -97,8 +102,8 @@ size_t DiT::workspace_bytes() const {
   if (!ws_) return 0;
   const Workspace& w = *ws_;
   size_t n = 0;
-  for (const std::vector<float>* v : {&w.patches, &w.x, &w.h, &w.qkv, &w.att, &w.branch, &w.mlp, &w.feats, &w.tfreq,
-                                      &w.temb_h, &w.temb, &w.c, &w.silu_c, &w.mod, &w.att_scratch})
+  for (const FloatBuffer* v : {&w.patches, &w.x, &w.h, &w.qkv, &w.att, &w.branch, &w.mlp, &w.feats, &w.tfreq, &w.temb_h,
+                               &w.temb, &w.c, &w.silu_c, &w.mod, &w.att_scratch})
     n += v->capacity() * sizeof(float);
   return n;
 }

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "qlinear_avx2.h"
+#include "robuq/aligned.h"
 #include "robuq/avx2.h"
 #include "robuq/avx512.h"
 #include "robuq/profile.h"
@@ -76,14 +77,14 @@ void down_project(const float* const* rot, int nt, int64_t n, const float* down,
   }
 }
 
-struct Scratch {
-  std::vector<uint8_t> codes;
-  std::vector<float> scale, zero, u, rows;
+struct Scratch {  // 64-byte aligned: the kernels read and write their rows 64 bytes at a time
+  aligned_vector<uint8_t> codes;
+  aligned_vector<float> scale, zero, u, rows;
 };
 thread_local Scratch tl_scratch;
 
 template <class T>
-T* grow(std::vector<T>& v, size_t n) {
+T* grow(aligned_vector<T>& v, size_t n) {
   if (v.size() < n) v.resize(n);
   return v.data();
 }
@@ -111,7 +112,7 @@ void qlinear_forward(const QLinearDesc& d, const generic::Prepared& p, const flo
 
   // 1. Hadamard + quantize (+ down-projection) per token: for ternary weights inside the GEMM's parallel pass
   // over the tokens (one parallel region per layer), else token-parallel here.
-  const int64_t per = n + std::max<int64_t>(d.plan.scratch_size(), 1);
+  const int64_t per = (n + std::max<int64_t>(d.plan.scratch_size(), 1) + 15) / 16 * 16;  // rows stay aligned
   const int nt1 = std::max(1, threads);
   float* rows = grow(s.rows, static_cast<size_t>(nt1 * 2 * per));  // two rows per thread (token pairs)
   const RowTransform transform(d.plan);
