@@ -10,9 +10,10 @@
 // shared avx512 epilogue turns them into the same float bits.
 //
 // Layouts:
-//  * A (activation codes): all tokens' rows in a[Tp][ldk] (ldk = in rounded up to 64, zero padded; Tp = T
-//    rounded up to 32, zero rows), so a tile is 16 consecutive rows x 64 consecutive inputs, loaded with stride
-//    ldk.
+//  * A (activation codes): all tokens' rows with stride ldk (in rounded up to 64, zero padded) and Tp rows (T
+//    rounded up to 32, zero rows), so a tile is 16 consecutive rows x 64 consecutive inputs. Where in = ldk (every
+//    DiT width) and the codes are aligned, the codes' own rows are A and only a last partial 32-token pair is
+//    copied and padded.
 //  * B (weights): tdpbusd wants for 16 outputs and 64 inputs a tile whose row i holds, for each output c, its
 //    4 weights of inputs 4 i .. 4 i + 3 (bytes 4 c .. 4 c + 3): the "VNNI" layout. Weights stay in the .rq
 //    2-bit layout; the thread that takes an output group decodes the group's tiles into its own buffer
@@ -227,14 +228,19 @@ void ternary_gemm(const uint8_t* q, int64_t T, int bits, const uint8_t* packed, 
   const int64_t KC = imax(1, imin(kbs, kAChunkBytes / (Tp * KT)));
   const bool lowrank = e.y != nullptr && e.u != nullptr && e.rank > 0;
   const int64_t n_up = (out + 15) / 16, up_bytes = lowrank ? round_up(n_up * e.rank * 16 * 4, 64) : 0;
-  // A is a 64-byte aligned copy even where the codes' rows could serve as A (in a multiple of 64): tile rows
-  // from the unaligned codes buffer straddle two cache lines each, which measured 9 % slower on a whole forward.
-  const int64_t a_bytes = round_up(Tp * ldk, 64);
+  // Where in is a multiple of 64 (every DiT width) and the codes are 64-byte aligned (the quantized linears'
+  // scratch is), the codes' own rows serve as A and only the last partial 32-token pair is copied (zero padded);
+  // otherwise every row is copied into A with stride ldk. (Tile rows that straddle two cache lines made a whole
+  // forward 9 % slower when the codes buffer was not aligned.)
+  const bool direct = in == ldk && reinterpret_cast<uintptr_t>(q) % 64 == 0;
+  const int64_t T32 = direct ? T / 32 * 32 : 0;  // rows of A read from q
+  const int64_t a_bytes = round_up((Tp - T32) * ldk, 64);
   const int64_t b_bytes = G / 16 * kbs * TILE, c_bytes = round_up(Tp * G * 4, 64), per_thread = b_bytes + c_bytes;
   const int64_t tok_items = (T + kTokChunk - 1) / kTokChunk;
   const int nt = static_cast<int>(imax(1, imin(threads, imax(groups, tok_items))));
   uint8_t* const shared = tl_w.get(static_cast<size_t>(a_bytes + up_bytes));
-  uint8_t* const A = shared;
+  uint8_t* const A_copy = shared;  // rows T32 .. Tp - 1
+  auto arow = [&](int64_t i) { return i < T32 ? q + i * in : A_copy + (i - T32) * ldk; };
   float* const up_panels = lowrank ? reinterpret_cast<float*>(shared + a_bytes) : nullptr;
   uint8_t* const work = tl_work.get(static_cast<size_t>(per_thread * nt));
   if (lowrank) avx512::pack_up(e.up, out, e.rank, 0, n_up, up_panels);
@@ -247,18 +253,18 @@ void ternary_gemm(const uint8_t* q, int64_t T, int bits, const uint8_t* packed, 
 #else
     const int tid = 0;
 #endif
-    // 1. the codes of every token (prep: Hadamard + quantize) into A, zero padded to Tp x ldk
+    // 1. the codes of every token (prep: Hadamard + quantize); rows from T32 on copied into A_copy, zero padded
 #ifdef _OPENMP
 #pragma omp for schedule(dynamic, 1)
 #endif
     for (int64_t it = 0; it < tok_items; ++it) {
       const int64_t t0 = it * kTokChunk, n = imin(kTokChunk, T - t0);
       if (prep != nullptr) (*prep)(t0, n, tid);
-      for (int64_t t = t0; t < t0 + n; ++t) {
-        std::memcpy(A + t * ldk, q + t * in, static_cast<size_t>(in));
-        std::memset(A + t * ldk + in, 0, static_cast<size_t>(ldk - in));
+      for (int64_t t = imax(t0, T32); t < t0 + n; ++t) {
+        std::memcpy(A_copy + (t - T32) * ldk, q + t * in, static_cast<size_t>(in));
+        std::memset(A_copy + (t - T32) * ldk + in, 0, static_cast<size_t>(ldk - in));
       }
-      if (t0 + n == T && Tp > T) std::memset(A + T * ldk, 0, static_cast<size_t>((Tp - T) * ldk));
+      if (t0 + n == T && Tp > T) std::memset(A_copy + (T - T32) * ldk, 0, static_cast<size_t>((Tp - T) * ldk));
     }  // implicit barrier: every row of A is written
     // 2. per output group: decode its weights into B (L2), the sums of all tokens, the epilogue
     const TileConfig cfg;
@@ -278,14 +284,13 @@ void ternary_gemm(const uint8_t* q, int64_t T, int bits, const uint8_t* packed, 
       for (int64_t k0 = 0; k0 < k_last; k0 += KC) {
         for (int64_t r = 0; r < g1 - g0; r += 32) {
           const uint8_t* b = B + (r / 16) * kbs * TILE;
-          for (int64_t i = 0; i < Tp; i += 32) block32x32(A + i * ldk, ldk, b, kbs, k0, KC, C + i * G + r, G, k0 == 0);
+          for (int64_t i = 0; i < Tp; i += 32) block32x32(arow(i), ldk, b, kbs, k0, KC, C + i * G + r, G, k0 == 0);
         }
       }
       // the last chunk token pair by token pair, each followed by its epilogue while its sums are in L1
       for (int64_t i = 0; i < Tp; i += 32) {
         for (int64_t r = 0; r < g1 - g0; r += 32)
-          block32x32(A + i * ldk, ldk, B + (r / 16) * kbs * TILE, kbs, k_last, kbs - k_last, C + i * G + r, G,
-                     k_last == 0);
+          block32x32(arow(i), ldk, B + (r / 16) * kbs * TILE, kbs, k_last, kbs - k_last, C + i * G + r, G, k_last == 0);
         if (i < T) avx512::epilogue_rows(e, i, imin(32, T - i), g0, imin(g1, out), C + i * G, G, up_panels);
       }
     }
