@@ -2,7 +2,8 @@
 whole.
 
 * Ternary GEMM straight from the .rq layout: exact integer sums for every bit width 1..8, shapes with tails
-  (in not a multiple of 4 or 64, out not a multiple of 16 or 32, T not a multiple of the 32-token block),
+  (in not a multiple of 4 or 64, out not a multiple of 16 or 32, T not a multiple of the 32-token block), on
+  both schedules (weights up to 1 MiB decoded: token blocks; larger: output groups),
   garbage in padding positions, codes and weights at their extremes, and bit-identical results for 1, 2 and 3
   threads and for a token alone or in any batch.
 * QLinear on the amx tier equals the avx2 tier bit for bit (exact integers, the shared epilogue), with a
@@ -57,6 +58,10 @@ SHAPES = [
     (64, 40, 1150),  # in not a multiple of 4
     (70, 16, 64),  # exactly one tile wide and deep
     (300, 520, 450),  # several token blocks
+    # decoded weights over 1 MiB: the output-major schedule (output groups, k chunks, tails)
+    (70, 1000, 1152),
+    (45, 300, 4000),
+    (200, 300, 4608),  # k in two chunks (the A rows of all tokens over 768 KiB)
 ]
 
 
@@ -90,7 +95,7 @@ def test_ternary_matmul_extreme_weights_and_codes():
 @pytest.mark.parametrize("bits", [2, 4])
 def test_ternary_matmul_thread_and_batch_invariance(bits):
     rng = np.random.default_rng(bits)
-    n_in, out, t = 1152, 290, 203
+    n_in, out, t = 1152, 290 if bits == 2 else 1000, 203  # both schedules
     w, p = packed_with_garbage_padding(rng, out, n_in)
     q = rng.integers(0, 2**bits, (t, n_in), dtype=np.uint8)
 
@@ -137,7 +142,9 @@ def _layer(n_in, out, bits, rank, seed, hadamard="full"):
         (256, 33, 2, 0, "full"),
         (96, 37, 4, 4, "full"),
         (384, 40, 8, 0, "full"),  # 8 bits: the avx2 GEMM on the avx512 tier, AMX here
-        (384, 520, 7, 8, "full"),  # 7 bits, several output groups
+        (384, 520, 7, 8, "full"),  # 7 bits
+        (1152, 1000, 2, 8, "full"),  # the output-major schedule (decoded weights over 1 MiB)
+        (4608, 300, 4, 8, "full"),  # the same with k in several chunks
     ],
 )
 def test_qlinear_amx_equals_avx2(restore_tier, n_in, out, bits, rank, hadamard):

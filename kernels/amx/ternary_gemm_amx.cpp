@@ -23,12 +23,12 @@
 //    lanes of its weights, vpmultishiftqb moves each lane's 2 bits down, vpshufb maps code c to c - 1; then a
 //    16 x 16 transpose of 32-bit words turns 16 rows into the tile.
 //
-// Work, in one parallel region: (1) threads take chunks of 16 tokens from a dynamic schedule and make their
-// codes (prep: Hadamard + quantize) into A; (2) after the barrier they take output groups (<= 256 outputs, at
-// least 4 per thread where `out` allows) from a dynamic schedule: decode the group's weights, run 32-token x
-// 32-output blocks (4 accumulator tiles, 2 A and 2 B tiles) over k in chunks whose A rows for all tokens stay
-// in L2, keep the int32 sums of all tokens x the group (L2), and apply the epilogue to each 32 tokens as soon as
-// the last k chunk has finished them (while their sums are in L1). So the weights
+// Work, for weights over 1 MiB decoded (the small ones: gemm_token_major below), in one parallel region: (1) threads
+// take chunks of 16 tokens from a dynamic schedule and make their codes (prep: Hadamard + quantize) into A; (2) after
+// the barrier they take output groups (<= 256 outputs, at least 4 per thread where `out` allows) from a dynamic
+// schedule: decode the group's weights, run 32-token x 32-output blocks (4 accumulator tiles, 2 A and 2 B tiles) over k
+// in chunks whose A rows for all tokens stay in L2, keep the int32 sums of all tokens x the group (L2), and apply the
+// epilogue to each 32 tokens as soon as the last k chunk has finished them (while their sums are in L1). So the weights
 // stream from memory once per call (a token-block schedule streamed them once per block: 1.2 vs 2.3 T
 // multiply-adds/s per core in a loop test with the weights beyond / within L2). Sums are exact integers and the
 // epilogue works per output, so any split gives the same bits.
@@ -55,12 +55,13 @@ inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
 inline int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
 inline int64_t round_up(int64_t a, int64_t m) { return (a + m - 1) / m * m; }
 
-constexpr int64_t KT = 64;                   // inputs per tile (64 bytes per A row)
-constexpr int64_t TILE = 16 * 64;            // bytes of a full tile
-constexpr int64_t kMaxG = 256;               // outputs per group at most
-constexpr int64_t kBGroupBytes = 512 << 10;  // decoded weights of one output group (per thread, L2)
-constexpr int64_t kAChunkBytes = 768 << 10;  // the A rows of one k chunk for all tokens (L2)
-constexpr int64_t kTokChunk = 16;            // tokens per item of the preparation pass
+constexpr int64_t KT = 64;                       // inputs per tile (64 bytes per A row)
+constexpr int64_t TILE = 16 * 64;                // bytes of a full tile
+constexpr int64_t kMaxG = 256;                   // outputs per group at most
+constexpr int64_t kBGroupBytes = 512 << 10;      // decoded weights of one output group (per thread, L2)
+constexpr int64_t kAChunkBytes = 768 << 10;      // the A rows of one k chunk for all tokens (L2)
+constexpr int64_t kTokChunk = 16;                // tokens per item of the preparation pass
+constexpr int64_t kLocalWeightsBytes = 1 << 20;  // decoded weights small enough for one copy per thread (L2)
 
 // The tile configuration (palette 1): tiles 0..3 the 16 x 16 int32 sums, 4..5 A (16 rows x 64 bytes), 6..7 B.
 struct alignas(64) TileConfig {
@@ -206,6 +207,62 @@ void check_args(int bits, int64_t T, int64_t out, int64_t in, int threads) {
   if (threads < 1) throw std::invalid_argument("amx::ternary_gemm: threads must be >= 1");
 }
 
+// The schedule for small weight matrices (decoded size <= kLocalWeightsBytes): every thread decodes the whole
+// matrix into its own buffer (L2), then threads take token blocks from a dynamic schedule and do everything for
+// their tokens: prep, an aligned copy of the codes (A), the sums over all outputs and the epilogue, 32 tokens at
+// a time. No cache line moves between cores except the outputs; the output-major schedule reads every token's
+// codes on every core, which for small layers cost more than the GEMM (DiT-S/2 proj: 2 threads slower than 1).
+void gemm_token_major(const uint8_t* q, int64_t T, const uint8_t* packed, int64_t out, int64_t in,
+                      const avx2::QEpilogue& e, int threads, const avx2::RowPrep* prep, const float* up_panels) {
+  const int64_t ldk = imax(KT, round_up(in, KT)), kbs = ldk / KT, out_p = round_up(out, 32), pc = (in + 3) / 4;
+  const int64_t panels = out_p / 16;
+  const int64_t TB = imax(32, imin(256, round_up((T + 4 * threads - 1) / (4 * threads), 32)));
+  const int64_t items = (T + TB - 1) / TB;
+  const int64_t b_bytes = panels * kbs * TILE, a_bytes = TB * ldk, c_bytes = round_up(32 * out_p * 4, 64);
+  const int64_t per_thread = b_bytes + a_bytes + c_bytes;
+  const int nt = static_cast<int>(imax(1, imin(threads, items)));
+  uint8_t* const work = tl_work.get(static_cast<size_t>(per_thread * nt));
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt) if (nt > 1)
+#endif
+  {
+#ifdef _OPENMP
+    const int tid = omp_get_thread_num();
+#else
+    const int tid = 0;
+#endif
+    uint8_t* const B = work + tid * per_thread;
+    uint8_t* const A = B + b_bytes;
+    int32_t* const C = reinterpret_cast<int32_t*>(A + a_bytes);
+    for (int64_t p = 0; p < panels; ++p)
+      for (int64_t kb = 0; kb < kbs; ++kb) decode_tile(packed, out, in, pc, p, kb, B + (p * kbs + kb) * TILE);
+    const TileConfig cfg;
+    _tile_loadconfig(&cfg);
+#ifdef _OPENMP
+#pragma omp for schedule(dynamic, 1) nowait
+#endif
+    for (int64_t it = 0; it < items; ++it) {
+      const int64_t t0 = it * TB, n = imin(TB, T - t0), np = round_up(n, 32);
+      if (prep != nullptr) (*prep)(t0, n, tid);
+      for (int64_t i = 0; i < np; ++i) {
+        uint8_t* row = A + i * ldk;
+        if (i < n) {
+          std::memcpy(row, q + (t0 + i) * in, static_cast<size_t>(in));
+          std::memset(row + in, 0, static_cast<size_t>(ldk - in));
+        } else {
+          std::memset(row, 0, static_cast<size_t>(ldk));
+        }
+      }
+      for (int64_t i = 0; i < np; i += 32) {
+        for (int64_t r = 0; r < out_p; r += 32)
+          block32x32(A + i * ldk, ldk, B + (r / 16) * kbs * TILE, kbs, 0, kbs, C + r, out_p, true);
+        avx512::epilogue_rows(e, t0 + i, imin(32, n - i), 0, out, C, out_p, up_panels);
+      }
+    }
+    _tile_release();
+  }
+}
+
 }  // namespace
 
 namespace amx {
@@ -228,6 +285,12 @@ void ternary_gemm(const uint8_t* q, int64_t T, int bits, const uint8_t* packed, 
   const int64_t KC = imax(1, imin(kbs, kAChunkBytes / (Tp * KT)));
   const bool lowrank = e.y != nullptr && e.u != nullptr && e.rank > 0;
   const int64_t n_up = (out + 15) / 16, up_bytes = lowrank ? round_up(n_up * e.rank * 16 * 4, 64) : 0;
+  if (out_p * ldk <= kLocalWeightsBytes) {  // small weights: every thread its own copy, token blocks
+    float* const up = lowrank ? reinterpret_cast<float*>(tl_w.get(static_cast<size_t>(up_bytes))) : nullptr;
+    if (lowrank) avx512::pack_up(e.up, out, e.rank, 0, n_up, up);
+    gemm_token_major(q, T, packed, out, in, e, threads, prep, up);
+    return;
+  }
   // Where in is a multiple of 64 (every DiT width) and the codes are 64-byte aligned (the quantized linears'
   // scratch is), the codes' own rows serve as A and only the last partial 32-token pair is copied (zero padded);
   // otherwise every row is copied into A with stride ldk. (Tile rows that straddle two cache lines made a whole
