@@ -12,9 +12,10 @@
  * package: robuq_sample gives the same pixels as robuq.Engine(path).sample(classes, steps=, cfg_scale=,
  * seed=), bit-identical for any thread count.
  *
- * Speed: run the process with OMP_WAIT_POLICY=PASSIVE in its environment (libgomp reads it before main()):
- * with OpenMP's default spinning workers, sampling on a machine with other busy processes can be many times
- * slower. `import robuq` and robuq-run set it themselves when it is unset.
+ * Speed: run the process with GOMP_SPINCOUNT=1000 (or OMP_WAIT_POLICY=PASSIVE) in its environment (libgomp
+ * reads it before main()): with OpenMP's default spinning workers, sampling on a machine with other busy
+ * processes can be many times slower. `import robuq` and robuq-run set the short spin themselves when neither
+ * variable is set.
  *
  * Thread safety: one engine may be used from several threads at once (model calls on one engine are
  * serialised inside; use one engine per thread for parallel sampling). The last-error message is per

@@ -39,9 +39,9 @@ def _c_compiler() -> str | None:
 
 
 def _run(cmd: list, timeout: float = 900, **kw) -> subprocess.CompletedProcess:
-    # OpenMP's passive wait, as `import robuq` sets it (docs/c-api.md, "Speed"): the example and hostile.c
-    # sample, and spinning workers make that many times slower when the machine is busy
-    kw.setdefault("env", dict(os.environ, OMP_WAIT_POLICY="PASSIVE"))
+    # OpenMP's short spin, as `import robuq` sets it (docs/c-api.md, "Speed"): the example and hostile.c
+    # sample, and libgomp's default spinning workers make that many times slower when the machine is busy
+    kw.setdefault("env", dict(os.environ, GOMP_SPINCOUNT="1000"))
     r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout, **kw)
     if r.returncode != 0:
         raise AssertionError(
