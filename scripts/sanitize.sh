@@ -72,6 +72,11 @@ if python -c "import sys, robuq._C as c; sys.exit(0 if c.tier_available('avx512'
   # the avx512 tier's own kernel tests, under the sanitizers too
   python -m pytest -q -p no:cacheprovider tests/test_kernels_avx512.py "$@"
 fi
+if python -c "import sys, robuq._C as c; sys.exit(0 if c.tier_available('amx') else 1)"; then
+  tiers="$tiers amx"
+  # the amx tier's own kernel tests (both GEMM schedules), under the sanitizers too
+  python -m pytest -q -p no:cacheprovider tests/test_kernels_amx.py "$@"
+fi
 for tier in $tiers; do
   ROBUQ_KERNEL_TIER=$tier robuq-infer --class 3 --class 7 --steps ddim4 --threads 2 --no-progress \
     -o "$out/$tier.npy"
