@@ -104,6 +104,14 @@ alignas(64) constexpr Consts kC{};
 
 inline __m512i load512(const void* p) { return _mm512_loadu_si512(p); }
 
+// ldtilecfg from a configuration in memory. The compiler barrier keeps the configuration's stores: GCC 12 treats
+// the builtin as reading only part of its operand and dropped the stores to the row / column fields of a local
+// configuration (the tiles then stayed unconfigured and the first tile instruction raised #UD).
+inline void load_tile_config(const void* cfg) {
+  __asm__ volatile("" : : "r"(cfg) : "memory");
+  _tile_loadconfig(cfg);
+}
+
 // The B tile of outputs 16 p .. 16 p + 15 and inputs 64 kb .. 64 kb + 63 into dst (1 KiB). Row i of the tile
 // holds, for each output c, the 4 weights of packed byte P[c][16 kb + i]: the 16 x 16 packed bytes are
 // transposed (two rounds of vpermt2b), then each tile row is expanded (vpermb copies byte c to lanes 4 c ..
@@ -237,7 +245,7 @@ void gemm_token_major(const uint8_t* q, int64_t T, const uint8_t* packed, int64_
     for (int64_t p = 0; p < panels; ++p)
       for (int64_t kb = 0; kb < kbs; ++kb) decode_tile(packed, out, in, pc, p, kb, B + (p * kbs + kb) * TILE);
     const TileConfig cfg;
-    _tile_loadconfig(&cfg);
+    load_tile_config(&cfg);
 #ifdef _OPENMP
 #pragma omp for schedule(dynamic, 1) nowait
 #endif
@@ -331,7 +339,7 @@ void ternary_gemm(const uint8_t* q, int64_t T, int bits, const uint8_t* packed, 
     }  // implicit barrier: every row of A is written
     // 2. per output group: decode its weights into B (L2), the sums of all tokens, the epilogue
     const TileConfig cfg;
-    _tile_loadconfig(&cfg);
+    load_tile_config(&cfg);
     uint8_t* const B = work + tid * per_thread;
     int32_t* const C = reinterpret_cast<int32_t*>(B + b_bytes);
 #ifdef _OPENMP
@@ -370,7 +378,7 @@ double ceiling_tdpbusd(double seconds) {
   // 4 accumulators x (2 A, 2 B tiles) from registers: the tile unit's own rate, u8 x s8 multiply-adds
   alignas(64) static const uint8_t src[TILE] = {};
   const TileConfig cfg;
-  _tile_loadconfig(&cfg);
+  load_tile_config(&cfg);
   _tile_loadd(4, src, 64);
   _tile_loadd(5, src, 64);
   _tile_loadd(6, src, 64);
