@@ -19,11 +19,12 @@
 //    2-bit layout; the thread that takes an output group decodes the group's tiles into its own buffer
 //    b[panel of 16 outputs][k-block of 64][16][64] signed bytes (zero beyond `out` and `in`; at most 512 KiB,
 //    L2) right before using them, so every weight is decoded once per call and nothing is kept between calls.
-//    A 16-byte run of a packed row is exactly the 64 weights of one k-block: vpermb copies each byte to the 4
-//    lanes of its weights, vpmultishiftqb moves each lane's 2 bits down, vpshufb maps code c to c - 1; then a
-//    16 x 16 transpose of 32-bit words turns 16 rows into the tile.
+//    A 16-byte run of a packed row is exactly the 64 weights of one k-block, and tile row i needs byte i of the
+//    16 rows' runs: the 16 x 16 bytes are transposed (two rounds of vpermt2b), then per tile row vpermb copies
+//    each byte to the 4 lanes of its weights, vpmultishiftqb moves each lane's 2 bits down and vpshufb maps
+//    code c to c - 1 (decode_tile).
 //
-// Work, for weights over 1 MiB decoded (the small ones: gemm_token_major below), in one parallel region: (1) threads
+// Work, for weights over 1 MiB decoded (smaller ones: gemm_token_major below), in one parallel region: (1) threads
 // take chunks of 16 tokens from a dynamic schedule and make their codes (prep: Hadamard + quantize) into A; (2) after
 // the barrier they take output groups (<= 256 outputs, at least 4 per thread where `out` allows) from a dynamic
 // schedule: decode the group's weights, run 32-token x 32-output blocks (4 accumulator tiles, 2 A and 2 B tiles) over k
