@@ -89,6 +89,29 @@ def test_quantize_bit_identical_to_reference(n, kind):
                 np.testing.assert_array_equal(np.asarray(g).view(np.uint8), np.asarray(w).view(np.uint8))
 
 
+def test_quantize_codes_across_scales():
+    """Many rows whose ranges span 2^-30 .. 2^30, with values on and next to the code boundaries: the codes
+    (and scales, zero points) equal the reference's. On Intel CPUs the avx512 quantizer divides by the scale
+    as a multiply plus one fused correction (Markstein), which must give the division's codes."""
+    rng = np.random.default_rng(20261206)
+    t, n = 600, 96
+    scale = np.exp2(rng.uniform(-30, 30, (t, 1)))
+    offset = rng.normal(0, 4, (t, 1)) * scale
+    x = rng.normal(0, 1, (t, n)) * scale + offset
+    lo, hi = x.min(1, keepdims=True), x.max(1, keepdims=True)
+    step = (hi - lo) / 15  # 4-bit code boundaries, and values a hair away from their midpoints
+    k = rng.integers(0, 16, (t, n // 2))
+    mid = lo + (k + 0.5) * step
+    x[:, ::2] = mid * (1 + rng.choice([-1e-7, 0.0, 1e-7], (t, n // 2)))
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    for bits in (1, 2, 3, 4, 8):
+        for clip_k in (0.0, Q.clip_constant("gauss", bits)):
+            got = _C.quantize_tokens(x, bits, clip_k, tier="avx512")
+            want = _C.quantize_tokens(x, bits, clip_k)
+            for g, w in zip(got, want, strict=True):
+                np.testing.assert_array_equal(np.asarray(g).view(np.uint8), np.asarray(w).view(np.uint8))
+
+
 SHAPES = [
     (1, 1, 1),
     (5, 17, 3),

@@ -327,19 +327,49 @@ void clip_range(double m, double ss, int64_t n, float clip_k, float* lo, float* 
   *hi = static_cast<float>(h < mx ? h : mx);  // std::min(mx, m + ks)
 }
 
+// The code of t = (x - lo) / scale: clamp(round(t), 0, qmax), NaN -> 0 like the reference.
+inline void store_codes(__m512 t, __m512 vq, __mmask16 m, uint8_t* codes) {
+  __m512 q = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  q = _mm512_max_ps(q, _mm512_setzero_ps());  // q > 0 ? q : 0, so NaN -> 0 like the reference
+  q = _mm512_min_ps(q, vq);
+  _mm_mask_storeu_epi8(codes, m, _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(q)));
+}
+
+// Intel cores divide zmm floats at one per ~10 cycles (2-core Xeon VM, 2026-12-06), AMD Zen 4 at about twice
+// that rate; write_codes replaces the division by a multiply and one correction on Intel only (on Zen 4 that
+// form measured 7.3 against 6.3 cycles per 16 values). Both give the same codes.
+bool division_is_slow() {
+  static const bool slow = __builtin_cpu_is("intel");
+  return slow;
+}
+
 // codes = clamp(round((x - lo) / scale), 0, 2^bits - 1) with the reference's scale and zero point
 void write_codes(const float* x, int64_t n, int bits, float lo, float hi, uint8_t* codes, float* scale, float* zero) {
   const float qmax = static_cast<float>((1 << bits) - 1);
   const float range = hi - lo;
   const float s = (range < kScaleEps ? kScaleEps : range) / qmax;  // std::max(hi - lo, kScaleEps)
   const __m512 vlo = _mm512_set1_ps(lo), vs = _mm512_set1_ps(s), vq = _mm512_set1_ps(qmax);
-  for (int64_t i = 0; i < n; i += 16) {
-    const __mmask16 m = i + 16 <= n ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (n - i)) - 1);
-    const __m512 t = _mm512_div_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), vlo), vs);
-    __m512 q = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    q = _mm512_max_ps(q, _mm512_setzero_ps());  // q > 0 ? q : 0, so NaN -> 0 like the reference
-    q = _mm512_min_ps(q, vq);
-    _mm_mask_storeu_epi8(codes + i, m, _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(q)));
+  // Markstein: with r = RN(1 / s) (a normal number) and q0 = RN(d r) within an ulp of d / s, the remainder
+  // d - q0 s is exact in one fma and RN(q0 + rem r) = RN(d / s), the division's own result, as long as nothing
+  // underflows; where it does (|d| near 2^-126) |d / s| < 2^-90 and both give code 0, and non-finite q0 (x
+  // infinite or NaN, or d / s overflowing) is taken as it is, as the division gives it. A loop test: 3e9 random
+  // pairs over 2^-40 <= s <= 2^40 and codes 0..255 at their rounding boundaries gave the division's codes.
+  const float r = 1.0f / s;
+  if (division_is_slow() && std::isnormal(r) && s < 0x1p125f) {
+    const __m512 vr = _mm512_set1_ps(r), inf = _mm512_set1_ps(__builtin_inff());
+    for (int64_t i = 0; i < n; i += 16) {
+      const __mmask16 m = i + 16 <= n ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (n - i)) - 1);
+      const __m512 d = _mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), vlo);
+      const __m512 q0 = _mm512_mul_ps(d, vr);
+      const __m512 t = _mm512_fmadd_ps(_mm512_fnmadd_ps(q0, vs, d), vr, q0);
+      const __mmask16 finite = _mm512_cmp_ps_mask(_mm512_abs_ps(q0), inf, _CMP_LT_OQ);
+      store_codes(_mm512_mask_mov_ps(q0, finite, t), vq, m, codes + i);
+    }
+  } else {
+    for (int64_t i = 0; i < n; i += 16) {
+      const __mmask16 m = i + 16 <= n ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (n - i)) - 1);
+      store_codes(_mm512_div_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), vlo), vs), vq, m, codes + i);
+    }
   }
   *scale = s;
   *zero = -lo / s;
