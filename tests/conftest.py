@@ -129,6 +129,16 @@ def torch_one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture
+def restore_tier():
+    """Restores the kernel tier a test may force with robuq._C.set_tier."""
+    from robuq import _C
+
+    before = _C.active_tier()
+    yield
+    _C.set_tier(before)
+
+
 @pytest.fixture(params=TIERS)
 def tier(request):
     """Runs the test with the named kernel tier forced, restoring the previous one afterwards."""

@@ -20,31 +20,21 @@ import sys
 
 import numpy as np
 import pytest
+from tier_cases import (
+    assert_forward_matches_avx2,
+    assert_fused_gelu_matches,
+    assert_qlinear_matches_avx2,
+    assert_shipped_samples_match_avx2,
+    packed_with_garbage_padding,
+    ternary_layer,
+)
 
 from robuq import _C
-from robuq import quant as Q
 
 pytestmark = pytest.mark.skipif(
     not _C.tier_available("amx"),
     reason="the amx tier needs AMX-INT8 (Sapphire Rapids or later) enabled by the OS and the avx512 tier",
 )
-
-
-@pytest.fixture
-def restore_tier():
-    before = _C.active_tier()
-    yield
-    _C.set_tier(before)
-
-
-def packed_with_garbage_padding(rng, out, n_in):
-    """Random ternary codes in the .rq layout, padding positions of the last byte filled with codes 0..3."""
-    w = rng.integers(-1, 2, (out, n_in), dtype=np.int8)
-    p = _C.pack_ternary(w)
-    if n_in % 4:
-        mask = np.uint8((0xFF << (2 * (n_in % 4))) & 0xFF)
-        p[:, -1] = (p[:, -1] & ~mask) | (rng.integers(0, 256, out, dtype=np.uint8) & mask)
-    return w, p
 
 
 SHAPES = [
@@ -110,29 +100,6 @@ def test_ternary_matmul_thread_and_batch_invariance(bits):
     np.testing.assert_array_equal(mm(q[5:18], 2), one[5:18])
 
 
-def _layer(n_in, out, bits, rank, seed, hadamard="full"):
-    rng = np.random.default_rng(seed)
-    w = rng.integers(-1, 2, (out, n_in), dtype=np.int8)
-    kw = {}
-    if rank:
-        kw = dict(
-            down=rng.normal(0, 0.05, (rank, n_in)).astype(np.float32),
-            up=rng.normal(0, 0.05, (out, rank)).astype(np.float32),
-        )
-    return _C.QLinear(
-        "ternary",
-        n_in,
-        _C.pack_ternary(w),
-        rng.uniform(0.01, 0.05, out).astype(np.float32),
-        w.astype(np.int32).sum(1).astype(np.int32),
-        rng.normal(0, 0.1, out).astype(np.float32),
-        act_bits=bits,
-        clip_k=Q.clip_constant("gauss", bits),
-        hadamard=hadamard,
-        **kw,
-    )
-
-
 @pytest.mark.parametrize(
     "n_in,out,bits,rank,hadamard",
     [
@@ -149,38 +116,13 @@ def _layer(n_in, out, bits, rank, seed, hadamard="full"):
 )
 def test_qlinear_amx_equals_avx2(restore_tier, n_in, out, bits, rank, hadamard):
     """Hadamard + quantize, GEMM and epilogue of the amx tier give the avx2 tier's bits."""
-    lin = _layer(n_in, out, bits, rank, n_in + out + bits, hadamard)
+    lin = ternary_layer(n_in, out, bits, rank, n_in + out + bits, hadamard)
     x = np.random.default_rng(bits).standard_t(3, (75, n_in)).astype(np.float32)
-    _C.set_tier("avx2")
-    want = lin.forward(x, 1)
-    _C.set_tier("amx")
-    np.testing.assert_array_equal(lin.forward(x, 1), want)
-    np.testing.assert_array_equal(lin.forward(x, 2), want)
-    np.testing.assert_array_equal(lin.forward(x[11:12], 2)[0], want[11])
+    assert_qlinear_matches_avx2("amx", lin, x)
 
 
 def test_fused_gelu_on_amx(restore_tier):
-    rng = np.random.default_rng(4)
-    n_in, out = 384, 131
-    w = rng.integers(-1, 2, (out, n_in), dtype=np.int8)
-    args = dict(
-        weight="ternary",
-        in_features=n_in,
-        packed=_C.pack_ternary(w),
-        scale=rng.uniform(0.01, 0.05, out).astype(np.float32),
-        wsum=w.astype(np.int32).sum(1).astype(np.int32),
-        bias=rng.normal(0, 0.1, out).astype(np.float32),
-        act_bits=2,
-        clip_k=Q.clip_constant("gauss", 2),
-        hadamard="full",
-    )
-    x = rng.standard_normal((29, n_in)).astype(np.float32)
-    _C.set_tier("amx")
-    plain = _C.qlinear_forward_post(**args, x=x, threads=2, post="none")
-    fused = _C.qlinear_forward_post(**args, x=x, threads=2)
-    np.testing.assert_array_equal(fused, _C.gelu_tanh(plain.ravel(), 1).reshape(plain.shape))
-    _C.set_tier("avx2")
-    np.testing.assert_array_equal(_C.qlinear_forward_post(**args, x=x, threads=1), fused)
+    assert_fused_gelu_matches("amx")
 
 
 def test_tier_selection():
@@ -201,34 +143,9 @@ def test_tier_selection():
 def test_whole_forward_amx_equals_avx2(restore_tier, tiny, name):
     """A whole DiT forward (every layer kind, Hadamard form and bit width of the tiny models, CFG batch) gives
     the same bits on the amx and avx2 tiers, for 1 and 2 threads."""
-    from robuq import Engine
-
-    m = tiny(name)
-    c = m.config
-    rng = np.random.default_rng(11)
-    n = 3
-    x = rng.standard_normal((n, c.in_channels, c.input_size, c.input_size)).astype(np.float32)
-    t = np.array([999, 500, 3], dtype=np.int64)
-    y = np.array([1, 7, c.num_classes if c.class_dropout_prob > 0 else 0], dtype=np.int64)
-    outs = {}
-    for tier_name in ("avx2", "amx"):
-        _C.set_tier(tier_name)
-        for threads in (1, 2):
-            outs[tier_name, threads] = Engine(m.rq, threads=threads).forward(x, t, y)
-    want = outs["avx2", 1]
-    assert np.isfinite(want).all() and np.abs(want).max() > 0
-    for key, got in outs.items():
-        np.testing.assert_array_equal(got, want, err_msg=str(key))
+    assert_forward_matches_avx2("amx", tiny(name))
 
 
 def test_shipped_model_samples_amx_equal_avx2(restore_tier):
     """The shipped W1.58A2 digits model samples the same pixels on both tiers (DDIM, CFG)."""
-    from robuq import Engine
-    from robuq.infer import default_model_path
-
-    got = {}
-    for tier_name in ("avx2", "amx"):
-        _C.set_tier(tier_name)
-        eng = Engine(default_model_path(), threads=2)
-        got[tier_name] = eng.sample([3, 7], steps="ddim8", sampler="ddim", seed=5, output="latent")
-    np.testing.assert_array_equal(got["amx"], got["avx2"])
+    assert_shipped_samples_match_avx2("amx")

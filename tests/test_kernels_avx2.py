@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 import pytest
+from tier_cases import packed_with_garbage_padding
 
 from robuq import _C
 from robuq import quant as Q
@@ -107,17 +108,6 @@ def test_hadamard_quantize_bit_identical_any_threads(n, form, block):
 
 
 # -------------------------------------------------------------------------------- ternary LUT GEMM
-def packed_with_garbage_padding(rng, out, n_in):
-    """Random ternary codes packed in the .rq layout, padding positions filled with random codes 0..3."""
-    w = rng.integers(-1, 2, (out, n_in), dtype=np.int8)
-    p = _C.pack_ternary(w)
-    if n_in % 4:
-        used = n_in % 4
-        mask = np.uint8((0xFF << (2 * used)) & 0xFF)
-        p[:, -1] = (p[:, -1] & ~mask) | (rng.integers(0, 256, out, dtype=np.uint8) & mask)
-    return w, p
-
-
 @pytest.mark.parametrize(
     "out,n_in", [(1, 1), (15, 7), (16, 64), (17, 130), (40, 1152), (300, 129), (33, 4608)]
 )
