@@ -37,9 +37,7 @@
 
 #include <chrono>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
-#include <new>
 #include <stdexcept>
 
 #ifdef _OPENMP
@@ -186,29 +184,7 @@ inline void block32x32(const uint8_t* a, int64_t lda, const uint8_t* b, int64_t 
   _tile_stored(3, c + 16 * ldc + 16, st);
 }
 
-// A 64-byte aligned buffer per thread and purpose, kept between calls.
-struct Buffer {
-  uint8_t* p = nullptr;
-  size_t n = 0;
-  ~Buffer() { std::free(p); }
-  uint8_t* get(size_t bytes) {
-    if (bytes < 64) bytes = 64;
-    if (n < bytes) {
-      std::free(p);
-      n = 0;
-      p = static_cast<uint8_t*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64));
-      if (p == nullptr) throw std::bad_alloc();
-      n = bytes;
-    }
-    return p;
-  }
-};
-thread_local Buffer tl_w, tl_work;
-void release_buffer(Buffer& b) {
-  std::free(b.p);
-  b.p = nullptr;
-  b.n = 0;
-}
+thread_local avx512::ScratchBuffer tl_w, tl_work;
 
 void check_args(int bits, int64_t T, int64_t out, int64_t in, int threads) {
   if (bits < 1 || bits > 8) throw std::invalid_argument("amx::ternary_gemm: bits must be in 1..8");
@@ -371,8 +347,8 @@ void ternary_gemm(const uint8_t* q, int64_t T, int bits, const uint8_t* packed, 
 }
 
 void release_gemm_scratch() {
-  release_buffer(tl_w);
-  release_buffer(tl_work);
+  tl_w.release();
+  tl_work.release();
 }
 
 double ceiling_tdpbusd(double seconds) {

@@ -156,6 +156,26 @@ double run_one(const Loop& l, double seconds) {
   return static_cast<double>(iters) * l.ops_per_iter / dt;
 }
 
+// Operations per second summed over `threads` threads, each running one_thread() (its own operations over its
+// own time).
+template <class F>
+double sum_over_threads(int threads, double seconds, F one_thread) {
+  if (threads < 1) throw std::invalid_argument("measure_ceiling: threads must be >= 1");
+  if (!(seconds > 0)) throw std::invalid_argument("measure_ceiling: seconds must be > 0");
+  std::vector<double> rates(static_cast<size_t>(threads), 0.0);
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+    int tid = 0;
+#ifdef _OPENMP
+    tid = omp_get_thread_num();
+#endif
+    rates[static_cast<size_t>(tid)] = one_thread();
+  }
+  double total = 0;
+  for (double r : rates) total += r;
+  return total;
+}
+
 }  // namespace
 
 std::vector<std::string> ceiling_kinds() {
@@ -172,57 +192,16 @@ std::vector<std::string> ceiling_kinds() {
 
 double measure_ceiling(const std::string& kind, int threads, double seconds) {
 #ifdef ROBUQ_HAVE_AMX
-  if (kind == "amx_tdpbusd" && tier_available(Tier::Amx)) {
-    if (threads < 1) throw std::invalid_argument("measure_ceiling: threads must be >= 1");
-    if (!(seconds > 0)) throw std::invalid_argument("measure_ceiling: seconds must be > 0");
-    std::vector<double> rates(static_cast<size_t>(threads), 0.0);
-#pragma omp parallel num_threads(threads) if (threads > 1)
-    {
-      int tid = 0;
-#ifdef _OPENMP
-      tid = omp_get_thread_num();
-#endif
-      rates[static_cast<size_t>(tid)] = amx::ceiling_tdpbusd(seconds);
-    }
-    double total = 0;
-    for (double r : rates) total += r;
-    return total;
-  }
+  if (kind == "amx_tdpbusd" && tier_available(Tier::Amx))
+    return sum_over_threads(threads, seconds, [seconds] { return amx::ceiling_tdpbusd(seconds); });
 #endif
 #ifdef ROBUQ_HAVE_AVX512
   // Only call into kernels/avx512 (compiled with AVX-512 flags) once the CPU is known to run them.
-  if (const int i = tier_available(Tier::Avx512) ? avx512::ceiling_find(kind.c_str()) : -1; i >= 0) {
-    if (threads < 1) throw std::invalid_argument("measure_ceiling: threads must be >= 1");
-    if (!(seconds > 0)) throw std::invalid_argument("measure_ceiling: seconds must be > 0");
-    std::vector<double> rates(static_cast<size_t>(threads), 0.0);
-#pragma omp parallel num_threads(threads) if (threads > 1)
-    {
-      int tid = 0;
-#ifdef _OPENMP
-      tid = omp_get_thread_num();
-#endif
-      rates[static_cast<size_t>(tid)] = avx512::ceiling_one_thread(i, seconds);
-    }
-    double total = 0;
-    for (double r : rates) total += r;
-    return total;
-  }
+  if (const int i = tier_available(Tier::Avx512) ? avx512::ceiling_find(kind.c_str()) : -1; i >= 0)
+    return sum_over_threads(threads, seconds, [i, seconds] { return avx512::ceiling_one_thread(i, seconds); });
 #endif
   const Loop l = loop_for(kind);
-  if (threads < 1) throw std::invalid_argument("measure_ceiling: threads must be >= 1");
-  if (!(seconds > 0)) throw std::invalid_argument("measure_ceiling: seconds must be > 0");
-  std::vector<double> rates(static_cast<size_t>(threads), 0.0);
-#pragma omp parallel num_threads(threads) if (threads > 1)
-  {
-    int tid = 0;
-#ifdef _OPENMP
-    tid = omp_get_thread_num();
-#endif
-    rates[static_cast<size_t>(tid)] = run_one(l, seconds);
-  }
-  double total = 0;
-  for (double r : rates) total += r;
-  return total;
+  return sum_over_threads(threads, seconds, [&l, seconds] { return run_one(l, seconds); });
 }
 
 }  // namespace robuq

@@ -288,29 +288,7 @@ MicroFn micro_for(int bits) {
   }
 }
 
-// A 64-byte aligned buffer per thread and purpose, kept between calls (no page faults per call).
-struct Buffer {
-  uint8_t* p = nullptr;
-  size_t n = 0;
-  ~Buffer() { std::free(p); }
-  uint8_t* get(size_t bytes) {
-    if (bytes < 64) bytes = 64;
-    if (n < bytes) {
-      std::free(p);
-      n = 0;
-      p = static_cast<uint8_t*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64));
-      if (p == nullptr) throw std::bad_alloc();
-      n = bytes;
-    }
-    return p;
-  }
-};
-thread_local Buffer tl_idx, tl_work;
-void release_buffer(Buffer& b) {
-  std::free(b.p);
-  b.p = nullptr;
-  b.n = 0;
-}
+thread_local avx512::ScratchBuffer tl_idx, tl_work;
 
 // ------------------------------------------------------------------------------------------ epilogue
 // The avx2 tier's QEpilogue (kernels/avx2/qlinear_avx2.h) 16 outputs at a time, with the same operations per
@@ -573,9 +551,29 @@ void ternary_lut_indices(const uint8_t* packed, int64_t out, int64_t in, uint8_t
   decode_all(packed, out, in, idx, 1);
 }
 
+ScratchBuffer::~ScratchBuffer() { std::free(p); }
+
+uint8_t* ScratchBuffer::get(size_t bytes) {
+  if (bytes < 64) bytes = 64;
+  if (n < bytes) {
+    std::free(p);
+    n = 0;
+    p = static_cast<uint8_t*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64));
+    if (p == nullptr) throw std::bad_alloc();
+    n = bytes;
+  }
+  return p;
+}
+
+void ScratchBuffer::release() {
+  std::free(p);
+  p = nullptr;
+  n = 0;
+}
+
 void release_gemm_scratch() {
-  release_buffer(tl_idx);
-  release_buffer(tl_work);
+  tl_idx.release();
+  tl_work.release();
 }
 
 }  // namespace avx512
