@@ -121,8 +121,9 @@ def test_qlinear_amx_equals_avx2(restore_tier, n_in, out, bits, rank, hadamard):
     assert_qlinear_matches_avx2("amx", lin, x)
 
 
-def test_fused_gelu_on_amx(restore_tier):
-    assert_fused_gelu_matches("amx")
+@pytest.mark.parametrize("extreme", [False, True])
+def test_fused_gelu_on_amx(restore_tier, extreme):
+    assert_fused_gelu_matches("amx", extreme)
 
 
 def test_tier_selection():

@@ -180,8 +180,9 @@ def test_qlinear_avx512_equals_avx2(restore_tier, n_in, out, bits, rank, hadamar
     assert_qlinear_matches_avx2("avx512", lin, x)
 
 
-def test_fused_gelu_on_avx512(restore_tier):
-    assert_fused_gelu_matches("avx512")
+@pytest.mark.parametrize("extreme", [False, True])
+def test_fused_gelu_on_avx512(restore_tier, extreme):
+    assert_fused_gelu_matches("avx512", extreme)
 
 
 @pytest.mark.parametrize("bits", [0, 8])
@@ -199,6 +200,25 @@ def test_attention_avx512_equals_avx2(restore_tier, bits, t, heads, head_dim):
     _C.set_tier("avx512")
     np.testing.assert_array_equal(_C.attention(qkv, n, heads, bits), want)
     np.testing.assert_array_equal(_C.attention(qkv, n, heads, bits, threads=2), want)
+
+
+@pytest.mark.parametrize("bits", [0, 8])
+def test_attention_avx512_wide_scores(restore_tier, bits):
+    """Scores spread far beyond exp's range (rows scaled by up to 60), so softmax vectors mix ordinary lanes
+    with lanes whose exp underflows (exp512's clamped path): the avx2 bits all the same."""
+    n, t, heads, head_dim = 2, 40, 3, 64
+    rng = np.random.default_rng(11 + bits)
+    qkv = rng.normal(0, 1.0, (n * t, 3 * heads * head_dim)).astype(np.float32)
+    qkv *= rng.choice(np.array([1, 8, 60], np.float32), (n * t, 1))
+    d = heads * head_dim  # qkv rows: q | k | v, head h at h * head_dim
+    q = qkv[:t, :head_dim].astype(np.float64)
+    k = qkv[:t, d : d + head_dim].astype(np.float64)
+    s = q @ k.T / np.sqrt(head_dim)
+    assert ((s.max(1, keepdims=True) - s) > 100).any(1).mean() > 0.3  # many rows reach the underflow lanes
+    _C.set_tier("avx2")
+    want = _C.attention(qkv, n, heads, bits)
+    _C.set_tier("avx512")
+    np.testing.assert_array_equal(_C.attention(qkv, n, heads, bits), want)
 
 
 def test_tier_selection():

@@ -52,24 +52,35 @@ def assert_qlinear_matches_avx2(tier, lin, x):
     np.testing.assert_array_equal(lin.forward(x[11:12], 2)[0], want[11])
 
 
-def assert_fused_gelu_matches(tier):
+def assert_fused_gelu_matches(tier, extreme=False):
     """The GELU fused into a ternary linear's epilogue on `tier` equals GELU as a separate pass, and the avx2
-    tier's fused result."""
-    rng = np.random.default_rng(4)
+    tier's fused result. extreme: large weight scales and a few infinite / NaN biases, so that 16-output
+    vectors mix ordinary lanes with lanes whose exp argument is out of range or special (the clamped path)."""
+    rng = np.random.default_rng(5 if extreme else 4)
     n_in, out = 384, 131
     w = rng.integers(-1, 2, (out, n_in), dtype=np.int8)
+    scale = rng.uniform(0.01, 0.05, out).astype(np.float32)
+    bias = rng.normal(0, 0.1, out).astype(np.float32)
+    if extreme:
+        scale *= rng.choice(np.array([1, 30, 300], np.float32), out)
+        bias[[3, 40]] = np.inf
+        bias[[17, 70]] = -np.inf
+        bias[[20, 99]] = np.nan
     args = dict(
         weight="ternary",
         in_features=n_in,
         packed=_C.pack_ternary(w),
-        scale=rng.uniform(0.01, 0.05, out).astype(np.float32),
+        scale=scale,
         wsum=w.astype(np.int32).sum(1).astype(np.int32),
-        bias=rng.normal(0, 0.1, out).astype(np.float32),
+        bias=bias,
         act_bits=2,
         clip_k=Q.clip_constant("gauss", 2),
         hadamard="full",
     )
     x = rng.standard_normal((29, n_in)).astype(np.float32)
+    if extreme:
+        plain = _C.qlinear_forward_post(**args, x=x, threads=1, post="none")
+        assert np.isnan(plain).any() and np.isinf(plain).any() and (np.abs(plain) > 20).mean() > 0.2
     _C.set_tier(tier)
     plain = _C.qlinear_forward_post(**args, x=x, threads=2, post="none")
     fused = _C.qlinear_forward_post(**args, x=x, threads=2)

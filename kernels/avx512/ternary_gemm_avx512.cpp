@@ -46,6 +46,7 @@
 #endif
 
 #include "../avx2/qlinear_avx2.h"
+#include "exp_avx512.h"
 #include "robuq/avx512.h"
 #include "robuq/ternary_gemm.h"
 
@@ -297,29 +298,6 @@ thread_local avx512::ScratchBuffer tl_idx, tl_work;
 //   f = f + v, v = one fused-multiply-add chain over j ascending from +0 of u[t, j] up[r, j] (gemm_panels' order)
 //   f = f + bias[r];  then GELU as simd::gelu8 (exp256's steps) when asked.
 // up is packed once per call into panels of 16 outputs x rank (zero-padded), like pack_panels_rows.
-inline __m512 exp512(__m512 x) {
-  const __m512 lo = _mm512_set1_ps(-87.33654475f), hi = _mm512_set1_ps(88.72283906f);
-  const __m512 xc = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-88.0f)), _mm512_set1_ps(88.75f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), xc);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  const __m512 r2 = _mm512_mul_ps(r, r);
-  __m512 y = _mm512_add_ps(_mm512_fmadd_ps(p, r2, r), _mm512_set1_ps(1.0f));
-  // y * 2^n in one instruction: exp256 multiplies by 2^(n >> 1) (exact: no under- or overflow for |n| <= 128)
-  // and then by 2^(n - (n >> 1)), one rounding, as vscalefps does (checked equal for all 2^32 inputs)
-  y = _mm512_scalef_ps(y, n);
-  y = _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ), _mm512_setzero_ps());
-  y = _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask(x, hi, _CMP_GT_OQ), _mm512_set1_ps(__builtin_inff()));
-  return _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), x);
-}
-
 inline __m512 gelu16(__m512 v) {
   const __m512 beta = _mm512_set1_ps(static_cast<float>(0.7978845608028654));
   const __m512 kappa = _mm512_set1_ps(0.044715f);
@@ -329,32 +307,92 @@ inline __m512 gelu16(__m512 v) {
   return _mm512_div_ps(v, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
 }
 
-// One output vector (token t, outputs r .. r + 15 under mask m): the epilogue of its exact sums a, plus the
-// low-rank term v (when lowrank) and the bias (GELU follows in epilogue_rows' second pass). The locals are the
-// QEpilogue fields.
+// One output vector (token t, outputs r .. r + 15; Full: all 16, else those under mask m): the epilogue of its
+// exact sums c[0 .. 15], plus the low-rank term v (when lowrank) and the bias (GELU follows in epilogue_rows'
+// second pass). sx / nzx: the token's scale and negated zero as doubles (broadcast from memory, so no
+// conversion per vector); the sums are converted straight from memory, 8 at a time.
 struct EpiRow {
-  const float *scale_x, *zero_x;
-  float* y;
-  int64_t out;
   bool lowrank, has_bias;
 
-  inline void operator()(int64_t t, int64_t r, __mmask16 m, __m512i a, __m512d ws0, __m512d ws1, __m512d sw0,
-                         __m512d sw1, __m512 v, __m512 bias) const {
-    const __m512d sx = _mm512_set1_pd(static_cast<double>(scale_x[t]));
-    const __m512d nzx = _mm512_set1_pd(-static_cast<double>(zero_x[t]));
+  template <bool Full>
+  inline void run(const double* sx, const double* nzx, float* yt, __mmask16 m, const int32_t* c, __m512d ws0,
+                  __m512d ws1, __m512d sw0, __m512d sw1, __m512 v, __m512 bias) const {
+    const __m256i c0 = Full ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c))
+                            : _mm256_maskz_loadu_epi32(static_cast<__mmask8>(m), c);
+    const __m256i c1 = Full ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + 8))
+                            : _mm256_maskz_loadu_epi32(static_cast<__mmask8>(m >> 8), c + 8);
+    const __m512d vsx = _mm512_set1_pd(*sx), vnzx = _mm512_set1_pd(*nzx);
     // acc - zx * ws: the product of a float and an int32 of at most 31 bits is exact in float64, so the fused
     // form rounds once, like the product-then-subtract of the contract
-    const __m512d d0 = _mm512_fmadd_pd(nzx, ws0, _mm512_cvtepi32_pd(_mm512_castsi512_si256(a)));
-    const __m512d d1 = _mm512_fmadd_pd(nzx, ws1, _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(a, 1)));
-    const __m256 f0 = _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_mul_pd(sx, sw0), d0));
-    const __m256 f1 = _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_mul_pd(sx, sw1), d1));
+    const __m512d d0 = _mm512_fmadd_pd(vnzx, ws0, _mm512_cvtepi32_pd(c0));
+    const __m512d d1 = _mm512_fmadd_pd(vnzx, ws1, _mm512_cvtepi32_pd(c1));
+    const __m256 f0 = _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_mul_pd(vsx, sw0), d0));
+    const __m256 f1 = _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_mul_pd(vsx, sw1), d1));
     __m512 f =
         _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(f0)), _mm256_castps_pd(f1), 1));
     if (lowrank) f = _mm512_add_ps(f, v);
     if (has_bias) f = _mm512_add_ps(f, bias);
-    _mm512_mask_storeu_ps(y + t * out + r, m, f);
+    if (Full)
+      _mm512_storeu_ps(yt, f);
+    else
+      _mm512_mask_storeu_ps(yt, m, f);
   }
 };
+
+// Tokens per pass of epilogue_rows: their scales and negated zeros are converted to float64 once, into a stack
+// array that the vectors below broadcast from.
+constexpr int64_t kEpiTokens = 64;
+
+// Outputs r .. r + 15 (Full) or those under m, of tokens t0 .. t0 + nt - 1 (nt <= kEpiTokens; sx / nzx indexed
+// from t0): the per-output operands are converted once and reused for every token.
+
+template <bool Full>
+inline void epilogue_vector(const avx2::QEpilogue& e, const EpiRow& row, const double* sx, const double* nzx,
+                            int64_t t0, int64_t nt, int64_t r, __mmask16 m, const int32_t* C, int64_t ldc,
+                            const float* panels) {
+  const int64_t out = e.out;
+  const __m512i ws = Full ? load512(e.wsum + r) : _mm512_maskz_loadu_epi32(m, e.wsum + r);
+  const __m512d ws0 = _mm512_cvtepi32_pd(_mm512_castsi512_si256(ws));
+  const __m512d ws1 = _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(ws, 1));
+  const __m512 swf = Full ? _mm512_loadu_ps(e.s_w + r) : _mm512_maskz_loadu_ps(m, e.s_w + r);
+  const __m512d sw0 = _mm512_cvtps_pd(_mm512_castps512_ps256(swf));
+  const __m512d sw1 = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(swf), 1)));
+  const __m512 bias =
+      row.has_bias ? (Full ? _mm512_loadu_ps(e.bias + r) : _mm512_maskz_loadu_ps(m, e.bias + r)) : _mm512_setzero_ps();
+  const int64_t rank = e.rank;
+  const float* panel = row.lowrank ? panels + (r / 16) * rank * 16 : nullptr;
+  const float* const u = e.u;
+  float* const y = e.y + r;
+  int64_t i = 0;
+  for (; i + 4 <= nt; i += 4) {
+    // the low-rank terms of 4 tokens: 4 independent chains (one chain is latency-bound)
+    __m512 v0 = _mm512_setzero_ps(), v1 = v0, v2 = v0, v3 = v0;
+    if (panel != nullptr) {
+      const float *u0 = u + (t0 + i) * rank, *u1 = u0 + rank, *u2 = u1 + rank, *u3 = u2 + rank;
+      for (int64_t j = 0; j < rank; ++j) {
+        const __m512 pj = _mm512_loadu_ps(panel + j * 16);
+        v0 = _mm512_fmadd_ps(_mm512_set1_ps(u0[j]), pj, v0);
+        v1 = _mm512_fmadd_ps(_mm512_set1_ps(u1[j]), pj, v1);
+        v2 = _mm512_fmadd_ps(_mm512_set1_ps(u2[j]), pj, v2);
+        v3 = _mm512_fmadd_ps(_mm512_set1_ps(u3[j]), pj, v3);
+      }
+    }
+    const int32_t* c = C + i * ldc + r;
+    float* yt = y + (t0 + i) * out;
+    row.run<Full>(sx + i, nzx + i, yt, m, c, ws0, ws1, sw0, sw1, v0, bias);
+    row.run<Full>(sx + i + 1, nzx + i + 1, yt + out, m, c + ldc, ws0, ws1, sw0, sw1, v1, bias);
+    row.run<Full>(sx + i + 2, nzx + i + 2, yt + 2 * out, m, c + 2 * ldc, ws0, ws1, sw0, sw1, v2, bias);
+    row.run<Full>(sx + i + 3, nzx + i + 3, yt + 3 * out, m, c + 3 * ldc, ws0, ws1, sw0, sw1, v3, bias);
+  }
+  for (; i < nt; ++i) {
+    __m512 v = _mm512_setzero_ps();
+    if (panel != nullptr) {
+      const float* ut = u + (t0 + i) * rank;
+      for (int64_t j = 0; j < rank; ++j) v = _mm512_fmadd_ps(_mm512_set1_ps(ut[j]), _mm512_loadu_ps(panel + j * 16), v);
+    }
+    row.run<Full>(sx + i, nzx + i, y + (t0 + i) * out, m, C + i * ldc + r, ws0, ws1, sw0, sw1, v, bias);
+  }
+}
 
 }  // namespace
 
@@ -384,47 +422,20 @@ void epilogue_rows(const avx2::QEpilogue& e, int64_t t0, int64_t nt, int64_t r0,
   // GELU runs as a second pass over the finished rows (still in L1 / L2): its long dependency chain overlaps
   // better in a loop of independent vectors than at the end of each output's dequantization chain (the same
   // operations on the same values, so the same bits; measured 85 -> ~60 cycles per 16 outputs).
-  const EpiRow row{e.scale_x, e.zero_x, e.y, out, e.u != nullptr && panels != nullptr, e.bias != nullptr};
-  const float* const u = e.u;
-  const int64_t rank = e.rank;
-  for (int64_t r = r0; r < r1; r += 16) {
-    const __mmask16 m = r + 16 <= r1 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (r1 - r)) - 1);
-    const __m512i ws = _mm512_maskz_loadu_epi32(m, e.wsum + r);
-    const __m512d ws0 = _mm512_cvtepi32_pd(_mm512_castsi512_si256(ws));
-    const __m512d ws1 = _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(ws, 1));
-    const __m512 swf = _mm512_maskz_loadu_ps(m, e.s_w + r);
-    const __m512d sw0 = _mm512_cvtps_pd(_mm512_castps512_ps256(swf));
-    const __m512d sw1 = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(swf), 1)));
-    const __m512 bias = row.has_bias ? _mm512_maskz_loadu_ps(m, e.bias + r) : _mm512_setzero_ps();
-    const float* panel = row.lowrank ? panels + (r / 16) * rank * 16 : nullptr;
-    int64_t i = 0;
-    for (; i + 4 <= nt; i += 4) {
-      // the low-rank terms of 4 tokens: 4 independent chains (one chain is latency-bound)
-      __m512 v0 = _mm512_setzero_ps(), v1 = v0, v2 = v0, v3 = v0;
-      if (panel != nullptr) {
-        const float *u0 = u + (t0 + i) * rank, *u1 = u0 + rank, *u2 = u1 + rank, *u3 = u2 + rank;
-        for (int64_t j = 0; j < rank; ++j) {
-          const __m512 pj = _mm512_loadu_ps(panel + j * 16);
-          v0 = _mm512_fmadd_ps(_mm512_set1_ps(u0[j]), pj, v0);
-          v1 = _mm512_fmadd_ps(_mm512_set1_ps(u1[j]), pj, v1);
-          v2 = _mm512_fmadd_ps(_mm512_set1_ps(u2[j]), pj, v2);
-          v3 = _mm512_fmadd_ps(_mm512_set1_ps(u3[j]), pj, v3);
-        }
-      }
-      row(t0 + i, r, m, _mm512_maskz_loadu_epi32(m, C + i * ldc + r), ws0, ws1, sw0, sw1, v0, bias);
-      row(t0 + i + 1, r, m, _mm512_maskz_loadu_epi32(m, C + (i + 1) * ldc + r), ws0, ws1, sw0, sw1, v1, bias);
-      row(t0 + i + 2, r, m, _mm512_maskz_loadu_epi32(m, C + (i + 2) * ldc + r), ws0, ws1, sw0, sw1, v2, bias);
-      row(t0 + i + 3, r, m, _mm512_maskz_loadu_epi32(m, C + (i + 3) * ldc + r), ws0, ws1, sw0, sw1, v3, bias);
+  const EpiRow row{e.u != nullptr && panels != nullptr, e.bias != nullptr};
+  alignas(64) double sx[kEpiTokens], nzx[kEpiTokens];
+  for (int64_t g = 0; g < nt; g += kEpiTokens) {
+    const int64_t ng = imin(kEpiTokens, nt - g);
+    for (int64_t i = 0; i < ng; ++i) {
+      sx[i] = static_cast<double>(e.scale_x[t0 + g + i]);
+      nzx[i] = -static_cast<double>(e.zero_x[t0 + g + i]);
     }
-    for (; i < nt; ++i) {
-      __m512 v = _mm512_setzero_ps();
-      if (panel != nullptr) {
-        const float* ut = u + (t0 + i) * rank;
-        for (int64_t j = 0; j < rank; ++j)
-          v = _mm512_fmadd_ps(_mm512_set1_ps(ut[j]), _mm512_loadu_ps(panel + j * 16), v);
-      }
-      row(t0 + i, r, m, _mm512_maskz_loadu_epi32(m, C + i * ldc + r), ws0, ws1, sw0, sw1, v, bias);
-    }
+    const int32_t* Cg = C + g * ldc;
+    int64_t r = r0;
+    for (; r + 16 <= r1; r += 16) epilogue_vector<true>(e, row, sx, nzx, t0 + g, ng, r, 0xFFFF, Cg, ldc, panels);
+    if (r < r1)
+      epilogue_vector<false>(e, row, sx, nzx, t0 + g, ng, r, static_cast<__mmask16>((1u << (r1 - r)) - 1), Cg, ldc,
+                             panels);
   }
   if (e.gelu)
     for (int64_t i = 0; i < nt; ++i) {
