@@ -66,7 +66,7 @@ constexpr int64_t KB = 64;              // chunks (6 inputs) per k-block; the in
 constexpr int64_t kCBytes = 256 << 10;  // int32 sums of one token block (per thread; L2)
 
 struct Consts {
-  uint8_t dsel[64];                     // digit table byte 3 k + c (k < 6 inputs, c = w + 1) <- input k
+  uint8_t dsel[64];                     // digit table byte 3 k + c (k < 18 inputs, c = w + 1) <- input k
   uint64_t dnz, dneg;                   // digit bytes with c != 1 (nonzero) and with c == 0 (negated)
   uint8_t dig[3][64];                   // lane l (pattern p = l & 31 of group l >> 5): digit byte of position i
   uint8_t pat[64];                      // 6-bit group c0 | c1 << 2 | c2 << 4 -> pattern (code 3 read as 1)
@@ -75,7 +75,7 @@ struct Consts {
   uint8_t shift_ctl[64];                // triple i of a lane starts at bit 6i
   uint16_t tr_lo[5][32], tr_hi[5][32];  // 32 x 32 word transpose, round k = 16 >> s
   constexpr Consts() : dsel(), dnz(), dneg(), dig(), pat(), group_add(), row_perm(), shift_ctl(), tr_lo(), tr_hi() {
-    for (int b = 0; b < 18; ++b) {
+    for (int b = 0; b < 54; ++b) {
       dsel[b] = static_cast<uint8_t>(b / 3);
       if (b % 3 != 1) dnz |= uint64_t(1) << b;
       if (b % 3 == 0) dneg |= uint64_t(1) << b;
@@ -152,28 +152,29 @@ void decode_group(const uint8_t* packed, int64_t out, int64_t pc, int64_t chunks
 // Tables of chunks j0 .. j0 + nj - 1 of one token (codes q, `in` of them): chunk j's 64 bytes at
 // dst + (j - j0) * stride.
 void build_tables(const uint8_t* q, int64_t in, int64_t j0, int64_t nj, int z, int8_t* dst, int64_t stride) {
-  // Per chunk: the 18-byte digit table d[3 k + c] = q'_k (c - 1) of its 6 inputs (one zero-masked vpermb and a
-  // masked negation), then the 64 pattern sums as three vpermb lookups of d added up (int8, exact: |sum| <= 3 z).
+  // Per 3 chunks (18 inputs): the 54-byte digit table d[3 k + c] = q'_k (c - 1) of their inputs (a masked load
+  // padded with z, one subtraction, one zero-masked vpermb and a masked negation; inputs >= in read as q' = 0),
+  // then per chunk the 64 pattern sums as three vpermb lookups of d added up (int8, exact: |sum| <= 3 z).
   const __m512i vz = _mm512_set1_epi8(static_cast<char>(z));
-  const __m512i dsel = load512(kC.dsel), g0 = load512(kC.dig[0]), g1 = load512(kC.dig[1]), g2 = load512(kC.dig[2]);
-  const __m512i zero = _mm512_setzero_si512();
-  for (int64_t j = j0; j < j0 + nj; ++j) {
-    const int64_t k = 6 * j;
-    long long bytes;
-    if (k + 8 <= in) {
-      std::memcpy(&bytes, q + k, 8);
-    } else {
-      uint8_t b[8];
-      std::memset(b, z, 8);  // centres to q' = 0
-      std::memcpy(b, q + k, static_cast<size_t>(imin(8, in - k)));
-      std::memcpy(&bytes, b, 8);
-    }
-    const __m512i v = _mm512_sub_epi8(_mm512_set1_epi64(bytes), vz);
+  const __m512i dsel = load512(kC.dsel), zero = _mm512_setzero_si512();
+  __m512i g[3][3];  // chunk c of the three: the lookups of position i read digit bytes 18 c + dig[i]
+  for (int c = 0; c < 3; ++c)
+    for (int i = 0; i < 3; ++i)
+      g[c][i] = _mm512_add_epi8(load512(kC.dig[i]), _mm512_set1_epi8(static_cast<char>(18 * c)));
+  for (int64_t j = j0; j < j0 + nj; j += 3) {
+    const int64_t k = 6 * j, left = in - k;  // left > 0: chunk j has an input
+    const __mmask64 m = left >= 18 ? __mmask64(0x3FFFF) : (__mmask64(1) << left) - 1;
+    const __m512i v = _mm512_sub_epi8(_mm512_mask_loadu_epi8(vz, m, q + k), vz);
     __m512i d = _mm512_maskz_permutexvar_epi8(kC.dnz, dsel, v);
     d = _mm512_mask_sub_epi8(d, kC.dneg, zero, d);
-    const __m512i t = _mm512_add_epi8(_mm512_add_epi8(_mm512_permutexvar_epi8(g0, d), _mm512_permutexvar_epi8(g1, d)),
-                                      _mm512_permutexvar_epi8(g2, d));
-    _mm512_storeu_si512(dst + (j - j0) * stride, t);
+    int8_t* o = dst + (j - j0) * stride;
+    const int64_t n3 = imin(3, j0 + nj - j);
+    for (int c = 0; c < n3; ++c) {
+      const __m512i t =
+          _mm512_add_epi8(_mm512_add_epi8(_mm512_permutexvar_epi8(g[c][0], d), _mm512_permutexvar_epi8(g[c][1], d)),
+                          _mm512_permutexvar_epi8(g[c][2], d));
+      _mm512_storeu_si512(o + c * stride, t);
+    }
   }
 }
 
