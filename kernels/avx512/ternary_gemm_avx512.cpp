@@ -501,8 +501,13 @@ void ternary_gemm(const uint8_t* q, int64_t T, int bits, const uint8_t* packed, 
   const int64_t c_bytes = (TB * ldc * 4 + 63) / 64 * 64, tab_bytes = TB * KB * 64;
   const int64_t per_thread = c_bytes + tab_bytes;
   const int nt = static_cast<int>(imax(1, imin(threads, items)));
-  uint8_t* const idx = tl_idx.get(static_cast<size_t>(idx_bytes + panel_bytes));
-  float* const panels = lowrank ? reinterpret_cast<float*>(idx + (idx_bytes + 63) / 64 * 64) : nullptr;
+  const int64_t zws_bytes = (ldc * 4 + 63) / 64 * 64;
+  uint8_t* const idx = tl_idx.get(static_cast<size_t>(idx_bytes + panel_bytes + zws_bytes));
+  float* const panels = lowrank ? reinterpret_cast<float*>(idx + idx_bytes) : nullptr;
+  // z * wsum[r] (0 for the padding outputs r >= out): every token's int32 sums start from it, which undoes the
+  // centring of the codes (q = q' + z) once the centred sums are added
+  int32_t* const zws = reinterpret_cast<int32_t*>(idx + idx_bytes + panel_bytes);
+  for (int64_t r = 0; r < ldc; ++r) zws[r] = r < out ? z * wsum[r] : 0;
   uint8_t* const work = tl_work.get(static_cast<size_t>(per_thread * nt));
   decode_all(packed, out, in, idx, threads);
   if (lowrank) avx512::pack_up(e.up, out, e.rank, 0, n_panels, panels);
@@ -524,7 +529,7 @@ void ternary_gemm(const uint8_t* q, int64_t T, int bits, const uint8_t* packed, 
     for (int64_t it = 0; it < items; ++it) {
       const int64_t t0 = it * TB, nt_ = imin(TB, T - t0), tiles = (nt_ + TT - 1) / TT;
       if (prep != nullptr) (*prep)(t0, nt_, tid);
-      std::memset(C, 0, static_cast<size_t>(tiles * TT * ldc) * 4);
+      for (int64_t i = 0; i < tiles * TT; ++i) std::memcpy(C + i * ldc, zws, static_cast<size_t>(ldc) * 4);
       for (int64_t j0 = 0; j0 < chunks; j0 += KB) {
         const int64_t nj = imin(KB, chunks - j0);
         // tables [tile][chunk][TT][64] of this k-block; padding tokens of the last tile get zero tables
@@ -543,15 +548,6 @@ void ternary_gemm(const uint8_t* q, int64_t T, int bits, const uint8_t* packed, 
           for (int64_t tile = 0; tile < tiles; ++tile)
             fn(tabs + tile * (nj * TT * 64), ip, nj, C + tile * TT * ldc + m * MBO, ldc);
         }
-      }
-      // undo the centring (+ z * wsum), then the epilogue
-      const __m512i vz = _mm512_set1_epi32(z);
-      for (int64_t i = 0; i < nt_; ++i) {
-        int32_t* row = C + i * ldc;
-        int64_t r = 0;
-        for (; r + 16 <= out; r += 16)
-          _mm512_storeu_si512(row + r, _mm512_add_epi32(load512(row + r), _mm512_mullo_epi32(vz, load512(wsum + r))));
-        for (; r < out; ++r) row[r] += z * wsum[r];
       }
       avx512::epilogue_rows(e, t0, nt_, 0, out, C, ldc, panels);
     }
