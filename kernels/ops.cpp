@@ -61,6 +61,28 @@ void layernorm_modulate(const float* x, int64_t N, int64_t T, int64_t D, const f
   const int64_t rows = N * T;
   const int nt = team(threads, rows * D);
   const bool vec = use_avx2();
+#ifdef ROBUQ_HAVE_AVX512
+  if (tier_uses_avx512_kernels(active_tier())) {
+    // groups of 4 rows: their float64 statistics run as 4 interleaved chains (the same bits per row)
+    const int64_t groups = (rows + 3) / 4;
+#pragma omp parallel for schedule(dynamic, 4) num_threads(nt) if (nt > 1)
+    for (int64_t g = 0; g < groups; ++g) {
+      const float* xs[4];
+      const float *sh[4], *sc[4];
+      float* ys[4];
+      const int count = static_cast<int>(std::min<int64_t>(4, rows - 4 * g));
+      for (int i = 0; i < count; ++i) {
+        const int64_t r = 4 * g + i, n = r / T;
+        xs[i] = x + r * D;
+        ys[i] = y + r * D;
+        sh[i] = shift + n * stride;
+        sc[i] = scale + n * stride;
+      }
+      avx512::layernorm_modulate_rows(count, xs, D, sh, sc, ys);
+    }
+    return;
+  }
+#endif
   // dynamic chunks of rows: a core slowed by another tenant takes fewer (each row's result is the same)
 #pragma omp parallel for schedule(dynamic, 16) num_threads(nt) if (nt > 1)
   for (int64_t r = 0; r < rows; ++r) {

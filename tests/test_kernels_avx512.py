@@ -202,6 +202,21 @@ def test_attention_avx512_equals_avx2(restore_tier, bits, t, heads, head_dim):
     np.testing.assert_array_equal(_C.attention(qkv, n, heads, bits, threads=2), want)
 
 
+def test_layernorm_modulate_avx512_equals_avx2(restore_tier):
+    """Rows in groups of 4 (interleaved float64 statistics): groups that straddle two batch items (T not a
+    multiple of 4), widths with a 16-float tail, a last group of 1..3 rows; avx2 bits, any thread count."""
+    rng = np.random.default_rng(8)
+    for n, t, d in ((2, 5, 384), (1, 3, 77), (2, 17, 1152), (3, 1, 16), (2, 7, 20), (1, 4, 8)):
+        x = (rng.normal(0, 2, (n, t, d)) + rng.normal(0, 3, (n, t, 1))).astype(np.float32)
+        sh = rng.normal(0, 1, (n, d)).astype(np.float32)
+        sc = rng.normal(0, 1, (n, d)).astype(np.float32)
+        _C.set_tier("avx2")
+        want = _C.layernorm_modulate(x, sh, sc)
+        _C.set_tier("avx512")
+        np.testing.assert_array_equal(_C.layernorm_modulate(x, sh, sc), want)
+        np.testing.assert_array_equal(_C.layernorm_modulate(x, sh, sc, 2), want)
+
+
 @pytest.mark.parametrize("bits", [0, 8])
 def test_attention_avx512_wide_scores(restore_tier, bits):
     """Scores spread far beyond exp's range (rows scaled by up to 60), so softmax vectors mix ordinary lanes

@@ -19,6 +19,7 @@
 #include <utility>
 
 #include "robuq/avx512.h"
+#include "robuq/constants.h"
 #include "robuq/hadamard.h"
 #include "robuq/quant.h"
 
@@ -392,9 +393,46 @@ void quantize_rows(const float* const* x, int64_t n, int bits, float clip_k, uin
   for (int r = 0; r < R; ++r) write_codes(x[r], n, bits, lo[r], hi[r], codes[r], scale + r, zero + r);
 }
 
+// avx2::layernorm_modulate_row's operations on R rows at once: the float64 mean and variance as lane_sums' R
+// interleaved chains (one row's chain is latency-bound), then y = ((x - m) * rstd) * (1 + scale) + shift per
+// element, 16 wide.
+template <int R>
+void ln_modulate_rows(const float* const* x, int64_t D, const float* const* shift, const float* const* scale,
+                      float* const* y) {
+  const double zeros[R] = {};
+  double mean[R], var[R];
+  lane_sums<R>(x, D, zeros, false, mean);
+  for (int r = 0; r < R; ++r) mean[r] /= static_cast<double>(D);
+  lane_sums<R>(x, D, mean, true, var);
+  for (int r = 0; r < R; ++r) {
+    const double v = var[r] / static_cast<double>(D);
+    const float rstd = static_cast<float>(1.0 / std::sqrt(v + static_cast<double>(kLayerNormEps)));
+    const float m = static_cast<float>(mean[r]);
+    const __m512 vm = _mm512_set1_ps(m), vr = _mm512_set1_ps(rstd), one = _mm512_set1_ps(1.0f);
+    const float *xr = x[r], *sh = shift[r], *sc = scale[r];
+    float* yr = y[r];
+    for (int64_t k = 0; k < D; k += 16) {
+      const __mmask16 mk = k + 16 <= D ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (D - k)) - 1);
+      const __m512 a = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, xr + k), vm), vr);
+      const __m512 b = _mm512_mul_ps(a, _mm512_add_ps(one, _mm512_maskz_loadu_ps(mk, sc + k)));
+      _mm512_mask_storeu_ps(yr + k, mk, _mm512_add_ps(b, _mm512_maskz_loadu_ps(mk, sh + k)));
+    }
+  }
+}
+
 }  // namespace
 
 namespace avx512 {
+
+void layernorm_modulate_rows(int count, const float* const* x, int64_t D, const float* const* shift,
+                             const float* const* scale, float* const* y) {
+  switch (count) {
+    case 4: ln_modulate_rows<4>(x, D, shift, scale, y); break;
+    case 3: ln_modulate_rows<3>(x, D, shift, scale, y); break;
+    case 2: ln_modulate_rows<2>(x, D, shift, scale, y); break;
+    default: ln_modulate_rows<1>(x, D, shift, scale, y); break;
+  }
+}
 
 void quantize_row(const float* x, int64_t n, int bits, float clip_k, uint8_t* codes, float* scale, float* zero) {
   quantize_rows<1>(&x, n, bits, clip_k, &codes, scale, zero);

@@ -38,6 +38,11 @@ void quantize_row(const float* x, int64_t n, int bits, float clip_k, uint8_t* co
 void quantize_rows2(const float* x0, const float* x1, int64_t n, int bits, float clip_k, uint8_t* codes0,
                     uint8_t* codes1, float* scale, float* zero);
 
+// avx2::layernorm_modulate_row on `count` rows (1..4) at once, the same bits: row i is x[i] -> y[i] with
+// shift[i], scale[i]; the rows' float64 statistics run as interleaved chains.
+void layernorm_modulate_rows(int count, const float* const* x, int64_t D, const float* const* shift,
+                             const float* const* scale, float* const* y);
+
 // Activation bit widths the AVX-512 ternary GEMM takes (1..6; 7 and 8 bits run the avx2 kernel).
 bool ternary_gemm_supported(int bits);
 
