@@ -415,6 +415,12 @@ def readme_section(res: dict, png: str | None = None, json_path: str | None = No
     )
     for title, body in sections(res, markdown=True):
         lines += ["", f"{sub} {title}", "", body]
+    if any(not t["met"] for t in targets(res)):
+        lines += [
+            "",
+            "Targets marked NO: the measured gap, the profile behind it and what limits each target on this "
+            'machine kind are in docs/performance.md ("What limits it").',
+        ]
     if png:
         lines += ["", f"![whole-forward times]({png})"]
     src = json_path or "results.json"

@@ -111,6 +111,9 @@ def test_ratios_and_targets():
     assert [t["met"] for t in report.targets(res) if "RSS" in t["target"]] == [False]
     res["forward"][0]["times"] = [0.2, 0.3, 0.4]
     assert [t["met"] for t in report.targets(res) if "within 15 %" in t["target"]] == [False]
+    # the README section points to the measured limits only when a target is unmet
+    assert "What limits it" in report.readme_section(res)
+    assert "What limits it" not in report.readme_section(fake_results())
 
 
 def test_text_readme_and_chart(tmp_path):
