@@ -66,13 +66,13 @@ constexpr int64_t KB = 64;              // chunks (6 inputs) per k-block; the in
 constexpr int64_t kCBytes = 256 << 10;  // int32 sums of one token block (per thread; L2)
 
 struct Consts {
-  uint8_t dsel[64];                     // digit table byte 3 k + c (k < 18 inputs, c = w + 1) <- input k
-  uint64_t dnz, dneg;                   // digit bytes with c != 1 (nonzero) and with c == 0 (negated)
-  uint8_t dig[3][64];                   // lane l (pattern p = l & 31 of group l >> 5): digit byte of position i
-  uint8_t pat[64];                      // 6-bit group c0 | c1 << 2 | c2 << 4 -> pattern (code 3 read as 1)
-  uint8_t group_add[64];                // + 32 for the group-B byte (odd triple) of each chunk
-  uint8_t row_perm[64];                 // qword lane L gets packed bytes 6L .. 6L+7 (8 triples = 48 bits)
-  uint8_t shift_ctl[64];                // triple i of a lane starts at bit 6i
+  uint8_t dsel[64];       // digit table byte 3 k + c (k < 18 inputs, c = w + 1) <- input k
+  uint64_t dnz, dneg;     // digit bytes with c != 1 (nonzero) and with c == 0 (negated)
+  uint8_t dig[3][3][64];  // chunk c of 3, lane l (pattern p = l & 31 of group l >> 5): digit byte of position i
+  uint8_t pat[64];        // 6-bit group c0 | c1 << 2 | c2 << 4 -> pattern (code 3 read as 1)
+  uint8_t group_add[64];  // + 32 for the group-B byte (odd triple) of each chunk
+  uint8_t row_perm[64];   // qword lane L gets packed bytes 6L .. 6L+7 (8 triples = 48 bits)
+  uint8_t shift_ctl[64];  // triple i of a lane starts at bit 6i
   uint16_t tr_lo[5][32], tr_hi[5][32];  // 32 x 32 word transpose, round k = 16 >> s
   constexpr Consts() : dsel(), dnz(), dneg(), dig(), pat(), group_add(), row_perm(), shift_ctl(), tr_lo(), tr_hi() {
     for (int b = 0; b < 54; ++b) {
@@ -84,7 +84,8 @@ struct Consts {
       const int p = l & 31, g = l >> 5;
       const int c[3] = {p % 3, (p / 3) % 3, p / 9};
       for (int i = 0; i < 3; ++i)  // unused patterns (p >= 27) read the zero byte of their input
-        dig[i][l] = static_cast<uint8_t>(3 * (3 * g + i) + (p < 27 ? c[i] : 1));
+        for (int ch = 0; ch < 3; ++ch)
+          dig[ch][i][l] = static_cast<uint8_t>(18 * ch + 3 * (3 * g + i) + (p < 27 ? c[i] : 1));
     }
     for (int u = 0; u < 64; ++u) {
       int p = 0, m = 1;
@@ -157,10 +158,9 @@ void build_tables(const uint8_t* q, int64_t in, int64_t j0, int64_t nj, int z, i
   // then per chunk the 64 pattern sums as three vpermb lookups of d added up (int8, exact: |sum| <= 3 z).
   const __m512i vz = _mm512_set1_epi8(static_cast<char>(z));
   const __m512i dsel = load512(kC.dsel), zero = _mm512_setzero_si512();
-  __m512i g[3][3];  // chunk c of the three: the lookups of position i read digit bytes 18 c + dig[i]
+  __m512i g[3][3];  // chunk c of the three: the lookups of position i (its digit bytes from 18 c on)
   for (int c = 0; c < 3; ++c)
-    for (int i = 0; i < 3; ++i)
-      g[c][i] = _mm512_add_epi8(load512(kC.dig[i]), _mm512_set1_epi8(static_cast<char>(18 * c)));
+    for (int i = 0; i < 3; ++i) g[c][i] = load512(kC.dig[c][i]);
   for (int64_t j = j0; j < j0 + nj; j += 3) {
     const int64_t k = 6 * j, left = in - k;  // left > 0: chunk j has an input
     const __mmask64 m = left >= 18 ? __mmask64(0x3FFFF) : (__mmask64(1) << left) - 1;
