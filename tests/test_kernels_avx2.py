@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 import pytest
-from tier_cases import packed_with_garbage_padding
+from tier_cases import layernorm_case, packed_with_garbage_padding
 
 from robuq import _C
 from robuq import quant as Q
@@ -221,9 +221,7 @@ def test_gelu_accuracy_and_threads(tier):
 def test_layernorm_modulate_avx2_equals_generic(tier):
     rng = np.random.default_rng(3)
     for n, t, d in ((2, 5, 384), (1, 3, 77), (2, 17, 1152)):
-        x = (rng.normal(0, 2, (n, t, d)) + rng.normal(0, 3, (n, t, 1))).astype(np.float32)
-        sh = rng.normal(0, 1, (n, d)).astype(np.float32)
-        sc = rng.normal(0, 1, (n, d)).astype(np.float32)
+        x, sh, sc = layernorm_case(rng, n, t, d)
         _C.set_tier("generic")
         want = _C.layernorm_modulate(x, sh, sc)
         _C.set_tier("avx2")

@@ -23,6 +23,7 @@ from tier_cases import (
     assert_fused_gelu_matches,
     assert_qlinear_matches_avx2,
     assert_shipped_samples_match_avx2,
+    layernorm_case,
     packed_with_garbage_padding,
     ternary_layer,
 )
@@ -207,9 +208,7 @@ def test_layernorm_modulate_avx512_equals_avx2(restore_tier):
     multiple of 4), widths with a 16-float tail, a last group of 1..3 rows; avx2 bits, any thread count."""
     rng = np.random.default_rng(8)
     for n, t, d in ((2, 5, 384), (1, 3, 77), (2, 17, 1152), (3, 1, 16), (2, 7, 20), (1, 4, 8)):
-        x = (rng.normal(0, 2, (n, t, d)) + rng.normal(0, 3, (n, t, 1))).astype(np.float32)
-        sh = rng.normal(0, 1, (n, d)).astype(np.float32)
-        sc = rng.normal(0, 1, (n, d)).astype(np.float32)
+        x, sh, sc = layernorm_case(rng, n, t, d)
         _C.set_tier("avx2")
         want = _C.layernorm_modulate(x, sh, sc)
         _C.set_tier("avx512")

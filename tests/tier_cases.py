@@ -18,6 +18,14 @@ def packed_with_garbage_padding(rng, out, n_in):
     return w, p
 
 
+def layernorm_case(rng, n, t, d):
+    """LayerNorm + modulate inputs: x [n, t, d], rows offset so the mean matters; shift, scale [n, d]."""
+    x = (rng.normal(0, 2, (n, t, d)) + rng.normal(0, 3, (n, t, 1))).astype(np.float32)
+    sh = rng.normal(0, 1, (n, d)).astype(np.float32)
+    sc = rng.normal(0, 1, (n, d)).astype(np.float32)
+    return x, sh, sc
+
+
 def ternary_layer(n_in, out, bits, rank, seed, hadamard="full"):
     """A random ternary QLinear (scales, bias, and a low-rank branch of `rank`)."""
     rng = np.random.default_rng(seed)
