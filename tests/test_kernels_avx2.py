@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 import pytest
-from tier_cases import layernorm_case, packed_with_garbage_padding
+from tier_cases import layernorm_case, lowrank_kw, packed_with_garbage_padding
 
 from robuq import _C
 from robuq import quant as Q
@@ -142,12 +142,7 @@ def _int4_layer(n_in, out, bits, rank, seed):
     codes = rng.integers(-7, 8, (out, n_in)).astype(np.int16)
     q = np.concatenate([codes, np.zeros((out, n_in % 2), np.int16)], axis=1) & 15
     packed = np.ascontiguousarray((q[:, 0::2] | (q[:, 1::2] << 4)).astype(np.uint8))
-    kw = {}
-    if rank:
-        kw = dict(
-            down=rng.normal(0, 0.05, (rank, n_in)).astype(np.float32),
-            up=rng.normal(0, 0.05, (out, rank)).astype(np.float32),
-        )
+    kw = lowrank_kw(rng, rank, n_in, out)
     return _C.QLinear(
         "int4",
         n_in,

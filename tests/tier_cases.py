@@ -18,6 +18,16 @@ def packed_with_garbage_padding(rng, out, n_in):
     return w, p
 
 
+def lowrank_kw(rng, rank, n_in, out):
+    """QLinear arguments of a random low-rank branch (down [rank, n_in], up [out, rank]); none for rank 0."""
+    if not rank:
+        return {}
+    return dict(
+        down=rng.normal(0, 0.05, (rank, n_in)).astype(np.float32),
+        up=rng.normal(0, 0.05, (out, rank)).astype(np.float32),
+    )
+
+
 def layernorm_case(rng, n, t, d):
     """LayerNorm + modulate inputs: x [n, t, d], rows offset so the mean matters; shift, scale [n, d]."""
     x = (rng.normal(0, 2, (n, t, d)) + rng.normal(0, 3, (n, t, 1))).astype(np.float32)
@@ -30,12 +40,7 @@ def ternary_layer(n_in, out, bits, rank, seed, hadamard="full"):
     """A random ternary QLinear (scales, bias, and a low-rank branch of `rank`)."""
     rng = np.random.default_rng(seed)
     w = rng.integers(-1, 2, (out, n_in), dtype=np.int8)
-    kw = {}
-    if rank:
-        kw = dict(
-            down=rng.normal(0, 0.05, (rank, n_in)).astype(np.float32),
-            up=rng.normal(0, 0.05, (out, rank)).astype(np.float32),
-        )
+    kw = lowrank_kw(rng, rank, n_in, out)
     return _C.QLinear(
         "ternary",
         n_in,
