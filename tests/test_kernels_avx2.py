@@ -193,6 +193,26 @@ def test_exp_accuracy_and_special_values():
     assert abs(out[8] - math.e) <= 2.5e-7 * math.e
 
 
+def test_exp_lanes_independent_of_special_neighbours():
+    """exp takes a short path for 8 in-range lanes and a clamped one when any lane of the vector is out of
+    range or NaN; an ordinary lane must get the same bits either way (softmax and GELU rely on it)."""
+    x = np.random.default_rng(3).uniform(-87.0, 88.5, 8 * 4096).astype(np.float32)
+    want = _C.exp_f32(x)
+    specials = np.array([np.nan, np.inf, -np.inf, -100.0, 95.0, -87.5, 88.8, 3e38], np.float32)
+    mixed = x.copy()
+    # one special lane per vector, each lane position in turn
+    pos = np.arange(0, x.size, 8) + np.arange(x.size // 8) % 8
+    mixed[pos] = specials[np.arange(pos.size) % specials.size]
+    got = _C.exp_f32(mixed)
+    keep = np.ones(x.size, bool)
+    keep[pos] = False
+    np.testing.assert_array_equal(got[keep], want[keep])
+    sp = got[pos]
+    assert np.isnan(sp[0::8]).all()
+    assert all(np.isinf(sp[i::8]).all() and (sp[i::8] > 0).all() for i in (1, 4, 6, 7))
+    assert all((sp[i::8] == 0).all() for i in (2, 3, 5))
+
+
 def test_gelu_accuracy_and_threads(tier):
     x = np.concatenate([np.linspace(-12, 12, 100003), np.random.default_rng(1).normal(0, 2, 50001)]).astype(
         np.float32

@@ -62,9 +62,8 @@ inline __m128 pairwise_sum8x4(__m256 a, __m256 b, __m256 c, __m256 d) {
 // exp(x): n = round(x log2 e), r = x - n ln2 (two fused steps, ln2 split in a high and a low part), e^r by
 // Cephes' degree-6 polynomial, times 2^n applied as two exact power-of-two factors (so n = 128 works).
 // 0 below ln(FLT_MIN), +inf above ln(FLT_MAX), NaN for NaN.
-inline __m256 exp256(__m256 x) {
-  const __m256 lo = _mm256_set1_ps(-87.33654475f), hi = _mm256_set1_ps(88.72283906f);
-  const __m256 xc = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-88.0f)), _mm256_set1_ps(88.75f));
+// exp256_core: those steps on an argument clamped to [-88, 88.75] (no special lanes).
+inline __m256 exp256_core(__m256 xc) {
   const __m256 n = _mm256_round_ps(_mm256_mul_ps(xc, _mm256_set1_ps(1.44269504088896341f)),
                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), xc);
@@ -82,7 +81,17 @@ inline __m256 exp256(__m256 x) {
   const __m256i nb = _mm256_sub_epi32(ni, na);
   const __m256i bias = _mm256_set1_epi32(127);
   y = _mm256_mul_ps(y, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(na, bias), 23)));
-  y = _mm256_mul_ps(y, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(nb, bias), 23)));
+  return _mm256_mul_ps(y, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(nb, bias), 23)));
+}
+
+inline __m256 exp256(__m256 x) {
+  const __m256 lo = _mm256_set1_ps(-87.33654475f), hi = _mm256_set1_ps(88.72283906f);
+  // every lane in [lo, hi] (ordered compares: no NaN): the clamp below is the identity and no blend applies,
+  // so the short path gives the same bits (GELU's and softmax's arguments nearly always take it)
+  const __m256 in = _mm256_and_ps(_mm256_cmp_ps(x, lo, _CMP_GE_OQ), _mm256_cmp_ps(x, hi, _CMP_LE_OQ));
+  if (_mm256_movemask_ps(in) == 0xFF) return exp256_core(x);
+  const __m256 xc = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-88.0f)), _mm256_set1_ps(88.75f));
+  __m256 y = exp256_core(xc);
   y = _mm256_blendv_ps(y, _mm256_setzero_ps(), _mm256_cmp_ps(x, lo, _CMP_LT_OQ));
   y = _mm256_blendv_ps(y, _mm256_set1_ps(__builtin_inff()), _mm256_cmp_ps(x, hi, _CMP_GT_OQ));
   return _mm256_blendv_ps(y, x, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
