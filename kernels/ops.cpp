@@ -60,10 +60,11 @@ void layernorm_modulate(const float* x, int64_t N, int64_t T, int64_t D, const f
                         int64_t stride, float* y, int threads) {
   const int64_t rows = N * T;
   const int nt = team(threads, rows * D);
-  const bool vec = use_avx2();
-#ifdef ROBUQ_HAVE_AVX512
-  if (tier_uses_avx512_kernels(active_tier())) {
+  if (use_avx2()) {
     // groups of 4 rows: their float64 statistics run as 4 interleaved chains (the same bits per row)
+#ifdef ROBUQ_HAVE_AVX512
+    const bool avx512 = tier_uses_avx512_kernels(active_tier());
+#endif
     const int64_t groups = (rows + 3) / 4;
 #pragma omp parallel for schedule(dynamic, 4) num_threads(nt) if (nt > 1)
     for (int64_t g = 0; g < groups; ++g) {
@@ -78,19 +79,21 @@ void layernorm_modulate(const float* x, int64_t N, int64_t T, int64_t D, const f
         sh[i] = shift + n * stride;
         sc[i] = scale + n * stride;
       }
-      avx512::layernorm_modulate_rows(count, xs, D, sh, sc, ys);
+#ifdef ROBUQ_HAVE_AVX512
+      if (avx512) {
+        avx512::layernorm_modulate_rows(count, xs, D, sh, sc, ys);
+        continue;
+      }
+#endif
+      avx2::layernorm_modulate_rows(count, xs, D, sh, sc, ys);
     }
     return;
   }
-#endif
   // dynamic chunks of rows: a core slowed by another tenant takes fewer (each row's result is the same)
 #pragma omp parallel for schedule(dynamic, 16) num_threads(nt) if (nt > 1)
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t n = r / T;
-    if (vec)
-      avx2::layernorm_modulate_row(x + r * D, D, shift + n * stride, scale + n * stride, y + r * D);
-    else
-      ref::layernorm_modulate_row(x + r * D, D, shift + n * stride, scale + n * stride, y + r * D);
+    ref::layernorm_modulate_row(x + r * D, D, shift + n * stride, scale + n * stride, y + r * D);
   }
 }
 

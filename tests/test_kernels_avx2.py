@@ -234,13 +234,16 @@ def test_gelu_accuracy_and_threads(tier):
 
 
 def test_layernorm_modulate_avx2_equals_generic(tier):
+    """Rows in groups of 4 (interleaved float64 statistics): groups that straddle two batch items (T not a
+    multiple of 4), widths with a tail, a last group of 1..3 rows; the generic tier's bits, any thread count."""
     rng = np.random.default_rng(3)
-    for n, t, d in ((2, 5, 384), (1, 3, 77), (2, 17, 1152)):
+    for n, t, d in ((2, 5, 384), (1, 3, 77), (2, 17, 1152), (3, 1, 16), (2, 7, 20), (1, 4, 8), (1, 2, 5)):
         x, sh, sc = layernorm_case(rng, n, t, d)
         _C.set_tier("generic")
         want = _C.layernorm_modulate(x, sh, sc)
         _C.set_tier("avx2")
         same_bits(_C.layernorm_modulate(x, sh, sc, 2), want)
+        same_bits(_C.layernorm_modulate(x, sh, sc, 1), want)
         xd = x.astype(np.float64)
         ln = (xd - xd.mean(-1, keepdims=True)) / np.sqrt(xd.var(-1, keepdims=True) + 1e-6)
         ref = ln * (1 + sc[:, None].astype(np.float64)) + sh[:, None]

@@ -222,12 +222,10 @@ void hadamard_transform_row(const HadamardPlan& plan, float* row, float* scratch
   scale_row(row, n, plan.norm);
 }
 
-ClipRange clip_range(const float* x, int64_t n, float clip_k) {
-  float mn, mx;
-  min_max(x, n, &mn, &mx);
-  if (!(clip_k > 0.0f)) return {mn, mx};
-  const double m = simd::lane_sum<false>(x, n, 0.0) / static_cast<double>(n);
-  const double ss = simd::lane_sum<true>(x, n, m);
+namespace {
+
+// The clipping range from a row's min / max, float64 mean m and sum of squared deviations ss (clip_k > 0).
+ClipRange clip_from_stats(float mn, float mx, double m, double ss, int64_t n, float clip_k) {
   const double sigma = std::sqrt(ss / static_cast<double>(n));
   const double ks = static_cast<double>(clip_k) * sigma;
   const double lo = std::max(static_cast<double>(mn), m - ks);
@@ -235,14 +233,44 @@ ClipRange clip_range(const float* x, int64_t n, float clip_k) {
   return {static_cast<float>(lo), static_cast<float>(hi)};
 }
 
-void quantize_row(const float* x, int64_t n, int bits, float clip_k, uint8_t* codes, float* scale, float* zero) {
-  const ClipRange r = clip_range(x, n, clip_k);
+void codes_from_range(const float* x, int64_t n, int bits, ClipRange r, uint8_t* codes, float* scale, float* zero) {
   const float lo = r.lo;
   const float qmax = static_cast<float>((1 << bits) - 1);
   const float s = std::max(r.hi - lo, kScaleEps) / qmax;
   quantize_codes(x, n, lo, s, qmax, codes);
   *scale = s;
   *zero = -lo / s;
+}
+
+}  // namespace
+
+ClipRange clip_range(const float* x, int64_t n, float clip_k) {
+  float mn, mx;
+  min_max(x, n, &mn, &mx);
+  if (!(clip_k > 0.0f)) return {mn, mx};
+  const double m = simd::lane_sum<false>(x, n, 0.0) / static_cast<double>(n);
+  return clip_from_stats(mn, mx, m, simd::lane_sum<true>(x, n, m), n, clip_k);
+}
+
+void quantize_row(const float* x, int64_t n, int bits, float clip_k, uint8_t* codes, float* scale, float* zero) {
+  codes_from_range(x, n, bits, clip_range(x, n, clip_k), codes, scale, zero);
+}
+
+void quantize_rows2(const float* x0, const float* x1, int64_t n, int bits, float clip_k, uint8_t* codes0,
+                    uint8_t* codes1, float* scale, float* zero) {
+  const float* const x[2] = {x0, x1};
+  ClipRange r[2];
+  for (int i = 0; i < 2; ++i) min_max(x[i], n, &r[i].lo, &r[i].hi);
+  if (clip_k > 0.0f) {
+    const double zeros[2] = {0.0, 0.0};
+    double m[2], ss[2];
+    simd::lane_sums<false, 2>(x, n, zeros, m);
+    for (double& v : m) v = v / static_cast<double>(n);
+    simd::lane_sums<true, 2>(x, n, m, ss);
+    for (int i = 0; i < 2; ++i) r[i] = clip_from_stats(r[i].lo, r[i].hi, m[i], ss[i], n, clip_k);
+  }
+  codes_from_range(x0, n, bits, r[0], codes0, scale, zero);
+  codes_from_range(x1, n, bits, r[1], codes1, scale + 1, zero + 1);
 }
 
 RowTransform::RowTransform(const HadamardPlan& plan) : plan_(plan), sgn_(sign_table(plan)) {}

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <stdexcept>
 
 #include "robuq/avx2.h"
 #include "robuq/constants.h"
@@ -63,19 +64,50 @@ void gelu_tanh(float* x, int64_t n) {
   if (i < n) store_partial(x + i, n - i, simd::gelu8(load_partial(x + i, n - i, 0.0f)));
 }
 
-void layernorm_modulate_row(const float* x, int64_t D, const float* shift, const float* scale, float* y) {
-  const double mean = simd::lane_sum<false>(x, D, 0.0) / static_cast<double>(D);
-  const double var = simd::lane_sum<true>(x, D, mean) / static_cast<double>(D);
-  const float rstd = static_cast<float>(1.0 / std::sqrt(var + static_cast<double>(kLayerNormEps)));
-  const float m = static_cast<float>(mean);
-  const __m256 vm = _mm256_set1_ps(m), vr = _mm256_set1_ps(rstd), one = _mm256_set1_ps(1.0f);
-  int64_t k = 0;
-  for (; k + 8 <= D; k += 8) {
-    const __m256 a = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + k), vm), vr);
-    const __m256 b = _mm256_mul_ps(a, _mm256_add_ps(one, _mm256_loadu_ps(scale + k)));
-    _mm256_storeu_ps(y + k, _mm256_add_ps(b, _mm256_loadu_ps(shift + k)));
+namespace {
+
+// layernorm_modulate_row on R rows: their float64 statistics as R interleaved chains (simd::lane_sums), the same
+// bits per row.
+template <int R>
+void layernorm_rows(const float* const* x, int64_t D, const float* const* shift, const float* const* scale,
+                    float* const* y) {
+  const double zeros[R] = {};
+  double mean[R], var[R];
+  simd::lane_sums<false, R>(x, D, zeros, mean);
+  for (double& m : mean) m = m / static_cast<double>(D);
+  simd::lane_sums<true, R>(x, D, mean, var);
+  for (int r = 0; r < R; ++r) {
+    const float rstd =
+        static_cast<float>(1.0 / std::sqrt(var[r] / static_cast<double>(D) + static_cast<double>(kLayerNormEps)));
+    const float m = static_cast<float>(mean[r]);
+    const float *xr = x[r], *sc = scale[r], *sh = shift[r];
+    float* yr = y[r];
+    const __m256 vm = _mm256_set1_ps(m), vr = _mm256_set1_ps(rstd), one = _mm256_set1_ps(1.0f);
+    int64_t k = 0;
+    for (; k + 8 <= D; k += 8) {
+      const __m256 a = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(xr + k), vm), vr);
+      const __m256 b = _mm256_mul_ps(a, _mm256_add_ps(one, _mm256_loadu_ps(sc + k)));
+      _mm256_storeu_ps(yr + k, _mm256_add_ps(b, _mm256_loadu_ps(sh + k)));
+    }
+    for (; k < D; ++k) yr[k] = ((xr[k] - m) * rstd) * (1.0f + sc[k]) + sh[k];
   }
-  for (; k < D; ++k) y[k] = ((x[k] - m) * rstd) * (1.0f + scale[k]) + shift[k];
+}
+
+}  // namespace
+
+void layernorm_modulate_row(const float* x, int64_t D, const float* shift, const float* scale, float* y) {
+  layernorm_rows<1>(&x, D, &shift, &scale, &y);
+}
+
+void layernorm_modulate_rows(int count, const float* const* x, int64_t D, const float* const* shift,
+                             const float* const* scale, float* const* y) {
+  switch (count) {
+    case 1: return layernorm_rows<1>(x, D, shift, scale, y);
+    case 2: return layernorm_rows<2>(x, D, shift, scale, y);
+    case 3: return layernorm_rows<3>(x, D, shift, scale, y);
+    case 4: return layernorm_rows<4>(x, D, shift, scale, y);
+    default: throw std::invalid_argument("layernorm_modulate_rows: count must be 1..4");
+  }
 }
 
 void gated_residual_row(float* x, const float* b, const float* gate, int64_t D) {

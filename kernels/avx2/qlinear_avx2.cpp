@@ -133,24 +133,33 @@ void qlinear_forward(const QLinearDesc& d, const generic::Prepared& p, const flo
 #endif
       (*transform)(x + t * n, rot, rot + n);
     }
+    // codes, scale and zero of tokens t .. t + nt - 1 (nt = 1 or 2) from their transformed rows
+    void quantize(const float* const* rot, int64_t t, int nt) const {
+      const int64_t n = d->in;
+      const int bits = d->act_bits;
+      const float k = d->clip_k;
+#ifdef ROBUQ_HAVE_AVX512
+      if (avx512) {
+        if (nt == 2)
+          avx512::quantize_rows2(rot[0], rot[1], n, bits, k, codes + t * n, codes + (t + 1) * n, scale + t, zero + t);
+        else
+          avx512::quantize_row(rot[0], n, bits, k, codes + t * n, scale + t, zero + t);
+        return;
+      }
+#endif
+      if (nt == 2)
+        quantize_rows2(rot[0], rot[1], n, bits, k, codes + t * n, codes + (t + 1) * n, scale + t, zero + t);
+      else
+        quantize_row(rot[0], n, bits, k, codes + t * n, scale + t, zero + t);
+    }
     void operator()(int64_t t0, int64_t cnt, int tid) const override {
       const double start = profile::enabled() ? profile::now() : -1.0;
       const int64_t n = d->in, R = d->rank;
-      const int bits = d->act_bits;
-      const float k = d->clip_k;
       float* const rot[2] = {rows + tid * 2 * per, rows + tid * 2 * per + per};
       for (int64_t t = t0; t < t0 + cnt; t += 2) {
         const int nt = t + 1 < t0 + cnt ? 2 : 1;
         for (int i = 0; i < nt; ++i) rotate(t + i, rot[i]);
-#ifdef ROBUQ_HAVE_AVX512
-        if (avx512 && nt == 2)
-          avx512::quantize_rows2(rot[0], rot[1], n, bits, k, codes + t * n, codes + (t + 1) * n, scale + t, zero + t);
-        else if (avx512)
-          avx512::quantize_row(rot[0], n, bits, k, codes + t * n, scale + t, zero + t);
-        else
-#endif
-          for (int i = 0; i < nt; ++i)
-            quantize_row(rot[i], n, bits, k, codes + (t + i) * n, scale + t + i, zero + t + i);
+        quantize(rot, t, nt);
         if (R > 0) {
           float* const ut[2] = {u + t * R, u + (t + 1) * R};
           down_project(rot, nt, n, d->down, R, ut);

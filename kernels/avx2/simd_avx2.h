@@ -11,36 +11,54 @@ namespace simd {
 // sum_k v_k in float64 over 8 interleaved lanes (element k in lane k % 8, k ascending within a lane),
 // merged as ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)); v_k = x_k, or (x_k - m)^2 with kSquare.
 // The order of ref::clip_range's statistics and of ops::layernorm_modulate.
-template <bool kSquare>
-inline double lane_sum(const float* x, int64_t n, double m) {
-  __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
-  const __m256d vm = _mm256_set1_pd(m);
+// lane_sums: that sum for R rows at once (row r: x[r], m[r] -> out[r]); each row's lanes add in the same order
+// as alone, so the bits are the same, while the R rows' dependency chains (one float64 add per lane and step)
+// overlap.
+template <bool kSquare, int R>
+inline void lane_sums(const float* const* x, int64_t n, const double* m, double* out) {
+  __m256d s0[R], s1[R], vm[R];
+  for (int r = 0; r < R; ++r) {
+    s0[r] = _mm256_setzero_pd();
+    s1[r] = _mm256_setzero_pd();
+    vm[r] = _mm256_set1_pd(m[r]);
+  }
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
-    const __m256 v = _mm256_loadu_ps(x + i);
-    __m256d d0 = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
-    __m256d d1 = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
-    if (kSquare) {
-      d0 = _mm256_sub_pd(d0, vm);
-      d1 = _mm256_sub_pd(d1, vm);
-      d0 = _mm256_mul_pd(d0, d0);
-      d1 = _mm256_mul_pd(d1, d1);
+    for (int r = 0; r < R; ++r) {
+      const __m256 v = _mm256_loadu_ps(x[r] + i);
+      __m256d d0 = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
+      __m256d d1 = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
+      if (kSquare) {
+        d0 = _mm256_sub_pd(d0, vm[r]);
+        d1 = _mm256_sub_pd(d1, vm[r]);
+        d0 = _mm256_mul_pd(d0, d0);
+        d1 = _mm256_mul_pd(d1, d1);
+      }
+      s0[r] = _mm256_add_pd(s0[r], d0);
+      s1[r] = _mm256_add_pd(s1[r], d1);
     }
-    s0 = _mm256_add_pd(s0, d0);
-    s1 = _mm256_add_pd(s1, d1);
   }
-  alignas(32) double l[8];
-  _mm256_store_pd(l, s0);
-  _mm256_store_pd(l + 4, s1);
-  for (; i < n; ++i) {
-    double v = static_cast<double>(x[i]);
-    if (kSquare) {
-      v = v - m;
-      v = v * v;
+  for (int r = 0; r < R; ++r) {
+    alignas(32) double l[8];
+    _mm256_store_pd(l, s0[r]);
+    _mm256_store_pd(l + 4, s1[r]);
+    for (int64_t k = i; k < n; ++k) {
+      double v = static_cast<double>(x[r][k]);
+      if (kSquare) {
+        v = v - m[r];
+        v = v * v;
+      }
+      l[k % 8] += v;
     }
-    l[i % 8] += v;
+    out[r] = ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
   }
-  return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+}
+
+template <bool kSquare>
+inline double lane_sum(const float* x, int64_t n, double m) {
+  double out;
+  lane_sums<kSquare, 1>(&x, n, &m, &out);
+  return out;
 }
 
 // 8 float lanes merged as ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)).

@@ -29,6 +29,10 @@ void release_gemm_scratch();
 void hadamard_transform_row(const HadamardPlan& plan, float* row, float* scratch);
 ClipRange clip_range(const float* x, int64_t n, float clip_k);
 void quantize_row(const float* x, int64_t n, int bits, float clip_k, uint8_t* codes, float* scale, float* zero);
+// quantize_row of two rows at once (their float64 statistics interleaved), the same bits: x0 -> codes0,
+// scale[0], zero[0]; x1 -> codes1, scale[1], zero[1].
+void quantize_rows2(const float* x0, const float* x1, int64_t n, int bits, float clip_k, uint8_t* codes0,
+                    uint8_t* codes1, float* scale, float* zero);
 
 // The transform of one plan with its K x K sign table prepared once: rot[n] = x @ H for one row (x and rot
 // must not alias; scratch: plan.scratch_size() floats). Bit-identical to ref::hadamard_transform_row.
@@ -77,6 +81,10 @@ void gelu_tanh(float* x, int64_t n);
 // "gauss" statistics) then y = ((x - m) * rstd) * (1 + scale) + shift; the arithmetic of
 // ops::layernorm_modulate, bit-identical to its scalar version.
 void layernorm_modulate_row(const float* x, int64_t D, const float* shift, const float* scale, float* y);
+// layernorm_modulate_row on `count` rows (1..4) at once, the same bits: row i is x[i] -> y[i] with shift[i],
+// scale[i]; the rows' float64 statistics run as interleaved chains.
+void layernorm_modulate_rows(int count, const float* const* x, int64_t D, const float* const* shift,
+                             const float* const* scale, float* const* y);
 // x[k] = x[k] + gate[k] * b[k] (bit-identical to the scalar loop).
 void gated_residual_row(float* x, const float* b, const float* gate, int64_t D);
 // In place on one row of n scores: s * scale, softmax with max subtraction (exp_f32, the sum over 8
