@@ -372,14 +372,14 @@ void gemm_direct(const uint8_t* q, int64_t T, int bits, const uint8_t* packed, i
   const MicroPlan plan = micro_plan(bits);
   // Work items: (token block) x (output block). An output block's indices (obb * chunks * 32 bytes) should
   // stay in L2 (~256 KiB); there are as few as that allows, but a multiple of the thread count, of nearly
-  // equal size. All tokens form one block (each weight is decoded once per call) unless that leaves too
-  // few items for the threads.
+  // equal size. All tokens form one block (each weight is decoded once per call) unless that leaves fewer
+  // than 4 items per thread (a core slowed by another tenant then costs only its share).
   const int64_t obb_max = std::max<int64_t>(1, std::min<int64_t>(OBB, (256 << 10) / std::max<int64_t>(1, chunks * 32)));
   int64_t n_ob = (col_blocks + obb_max - 1) / obb_max;
   n_ob = std::min(col_blocks, (n_ob + threads - 1) / threads * threads);
   const int64_t obb = (col_blocks + n_ob - 1) / n_ob;
   n_ob = (col_blocks + obb - 1) / obb;
-  const int64_t n_tb = std::min(n_tiles, std::max<int64_t>(1, (2 * threads + n_ob - 1) / n_ob));
+  const int64_t n_tb = std::min(n_tiles, std::max<int64_t>(1, (4 * threads + n_ob - 1) / n_ob));
   const int64_t TB = (n_tiles + n_tb - 1) / n_tb * TT;
   const int64_t items = n_tb * n_ob;
   const int64_t ldc = obb * 16;
@@ -406,9 +406,9 @@ void gemm_direct(const uint8_t* q, int64_t T, int bits, const uint8_t* packed, i
     float* const escr = ebufs.data() + tid * epi_floats;
     alignas(32) int16_t tile_out[TT * 16];
 #ifdef _OPENMP
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 4)
 #endif
-    for (int64_t t2 = 0; t2 < n_tiles * TT; t2 += 2) {  // token pairs (TT is even)
+    for (int64_t t2 = 0; t2 < n_tiles * TT; t2 += 2) {  // token pairs (TT is even), 4 pairs per grab
       // the rows' codes, made by this thread just before use
       if (prep != nullptr && t2 < T) (*prep)(t2, std::min<int64_t>(2, T - t2), tid);
       for (int64_t t = t2; t < t2 + 2; ++t) {
