@@ -235,33 +235,97 @@ void quantize_head_row_i16(const float* src, int64_t head_dim, int64_t hd2, int 
   *sum = acc;
 }
 
-// S rows i0 .. i0 + mt - 1 (mt <= 6) for keys of NP consecutive 8-key panels starting at panel p0.
+// dot[r][16] (int32) = the exact dot products of query rows q[r] (r < 6) with the 16 keys of two consecutive
+// 8-key panels k0 (panel p) and k0 + kstride bytes (panel p + 1), over G groups of 2 dimensions; vpmaddwd on
+// int16 pairs. In inline assembly so that the 12 accumulators, the two key vectors, the broadcast query pair and
+// the product each keep a register (GCC's version of the loop spilled accumulators to the stack on every step):
+// ymm0-11 acc[r][p] (ymm 2r + p), ymm12-13 the keys, ymm14 the query pair, ymm15 the product.
+// clang-format off
+#define ROBUQ_QK_ROW(q, a0, a1)                                                                  \
+  "vpbroadcastd (%[" #q "],%[g],4), %%ymm14\n\t"                                                \
+  "vpmaddwd %%ymm12, %%ymm14, %%ymm15\n\t"                                                      \
+  "vpaddd %%ymm15, %%ymm" #a0 ", %%ymm" #a0 "\n\t"                                              \
+  "vpmaddwd %%ymm13, %%ymm14, %%ymm14\n\t"                                                      \
+  "vpaddd %%ymm14, %%ymm" #a1 ", %%ymm" #a1 "\n\t"
+void int_dots_6x16(const int16_t* const* q, const int16_t* k0, int64_t kstride, int64_t G, int32_t* dot) {
+  const int16_t *q0 = q[0], *q1 = q[1], *q2 = q[2], *q3 = q[3], *q4 = q[4], *q5 = q[5];
+  int64_t g = 0;
+  asm volatile(
+      "vpxor %%xmm0, %%xmm0, %%xmm0\n\t"
+      "vpxor %%xmm1, %%xmm1, %%xmm1\n\t"
+      "vpxor %%xmm2, %%xmm2, %%xmm2\n\t"
+      "vpxor %%xmm3, %%xmm3, %%xmm3\n\t"
+      "vpxor %%xmm4, %%xmm4, %%xmm4\n\t"
+      "vpxor %%xmm5, %%xmm5, %%xmm5\n\t"
+      "vpxor %%xmm6, %%xmm6, %%xmm6\n\t"
+      "vpxor %%xmm7, %%xmm7, %%xmm7\n\t"
+      "vpxor %%xmm8, %%xmm8, %%xmm8\n\t"
+      "vpxor %%xmm9, %%xmm9, %%xmm9\n\t"
+      "vpxor %%xmm10, %%xmm10, %%xmm10\n\t"
+      "vpxor %%xmm11, %%xmm11, %%xmm11\n\t"
+      "test %[n], %[n]\n\t"
+      "jz 2f\n"
+      "1:\n\t"
+      "vmovdqu (%[k]), %%ymm12\n\t"
+      "vmovdqu (%[k],%[ks],1), %%ymm13\n\t"
+      ROBUQ_QK_ROW(q0, 0, 1) ROBUQ_QK_ROW(q1, 2, 3) ROBUQ_QK_ROW(q2, 4, 5)
+      ROBUQ_QK_ROW(q3, 6, 7) ROBUQ_QK_ROW(q4, 8, 9) ROBUQ_QK_ROW(q5, 10, 11)
+      "add $32, %[k]\n\t"
+      "inc %[g]\n\t"
+      "cmp %[n], %[g]\n\t"
+      "jne 1b\n"
+      "2:\n\t"
+      "vmovdqu %%ymm0, 0(%[d])\n\t"
+      "vmovdqu %%ymm1, 32(%[d])\n\t"
+      "vmovdqu %%ymm2, 64(%[d])\n\t"
+      "vmovdqu %%ymm3, 96(%[d])\n\t"
+      "vmovdqu %%ymm4, 128(%[d])\n\t"
+      "vmovdqu %%ymm5, 160(%[d])\n\t"
+      "vmovdqu %%ymm6, 192(%[d])\n\t"
+      "vmovdqu %%ymm7, 224(%[d])\n\t"
+      "vmovdqu %%ymm8, 256(%[d])\n\t"
+      "vmovdqu %%ymm9, 288(%[d])\n\t"
+      "vmovdqu %%ymm10, 320(%[d])\n\t"
+      "vmovdqu %%ymm11, 352(%[d])\n\t"
+      "vzeroupper\n\t"
+      : [k] "+r"(k0), [g] "+r"(g)
+      : [q0] "r"(q0), [q1] "r"(q1), [q2] "r"(q2), [q3] "r"(q3), [q4] "r"(q4), [q5] "r"(q5), [ks] "r"(kstride),
+        [n] "r"(G), [d] "r"(dot)
+      : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12",
+        "xmm13", "xmm14", "xmm15", "cc", "memory");
+}
+#undef ROBUQ_QK_ROW
+// clang-format on
+
+// S rows i0 .. i0 + mt - 1 (mt <= 6) for keys of NP (1 or 2) consecutive 8-key panels starting at panel p0.
 template <int NP>
 void int_scores_tile(const int16_t* Qc, int64_t hd2, int64_t i0, int mt, const int16_t* Kc, int64_t p0,
                      const AttentionScratch& st, int64_t T, float* S) {
   const int16_t* qr[kQueryRows];
   for (int r = 0; r < kQueryRows; ++r) qr[r] = Qc + (i0 + (r < mt ? r : mt - 1)) * hd2;
-  __m256i acc[kQueryRows][NP];
-  for (int r = 0; r < kQueryRows; ++r)
-    for (int p = 0; p < NP; ++p) acc[r][p] = _mm256_setzero_si256();
   const int64_t G = hd2 / 2;
-  for (int64_t g = 0; g < G; ++g) {
-    __m256i kv[NP];
-    for (int p = 0; p < NP; ++p)
-      kv[p] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(Kc + ((p0 + p) * G + g) * 2 * kKeysPerPanel));
-    for (int r = 0; r < kQueryRows; ++r) {
-      int32_t pair;
-      std::memcpy(&pair, qr[r] + 2 * g, 4);
-      const __m256i q = _mm256_set1_epi32(pair);
-      for (int p = 0; p < NP; ++p) acc[r][p] = _mm256_add_epi32(acc[r][p], _mm256_madd_epi16(q, kv[p]));
+  alignas(32) int32_t dot[kQueryRows][2][kKeysPerPanel];
+  if constexpr (NP == 2) {
+    int_dots_6x16(qr, Kc + p0 * G * 2 * kKeysPerPanel, G * 2 * kKeysPerPanel * 2, G, &dot[0][0][0]);
+  } else {
+    __m256i acc[kQueryRows];
+    for (int r = 0; r < kQueryRows; ++r) acc[r] = _mm256_setzero_si256();
+    for (int64_t g = 0; g < G; ++g) {
+      const __m256i kv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(Kc + (p0 * G + g) * 2 * kKeysPerPanel));
+      for (int r = 0; r < kQueryRows; ++r) {
+        int32_t pair;
+        std::memcpy(&pair, qr[r] + 2 * g, 4);
+        acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(_mm256_set1_epi32(pair), kv));
+      }
     }
+    for (int r = 0; r < kQueryRows; ++r) _mm256_store_si256(reinterpret_cast<__m256i*>(dot[r][0]), acc[r]);
   }
   for (int r = 0; r < mt; ++r) {
     const int64_t i = i0 + r;
     const __m256 aq = _mm256_set1_ps(st.aq[i]), nzq = _mm256_set1_ps(st.nzq[i]), sq = _mm256_set1_ps(st.sq[i]);
     for (int p = 0; p < NP; ++p) {
       const int64_t j = (p0 + p) * kKeysPerPanel;
-      __m256 t = _mm256_cvtepi32_ps(acc[r][p]);
+      __m256 t = _mm256_cvtepi32_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(dot[r][p])));
       t = _mm256_fmadd_ps(_mm256_loadu_ps(st.nzk + j), aq, t);
       t = _mm256_fmadd_ps(nzq, _mm256_loadu_ps(st.ck + j), t);
       const __m256 v = _mm256_mul_ps(_mm256_mul_ps(sq, _mm256_loadu_ps(st.sk + j)), t);
