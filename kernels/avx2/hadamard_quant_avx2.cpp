@@ -6,7 +6,10 @@
 //    and addition commutes); stages h >= 8 pair whole vectors.
 //  * K x K step: Y[c, b..b+8) = sum_a H_K[a, c] X[a, b..b+8), a ascending, the first term +-X[0] and every
 //    further one y + (x ^ sign) (== y + x or y - x), up to 12 outputs c per pass kept in registers; then the
-//    product with the float32 normaliser.
+//    product with the float32 normaliser. For K = 12 and 36 (DiT's widths) the signs are compile-time constants
+//    and each term is one instruction, y + x / y - x as vaddps / vsubps for half the outputs and as
+//    vfmadd / vfnmadd with x * 1.0 (exact) for the other half: the same rounding of the exact sum, on the
+//    add and the fma pipes at once.
 //  * statistics: min / max per lane (vminps(x, m) is the reference's std::min(m, x)); the lanes are merged,
 //    and a zero result takes the sign of the first zero of the row, which is what the sequential scan keeps.
 //    The float64 sums are the reference's 8 interleaved lanes: two 4-wide double vectors.
@@ -19,8 +22,10 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "../hadamard_signs.h"
 #include "robuq/avx2.h"
 #include "robuq/constants.h"
 #include "simd_avx2.h"
@@ -87,7 +92,66 @@ void kxk_group(const float* X, int64_t M, int64_t K, const float* sgn, int64_t c
 
 constexpr int kMaxGroup = 12;  // outputs c per pass: 12 accumulators + x + a temporary in 16 registers
 
+// ---- K x K step with compile-time signs (K = 12, 36): y + (+-x) as one add / sub or one fma / fnmadd by 1.0
+template <bool Neg, bool Fma>
+inline __attribute__((always_inline)) __m256 term(__m256 acc, __m256 x, __m256 one) {
+  if (Fma) return Neg ? _mm256_fnmadd_ps(x, one, acc) : _mm256_fmadd_ps(x, one, acc);
+  return Neg ? _mm256_sub_ps(acc, x) : _mm256_add_ps(acc, x);
+}
+
+template <int K, int C0, int A, int... J>
+inline __attribute__((always_inline)) void kxk_row(const float* X, int64_t M, int64_t b, __m256* acc, __m256 one,
+                                                   std::integer_sequence<int, J...>) {
+  const __m256 x = _mm256_loadu_ps(X + A * M + b);
+  ((acc[J] = term<(c_hadamard(K, A, C0 + J) < 0), (J & 1) != 0>(acc[J], x, one)), ...);
+}
+
+template <int K, int C0, int NC, int... A>
+inline __attribute__((always_inline)) void kxk_rows(const float* X, int64_t M, int64_t b, __m256* acc, __m256 one,
+                                                    std::integer_sequence<int, A...>) {
+  (kxk_row<K, C0, A + 1>(X, M, b, acc, one, std::make_integer_sequence<int, NC>{}), ...);
+}
+
+template <int K, int C0, int... J>
+inline __attribute__((always_inline)) void kxk_first(const float* X, __m256* acc, __m256 neg0,
+                                                     std::integer_sequence<int, J...>) {
+  const __m256 x0 = _mm256_loadu_ps(X);
+  ((acc[J] = c_hadamard(K, 0, C0 + J) < 0 ? _mm256_xor_ps(x0, neg0) : x0), ...);
+}
+
+// Y[c, :] = norm * sum_a H_K[a, c] X[a, :] for c = C0 .. C0 + NC - 1, a ascending (the reference's order).
+template <int K, int C0, int NC>
+void kxk_fixed_group(const float* X, int64_t M, float norm, float* Y) {
+  const __m256 vn = _mm256_set1_ps(norm), one = _mm256_set1_ps(1.0f), neg0 = _mm256_set1_ps(-0.0f);
+  for (int64_t b = 0; b < M; b += 8) {
+    __m256 acc[NC];
+    kxk_first<K, C0>(X + b, acc, neg0, std::make_integer_sequence<int, NC>{});
+    kxk_rows<K, C0, NC>(X, M, b, acc, one, std::make_integer_sequence<int, K - 1>{});
+    for (int j = 0; j < NC; ++j) _mm256_storeu_ps(Y + (C0 + j) * M + b, _mm256_mul_ps(acc[j], vn));
+  }
+}
+
+// The K x K step for K = 12 or 36 with compile-time signs; false for other K (or a sign table that differs).
+bool kxk_fixed(const float* X, int64_t M, int64_t K, const float* sgn, float norm, float* Y) {
+  if (K == 36) {
+    static const bool ok = fixed_signs_match<36>(sgn);
+    if (!ok) return false;
+    kxk_fixed_group<36, 0, kMaxGroup>(X, M, norm, Y);
+    kxk_fixed_group<36, 12, kMaxGroup>(X, M, norm, Y);
+    kxk_fixed_group<36, 24, kMaxGroup>(X, M, norm, Y);
+    return true;
+  }
+  if (K == 12) {
+    static const bool ok = fixed_signs_match<12>(sgn);
+    if (!ok) return false;
+    kxk_fixed_group<12, 0, kMaxGroup>(X, M, norm, Y);
+    return true;
+  }
+  return false;
+}
+
 void kxk(const float* X, int64_t M, int64_t K, const float* sgn, float norm, float* Y) {
+  if (kxk_fixed(X, M, K, sgn, norm, Y)) return;
   using Fn = void (*)(const float*, int64_t, int64_t, const float*, int64_t, float, float*);
   static constexpr Fn fns[kMaxGroup] = {kxk_group<1>, kxk_group<2>,  kxk_group<3>,  kxk_group<4>,
                                         kxk_group<5>, kxk_group<6>,  kxk_group<7>,  kxk_group<8>,
