@@ -235,7 +235,7 @@ def test_gelu_accuracy_and_threads(tier):
 
 def test_layernorm_modulate_avx2_equals_generic(tier):
     """Rows in groups of 4 (interleaved float64 statistics): groups that straddle two batch items (T not a
-    multiple of 4), widths with a tail, a last group of 1..3 rows; the generic tier's bits, any thread count."""
+    multiple of 4), widths with a tail, a last group of 1..3 rows; the generic tier's bits, 1 or 2 threads."""
     rng = np.random.default_rng(3)
     for n, t, d in ((2, 5, 384), (1, 3, 77), (2, 17, 1152), (3, 1, 16), (2, 7, 20), (1, 4, 8), (1, 2, 5)):
         x, sh, sc = layernorm_case(rng, n, t, d)
