@@ -66,8 +66,8 @@ void gelu_tanh(float* x, int64_t n) {
 
 namespace {
 
-// layernorm_modulate_row on R rows: their float64 statistics as R interleaved chains (simd::lane_sums), the same
-// bits per row.
+// layernorm_modulate_rows for R rows: their float64 statistics as R interleaved chains (simd::lane_sums), the
+// same bits per row as one row alone.
 template <int R>
 void layernorm_rows(const float* const* x, int64_t D, const float* const* shift, const float* const* scale,
                     float* const* y) {
@@ -94,10 +94,6 @@ void layernorm_rows(const float* const* x, int64_t D, const float* const* shift,
 }
 
 }  // namespace
-
-void layernorm_modulate_row(const float* x, int64_t D, const float* shift, const float* scale, float* y) {
-  layernorm_rows<1>(&x, D, &shift, &scale, &y);
-}
 
 void layernorm_modulate_rows(int count, const float* const* x, int64_t D, const float* const* shift,
                              const float* const* scale, float* const* y) {

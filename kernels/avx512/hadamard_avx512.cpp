@@ -350,7 +350,7 @@ void quantize_rows(const float* const* x, int64_t n, int bits, float clip_k, uin
   for (int r = 0; r < R; ++r) write_codes(x[r], n, bits, lo[r], hi[r], codes[r], scale + r, zero + r);
 }
 
-// avx2::layernorm_modulate_row's operations on R rows at once: the float64 mean and variance as lane_sums' R
+// avx2::layernorm_modulate_rows' operations on R rows at once: the float64 mean and variance as lane_sums' R
 // interleaved chains (one row's chain is latency-bound), then y = ((x - m) * rstd) * (1 + scale) + shift per
 // element, 16 wide.
 template <int R>

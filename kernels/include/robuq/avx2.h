@@ -77,12 +77,10 @@ void exp_f32(const float* x, int64_t n, float* y);
 // In place: x / (1 + exp(-2 u)) with u = sqrt(2/pi) (x + 0.044715 x^3) (float32, in that order), which is
 // 0.5 x (1 + tanh(u)) (GELU, tanh approximation) without its cancellation for negative x.
 void gelu_tanh(float* x, int64_t n);
-// One row of LayerNorm (no affine, eps 1e-6, float64 mean and variance over 8 interleaved lanes like the
-// "gauss" statistics) then y = ((x - m) * rstd) * (1 + scale) + shift; the arithmetic of
-// ops::layernorm_modulate, bit-identical to its scalar version.
-void layernorm_modulate_row(const float* x, int64_t D, const float* shift, const float* scale, float* y);
-// layernorm_modulate_row on `count` rows (1..4) at once, the same bits: row i is x[i] -> y[i] with shift[i],
-// scale[i]; the rows' float64 statistics run as interleaved chains.
+// `count` rows (1..4) of LayerNorm (no affine, eps 1e-6, float64 mean and variance over 8 interleaved lanes like
+// the "gauss" statistics) then y = ((x - m) * rstd) * (1 + scale) + shift; row i is x[i] -> y[i] with shift[i],
+// scale[i]. The arithmetic of ops::layernorm_modulate, bit-identical to its scalar version; the rows' float64
+// statistics run as interleaved chains, each row's the same as alone.
 void layernorm_modulate_rows(int count, const float* const* x, int64_t D, const float* const* shift,
                              const float* const* scale, float* const* y);
 // x[k] = x[k] + gate[k] * b[k] (bit-identical to the scalar loop).

@@ -38,8 +38,8 @@ void quantize_row(const float* x, int64_t n, int bits, float clip_k, uint8_t* co
 void quantize_rows2(const float* x0, const float* x1, int64_t n, int bits, float clip_k, uint8_t* codes0,
                     uint8_t* codes1, float* scale, float* zero);
 
-// avx2::layernorm_modulate_row on `count` rows (1..4) at once, the same bits: row i is x[i] -> y[i] with
-// shift[i], scale[i]; the rows' float64 statistics run as interleaved chains.
+// avx2::layernorm_modulate_rows 16 wide (count 1..4 rows), the same bits: row i is x[i] -> y[i] with shift[i],
+// scale[i]; the rows' float64 statistics run as interleaved chains.
 void layernorm_modulate_rows(int count, const float* const* x, int64_t D, const float* const* shift,
                              const float* const* scale, float* const* y);
 
