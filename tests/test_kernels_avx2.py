@@ -56,6 +56,19 @@ TRANSFORMS = [
     (256, "full", 0),  # power of two
     (20, "full", 0),  # M = 1: the reference path
     (96, "full", 0),  # K = 12, M = 8
+    # each compile-time (K, M) of the K x K step, its run-time-M fallback, butterfly passes of 2 and 4 stages
+    (768, "full", 0),  # K = 12, M = 64
+    (1536, "full", 0),  # K = 12, M = 128
+    (3072, "full", 0),  # K = 12, M = 256
+    (6144, "full", 0),  # K = 12, M = 512: run-time M
+    (576, "full", 0),  # K = 36, M = 16: run-time M
+    (2304, "full", 0),  # K = 36, M = 64
+    (9216, "full", 0),  # K = 36, M = 256
+    (512, "full", 0),  # butterflies: in registers to h = 32, then h = 64, 128 together, then 256
+    (2048, "full", 0),  # h = 64, 128 and 256, 512 together, then 1024
+    (384, "block", 16),
+    (384, "block", 32),
+    (4608, "block", 0),  # block 512
     (1152, "block", 0),
     (384, "block", 8),
     (384, "block", 4),  # segments below one vector: the reference path

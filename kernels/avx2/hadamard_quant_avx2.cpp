@@ -51,12 +51,53 @@ inline __m256 butterfly8(__m256 v, __m256 s1, __m256 s2, __m256 s4) {
   return _mm256_add_ps(_mm256_permute2f128_ps(v, v, 1), _mm256_xor_ps(v, s4));
 }
 
-// dst = Walsh-Hadamard butterflies of src over consecutive segments of M floats (M a power of two >= 8,
-// n a multiple of M). src may equal dst.
-void butterflies(const float* src, float* dst, int64_t n, int64_t M) {
+// Stages h = 8 .. 4V of V consecutive vectors held in registers (vector i pairs with i + h / 8).
+template <int V>
+inline __attribute__((always_inline)) void stages_in_registers(__m256* v) {
+  for (int hv = 1; hv < V; hv *= 2)
+    for (int i = 0; i < V; ++i)
+      if ((i & hv) == 0) {
+        const __m256 u = v[i], w = v[i + hv];
+        v[i] = _mm256_add_ps(u, w);
+        v[i + hv] = _mm256_sub_ps(u, w);
+      }
+}
+
+// Pass 1: blocks of V vectors (8V floats, V <= 8): stages h = 1, 2, 4 in each vector, then h = 8 .. 4V in
+// registers, one load and one store per vector.
+template <int V>
+void butterflies_first(const float* src, float* dst, int64_t n) {
   const __m256 s1 = sign_lanes(1), s2 = sign_lanes(2), s4 = sign_lanes(4);
-  for (int64_t i = 0; i < n; i += 8) _mm256_storeu_ps(dst + i, butterfly8(_mm256_loadu_ps(src + i), s1, s2, s4));
-  for (int64_t h = 8; h < M; h *= 2)
+  for (int64_t i = 0; i < n; i += 8 * V) {
+    __m256 v[V];
+    for (int j = 0; j < V; ++j) v[j] = butterfly8(_mm256_loadu_ps(src + i + 8 * j), s1, s2, s4);
+    stages_in_registers<V>(v);
+    for (int j = 0; j < V; ++j) _mm256_storeu_ps(dst + i + 8 * j, v[j]);
+  }
+}
+
+// dst = Walsh-Hadamard butterflies of src over consecutive segments of M floats (M a power of two >= 8,
+// n a multiple of M). src may equal dst. Stages up to h = 32 run in registers in one pass (butterflies_first);
+// the later ones two at a time (h and 2h: the four vectors i, i + h, i + 2h, i + 3h) where two remain, else
+// one. Every value goes through the same additions and subtractions as in one pass per stage, so the
+// result is the same bit for bit.
+void butterflies(const float* src, float* dst, int64_t n, int64_t M) {
+  switch (M) {
+    case 8: butterflies_first<1>(src, dst, n); return;
+    case 16: butterflies_first<2>(src, dst, n); return;
+    case 32: butterflies_first<4>(src, dst, n); return;
+    default: butterflies_first<8>(src, dst, n);
+  }
+  int64_t h = 64;
+  for (; 2 * h < M; h *= 4)
+    for (int64_t start = 0; start < n; start += 4 * h)
+      for (int64_t i = start; i < start + h; i += 8) {
+        __m256 v[4] = {_mm256_loadu_ps(dst + i), _mm256_loadu_ps(dst + i + h), _mm256_loadu_ps(dst + i + 2 * h),
+                       _mm256_loadu_ps(dst + i + 3 * h)};
+        stages_in_registers<4>(v);
+        for (int j = 0; j < 4; ++j) _mm256_storeu_ps(dst + i + j * h, v[j]);
+      }
+  for (; h < M; h *= 2)
     for (int64_t start = 0; start < n; start += 2 * h)
       for (int64_t i = start; i < start + h; i += 8) {
         const __m256 u = _mm256_loadu_ps(dst + i);
@@ -131,20 +172,75 @@ void kxk_fixed_group(const float* X, int64_t M, float norm, float* Y) {
   }
 }
 
+// The same with the segment length M a compile-time constant too (DiT's widths: M = 32 .. 256), so that every
+// row is a constant displacement from one pointer, and an empty asm after each row takes the 12 accumulators
+// as register operands, so each row's terms are all done before the next row's load: without it GCC started
+// the accumulators' chains at staggered rows, kept loaded rows (and, with a run-time M, the 36 row pointers)
+// on the stack and spent more on moves and spills than on the terms.
+// Which instruction computes which term is unchanged, so are the bits.
+template <int K, int M, int C0, int A, int... J>
+inline __attribute__((always_inline)) void kxk_row_m(const float* xb, __m256* acc, __m256 one,
+                                                     std::integer_sequence<int, J...>) {
+  const __m256 x = _mm256_loadu_ps(xb + A * M);
+  ((acc[J] = term<(c_hadamard(K, A, C0 + J) < 0), (J & 1) != 0>(acc[J], x, one)), ...);
+  static_assert(sizeof...(J) == 12, "pinned as 12 registers");
+  __asm__(""
+          : "+x"(acc[0]), "+x"(acc[1]), "+x"(acc[2]), "+x"(acc[3]), "+x"(acc[4]), "+x"(acc[5]), "+x"(acc[6]),
+            "+x"(acc[7]), "+x"(acc[8]), "+x"(acc[9]), "+x"(acc[10]), "+x"(acc[11]));
+}
+
+template <int K, int M, int C0, int NC, int... A>
+inline __attribute__((always_inline)) void kxk_rows_m(const float* xb, __m256* acc, __m256 one,
+                                                      std::integer_sequence<int, A...>) {
+  (kxk_row_m<K, M, C0, A + 1>(xb, acc, one, std::make_integer_sequence<int, NC>{}), ...);
+}
+
+template <int K, int M, int C0, int NC>
+void kxk_fixed_group_m(const float* X, float norm, float* Y) {
+  const __m256 vn = _mm256_set1_ps(norm), one = _mm256_set1_ps(1.0f), neg0 = _mm256_set1_ps(-0.0f);
+  for (int b = 0; b < M; b += 8) {
+    __m256 acc[NC];
+    kxk_first<K, C0>(X + b, acc, neg0, std::make_integer_sequence<int, NC>{});
+    kxk_rows_m<K, M, C0, NC>(X + b, acc, one, std::make_integer_sequence<int, K - 1>{});
+    for (int j = 0; j < NC; ++j) _mm256_storeu_ps(Y + (C0 + j) * M + b, _mm256_mul_ps(acc[j], vn));
+  }
+}
+
+template <int K, int M, int... G>
+void kxk_fixed_m(const float* X, float norm, float* Y, std::integer_sequence<int, G...>) {
+  (kxk_fixed_group_m<K, M, G * kMaxGroup, kMaxGroup>(X, norm, Y), ...);
+}
+
+template <int K, int... G>
+void kxk_fixed_any_m(const float* X, int64_t M, float norm, float* Y, std::integer_sequence<int, G...>) {
+  (kxk_fixed_group<K, G * kMaxGroup, kMaxGroup>(X, M, norm, Y), ...);
+}
+
+template <int K>
+void kxk_fixed_k(const float* X, int64_t M, float norm, float* Y) {
+  static_assert(K % kMaxGroup == 0, "whole groups of outputs");
+  constexpr auto groups = std::make_integer_sequence<int, K / kMaxGroup>{};
+  switch (M) {
+    case 32: kxk_fixed_m<K, 32>(X, norm, Y, groups); return;
+    case 64: kxk_fixed_m<K, 64>(X, norm, Y, groups); return;
+    case 128: kxk_fixed_m<K, 128>(X, norm, Y, groups); return;
+    case 256: kxk_fixed_m<K, 256>(X, norm, Y, groups); return;
+    default: kxk_fixed_any_m<K>(X, M, norm, Y, groups);
+  }
+}
+
 // The K x K step for K = 12 or 36 with compile-time signs; false for other K (or a sign table that differs).
 bool kxk_fixed(const float* X, int64_t M, int64_t K, const float* sgn, float norm, float* Y) {
   if (K == 36) {
     static const bool ok = fixed_signs_match<36>(sgn);
     if (!ok) return false;
-    kxk_fixed_group<36, 0, kMaxGroup>(X, M, norm, Y);
-    kxk_fixed_group<36, 12, kMaxGroup>(X, M, norm, Y);
-    kxk_fixed_group<36, 24, kMaxGroup>(X, M, norm, Y);
+    kxk_fixed_k<36>(X, M, norm, Y);
     return true;
   }
   if (K == 12) {
     static const bool ok = fixed_signs_match<12>(sgn);
     if (!ok) return false;
-    kxk_fixed_group<12, 0, kMaxGroup>(X, M, norm, Y);
+    kxk_fixed_k<12>(X, M, norm, Y);
     return true;
   }
   return false;
