@@ -149,6 +149,20 @@ def test_ternary_matmul_exact(t, out, n_in):
             np.testing.assert_array_equal(_C.ternary_matmul(q[-1:], p, n_in, bits, threads=2)[0], ref[-1])
 
 
+def test_ternary_matmul_extreme_weights_and_codes():
+    """All weights +1 (or -1) and every code at 0 or its maximum: each table entry, int8 run and int16 k-block
+    sum at its bound (docs in ternary_gemm_avx2.cpp), over two full k-blocks and a partial one."""
+    n_in = 4 * 128 * 2 + 4 * 5 + 3
+    for sign in (1, -1):
+        w = np.full((17, n_in), sign, np.int8)
+        p = _C.pack_ternary(w)
+        for bits in range(1, 9):
+            for value in (0, 2**bits - 1):
+                q = np.full((7, n_in), value, np.uint8)
+                want = q.astype(np.int64) @ w.astype(np.int64).T
+                np.testing.assert_array_equal(_C.ternary_matmul(q, p, n_in, bits, tier="avx2"), want)
+
+
 # ---------------------------------------------------------------------------------- QLinear int4
 def _int4_layer(n_in, out, bits, rank, seed):
     rng = np.random.default_rng(seed)
