@@ -237,14 +237,20 @@ MicroPlan micro_plan(int bits) {
   }
 }
 
-// C[t * ldc + i] += out[t][i] (int16 -> int32), t < 6, i < 16.
-inline void add_tile(const int16_t* out, int32_t* C, int64_t ldc) {
+// C[t * ldc + i] += out[t][i] (int16 -> int32), t < 6, i < 16; first: C = out (the row's first k-block, so
+// the int32 tile needs no clearing).
+inline void add_tile(const int16_t* out, int32_t* C, int64_t ldc, bool first) {
   for (int t = 0; t < TT; ++t) {
     const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(out + 16 * t));
+    __m256i lo = _mm256_cvtepi16_epi32(_mm256_castsi256_si128(a)),
+            hi = _mm256_cvtepi16_epi32(_mm256_extracti128_si256(a, 1));
     __m256i* c = reinterpret_cast<__m256i*>(C + t * ldc);
-    _mm256_storeu_si256(c, _mm256_add_epi32(_mm256_loadu_si256(c), _mm256_cvtepi16_epi32(_mm256_castsi256_si128(a))));
-    _mm256_storeu_si256(
-        c + 1, _mm256_add_epi32(_mm256_loadu_si256(c + 1), _mm256_cvtepi16_epi32(_mm256_extracti128_si256(a, 1))));
+    if (!first) {
+      lo = _mm256_add_epi32(_mm256_loadu_si256(c), lo);
+      hi = _mm256_add_epi32(_mm256_loadu_si256(c + 1), hi);
+    }
+    _mm256_storeu_si256(c, lo);
+    _mm256_storeu_si256(c + 1, hi);
   }
 }
 
@@ -433,7 +439,7 @@ void gemm_direct(const uint8_t* q, int64_t T, int bits, const uint8_t* packed, i
       e.block_begin(r0, nr, escr);
       const __m256i vz = _mm256_set1_epi32(z);
       for (int64_t tt = 0; tt < nt; tt += TT) {
-        std::fill(C, C + TT * ldc, 0);
+        if (chunks == 0) std::fill(C, C + TT * ldc, 0);  // no k-block writes the tile (in == 0)
         const int8_t* tab = tabs + ((t0 + tt) / TT) * tile_bytes;
         // The next k-block's tables (this micro-tile's, or the next micro-tile's first) are fetched while the
         // current one runs, a slice before each micro kernel call: a table block is read from far away once
@@ -448,7 +454,7 @@ void gemm_direct(const uint8_t* q, int64_t T, int bits, const uint8_t* packed, i
             for (int64_t l = cb * slice; l < std::min((cb + 1) * slice, next_bytes / 64); ++l)
               _mm_prefetch(reinterpret_cast<const char*>(next + l * 64), _MM_HINT_T0);
             plan.fn(tab + j0 * TT * 16, ibuf + (cb * chunks + j0) * 32, nj, plan.r, tile_out);
-            add_tile(tile_out, C + cb * 16, ldc);
+            add_tile(tile_out, C + cb * 16, ldc, j0 == 0);
           }
         }
         const int64_t ntt = std::min<int64_t>(TT, nt - tt);
