@@ -206,6 +206,9 @@ def test_ctrl_c_interrupts_sampling(tiny):
             os.kill(os.getpid(), signal.SIGINT)
         sent.set()
 
+    # Python's own SIGINT handler, as a foreground process has: a shell that starts the tests in the
+    # background without job control leaves SIGINT ignored, and Python then installs none
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     thread = threading.Thread(target=killer)
     thread.start()
     try:
@@ -214,6 +217,7 @@ def test_ctrl_c_interrupts_sampling(tiny):
     finally:
         second_step.set()
         thread.join()
+        signal.signal(signal.SIGINT, previous)
     assert 2 <= len(steps) < 1000
     assert eng.sample([1], steps=2, cfg_scale=1.0).shape == (1, 16, 16, 1)
 

@@ -527,6 +527,7 @@ def test_ctrl_c_stops_a_long_forward_between_blocks():
     code = f"""
         import os, signal, threading, time
         import numpy as np, robuq
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started with SIGINT ignored
         eng = robuq.Engine({DIGITS!r}, threads=1)
         x = np.zeros((2048, 1, 16, 16), np.float32)
         threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGINT)).start()

@@ -56,6 +56,11 @@ TRANSFORMS = [
     (256, "full", 0),  # power of two
     (20, "full", 0),  # M = 1: the reference path
     (96, "full", 0),  # K = 12, M = 8
+    (1152, "block", 0),
+    (384, "block", 8),
+    (384, "block", 4),  # segments below one vector: the reference path
+    (66, "block", 2),
+    (77, "none", 0),
     # each compile-time (K, M) of the K x K step, its run-time-M fallback, butterfly passes of 2 and 4 stages
     (768, "full", 0),  # K = 12, M = 64
     (1536, "full", 0),  # K = 12, M = 128
@@ -69,11 +74,6 @@ TRANSFORMS = [
     (384, "block", 16),
     (384, "block", 32),
     (4608, "block", 0),  # block 512
-    (1152, "block", 0),
-    (384, "block", 8),
-    (384, "block", 4),  # segments below one vector: the reference path
-    (66, "block", 2),
-    (77, "none", 0),
 ]
 
 
@@ -106,7 +106,7 @@ def test_min_max_keep_the_sign_of_the_first_zero():
         same_bits(za, zr)
 
 
-@pytest.mark.parametrize("n,form,block", TRANSFORMS[:9], ids=lambda v: str(v))
+@pytest.mark.parametrize("n,form,block", TRANSFORMS[:9], ids=lambda v: str(v))  # up to (1152, block)
 def test_hadamard_quantize_bit_identical_any_threads(n, form, block):
     x = rows(13, n, 2 * n + 1)
     for bits, clip in ((2, "gauss"), (3, "minmax"), (4, "gauss"), (8, "minmax")):
