@@ -22,6 +22,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -140,17 +141,27 @@ inline __attribute__((always_inline)) __m256 term(__m256 acc, __m256 x, __m256 o
   return Neg ? _mm256_sub_ps(acc, x) : _mm256_add_ps(acc, x);
 }
 
-template <int K, int C0, int A, int... J>
-inline __attribute__((always_inline)) void kxk_row(const float* X, int64_t M, int64_t b, __m256* acc, __m256 one,
+// One row a = A of a group's terms. M is the segment length, either an int64_t or, for DiT's widths (M = 32
+// .. 256), a std::integral_constant, so that every row is a constant displacement from one pointer. The empty
+// asm after the row takes the 12 accumulators as register operands, so each row's terms are all done before
+// the next row's load: without it GCC started the accumulators' chains at staggered rows, kept loaded rows
+// (and, with a run-time M, the 36 row pointers) on the stack and spent more on moves and spills than on the
+// terms. Which instruction computes which term does not depend on either, so neither do the bits.
+template <int K, int C0, int A, class Mt, int... J>
+inline __attribute__((always_inline)) void kxk_row(const float* xb, Mt M, __m256* acc, __m256 one,
                                                    std::integer_sequence<int, J...>) {
-  const __m256 x = _mm256_loadu_ps(X + A * M + b);
+  const __m256 x = _mm256_loadu_ps(xb + A * M);
   ((acc[J] = term<(c_hadamard(K, A, C0 + J) < 0), (J & 1) != 0>(acc[J], x, one)), ...);
+  static_assert(sizeof...(J) == 12, "pinned as 12 registers");
+  __asm__(""
+          : "+x"(acc[0]), "+x"(acc[1]), "+x"(acc[2]), "+x"(acc[3]), "+x"(acc[4]), "+x"(acc[5]), "+x"(acc[6]),
+            "+x"(acc[7]), "+x"(acc[8]), "+x"(acc[9]), "+x"(acc[10]), "+x"(acc[11]));
 }
 
-template <int K, int C0, int NC, int... A>
-inline __attribute__((always_inline)) void kxk_rows(const float* X, int64_t M, int64_t b, __m256* acc, __m256 one,
+template <int K, int C0, int NC, class Mt, int... A>
+inline __attribute__((always_inline)) void kxk_rows(const float* xb, Mt M, __m256* acc, __m256 one,
                                                     std::integer_sequence<int, A...>) {
-  (kxk_row<K, C0, A + 1>(X, M, b, acc, one, std::make_integer_sequence<int, NC>{}), ...);
+  (kxk_row<K, C0, A + 1>(xb, M, acc, one, std::make_integer_sequence<int, NC>{}), ...);
 }
 
 template <int K, int C0, int... J>
@@ -161,58 +172,19 @@ inline __attribute__((always_inline)) void kxk_first(const float* X, __m256* acc
 }
 
 // Y[c, :] = norm * sum_a H_K[a, c] X[a, :] for c = C0 .. C0 + NC - 1, a ascending (the reference's order).
-template <int K, int C0, int NC>
-void kxk_fixed_group(const float* X, int64_t M, float norm, float* Y) {
+template <int K, int C0, int NC, class Mt>
+void kxk_fixed_group(const float* X, Mt M, float norm, float* Y) {
   const __m256 vn = _mm256_set1_ps(norm), one = _mm256_set1_ps(1.0f), neg0 = _mm256_set1_ps(-0.0f);
   for (int64_t b = 0; b < M; b += 8) {
     __m256 acc[NC];
     kxk_first<K, C0>(X + b, acc, neg0, std::make_integer_sequence<int, NC>{});
-    kxk_rows<K, C0, NC>(X, M, b, acc, one, std::make_integer_sequence<int, K - 1>{});
+    kxk_rows<K, C0, NC>(X + b, M, acc, one, std::make_integer_sequence<int, K - 1>{});
     for (int j = 0; j < NC; ++j) _mm256_storeu_ps(Y + (C0 + j) * M + b, _mm256_mul_ps(acc[j], vn));
   }
 }
 
-// The same with the segment length M a compile-time constant too (DiT's widths: M = 32 .. 256), so that every
-// row is a constant displacement from one pointer, and an empty asm after each row takes the 12 accumulators
-// as register operands, so each row's terms are all done before the next row's load: without it GCC started
-// the accumulators' chains at staggered rows, kept loaded rows (and, with a run-time M, the 36 row pointers)
-// on the stack and spent more on moves and spills than on the terms.
-// Which instruction computes which term is unchanged, so are the bits.
-template <int K, int M, int C0, int A, int... J>
-inline __attribute__((always_inline)) void kxk_row_m(const float* xb, __m256* acc, __m256 one,
-                                                     std::integer_sequence<int, J...>) {
-  const __m256 x = _mm256_loadu_ps(xb + A * M);
-  ((acc[J] = term<(c_hadamard(K, A, C0 + J) < 0), (J & 1) != 0>(acc[J], x, one)), ...);
-  static_assert(sizeof...(J) == 12, "pinned as 12 registers");
-  __asm__(""
-          : "+x"(acc[0]), "+x"(acc[1]), "+x"(acc[2]), "+x"(acc[3]), "+x"(acc[4]), "+x"(acc[5]), "+x"(acc[6]),
-            "+x"(acc[7]), "+x"(acc[8]), "+x"(acc[9]), "+x"(acc[10]), "+x"(acc[11]));
-}
-
-template <int K, int M, int C0, int NC, int... A>
-inline __attribute__((always_inline)) void kxk_rows_m(const float* xb, __m256* acc, __m256 one,
-                                                      std::integer_sequence<int, A...>) {
-  (kxk_row_m<K, M, C0, A + 1>(xb, acc, one, std::make_integer_sequence<int, NC>{}), ...);
-}
-
-template <int K, int M, int C0, int NC>
-void kxk_fixed_group_m(const float* X, float norm, float* Y) {
-  const __m256 vn = _mm256_set1_ps(norm), one = _mm256_set1_ps(1.0f), neg0 = _mm256_set1_ps(-0.0f);
-  for (int b = 0; b < M; b += 8) {
-    __m256 acc[NC];
-    kxk_first<K, C0>(X + b, acc, neg0, std::make_integer_sequence<int, NC>{});
-    kxk_rows_m<K, M, C0, NC>(X + b, acc, one, std::make_integer_sequence<int, K - 1>{});
-    for (int j = 0; j < NC; ++j) _mm256_storeu_ps(Y + (C0 + j) * M + b, _mm256_mul_ps(acc[j], vn));
-  }
-}
-
-template <int K, int M, int... G>
-void kxk_fixed_m(const float* X, float norm, float* Y, std::integer_sequence<int, G...>) {
-  (kxk_fixed_group_m<K, M, G * kMaxGroup, kMaxGroup>(X, norm, Y), ...);
-}
-
-template <int K, int... G>
-void kxk_fixed_any_m(const float* X, int64_t M, float norm, float* Y, std::integer_sequence<int, G...>) {
+template <int K, class Mt, int... G>
+void kxk_fixed_groups(const float* X, Mt M, float norm, float* Y, std::integer_sequence<int, G...>) {
   (kxk_fixed_group<K, G * kMaxGroup, kMaxGroup>(X, M, norm, Y), ...);
 }
 
@@ -221,11 +193,11 @@ void kxk_fixed_k(const float* X, int64_t M, float norm, float* Y) {
   static_assert(K % kMaxGroup == 0, "whole groups of outputs");
   constexpr auto groups = std::make_integer_sequence<int, K / kMaxGroup>{};
   switch (M) {
-    case 32: kxk_fixed_m<K, 32>(X, norm, Y, groups); return;
-    case 64: kxk_fixed_m<K, 64>(X, norm, Y, groups); return;
-    case 128: kxk_fixed_m<K, 128>(X, norm, Y, groups); return;
-    case 256: kxk_fixed_m<K, 256>(X, norm, Y, groups); return;
-    default: kxk_fixed_any_m<K>(X, M, norm, Y, groups);
+    case 32: kxk_fixed_groups<K>(X, std::integral_constant<int64_t, 32>{}, norm, Y, groups); return;
+    case 64: kxk_fixed_groups<K>(X, std::integral_constant<int64_t, 64>{}, norm, Y, groups); return;
+    case 128: kxk_fixed_groups<K>(X, std::integral_constant<int64_t, 128>{}, norm, Y, groups); return;
+    case 256: kxk_fixed_groups<K>(X, std::integral_constant<int64_t, 256>{}, norm, Y, groups); return;
+    default: kxk_fixed_groups<K>(X, M, norm, Y, groups);
   }
 }
 
