@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 import pytest
-from tier_cases import layernorm_case, lowrank_kw, packed_with_garbage_padding
+from tier_cases import assert_ternary_extremes_exact, layernorm_case, lowrank_kw, packed_with_garbage_padding
 
 from robuq import _C
 from robuq import quant as Q
@@ -150,17 +150,9 @@ def test_ternary_matmul_exact(t, out, n_in):
 
 
 def test_ternary_matmul_extreme_weights_and_codes():
-    """All weights +1 (or -1) and every code at 0 or its maximum: each table entry, int8 run and int16 k-block
-    sum at its bound (docs in ternary_gemm_avx2.cpp), over two full k-blocks and a partial one."""
-    n_in = 4 * 128 * 2 + 4 * 5 + 3
-    for sign in (1, -1):
-        w = np.full((17, n_in), sign, np.int8)
-        p = _C.pack_ternary(w)
-        for bits in range(1, 9):
-            for value in (0, 2**bits - 1):
-                q = np.full((7, n_in), value, np.uint8)
-                want = q.astype(np.int64) @ w.astype(np.int64).T
-                np.testing.assert_array_equal(_C.ternary_matmul(q, p, n_in, bits, tier="avx2"), want)
+    """Every table entry, int8 run and int16 k-block sum at its bound (docs in ternary_gemm_avx2.cpp), over
+    two full k-blocks of <= 128 chunks (4 inputs each) and a partial one, for every code width."""
+    assert_ternary_extremes_exact("avx2", n_in=4 * 128 * 2 + 4 * 5 + 3, out=17, tokens=7, max_bits=8)
 
 
 # ---------------------------------------------------------------------------------- QLinear int4

@@ -23,6 +23,7 @@ from tier_cases import (
     assert_fused_gelu_matches,
     assert_qlinear_matches_avx2,
     assert_shipped_samples_match_avx2,
+    assert_ternary_extremes_exact,
     layernorm_case,
     packed_with_garbage_padding,
     ternary_layer,
@@ -134,15 +135,8 @@ def test_ternary_matmul_exact_all_bits(t, out, n_in):
 def test_ternary_matmul_extreme_weights_and_codes():
     """All weights +1 (or -1) and all codes at the maximum: every table entry at its bound, every int8 run and
     int16 k-block sum at its extreme."""
-    n_in = 6 * 64 * 2 + 5  # two full k-blocks of 64 chunks (6 inputs each) and a partial one
-    for sign in (1, -1):
-        w = np.full((97, n_in), sign, np.int8)
-        p = _C.pack_ternary(w)
-        for bits in range(1, 7):
-            for value in (0, 2**bits - 1):
-                q = np.full((6, n_in), value, np.uint8)
-                want = q.astype(np.int64) @ w.astype(np.int64).T
-                np.testing.assert_array_equal(_C.ternary_matmul(q, p, n_in, bits, tier="avx512"), want)
+    # two full k-blocks of 64 chunks (6 inputs each) and a partial one
+    assert_ternary_extremes_exact("avx512", n_in=6 * 64 * 2 + 5, out=97, tokens=6, max_bits=6)
 
 
 @pytest.mark.parametrize("bits", [2, 4, 6])

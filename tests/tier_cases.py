@@ -18,6 +18,19 @@ def packed_with_garbage_padding(rng, out, n_in):
     return w, p
 
 
+def assert_ternary_extremes_exact(tier, n_in, out, tokens, max_bits):
+    """All weights +1 (or -1) and every code at 0 or its maximum, bits 1..max_bits: each table entry, int8 run
+    and int16 k-block sum of the tier's ternary GEMM at its bound; the int32 results must be exact."""
+    for sign in (1, -1):
+        w = np.full((out, n_in), sign, np.int8)
+        p = _C.pack_ternary(w)
+        for bits in range(1, max_bits + 1):
+            for value in (0, 2**bits - 1):
+                q = np.full((tokens, n_in), value, np.uint8)
+                want = q.astype(np.int64) @ w.astype(np.int64).T
+                np.testing.assert_array_equal(_C.ternary_matmul(q, p, n_in, bits, tier=tier), want)
+
+
 def lowrank_kw(rng, rank, n_in, out):
     """QLinear arguments of a random low-rank branch (down [rank, n_in], up [out, rank]); none for rank 0."""
     if not rank:
