@@ -48,6 +48,17 @@ void load_head_row(const float* src, int64_t head_dim, int bits, uint8_t* codes,
 
 constexpr int64_t kQueryRows = 6;  // queries per step: one micro-tile of gemm_panels
 
+// A head's rows are head_dim floats at a stride of 3 D in qkv, too far apart for the hardware prefetchers, and
+// the GEMM that wrote qkv has pushed most of them out of L2: the loops over a head's rows fetch each row kAhead
+// rows before its first use (as the avx512 tier does). DiT-XL/2 at 1 thread, Zen 3: attention ~0.29 -> ~0.26 s
+// per step.
+constexpr int64_t kAhead = 4;
+
+void prefetch_head_row(const float* row, int64_t head_dim) {
+  for (int64_t d = 0; d < head_dim; d += 16) _mm_prefetch(reinterpret_cast<const char*>(row + d), _MM_HINT_T0);
+  _mm_prefetch(reinterpret_cast<const char*>(row + head_dim - 1), _MM_HINT_T0);
+}
+
 int64_t round16(int64_t v) { return (v + 15) / 16 * 16; }
 
 }  // namespace
@@ -197,11 +208,18 @@ AttentionBuffers attention_prepare(const float* qkv, int64_t n, int64_t h, int64
   uint8_t* codes = a.codes;
   const float* base = qkv + n * T * 3 * D + h * head_dim;
   for (int64_t i = 0; i < T; ++i) {
+    if (i + kAhead < T) {
+      prefetch_head_row(base + (i + kAhead) * 3 * D, head_dim);
+      prefetch_head_row(base + (i + kAhead) * 3 * D + D, head_dim);
+    }
     load_head_row(base + i * 3 * D, head_dim, bits, codes, Q + i * head_dim);
     load_head_row(base + i * 3 * D + D, head_dim, bits, codes, stage + i * head_dim);
   }
   pack_panels_rows(stage, head_dim, T, head_dim, Kp);  // S[i, j] = sum_d Q[i, d] K[j, d]
-  for (int64_t i = 0; i < T; ++i) load_head_row(base + i * 3 * D + 2 * D, head_dim, bits, codes, stage + i * head_dim);
+  for (int64_t i = 0; i < T; ++i) {
+    if (i + kAhead < T) prefetch_head_row(base + (i + kAhead) * 3 * D + 2 * D, head_dim);
+    load_head_row(base + i * 3 * D + 2 * D, head_dim, bits, codes, stage + i * head_dim);
+  }
   pack_panels_cols(stage, head_dim, head_dim, T, Vp);  // O[i, d] = sum_j P[i, j] V[j, d]
   return {Q, Kp, Vp, S, kQueryRows};
 }
@@ -344,7 +362,12 @@ void attention_head_int(const float* qkv, int64_t n, int64_t h, int64_t T, int64
   int16_t* krow = reinterpret_cast<int16_t*>(stage);
   const float* base = qkv + n * T * 3 * D + h * head_dim;
   const float fhd = static_cast<float>(head_dim);
+  const auto prefetch_row = [head_dim](const float* row) { prefetch_head_row(row, head_dim); };
   for (int64_t i = 0; i < T; ++i) {
+    if (i + kAhead < T) {
+      prefetch_row(base + (i + kAhead) * 3 * D);
+      prefetch_row(base + (i + kAhead) * 3 * D + D);
+    }
     float s, z;
     int32_t sum;
     quantize_head_row_i16(base + i * 3 * D, head_dim, hd2, bits, codes, Qc + i * hd2, &s, &z, &sum);
@@ -370,7 +393,10 @@ void attention_head_int(const float* qkv, int64_t n, int64_t h, int64_t T, int64
       dst[0] = dst[1] = 0;
     }
   }
-  for (int64_t i = 0; i < T; ++i) load_head_row(base + i * 3 * D + 2 * D, head_dim, bits, codes, stage + i * head_dim);
+  for (int64_t i = 0; i < T; ++i) {
+    if (i + kAhead < T) prefetch_row(base + (i + kAhead) * 3 * D + 2 * D);
+    load_head_row(base + i * 3 * D + 2 * D, head_dim, bits, codes, stage + i * head_dim);
+  }
   pack_panels_cols(stage, head_dim, head_dim, T, Vp);  // O[i, d] = sum_j P[i, j] V[j, d]
   const float scale = static_cast<float>(std::pow(static_cast<double>(head_dim), -0.5));
   const int levels = (1 << bits) - 1;
