@@ -16,6 +16,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <utility>
 
 #include "../hadamard_signs.h"
@@ -129,17 +130,48 @@ inline __attribute__((always_inline)) __m512 term(__m512 acc, __m512 x, __m512 o
   return Neg ? _mm512_sub_ps(acc, x) : _mm512_add_ps(acc, x);
 }
 
-template <int K, int C0, int A, int... J>
-inline __attribute__((always_inline)) void kxk_row(const float* X, int64_t M, int64_t b, __m512* acc, __m512 one,
-                                                   std::integer_sequence<int, J...>) {
-  const __m512 x = _mm512_loadu_ps(X + A * M + b);
-  ((acc[J] = term<(c_hadamard(K, A, C0 + J) < 0), (J & 1) != 0>(acc[J], x, one)), ...);
+// Keeps the N accumulators of a pass in registers from one row to the next: an empty asm that takes them as
+// register operands. Without it GCC 12 interleaved the rows' chains and spilled accumulators to the stack (112
+// stack references per 630 terms of a 36-row pass). scripts/emulate_avx512.sh compiles this file against
+// emulated vectors, which are not registers: there the pin is left out (it changes no value either way).
+template <int N>
+inline __attribute__((always_inline)) void pin(__m512* a) {
+#ifndef ROBUQ_SIMDE_SHIM
+  static_assert(N == 12 || N == 18, "pinned as 12 or 18 registers");
+  if constexpr (N == 12) {
+    __asm__(""
+            : "+v"(a[0]), "+v"(a[1]), "+v"(a[2]), "+v"(a[3]), "+v"(a[4]), "+v"(a[5]), "+v"(a[6]), "+v"(a[7]),
+              "+v"(a[8]), "+v"(a[9]), "+v"(a[10]), "+v"(a[11]));
+  } else {
+    // (two statements: an asm takes at most 30 operands, and each in-out one counts twice)
+    __asm__(""
+            : "+v"(a[0]), "+v"(a[1]), "+v"(a[2]), "+v"(a[3]), "+v"(a[4]), "+v"(a[5]), "+v"(a[6]), "+v"(a[7]),
+              "+v"(a[8]));
+    __asm__(""
+            : "+v"(a[9]), "+v"(a[10]), "+v"(a[11]), "+v"(a[12]), "+v"(a[13]), "+v"(a[14]), "+v"(a[15]), "+v"(a[16]),
+              "+v"(a[17]));
+  }
+#else
+  (void)a;
+#endif
 }
 
-template <int K, int C0, int NC, int... A>
-inline __attribute__((always_inline)) void kxk_rows(const float* X, int64_t M, int64_t b, __m512* acc, __m512 one,
+// One row a = A of a pass's terms. M is the segment length, an int64_t or, for DiT's widths (M = 32 .. 256), a
+// std::integral_constant, so that every row is a constant displacement from one pointer (a run-time M left
+// GCC 35 row pointers to keep on the stack). Which instruction computes which term depends on neither, so
+// neither changes the bits.
+template <int K, int C0, int A, class Mt, int... J>
+inline __attribute__((always_inline)) void kxk_row(const float* xb, Mt M, __m512* acc, __m512 one,
+                                                   std::integer_sequence<int, J...>) {
+  const __m512 x = _mm512_loadu_ps(xb + A * M);
+  ((acc[J] = term<(c_hadamard(K, A, C0 + J) < 0), (J & 1) != 0>(acc[J], x, one)), ...);
+  pin<sizeof...(J)>(acc);
+}
+
+template <int K, int C0, int NC, class Mt, int... A>
+inline __attribute__((always_inline)) void kxk_rows(const float* xb, Mt M, __m512* acc, __m512 one,
                                                     std::integer_sequence<int, A...>) {
-  (kxk_row<K, C0, A + 1>(X, M, b, acc, one, std::make_integer_sequence<int, NC>{}), ...);
+  (kxk_row<K, C0, A + 1>(xb, M, acc, one, std::make_integer_sequence<int, NC>{}), ...);
 }
 
 template <int K, int C0, int... J>
@@ -150,15 +182,28 @@ inline __attribute__((always_inline)) void kxk_first(const float* X, __m512* acc
 }
 
 // Y[c, :] = norm * sum_a H_K[a, c] X[a, :] for c = C0 .. C0 + NC - 1, a ascending (the reference's order).
-template <int K, int C0, int NC>
-void kxk_fixed_group(const float* X, int64_t M, float norm, float* Y) {
+template <int K, int C0, int NC, class Mt>
+void kxk_fixed_group(const float* X, Mt M, float norm, float* Y) {
   const __m512 vn = _mm512_set1_ps(norm), one = _mm512_set1_ps(1.0f), neg0 = _mm512_set1_ps(-0.0f);
   for (int64_t b = 0; b < M; b += 16) {
     __m512 acc[NC];
     kxk_first<K, C0>(X + b, acc, neg0, std::make_integer_sequence<int, NC>{});
-    kxk_rows<K, C0, NC>(X, M, b, acc, one, std::make_integer_sequence<int, K - 1>{});
+    kxk_rows<K, C0, NC>(X + b, M, acc, one, std::make_integer_sequence<int, K - 1>{});
 #pragma GCC unroll 18
     for (int j = 0; j < NC; ++j) _mm512_storeu_ps(Y + (C0 + j) * M + b, _mm512_mul_ps(acc[j], vn));
+  }
+}
+
+// The passes of one K (NC outputs each) for one M, compile-time where DiT's widths put it.
+template <int K, int NC, int... G>
+void kxk_fixed_passes(const float* X, int64_t M, float norm, float* Y, std::integer_sequence<int, G...>) {
+  static_assert(K % NC == 0, "whole passes");
+  switch (M) {
+    case 32: (kxk_fixed_group<K, G * NC, NC>(X, std::integral_constant<int64_t, 32>{}, norm, Y), ...); return;
+    case 64: (kxk_fixed_group<K, G * NC, NC>(X, std::integral_constant<int64_t, 64>{}, norm, Y), ...); return;
+    case 128: (kxk_fixed_group<K, G * NC, NC>(X, std::integral_constant<int64_t, 128>{}, norm, Y), ...); return;
+    case 256: (kxk_fixed_group<K, G * NC, NC>(X, std::integral_constant<int64_t, 256>{}, norm, Y), ...); return;
+    default: (kxk_fixed_group<K, G * NC, NC>(X, M, norm, Y), ...);
   }
 }
 
@@ -167,14 +212,13 @@ bool kxk_fixed(const float* X, int64_t M, int64_t K, const float* sgn, float nor
   if (K == 36) {
     static const bool ok = fixed_signs_match<36>(sgn);
     if (!ok) return false;
-    kxk_fixed_group<36, 0, 18>(X, M, norm, Y);
-    kxk_fixed_group<36, 18, 18>(X, M, norm, Y);
+    kxk_fixed_passes<36, 18>(X, M, norm, Y, std::make_integer_sequence<int, 2>{});
     return true;
   }
   if (K == 12) {
     static const bool ok = fixed_signs_match<12>(sgn);
     if (!ok) return false;
-    kxk_fixed_group<12, 0, 12>(X, M, norm, Y);
+    kxk_fixed_passes<12, 12>(X, M, norm, Y, std::make_integer_sequence<int, 1>{});
     return true;
   }
   return false;

@@ -36,8 +36,10 @@ int main() {
   std::mt19937 g(1);
   std::normal_distribution<float> normal(0.0f, 1.0f);
   int cases = 0, bad = 0, declined = 0;
-  // DiT's widths (K = 12 and 36 times a power of two), powers of two, other K and short rows
-  const int64_t widths[] = {16, 32, 48, 80, 96, 192, 384, 640, 768, 1024, 1152, 1536, 2304, 2560, 3072, 4608};
+  // DiT's widths (K = 12 and 36 times M = 32 .. 256), K = 12 / 36 with other M (192, 576), powers of two, other
+  // K (640 = 20 x 32) and rows too short for the avx512 transform
+  const int64_t widths[] = {16,  32,   48,   80,   96,   192,  384,  576,  640,
+                            768, 1024, 1152, 1536, 2304, 2560, 3072, 4608, 9216};
   for (int64_t n : widths)
     for (HadamardForm form : {HadamardForm::Full, HadamardForm::Block}) {
       const HadamardPlan plan = make_hadamard_plan(n, form);
