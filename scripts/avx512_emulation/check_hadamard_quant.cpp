@@ -77,6 +77,17 @@ int main() {
                           special);
               ++bad;
             }
+            // two rows at once (interleaved statistics): the transformed row and x itself, each as alone
+            std::vector<uint8_t> d0(n), d1(n), e1(n);
+            float sc[2], z[2], sx, zx;
+            avx512::quantize_rows2(a.data(), x.data(), n, bits, clip_k, d0.data(), d1.data(), sc, z);
+            avx2::quantize_row(x.data(), n, bits, clip_k, e1.data(), &sx, &zx);
+            ++cases;
+            if (d0 != c1 || d1 != e1 || !same(sc[0], sc1) || !same(z[0], z1) || !same(sc[1], sx) || !same(z[1], zx)) {
+              std::printf("quantize_rows2 n=%ld bits=%d clip_k=%g case=%d differs\n", static_cast<long>(n), bits,
+                          clip_k, special);
+              ++bad;
+            }
           }
       }
     }
