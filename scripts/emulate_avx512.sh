@@ -7,7 +7,7 @@
 # suite runs the real tier instead (tests/test_kernels_avx512.py).
 #
 # Needs SIMDe's headers: `apt-get install libsimde-dev` (Debian / Ubuntu), or SIMDE_INCLUDE=/path/to/simde's
-# parent directory. Usage: scripts/emulate_avx512.sh [BUILD_DIR]   (default build/emulate; built if missing)
+# parent directory. Usage: scripts/emulate_avx512.sh [BUILD_DIR]   (default build/emulate; configured if missing, rebuilt)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${1:-build/emulate}
@@ -16,10 +16,10 @@ if [[ ! -f "$simde/simde/x86/avx512.h" ]]; then
   echo "emulate_avx512: SIMDe headers not found under $simde (apt-get install libsimde-dev, or set SIMDE_INCLUDE)" >&2
   exit 2
 fi
-if [[ ! -f "$build/librobuq_core.a" ]]; then
+# the avx2 side must be the current source's: configure once, then always an (incremental) build
+[[ -f "$build/CMakeCache.txt" ]] ||
   cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DROBUQ_CUDA=OFF -DROBUQ_PYTHON=OFF >/dev/null
-  cmake --build "$build" -j"$(nproc)" --target robuq_core >/dev/null
-fi
+cmake --build "$build" -j"$(nproc)" --target robuq_core >/dev/null
 out="$build/avx512_emulation"
 mkdir -p "$out"
 # The project's float flags (-ffp-contract=off: no multiply-add is fused unless the code says so; SIMDe's

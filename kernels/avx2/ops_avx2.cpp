@@ -54,7 +54,10 @@ constexpr int64_t kQueryRows = 6;  // queries per step: one micro-tile of gemm_p
 // per step.
 constexpr int64_t kAhead = 4;
 
-void prefetch_head_row(const float* row, int64_t head_dim) {
+// Requests row i + kAhead (if there is one) of part `part` (0 q, 1 k, 2 v) of the head at `base`.
+void prefetch_ahead(const float* base, int64_t i, int64_t T, int64_t D, int64_t head_dim, int part) {
+  if (i + kAhead >= T) return;
+  const float* row = base + (i + kAhead) * 3 * D + part * D;
   for (int64_t d = 0; d < head_dim; d += 16) _mm_prefetch(reinterpret_cast<const char*>(row + d), _MM_HINT_T0);
   _mm_prefetch(reinterpret_cast<const char*>(row + head_dim - 1), _MM_HINT_T0);
 }
@@ -208,16 +211,14 @@ AttentionBuffers attention_prepare(const float* qkv, int64_t n, int64_t h, int64
   uint8_t* codes = a.codes;
   const float* base = qkv + n * T * 3 * D + h * head_dim;
   for (int64_t i = 0; i < T; ++i) {
-    if (i + kAhead < T) {
-      prefetch_head_row(base + (i + kAhead) * 3 * D, head_dim);
-      prefetch_head_row(base + (i + kAhead) * 3 * D + D, head_dim);
-    }
+    prefetch_ahead(base, i, T, D, head_dim, 0);
+    prefetch_ahead(base, i, T, D, head_dim, 1);
     load_head_row(base + i * 3 * D, head_dim, bits, codes, Q + i * head_dim);
     load_head_row(base + i * 3 * D + D, head_dim, bits, codes, stage + i * head_dim);
   }
   pack_panels_rows(stage, head_dim, T, head_dim, Kp);  // S[i, j] = sum_d Q[i, d] K[j, d]
   for (int64_t i = 0; i < T; ++i) {
-    if (i + kAhead < T) prefetch_head_row(base + (i + kAhead) * 3 * D + 2 * D, head_dim);
+    prefetch_ahead(base, i, T, D, head_dim, 2);
     load_head_row(base + i * 3 * D + 2 * D, head_dim, bits, codes, stage + i * head_dim);
   }
   pack_panels_cols(stage, head_dim, head_dim, T, Vp);  // O[i, d] = sum_j P[i, j] V[j, d]
@@ -362,12 +363,9 @@ void attention_head_int(const float* qkv, int64_t n, int64_t h, int64_t T, int64
   int16_t* krow = reinterpret_cast<int16_t*>(stage);
   const float* base = qkv + n * T * 3 * D + h * head_dim;
   const float fhd = static_cast<float>(head_dim);
-  const auto prefetch_row = [head_dim](const float* row) { prefetch_head_row(row, head_dim); };
   for (int64_t i = 0; i < T; ++i) {
-    if (i + kAhead < T) {
-      prefetch_row(base + (i + kAhead) * 3 * D);
-      prefetch_row(base + (i + kAhead) * 3 * D + D);
-    }
+    prefetch_ahead(base, i, T, D, head_dim, 0);
+    prefetch_ahead(base, i, T, D, head_dim, 1);
     float s, z;
     int32_t sum;
     quantize_head_row_i16(base + i * 3 * D, head_dim, hd2, bits, codes, Qc + i * hd2, &s, &z, &sum);
@@ -394,7 +392,7 @@ void attention_head_int(const float* qkv, int64_t n, int64_t h, int64_t T, int64
     }
   }
   for (int64_t i = 0; i < T; ++i) {
-    if (i + kAhead < T) prefetch_row(base + (i + kAhead) * 3 * D + 2 * D);
+    prefetch_ahead(base, i, T, D, head_dim, 2);
     load_head_row(base + i * 3 * D + 2 * D, head_dim, bits, codes, stage + i * head_dim);
   }
   pack_panels_cols(stage, head_dim, head_dim, T, Vp);  // O[i, d] = sum_j P[i, j] V[j, d]
