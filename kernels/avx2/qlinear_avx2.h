@@ -62,41 +62,50 @@ struct QEpilogue {
       gemm_panels(u + t0 * rank, rank, mt, scratch, nr, rank, vb, ld(nr));
       v = vb;
     }
-    for (int64_t i = 0; i < mt; ++i) row(t0 + i, r0, nr, a + i * lda, v != nullptr ? v + i * ld(nr) : nullptr);
-  }
-
- private:
-  // y = epilogue(a) (+ v) (+ bias) for one token.
-  void row(int64_t t, int64_t r0, int64_t nr, const int32_t* a, const float* v) const {
-    float* yr = y + t * out + r0;
-    const __m256d sx = _mm256_set1_pd(static_cast<double>(scale_x[t]));
-    const __m256d zx = _mm256_set1_pd(static_cast<double>(zero_x[t]));
+    // 8 outputs at a time, their float64 weight operands converted once for the tile's tokens.
+    // acc - zx * wsum is one fnmadd: the product is exact (a 24-bit float times |wsum| < 2^23, which the
+    // int32 bound on 255 * in * max |code| implies), so the fused form rounds once, as the subtraction of the
+    // rounded product does.
+    alignas(32) double sxd[kTileRows], zxd[kTileRows];
+    for (int64_t k = 0; k < mt; ++k) {
+      sxd[k] = static_cast<double>(scale_x[t0 + k]);
+      zxd[k] = static_cast<double>(zero_x[t0 + k]);
+    }
     int64_t i = 0;
     for (; i + 8 <= nr; i += 8) {
-      __m256 f = _mm256_set_m128(half(a + i + 4, r0 + i + 4, sx, zx), half(a + i, r0 + i, sx, zx));
-      if (v != nullptr) f = _mm256_add_ps(f, _mm256_loadu_ps(v + i));
-      if (bias != nullptr) f = _mm256_add_ps(f, _mm256_loadu_ps(bias + r0 + i));
-      if (gelu) f = simd::gelu8(f);
-      _mm256_storeu_ps(yr + i, f);
-    }
-    const int64_t i0 = i;
-    for (; i < nr; ++i) {
       const int64_t r = r0 + i;
-      float f = detail::qlinear_epilogue(a[i], scale_x[t], zero_x[t], s_w[r], wsum[r]);
-      if (v != nullptr) f = f + v[i];
-      if (bias != nullptr) f = f + bias[r];
-      yr[i] = f;
+      const __m256d ws0 = _mm256_cvtepi32_pd(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wsum + r)));
+      const __m256d ws1 = _mm256_cvtepi32_pd(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wsum + r + 4)));
+      const __m256d sw0 = _mm256_cvtps_pd(_mm_loadu_ps(s_w + r));
+      const __m256d sw1 = _mm256_cvtps_pd(_mm_loadu_ps(s_w + r + 4));
+      for (int64_t k = 0; k < mt; ++k) {
+        const __m256d sx = _mm256_broadcast_sd(sxd + k), zx = _mm256_broadcast_sd(zxd + k);
+        const int32_t* ak = a + k * lda + i;
+        const __m256d d0 =
+            _mm256_fnmadd_pd(zx, ws0, _mm256_cvtepi32_pd(_mm_loadu_si128(reinterpret_cast<const __m128i*>(ak))));
+        const __m256d d1 =
+            _mm256_fnmadd_pd(zx, ws1, _mm256_cvtepi32_pd(_mm_loadu_si128(reinterpret_cast<const __m128i*>(ak + 4))));
+        __m256 f = _mm256_set_m128(_mm256_cvtpd_ps(_mm256_mul_pd(_mm256_mul_pd(sx, sw1), d1)),
+                                   _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_mul_pd(sx, sw0), d0)));
+        if (v != nullptr) f = _mm256_add_ps(f, _mm256_loadu_ps(v + k * ld(nr) + i));
+        if (bias != nullptr) f = _mm256_add_ps(f, _mm256_loadu_ps(bias + r));
+        if (gelu) f = simd::gelu8(f);
+        _mm256_storeu_ps(y + (t0 + k) * out + r, f);
+      }
     }
-    if (gelu && i0 < nr) gelu_tanh(yr + i0, nr - i0);
-  }
-
-  // 4 outputs of the float64 epilogue: (sx * s_w) * (acc - zx * wsum), rounded to float.
-  __m128 half(const int32_t* a, int64_t r, __m256d sx, __m256d zx) const {
-    const __m256d ad = _mm256_cvtepi32_pd(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a)));
-    const __m256d ws = _mm256_cvtepi32_pd(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wsum + r)));
-    const __m256d d = _mm256_sub_pd(ad, _mm256_mul_pd(zx, ws));
-    const __m256d sw = _mm256_cvtps_pd(_mm_loadu_ps(s_w + r));
-    return _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_mul_pd(sx, sw), d));
+    if (i == nr) return;
+    for (int64_t k = 0; k < mt; ++k) {  // the last nr % 8 outputs
+      const int64_t t = t0 + k;
+      float* yr = y + t * out + r0;
+      for (int64_t j = i; j < nr; ++j) {
+        const int64_t r = r0 + j;
+        float f = detail::qlinear_epilogue(a[k * lda + j], scale_x[t], zero_x[t], s_w[r], wsum[r]);
+        if (v != nullptr) f = f + v[k * ld(nr) + j];
+        if (bias != nullptr) f = f + bias[r];
+        yr[j] = f;
+      }
+      if (gelu) gelu_tanh(yr + i, nr - i);
+    }
   }
 };
 

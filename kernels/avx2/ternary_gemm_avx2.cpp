@@ -32,9 +32,9 @@
 //    when in is large, so the item's weight indices stay in L2; a multiple of the thread count). Inside an item, for
 //    each micro-tile, for each block of KB chunks (the tile's tables for it, 12 KiB, stay in L1), for each 16-output
 //    column block, the micro kernel runs 6 tokens x 16 outputs over the block with every accumulator in a register, and
-//    its int16 sums are added into the tile's int32 row buffer; once per micro-tile each row (+ z * wsum) goes through
-//    the epilogue (qlinear_avx2.h: the float64 dequantization, low-rank up-projection and bias, or a plain int32
-//    store).
+//    its int16 sums are added into the tile's int32 row buffer (which starts from z * wsum, undoing the centring);
+//    once per micro-tile each row goes through the epilogue (qlinear_avx2.h: the float64 dequantization, low-rank
+//    up-projection and bias, or a plain int32 store).
 //  * Speed (Zen 3, one core): the micro kernel does ~4.1 G lookups/s (~265 G multiply-adds/s); the whole GEMM
 //    ~200-225 G multiply-adds/s per core for bits 1..4 on the DiT-XL/2 shapes, ~4.5x torch.matmul fp32.
 //    The limit is the vector ALU ports: each lookup costs one vpshufb and one vpaddb.
@@ -239,16 +239,15 @@ MicroPlan micro_plan(int bits) {
 
 // C[t * ldc + i] += out[t][i] (int16 -> int32), t < 6, i < 16; first: C = out (the row's first k-block, so
 // the int32 tile needs no clearing).
-inline void add_tile(const int16_t* out, int32_t* C, int64_t ldc, bool first) {
+inline void add_tile(const int16_t* out, int32_t* C, int64_t ldc, bool first, const int32_t* zw) {
+  const __m256i* zv = reinterpret_cast<const __m256i*>(zw);
   for (int t = 0; t < TT; ++t) {
     const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(out + 16 * t));
     __m256i lo = _mm256_cvtepi16_epi32(_mm256_castsi256_si128(a)),
             hi = _mm256_cvtepi16_epi32(_mm256_extracti128_si256(a, 1));
     __m256i* c = reinterpret_cast<__m256i*>(C + t * ldc);
-    if (!first) {
-      lo = _mm256_add_epi32(_mm256_loadu_si256(c), lo);
-      hi = _mm256_add_epi32(_mm256_loadu_si256(c + 1), hi);
-    }
+    lo = _mm256_add_epi32(_mm256_loadu_si256(first ? zv : c), lo);
+    hi = _mm256_add_epi32(_mm256_loadu_si256(first ? zv + 1 : c + 1), hi);
     _mm256_storeu_si256(c, lo);
     _mm256_storeu_si256(c + 1, hi);
   }
@@ -396,6 +395,11 @@ void gemm_direct(const uint8_t* q, int64_t T, int bits, const uint8_t* packed, i
   const int64_t epi_floats = e.block_scratch(ldc);
   std::vector<int32_t> cbufs(static_cast<size_t>(threads * TT * ldc));
   std::vector<float> ebufs(static_cast<size_t>(std::max<int64_t>(1, threads * epi_floats)));
+  // The tables hold centred codes q - z, so a token's exact sums are z * wsum plus the tiles: its int32 row
+  // starts from z * wsum (outputs padded to whole 16-output blocks with 0).
+  std::vector<int32_t> zws(static_cast<size_t>(col_blocks * 16), 0);
+  for (int64_t r = 0; r < out; ++r) zws[static_cast<size_t>(r)] = z * wsum[r];
+  const int32_t* const zw = zws.data();
   uint8_t* ibufs = reinterpret_cast<uint8_t*>(table_buffer_indices(static_cast<size_t>(threads * idx_bytes)));
 #ifdef _OPENMP
 #pragma omp parallel num_threads(threads)
@@ -437,9 +441,9 @@ void gemm_direct(const uint8_t* q, int64_t T, int bits, const uint8_t* packed, i
       const int64_t r0 = cb0 * 16, nr = std::min(ncb * 16, out - r0);
       decode_indices(packed, out, chunks, cb0, ncb, ibuf);
       e.block_begin(r0, nr, escr);
-      const __m256i vz = _mm256_set1_epi32(z);
       for (int64_t tt = 0; tt < nt; tt += TT) {
-        if (chunks == 0) std::fill(C, C + TT * ldc, 0);  // no k-block writes the tile (in == 0)
+        if (chunks == 0)  // no k-block writes the tile (in == 0)
+          for (int64_t t = 0; t < TT; ++t) std::copy(zw + r0, zw + r0 + ncb * 16, C + t * ldc);
         const int8_t* tab = tabs + ((t0 + tt) / TT) * tile_bytes;
         // The next k-block's tables (this micro-tile's, or the next micro-tile's first) are fetched while the
         // current one runs, a slice before each micro kernel call: a table block is read from far away once
@@ -454,20 +458,10 @@ void gemm_direct(const uint8_t* q, int64_t T, int bits, const uint8_t* packed, i
             for (int64_t l = cb * slice; l < std::min((cb + 1) * slice, next_bytes / 64); ++l)
               _mm_prefetch(reinterpret_cast<const char*>(next + l * 64), _MM_HINT_T0);
             plan.fn(tab + j0 * TT * 16, ibuf + (cb * chunks + j0) * 32, nj, plan.r, tile_out);
-            add_tile(tile_out, C + cb * 16, ldc, j0 == 0);
+            add_tile(tile_out, C + cb * 16, ldc, j0 == 0, zw + r0 + cb * 16);
           }
         }
         const int64_t ntt = std::min<int64_t>(TT, nt - tt);
-        for (int64_t t = 0; t < ntt; ++t) {  // undo the centring: + z * wsum
-          int32_t* row = C + t * ldc;
-          int64_t r = 0;
-          for (; r + 8 <= nr; r += 8) {
-            const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wsum + r0 + r));
-            const __m256i s = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + r));
-            _mm256_storeu_si256(reinterpret_cast<__m256i*>(row + r), _mm256_add_epi32(s, _mm256_mullo_epi32(vz, w)));
-          }
-          for (; r < nr; ++r) row[r] += z * wsum[r0 + r];
-        }
         e.tile(t0 + tt, ntt, r0, nr, C, ldc, escr);
       }
     }
