@@ -89,12 +89,10 @@ struct QEpilogue {
                                    _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_mul_pd(sx, sw0), d0)));
         if (v != nullptr) f = _mm256_add_ps(f, _mm256_loadu_ps(v + k * ld(nr) + i));
         if (bias != nullptr) f = _mm256_add_ps(f, _mm256_loadu_ps(bias + r));
-        if (gelu) f = simd::gelu8(f);
         _mm256_storeu_ps(y + (t0 + k) * out + r, f);
       }
     }
-    if (i == nr) return;
-    for (int64_t k = 0; k < mt; ++k) {  // the last nr % 8 outputs
+    for (int64_t k = 0; i < nr && k < mt; ++k) {  // the last nr % 8 outputs
       const int64_t t = t0 + k;
       float* yr = y + t * out + r0;
       for (int64_t j = i; j < nr; ++j) {
@@ -104,8 +102,11 @@ struct QEpilogue {
         if (bias != nullptr) f = f + bias[r];
         yr[j] = f;
       }
-      if (gelu) gelu_tanh(yr + i, nr - i);
     }
+    // GELU as a second pass over the tile's rows (in L1): its long dependency chain then shares the
+    // out-of-order window with nothing else
+    if (gelu)
+      for (int64_t k = 0; k < mt; ++k) gelu_tanh(y + (t0 + k) * out + r0, nr);
   }
 };
 
