@@ -20,8 +20,10 @@ inline __m512 exp512_core(__m512 xc) {
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
   const __m512 r2 = _mm512_mul_ps(r, r);
   const __m512 y = _mm512_add_ps(_mm512_fmadd_ps(p, r2, r), _mm512_set1_ps(1.0f));
-  // y * 2^n in one instruction: exp256 multiplies by 2^(n >> 1) (exact: no under- or overflow for |n| <= 128)
-  // and then by 2^(n - (n >> 1)), one rounding, as vscalefps does (checked equal for all 2^32 inputs)
+  // y * 2^n in one instruction: exp256 multiplies by 2^n where n is in [-126, 127], else by 2^(n >> 1) (exact:
+  // no under- or overflow for |n| <= 128) and then by 2^(n - (n >> 1)); either rounds once, as vscalefps does
+  // (the two-factor form was checked equal to it for all 2^32 inputs, and the one-factor form to the two-factor
+  // one)
   return _mm512_scalef_ps(y, n);
 }
 
