@@ -46,14 +46,13 @@ LinearLayer::LinearLayer(RqFile& file, const RqSpec& spec, const LinearShape& sh
   d.clip_k = qs->clip_k;
   d.plan = make_hadamard_plan(in_, qs->hadamard, qs->hadamard_block);
 
-  // Named errors for the two checks QLinear repeats (cheap: one table lookup per packed byte).
+  // Named errors for the two checks QLinear repeats (one pass over the packed bytes, 8 at a time for ternary).
+  std::vector<int32_t> sums(static_cast<size_t>(out_));
   try {
-    check_weight_codes(d.format, d.packed, out_, in_);
+    check_weight_codes(d.format, d.packed, out_, in_, sums.data());
   } catch (const std::invalid_argument& e) {
     throw FormatError("tensor '" + name_ + ".weight_packed': " + e.what());
   }
-  std::vector<int32_t> sums(static_cast<size_t>(out_));
-  weight_code_sums(d.format, d.packed, out_, in_, sums.data());
   for (int64_t r = 0; r < out_; ++r)
     if (sums[static_cast<size_t>(r)] != d.wsum[r])
       throw FormatError("tensor '" + name_ + ".weight_sum': row " + std::to_string(r) + " says " +

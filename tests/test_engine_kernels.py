@@ -222,6 +222,33 @@ def test_qlinear_rejects_invalid_codes_and_sums():
         _C.QLinear(**dict(a, wsum=np.array([0, 7], np.int32)))
 
 
+@pytest.mark.parametrize("n_in", [31, 32, 37, 100, 131, 259])
+def test_ternary_code_check_and_sums_on_wide_rows(n_in):
+    # Ternary rows are scanned 32 codes (8 packed bytes) at a time, then byte by byte, then code by code:
+    # sums and the first invalid column must come out the same in each region of a row.
+    rng = np.random.default_rng(n_in)
+    codes = rng.integers(-1, 2, (5, n_in), dtype=np.int8)
+    codes[1] = 1  # the largest sum a row can have
+    codes[2] = -1
+    a = _qargs("ternary", n_in, 5, codes)
+    _C.QLinear(**a)
+    true = codes.astype(np.int32).sum(1)
+    wrong = true.copy()
+    wrong[3] += 1
+    with pytest.raises(ValueError, match=rf"wsum\[3\] = {wrong[3]} but the row's codes sum to {true[3]}"):
+        _C.QLinear(**dict(a, wsum=wrong.astype(np.int32)))
+    last_word, code_tail = (n_in // 32) * 32 - 1, (n_in // 4) * 4
+    for row, col in [(0, 0), (4, 5), (1, n_in // 2), (2, n_in - 1), (3, last_word), (4, code_tail)]:
+        if col >= n_in or col < 0:
+            continue
+        p = a["packed"].copy()
+        p[row, col // 4] |= 0b11 << (2 * (col % 4))
+        # a later invalid code too: the first one is named
+        p[row, (n_in - 1) // 4] |= 0b11 << (2 * ((n_in - 1) % 4))
+        with pytest.raises(ValueError, match=rf"invalid ternary code 3 at row {row}, column {col} "):
+            _C.QLinear(**dict(a, packed=p))
+
+
 def test_qlinear_rejects_bad_descriptors():
     a = _qargs()
     with pytest.raises(ValueError, match="activation bits"):

@@ -49,8 +49,9 @@ const char* weight_format_name(WeightFormat format);
 int weight_code_max(WeightFormat format);
 
 // Checks every code of a packed [out, in] matrix (file layout). Throws std::invalid_argument naming the
-// row, column and code of the first invalid one. Padding positions are not inspected.
-void check_weight_codes(WeightFormat format, const uint8_t* packed, int64_t out, int64_t in);
+// row, column and code of the first invalid one. Padding positions are not inspected. With `sums`, also
+// writes sums[r] = sum_k code[r, k] of each checked row in the same pass (as weight_code_sums).
+void check_weight_codes(WeightFormat format, const uint8_t* packed, int64_t out, int64_t in, int32_t* sums = nullptr);
 
 // The kernels keep per-thread scratch between calls (no allocation per call); it grows with the largest call
 // a thread has made. This frees the calling thread's scratch of every tier (the next call allocates anew);
