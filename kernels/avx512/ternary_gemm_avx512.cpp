@@ -263,21 +263,25 @@ void micro_sums(const int8_t* tp, const uint8_t* ip, int64_t nj, int16_t* out) {
 #undef ROBUQ_STORE
 // clang-format on
 
+// C[t * ldc + o] = base[o] + the block's sums, where base is C's own row (accumulate) or, in a token block's
+// first k-block, zw[o] (z * wsum of the block's 96 outputs: the sums start from it without a pass that copies
+// it into C first). Integer additions, so the result is the same either way.
 template <int N>
-void micro(const int8_t* tab, const uint8_t* idx, int64_t nj, int32_t* C, int64_t ldc) {
+void micro(const int8_t* tab, const uint8_t* idx, int64_t nj, int32_t* C, int64_t ldc, const int32_t* zw) {
   alignas(64) int16_t sums[TT * OV * 32];
   micro_sums<N>(tab, idx, nj, sums);
   for (int t = 0; t < TT; ++t)
     for (int v = 0; v < OV; ++v) {
       const __m512i a = load512(sums + (t * OV + v) * 32);
       int32_t* c = C + t * ldc + v * 32;
-      _mm512_storeu_si512(c, _mm512_add_epi32(load512(c), _mm512_cvtepi16_epi32(_mm512_castsi512_si256(a))));
+      const int32_t* b = zw != nullptr ? zw + v * 32 : c;
+      _mm512_storeu_si512(c, _mm512_add_epi32(load512(b), _mm512_cvtepi16_epi32(_mm512_castsi512_si256(a))));
       _mm512_storeu_si512(c + 16,
-                          _mm512_add_epi32(load512(c + 16), _mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64(a, 1))));
+                          _mm512_add_epi32(load512(b + 16), _mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64(a, 1))));
     }
 }
 
-using MicroFn = void (*)(const int8_t*, const uint8_t*, int64_t, int32_t*, int64_t);
+using MicroFn = void (*)(const int8_t*, const uint8_t*, int64_t, int32_t*, int64_t, const int32_t*);
 
 MicroFn micro_for(int bits) {
   switch (bits) {
@@ -529,7 +533,6 @@ void ternary_gemm(const uint8_t* q, int64_t T, int bits, const uint8_t* packed, 
     for (int64_t it = 0; it < items; ++it) {
       const int64_t t0 = it * TB, nt_ = imin(TB, T - t0), tiles = (nt_ + TT - 1) / TT;
       if (prep != nullptr) (*prep)(t0, nt_, tid);
-      for (int64_t i = 0; i < tiles * TT; ++i) std::memcpy(C + i * ldc, zws, static_cast<size_t>(ldc) * 4);
       for (int64_t j0 = 0; j0 < chunks; j0 += KB) {
         const int64_t nj = imin(KB, chunks - j0);
         // tables [tile][chunk][TT][64] of this k-block; padding tokens of the last tile get zero tables
@@ -542,11 +545,13 @@ void ternary_gemm(const uint8_t* q, int64_t T, int bits, const uint8_t* packed, 
           }
         }
         // an output block's indices for the k-block (KB x 192 bytes) stay in L1 over the block's tiles, whose
-        // tables (TB x KB x 64 bytes) come from L1 / L2
+        // tables (TB x KB x 64 bytes) come from L1 / L2; the first k-block writes every row of C (padding
+        // tokens and outputs included), starting from z * wsum
         for (int64_t m = 0; m < n_mb; ++m) {
           const uint8_t* ip = idx + (m * chunks + j0) * (OV * 64);
+          const int32_t* zw = j0 == 0 ? zws + m * MBO : nullptr;
           for (int64_t tile = 0; tile < tiles; ++tile)
-            fn(tabs + tile * (nj * TT * 64), ip, nj, C + tile * TT * ldc + m * MBO, ldc);
+            fn(tabs + tile * (nj * TT * 64), ip, nj, C + tile * TT * ldc + m * MBO, ldc, zw);
         }
       }
       avx512::epilogue_rows(e, t0, nt_, 0, out, C, ldc, panels);
