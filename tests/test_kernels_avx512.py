@@ -132,6 +132,17 @@ def test_ternary_matmul_exact_all_bits(t, out, n_in):
         np.testing.assert_array_equal(got, want)
 
 
+def test_ternary_matmul_no_inputs_after_a_call_that_left_scratch():
+    # in = 0: no k-block runs, so the int32 sums must still start from z * wsum = 0, not from what an
+    # earlier call left in the thread's scratch
+    rng = np.random.default_rng(5)
+    w = rng.integers(-1, 2, (200, 300), dtype=np.int8)
+    q = rng.integers(0, 4, (40, 300), dtype=np.uint8)
+    _C.ternary_matmul(q, _C.pack_ternary(w), 300, 2, tier="avx512")
+    got = _C.ternary_matmul(np.zeros((40, 0), np.uint8), np.zeros((200, 0), np.uint8), 0, 2, tier="avx512")
+    np.testing.assert_array_equal(got, np.zeros((40, 200), np.int64))
+
+
 def test_ternary_matmul_extreme_weights_and_codes():
     """All weights +1 (or -1) and all codes at the maximum: every table entry at its bound, every int8 run and
     int16 k-block sum at its extreme."""

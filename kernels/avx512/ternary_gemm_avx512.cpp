@@ -533,6 +533,8 @@ void ternary_gemm(const uint8_t* q, int64_t T, int bits, const uint8_t* packed, 
     for (int64_t it = 0; it < items; ++it) {
       const int64_t t0 = it * TB, nt_ = imin(TB, T - t0), tiles = (nt_ + TT - 1) / TT;
       if (prep != nullptr) (*prep)(t0, nt_, tid);
+      if (chunks == 0)  // in == 0: no k-block writes C, whose sums are z * wsum = 0
+        for (int64_t i = 0; i < nt_; ++i) std::memcpy(C + i * ldc, zws, static_cast<size_t>(ldc) * 4);
       for (int64_t j0 = 0; j0 < chunks; j0 += KB) {
         const int64_t nj = imin(KB, chunks - j0);
         // tables [tile][chunk][TT][64] of this k-block; padding tokens of the last tile get zero tables
