@@ -152,14 +152,6 @@ void check_weight_codes(WeightFormat format, const uint8_t* packed, int64_t out,
   }
 }
 
-void weight_code_sums(WeightFormat format, const uint8_t* packed, int64_t out, int64_t in, int32_t* sums) {
-  const int64_t pc = packed_cols(format, in);
-  for (int64_t r = 0; r < out; ++r) {
-    int64_t bad;
-    sums[r] = static_cast<int32_t>(scan_row(format, packed + r * pc, in, &bad));
-  }
-}
-
 namespace detail {
 void decode_row(WeightFormat format, const uint8_t* row, int64_t in, int8_t* dst) {
   for (int64_t k = 0; k < in; ++k) dst[k] = static_cast<int8_t>(weight_code(format, row, k));

@@ -50,7 +50,7 @@ int weight_code_max(WeightFormat format);
 
 // Checks every code of a packed [out, in] matrix (file layout). Throws std::invalid_argument naming the
 // row, column and code of the first invalid one. Padding positions are not inspected. With `sums`, also
-// writes sums[r] = sum_k code[r, k] of each checked row in the same pass (as weight_code_sums).
+// writes sums[r] = sum_k code[r, k] (what the file's weight_sum must hold) in the same pass.
 void check_weight_codes(WeightFormat format, const uint8_t* packed, int64_t out, int64_t in, int32_t* sums = nullptr);
 
 // The kernels keep per-thread scratch between calls (no allocation per call); it grows with the largest call
@@ -58,8 +58,6 @@ void check_weight_codes(WeightFormat format, const uint8_t* packed, int64_t out,
 // release_scratch(threads) runs it on the caller and on a team of `threads` OpenMP workers.
 void release_thread_scratch();
 void release_scratch(int threads);
-// sums[r] = sum_k code[r, k] (the file's weight_sum). Codes must be valid.
-void weight_code_sums(WeightFormat format, const uint8_t* packed, int64_t out, int64_t in, int32_t* sums);
 
 // What QLinear::forward applies to every output after the bias; fused into the GEMM epilogue where the tier
 // can (avx2), so the output makes one trip through memory. Results equal the separate pass exactly.
