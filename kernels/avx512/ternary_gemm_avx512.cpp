@@ -351,7 +351,8 @@ constexpr int64_t kEpiTokens = 64;
 // Outputs r .. r + 15 (Full) or those under m, of tokens t0 .. t0 + nt - 1 (nt <= kEpiTokens; sx / nzx indexed
 // from t0): the per-output operands are converted once and reused for every token.
 
-template <bool Full>
+// Rank: the low-rank rank as a compile-time constant (the chains unrolled), or 0 for e.rank at run time.
+template <bool Full, int Rank>
 inline void epilogue_vector(const avx2::QEpilogue& e, const EpiRow& row, const double* sx, const double* nzx,
                             int64_t t0, int64_t nt, int64_t r, __mmask16 m, const int32_t* C, int64_t ldc,
                             const float* panels) {
@@ -364,15 +365,27 @@ inline void epilogue_vector(const avx2::QEpilogue& e, const EpiRow& row, const d
   const __m512d sw1 = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(swf), 1)));
   const __m512 bias =
       row.has_bias ? (Full ? _mm512_loadu_ps(e.bias + r) : _mm512_maskz_loadu_ps(m, e.bias + r)) : _mm512_setzero_ps();
-  const int64_t rank = e.rank;
+  const int64_t rank = Rank > 0 ? Rank : e.rank;
   const float* panel = row.lowrank ? panels + (r / 16) * rank * 16 : nullptr;
   const float* const u = e.u;
   float* const y = e.y + r;
+  // a compile-time rank keeps the panel's rows in registers for all the tokens
+  __m512 pk[Rank > 0 ? Rank : 1];
+  if (Rank > 0 && panel != nullptr)
+    for (int j = 0; j < Rank; ++j) pk[j] = _mm512_loadu_ps(panel + j * 16);
   int64_t i = 0;
   for (; i + 4 <= nt; i += 4) {
     // the low-rank terms of 4 tokens: 4 independent chains (one chain is latency-bound)
     __m512 v0 = _mm512_setzero_ps(), v1 = v0, v2 = v0, v3 = v0;
-    if (panel != nullptr) {
+    if (Rank > 0 && panel != nullptr) {
+      const float *u0 = u + (t0 + i) * Rank, *u1 = u0 + Rank, *u2 = u1 + Rank, *u3 = u2 + Rank;
+      for (int j = 0; j < Rank; ++j) {
+        v0 = _mm512_fmadd_ps(_mm512_set1_ps(u0[j]), pk[j], v0);
+        v1 = _mm512_fmadd_ps(_mm512_set1_ps(u1[j]), pk[j], v1);
+        v2 = _mm512_fmadd_ps(_mm512_set1_ps(u2[j]), pk[j], v2);
+        v3 = _mm512_fmadd_ps(_mm512_set1_ps(u3[j]), pk[j], v3);
+      }
+    } else if (panel != nullptr) {
       const float *u0 = u + (t0 + i) * rank, *u1 = u0 + rank, *u2 = u1 + rank, *u3 = u2 + rank;
       for (int64_t j = 0; j < rank; ++j) {
         const __m512 pj = _mm512_loadu_ps(panel + j * 16);
@@ -397,6 +410,17 @@ inline void epilogue_vector(const avx2::QEpilogue& e, const EpiRow& row, const d
     }
     row.run<Full>(sx + i, nzx + i, y + (t0 + i) * out, m, C + i * ldc + r, ws0, ws1, sw0, sw1, v, bias);
   }
+}
+
+// Outputs r0 .. r1 - 1 of tokens t0 .. t0 + nt - 1, 16 at a time.
+template <int Rank>
+void epilogue_range(const avx2::QEpilogue& e, const EpiRow& row, const double* sx, const double* nzx, int64_t t0,
+                    int64_t nt, int64_t r0, int64_t r1, const int32_t* C, int64_t ldc, const float* panels) {
+  int64_t r = r0;
+  for (; r + 16 <= r1; r += 16) epilogue_vector<true, Rank>(e, row, sx, nzx, t0, nt, r, 0xFFFF, C, ldc, panels);
+  if (r < r1)
+    epilogue_vector<false, Rank>(e, row, sx, nzx, t0, nt, r, static_cast<__mmask16>((1u << (r1 - r)) - 1), C, ldc,
+                                 panels);
 }
 
 }  // namespace
@@ -436,11 +460,10 @@ void epilogue_rows(const avx2::QEpilogue& e, int64_t t0, int64_t nt, int64_t r0,
       nzx[i] = -static_cast<double>(e.zero_x[t0 + g + i]);
     }
     const int32_t* Cg = C + g * ldc;
-    int64_t r = r0;
-    for (; r + 16 <= r1; r += 16) epilogue_vector<true>(e, row, sx, nzx, t0 + g, ng, r, 0xFFFF, Cg, ldc, panels);
-    if (r < r1)
-      epilogue_vector<false>(e, row, sx, nzx, t0 + g, ng, r, static_cast<__mmask16>((1u << (r1 - r)) - 1), Cg, ldc,
-                             panels);
+    if (row.lowrank && e.rank == 8)
+      epilogue_range<8>(e, row, sx, nzx, t0 + g, ng, r0, r1, Cg, ldc, panels);
+    else
+      epilogue_range<0>(e, row, sx, nzx, t0 + g, ng, r0, r1, Cg, ldc, panels);
   }
   if (e.gelu)
     for (int64_t i = 0; i < nt; ++i) {
