@@ -59,7 +59,7 @@ void gelu_tanh(float* x, int64_t n, int threads) {
 void layernorm_modulate(const float* x, int64_t N, int64_t T, int64_t D, const float* shift, const float* scale,
                         int64_t stride, float* y, int threads) {
   const int64_t rows = N * T;
-  const int nt = team(threads, rows * D);
+  [[maybe_unused]] const int nt = team(threads, rows * D);
   if (use_avx2()) {
     // groups of 4 rows: their float64 statistics run as 4 interleaved chains (the same bits per row)
 #ifdef ROBUQ_HAVE_AVX512
@@ -100,7 +100,7 @@ void layernorm_modulate(const float* x, int64_t N, int64_t T, int64_t D, const f
 void gated_residual(float* x, const float* b, const float* gate, int64_t stride, int64_t N, int64_t T, int64_t D,
                     int threads) {
   const int64_t rows = N * T;
-  const int nt = team(threads, rows * D);
+  [[maybe_unused]] const int nt = team(threads, rows * D);
   const bool vec = use_avx2();
 #pragma omp parallel for schedule(dynamic, 16) num_threads(nt) if (nt > 1)
   for (int64_t r = 0; r < rows; ++r) {
@@ -125,7 +125,7 @@ void attention(const float* qkv, int64_t N, int64_t T, int64_t H, int64_t head_d
                float* scratch, int threads) {
   const size_t per = attention_scratch_floats(T, head_dim);
   const int64_t tasks = N * H;
-  const int nt = std::min<int64_t>(team(threads, tasks * T * T * head_dim), tasks);
+  [[maybe_unused]] const int nt = std::min<int64_t>(team(threads, tasks * T * T * head_dim), tasks);
   const bool vec = use_avx2();
 #ifdef ROBUQ_HAVE_AVX512
   const bool vec512 = tier_uses_avx512_kernels(active_tier());  // the same bits as avx2, 16 wide

@@ -227,7 +227,7 @@ namespace {
 // post applied in place to y [n] by the reference / generic tiers (elementwise: any split is the same).
 void apply_post(PostOp post, float* y, int64_t n, int threads) {
   if (post != PostOp::GeluTanh) return;
-  const int nt = detail::useful_threads(threads, n, int64_t(1) << 15);
+  [[maybe_unused]] const int nt = detail::useful_threads(threads, n, int64_t(1) << 15);
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
   for (int64_t i = 0; i < n; ++i) y[i] = gelu_tanh_scalar(y[i]);
 }

@@ -112,7 +112,7 @@ void linear_f32(const float* x, int64_t T, int64_t in, const float* W, const flo
   std::vector<float> panels(static_cast<size_t>(np * in * kPanel));
   const int64_t tb = (T + kTokBlock - 1) / kTokBlock;
   const int64_t items = np * tb;
-  int nt = 1;
+  [[maybe_unused]] int nt = 1;
   if (threads > 1) {
     const int64_t by_work = T * out * in / kMinMacsPerThread;
     nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({static_cast<int64_t>(threads), by_work, items})));

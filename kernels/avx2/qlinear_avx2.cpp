@@ -97,7 +97,7 @@ void qlinear_forward(const QLinearDesc& d, const generic::Prepared& p, const flo
   if (!p.direct) {
     generic::qlinear_forward(d, p, x, T, y, threads);
     if (post == PostOp::GeluTanh) {
-      const int nt = detail::useful_threads(threads, T * d.out, kMinRowWorkPerThread);
+      [[maybe_unused]] const int nt = detail::useful_threads(threads, T * d.out, kMinRowWorkPerThread);
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
       for (int64_t t = 0; t < T; ++t) gelu_tanh(y + t * d.out, d.out);
     }
@@ -181,7 +181,7 @@ void qlinear_forward(const QLinearDesc& d, const generic::Prepared& p, const flo
   prep.avx512 = avx512;
   const bool fused = d.format == WeightFormat::Ternary;
   if (!fused) {
-    const int nt = detail::useful_threads(threads, T * n, kMinRowWorkPerThread);
+    [[maybe_unused]] const int nt = detail::useful_threads(threads, T * n, kMinRowWorkPerThread);
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
     for (int64_t t = 0; t < T; t += 2) {
       int tid = 0;

@@ -61,7 +61,8 @@
 namespace robuq {
 namespace {
 
-constexpr int64_t KB = 128;  // max chunks (4 inputs each) per k-block; the int16 bound above needs KB <= 128
+// max chunks (4 inputs each) per k-block; the int16 bound above needs KB <= 128 (micro_plan's k-blocks keep it)
+[[maybe_unused]] constexpr int64_t KB = 128;
 constexpr int TT = 6;        // tokens per micro-tile (fixed: the micro kernel's register allocation)
 constexpr int64_t OBB = 16;  // 16-output column blocks per work item (256 outputs)
 
@@ -487,7 +488,7 @@ void ternary_gemm(const uint8_t* q, int64_t T, int bits, const uint8_t* packed, 
     return;
   }
   if (prep != nullptr) {
-    const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, T)));
+    [[maybe_unused]] const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, T)));
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
     for (int64_t t = 0; t < T; t += 2) {
       int tid = 0;

@@ -494,7 +494,7 @@ void check_args(int bits, int64_t T, int64_t out, int64_t in, int threads) {
 void decode_all(const uint8_t* packed, int64_t out, int64_t in, uint8_t* idx, int threads) {
   const int64_t chunks = (in + 5) / 6, pc = (in + 3) / 4, groups = (out + MBO - 1) / MBO * OV;
   const int64_t kgroups = (chunks + 31) / 32, n = groups * kgroups;
-  const int nt = static_cast<int>(imax(1, imin(threads, n / 8)));
+  [[maybe_unused]] const int nt = static_cast<int>(imax(1, imin(threads, n / 8)));
 #ifdef _OPENMP
 #pragma omp parallel for schedule(dynamic, 4) num_threads(nt) if (nt > 1)
 #endif
