@@ -369,26 +369,24 @@ inline void epilogue_vector(const avx2::QEpilogue& e, const EpiRow& row, const d
   const float* panel = row.lowrank ? panels + (r / 16) * rank * 16 : nullptr;
   const float* const u = e.u;
   float* const y = e.y + r;
-  // a compile-time rank keeps the panel's rows in registers for all the tokens
+  // a compile-time rank keeps the panel's rows in registers for all the tokens; otherwise they are reloaded
   __m512 pk[Rank > 0 ? Rank : 1];
-  if (Rank > 0 && panel != nullptr)
+  if constexpr (Rank > 0)
     for (int j = 0; j < Rank; ++j) pk[j] = _mm512_loadu_ps(panel + j * 16);
+  const auto panel_row = [&](int64_t j) {
+    if constexpr (Rank > 0)
+      return pk[j];
+    else
+      return _mm512_loadu_ps(panel + j * 16);
+  };
   int64_t i = 0;
   for (; i + 4 <= nt; i += 4) {
     // the low-rank terms of 4 tokens: 4 independent chains (one chain is latency-bound)
     __m512 v0 = _mm512_setzero_ps(), v1 = v0, v2 = v0, v3 = v0;
-    if (Rank > 0 && panel != nullptr) {
-      const float *u0 = u + (t0 + i) * Rank, *u1 = u0 + Rank, *u2 = u1 + Rank, *u3 = u2 + Rank;
-      for (int j = 0; j < Rank; ++j) {
-        v0 = _mm512_fmadd_ps(_mm512_set1_ps(u0[j]), pk[j], v0);
-        v1 = _mm512_fmadd_ps(_mm512_set1_ps(u1[j]), pk[j], v1);
-        v2 = _mm512_fmadd_ps(_mm512_set1_ps(u2[j]), pk[j], v2);
-        v3 = _mm512_fmadd_ps(_mm512_set1_ps(u3[j]), pk[j], v3);
-      }
-    } else if (panel != nullptr) {
+    if (panel != nullptr) {
       const float *u0 = u + (t0 + i) * rank, *u1 = u0 + rank, *u2 = u1 + rank, *u3 = u2 + rank;
       for (int64_t j = 0; j < rank; ++j) {
-        const __m512 pj = _mm512_loadu_ps(panel + j * 16);
+        const __m512 pj = panel_row(j);
         v0 = _mm512_fmadd_ps(_mm512_set1_ps(u0[j]), pj, v0);
         v1 = _mm512_fmadd_ps(_mm512_set1_ps(u1[j]), pj, v1);
         v2 = _mm512_fmadd_ps(_mm512_set1_ps(u2[j]), pj, v2);
@@ -406,13 +404,14 @@ inline void epilogue_vector(const avx2::QEpilogue& e, const EpiRow& row, const d
     __m512 v = _mm512_setzero_ps();
     if (panel != nullptr) {
       const float* ut = u + (t0 + i) * rank;
-      for (int64_t j = 0; j < rank; ++j) v = _mm512_fmadd_ps(_mm512_set1_ps(ut[j]), _mm512_loadu_ps(panel + j * 16), v);
+      for (int64_t j = 0; j < rank; ++j) v = _mm512_fmadd_ps(_mm512_set1_ps(ut[j]), panel_row(j), v);
     }
     row.run<Full>(sx + i, nzx + i, y + (t0 + i) * out, m, C + i * ldc + r, ws0, ws1, sw0, sw1, v, bias);
   }
 }
 
-// Outputs r0 .. r1 - 1 of tokens t0 .. t0 + nt - 1, 16 at a time.
+// Outputs r0 .. r1 - 1 of tokens t0 .. t0 + nt - 1, 16 at a time (Rank > 0 only where the layer has the
+// low-rank branch at that rank, so panels is set).
 template <int Rank>
 void epilogue_range(const avx2::QEpilogue& e, const EpiRow& row, const double* sx, const double* nzx, int64_t t0,
                     int64_t nt, int64_t r0, int64_t r1, const int32_t* C, int64_t ldc, const float* panels) {
